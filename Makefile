@@ -1,0 +1,35 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test`. Each creates .venv by itself.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint format bench clean
+
+# torch goes in first and pinned: a looser requirement with no torch installed pulls a CUDA build.
+$(BIN)/herd: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (herd needs Python 3.11)"; exit 2; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/herd
+	$(BIN)/herd demo
+
+lint: $(BIN)/herd
+	$(BIN)/ruff check herd tests bench
+	$(BIN)/ruff format --check herd tests bench
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(BIN)/herd
+	$(BIN)/ruff format herd tests bench
+	$(BIN)/ruff check --fix herd tests bench
+
+bench: $(BIN)/herd
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""Format detection and conversion between herd, Hugging Face, Meta and llama2.c checkpoints.
+
+Every reader returns a `ModelConfig` and a state dict in herd's tensor names and RoPE layout; every
+writer takes the same. `load` (the public `herd.load`) reads any format into a ready model;
+`convert` rewrites any readable format as a herd or Hugging Face folder, carrying tokenizer files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from herd.checkpoint import hf, io, llama2c, meta
+from herd.config import ModelConfig
+from herd.errors import HerdError
+from herd.model.transformer import Transformer
+
+FORMATS = ("herd", "hf", "meta", "llama2c")
+
+
+def detect_format(path: Path) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise HerdError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix == ".bin":
+            return "llama2c"
+        raise HerdError(
+            f"{path}: a file, but not a llama2.c .bin model (expected a folder or .bin)"
+        )
+    if io.is_herd_folder(path):
+        return "herd"
+    if meta.is_meta_folder(path):
+        return "meta"
+    if (path / "config.json").is_file():
+        return "hf"
+    raise HerdError(
+        f"{path}: not a checkpoint folder (expected config.json, params.json or a .bin file)"
+    )
+
+
+def read_config(path: str | Path, fmt: str = "auto") -> ModelConfig:
+    """The architecture of a checkpoint without reading its weights (where the format allows)."""
+    path = Path(path)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "herd":
+        return io.read_herd_config(path)
+    if fmt == "hf":
+        return hf.read_hf_config(path)
+    if fmt == "llama2c":
+        return llama2c.read_llama2c_config(path)
+    return read_checkpoint(path, fmt)[0]  # Meta: shapes come from the shards
+
+
+def read_checkpoint(
+    path: str | Path, fmt: str = "auto"
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    path = Path(path)
+    if fmt not in ("auto", *FORMATS):
+        raise HerdError(f"unknown format '{fmt}' (expected auto, {', '.join(FORMATS)})")
+    detected = detect_format(path)
+    fmt = detected if fmt == "auto" else fmt
+    if fmt == "llama2c" and not path.is_file():
+        raise HerdError(f"{path}: --from llama2c expects a .bin file")
+    if fmt != "llama2c" and not path.is_dir():
+        raise HerdError(f"{path}: --from {fmt} expects a folder")
+    readers = {
+        "herd": io.read_herd_folder,
+        "hf": hf.read_hf_folder,
+        "meta": meta.read_meta_folder,
+        "llama2c": llama2c.read_llama2c,
+    }
+    return readers[fmt](path)
+
+
+def tokenizer_files(path: Path) -> list[Path]:
+    """Tokenizer files that travel with a checkpoint (beside a llama2.c .bin, inside a folder)."""
+    return io.tokenizer_files(path if path.is_dir() else path.parent)
+
+
+def load(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    fmt: str = "auto",
+) -> Transformer:
+    """A ready `Transformer` (eval mode) from a herd, HF or Meta folder or a llama2.c .bin file."""
+    config, state_dict = read_checkpoint(Path(path), fmt)
+    return io.instantiate(config, state_dict, device, io.parse_dtype(dtype), source=str(path))
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    src_format: str = "auto",
+    dst_format: str = "herd",
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Rewrite a checkpoint in another format; validates every tensor before writing anything."""
+    src, dst = Path(src), Path(dst)
+    if dst_format not in ("herd", "hf"):
+        raise HerdError(f"unknown target format '{dst_format}' (expected herd or hf)")
+    if dst.exists() and not overwrite:
+        raise HerdError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if dst.resolve() == src.resolve():
+        raise HerdError(f"{dst}: destination is the source")
+    target_dtype = io.parse_dtype(dtype)
+    model = load(src, "cpu", target_dtype, src_format)  # checks names and shapes
+    config = model.config
+    state_dict = {k: v for k, v in model.state_dict().items()}
+    writer = io.save_herd_folder if dst_format == "herd" else hf.write_hf_folder
+    return writer(config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)

@@ -1,0 +1,137 @@
+"""`herd generate`: prompt text in, generated text streamed to stdout as tokens are produced.
+
+Tokens are decoded incrementally: the whole continuation is re-decoded each step and only the new
+suffix is printed, so multi-byte characters split across tokens print once complete. Text that could
+still turn into a `--stop` string is held back until it cannot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from herd.checkpoint.convert import load
+from herd.errors import HerdError
+from herd.generate import stream_generate
+from herd.tokenizer import find_tokenizer, load_tokenizer
+
+
+class TextStreamer:
+    """Accumulates token ids and returns the printable new text after each one."""
+
+    def __init__(self, tokenizer, stop_strings: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stop_strings if s]
+        self.ids: list[int] = []
+        self.printed = 0
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        for stop in self.stops:
+            at = text.find(stop)
+            if at != -1:
+                self.stopped = True
+                text = text[:at]
+        if self.stopped:
+            return self._emit(text, len(text))
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next bytes
+            return ""
+        hold = max((_overlap(text, s) for s in self.stops), default=0)
+        return self._emit(text, len(text) - hold)
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        return "" if self.stopped else self._emit(text, len(text))
+
+    def _emit(self, text: str, upto: int) -> str:
+        if upto <= self.printed:
+            return ""
+        out = text[self.printed : upto]
+        self.printed = upto
+        return out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise HerdError(f"--prompt-ids '{text}': expected comma-separated integers") from None
+    if not ids:
+        raise HerdError("--prompt-ids is empty: expected at least one token id")
+    return ids
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise HerdError(f"--max-new-tokens {args.max_new_tokens}: expected at least 1")
+    if args.temperature < 0:
+        raise HerdError(f"--temperature {args.temperature}: expected >= 0")
+    if not 0 < args.top_p <= 1:
+        raise HerdError(f"--top-p {args.top_p}: expected a value in (0, 1]")
+    if args.top_k < 0:
+        raise HerdError(f"--top-k {args.top_k}: expected >= 0")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    _check_sampling(args)
+    checkpoint = Path(args.checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise HerdError(f"--device '{args.device}': not a torch device") from None
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    tokenizer_file = find_tokenizer(checkpoint) if checkpoint.exists() else None
+    if args.prompt is not None and tokenizer_file is None and checkpoint.exists():
+        raise HerdError(f"{checkpoint}: carries no tokenizer file; pass --prompt-ids instead")
+    model = load(checkpoint, device, dtype)
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
+    if args.prompt is not None:
+        prompt = tokenizer.encode(args.prompt, bos=not args.no_bos)
+    else:
+        prompt = _parse_ids(args.prompt_ids)
+    stop_ids = tokenizer.stop_ids if tokenizer else []
+    streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
+    start = time.perf_counter()
+    count = 0
+    for step in stream_generate(
+        model,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop_ids=stop_ids,
+        compile=args.compile,
+    ):
+        token = step[0]
+        count += 1
+        if token in stop_ids:
+            break
+        if streamer is None:
+            sys.stdout.write(f"{token} ")
+        else:
+            sys.stdout.write(streamer.push(token))
+        sys.stdout.flush()
+        if streamer is not None and streamer.stopped:
+            break
+    if streamer is not None:
+        sys.stdout.write(streamer.flush())
+    sys.stdout.write("\n")
+    elapsed = time.perf_counter() - start
+    sys.stderr.write(f"[{count} tokens, {count / elapsed:.1f} tokens/s on {device}]\n")
