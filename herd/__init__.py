@@ -2,6 +2,7 @@
 
 Public API (see DESIGN.md):
     model = herd.load(path, device="cpu", dtype=None)
+    tok = herd.load_tokenizer(path)              # checkpoint folder or tokenizer file
     logits = model(tokens)                       # LongTensor [B, T] -> FloatTensor [B, T, vocab]
     new_ids = herd.generate(model, prompt_ids, max_new_tokens=64, temperature=0.0, top_p=1.0)
     cfg = herd.preset("llama3-8b"); cfg.num_params()
@@ -13,6 +14,7 @@ from herd.errors import HerdError
 from herd.generate import generate, stream_generate
 from herd.model.transformer import Transformer, build_model
 from herd.presets import preset
+from herd.tokenizer import load_tokenizer
 
 __all__ = [
     "HerdError",
@@ -22,6 +24,7 @@ __all__ = [
     "build_model",
     "generate",
     "load",
+    "load_tokenizer",
     "preset",
     "stream_generate",
 ]

@@ -1,0 +1,163 @@
+"""The `herd` command as a user runs it: output, streaming generation, one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import herd
+from herd.checkpoint.io import save_herd_folder
+
+CONFIG = herd.ModelConfig(
+    dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, ffn_dim=64, max_seq_len=64
+)
+
+
+def herd_cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _one_line_error(proc, *fragments):
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model with a byte-level BPE tokenizer.json trained by the `tokenizers` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("ckpt") / "model"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50, trainer)
+    tok_file = folder.parent / "tokenizer.json"
+    tok.save(str(tok_file))
+    model = herd.build_model(CONFIG, seed=0)
+    save_herd_folder(CONFIG, model.state_dict(), folder, tokenizer=[tok_file])
+    return folder
+
+
+def test_info_json_for_preset_and_checkpoint(checkpoint):
+    d = json.loads(herd_cli("info", "llama3-8b", "--json").stdout)
+    assert d["parameters"] == 8_030_261_248
+    assert {"layers", "dim", "heads", "kv_heads", "ffn_dim", "vocab_size"} <= set(d)
+    d = json.loads(herd_cli("info", checkpoint, "--json").stdout)
+    assert d["parameters"] == CONFIG.num_params() and d["kv_heads"] == 2
+    assert "405,853,388,800" in herd_cli("info", "llama3-405b").stdout
+
+
+def test_generate_text_streams_and_stops(checkpoint):
+    proc = herd_cli(
+        "generate",
+        checkpoint,
+        "--prompt",
+        "the quick",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0",
+    )
+    model = herd.load(checkpoint)
+    tok = herd.load_tokenizer(checkpoint)
+    ids = herd.generate(model, tok.encode("the quick", bos=True), 12, stop_ids=tok.stop_ids)
+    ids = [i for i in ids if i not in tok.stop_ids]
+    assert proc.stdout.rstrip("\n") == tok.decode(ids)
+    assert "tokens/s" in proc.stderr
+
+    text = proc.stdout.rstrip("\n")
+    if len(text.strip()) > 2:
+        stop = text.strip()[1:3]
+        stopped = herd_cli(
+            "generate",
+            checkpoint,
+            "--prompt",
+            "the quick",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--stop",
+            stop,
+        ).stdout
+        assert stopped.rstrip("\n") == text[: text.find(stop)]
+
+
+def test_generate_from_ids(checkpoint, tmp_path):
+    proc = herd_cli(
+        "generate",
+        checkpoint,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+    )
+    assert proc.returncode == 0
+
+
+def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
+    _one_line_error(herd_cli("info", tmp_path / "nope", check=False), "neither a preset")
+    _one_line_error(
+        herd_cli("generate", tmp_path / "nope", "--prompt-ids", "1", check=False),
+        "no such file or folder",
+    )
+    _one_line_error(
+        herd_cli(
+            "generate",
+            checkpoint,
+            "--prompt-ids",
+            ",".join(["5"] * 60),
+            "--max-new-tokens",
+            "10",
+            check=False,
+        ),
+        "exceeds the model's context of 64",
+    )
+    _one_line_error(
+        herd_cli("generate", checkpoint, "--prompt-ids", "1,x", check=False),
+        "expected comma-separated integers",
+    )
+    _one_line_error(
+        herd_cli("convert", checkpoint, tmp_path / "o", "--to", "gguf", check=False),
+        "invalid choice",
+    )
+
+    broken = tmp_path / "broken"
+    herd_cli("convert", checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00")
+    _one_line_error(
+        herd_cli("generate", broken, "--prompt-ids", "1", check=False), "model.safetensors"
+    )
+
+
+def test_convert_refuses_to_overwrite(checkpoint, tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    _one_line_error(herd_cli("convert", checkpoint, dst, check=False), "already exists")
+    assert (dst / "keep.txt").read_text() == "mine"
+
+
+def test_demo_runs(tmp_path):
+    proc = herd_cli("demo", "--out", tmp_path / "demo", "--max-new-tokens", "4")
+    assert "15,191,712" in proc.stdout and "tokens/s" in proc.stdout
+    assert (tmp_path / "demo" / "model.safetensors").exists()
