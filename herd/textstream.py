@@ -97,6 +97,12 @@ def run_generate(args: argparse.Namespace) -> None:
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     tokenizer_file = find_tokenizer(checkpoint) if checkpoint.exists() else None
     if args.prompt is not None and tokenizer_file is None and checkpoint.exists():
+        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        if (folder / "tokenizer.model").exists():
+            raise HerdError(
+                f"{folder / 'tokenizer.model'}: sentencepiece/tiktoken files are not readable yet "
+                "(only tokenizer.json); pass --prompt-ids instead"
+            )
         raise HerdError(f"{checkpoint}: carries no tokenizer file; pass --prompt-ids instead")
     model = load(checkpoint, device, dtype)
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
