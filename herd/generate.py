@@ -60,9 +60,9 @@ def _compiled_decode(device_type: str):
     """The decode step compiled once per process and device type.
 
     CUDA: "reduce-overhead" replays the fixed-shape step as a CUDA graph. CPU: inductor with frozen
-    weights and max-autotune, whose generated matrix-vector kernels stream weights about 4x faster
-    than MKL's gemv at batch 1 (bench/generate.py); it costs ~30 s of compilation, so the CPU path
-    compiles only when asked.
+    weights and max-autotune, whose generated matrix-vector kernels beat MKL's batch-1 gemv by
+    1.6-5x per matrix here (2-3x end to end, bench/generate.py); it costs ~20-50 s of compilation,
+    so the CPU path compiles only when asked.
     """
     if device_type not in _COMPILED_DECODE:
         if device_type == "cuda":
@@ -79,18 +79,6 @@ def _compiled_decode(device_type: str):
 
         _COMPILED_DECODE[device_type] = fn
     return _COMPILED_DECODE[device_type]
-
-
-def _cpu_decode_layout(model: Transformer) -> None:
-    """Store the vocabulary projection column-major (same values, other strides), once.
-
-    At batch 1 the output projection is a [vocab x dim] matrix-vector product; MKL streams a
-    column-major matrix ~3x faster than a row-major one on this kind of CPU, and the projection is
-    most of the bytes a small model reads per token.
-    """
-    weight = model.output.weight
-    if weight.is_contiguous() and weight.shape[0] > weight.shape[1]:
-        weight.data = weight.data.t().contiguous().t()
 
 
 def cache_length(needed: int, max_seq_len: int) -> int:
@@ -152,12 +140,11 @@ def stream_generate(
     if compile is None:
         compile = device.type == "cuda"
     decode = _compiled_decode(device.type) if compile else _decode_step
-    if device.type == "cpu" and not compile:
-        _cpu_decode_layout(model)
     generator = torch.Generator(device=device).manual_seed(seed)
-    cache = KVCache(
-        config, batch, cache_length(total, config.max_seq_len), device, model.embed.weight.dtype
-    )
+    # Compiled steps are specialised to the cache length: bucket it. Eager steps are not: size it
+    # exactly, so attention reads no padding.
+    length = cache_length(total, config.max_seq_len) if compile else total
+    cache = KVCache(config, batch, length, device, model.embed.weight.dtype)
     if compile:
         for t in (*cache.keys, *cache.values):
             torch._dynamo.mark_static_address(t)

@@ -94,6 +94,15 @@ def test_cache_length_buckets():
 
 
 def test_compiled_decode_matches_eager(model):
-    pytest.importorskip("torch._inductor")
+    """The CPU compiled step freezes weights: a second model must not reuse the first's."""
     prompt = [7, 8, 9]
-    assert herd.generate(model, prompt, 8, compile=True) == herd.generate(model, prompt, 8)
+    other = herd.build_model(CONFIG, seed=11).eval()
+    with torch.no_grad():
+        other.output.weight.mul_(20)
+    expected = herd.generate(model, prompt, 8), herd.generate(other, prompt, 8)
+    assert expected[0] != expected[1]
+    assert herd.generate(model, prompt, 8, compile=True) == expected[0]
+    assert herd.generate(other, prompt, 8, compile=True) == expected[1]
+    # eager in between must not disturb what the compiled step reads
+    assert herd.generate(model, prompt, 8) == expected[0]
+    assert herd.generate(model, prompt, 8, compile=True) == expected[0]
