@@ -393,17 +393,10 @@ def common_prefix(a, b) -> int:
 
 
 def quiet() -> None:
-    """Silence inductor's per-matmul autotuning reports and transformers' loading progress bar."""
-    import torch._inductor.config as inductor
+    """Silence a storage deprecation warning and transformers' loading progress bar."""
     import transformers
 
     warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-    for name, value in (
-        ("autotune_num_choices_displayed", 0),
-        ("max_autotune_report_choices_stats", False),
-    ):
-        if hasattr(inductor, name):
-            setattr(inductor, name, value)
     transformers.utils.logging.disable_progress_bar()
 
 

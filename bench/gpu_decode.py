@@ -113,16 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def quiet() -> None:
-    """Silence inductor's per-matmul autotuning tables (CPU dry runs) and a storage warning."""
-    import torch._inductor.config as inductor
-
+    """Silence a storage deprecation warning that inductor's autotuning triggers."""
     warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-    for name, value in (
-        ("autotune_num_choices_displayed", 0),
-        ("max_autotune_report_choices_stats", False),
-    ):
-        if hasattr(inductor, name):
-            setattr(inductor, name, value)
 
 
 def log(msg: str) -> None:

@@ -10,6 +10,7 @@ been queued, so the device never idles while the host prints.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -54,6 +55,11 @@ def _decode_step(
 
 
 _COMPILED_DECODE: dict[str, object] = {}
+_CPU_INDUCTOR_SETTINGS = {
+    "freezing": True,
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
+}
 
 
 def _compiled_decode(device_type: str):
@@ -73,8 +79,13 @@ def _compiled_decode(device_type: str):
             )
 
             def fn(*args):
-                # Freezing is an inductor-wide setting; scope it to this function's compilation.
-                with torch._inductor.config.patch(freezing=True):
+                # Inductor-wide settings, scoped to this function's compilation: freeze weights,
+                # and keep autotuning's per-matrix timing tables off the user's terminal.
+                with (
+                    torch._inductor.config.patch(_CPU_INDUCTOR_SETTINGS),
+                    warnings.catch_warnings(),
+                ):
+                    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
                     return compiled(*args)
 
         _COMPILED_DECODE[device_type] = fn
