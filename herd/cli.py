@@ -78,13 +78,8 @@ def _run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _add_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder or llama2.c .bin")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="prompt text (needs a tokenizer file in the checkpoint)")
-    src.add_argument(
-        "--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,450,4996 (no tokenizer)"
-    )
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    """Options shared by `generate` and `chat`."""
     p.add_argument(
         "--max-new-tokens", type=int, default=128, help="tokens to generate (default 128)"
     )
@@ -102,9 +97,9 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="STR",
         help="stop when the generated text contains STR (repeatable); the tokenizer's "
-        "end-of-sequence tokens always stop",
+        "end-of-sequence and end-of-turn tokens always stop",
     )
-    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token to --prompt")
+    p.add_argument("--system", help="system prompt (with --chat, and in `herd chat`)")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
     )
@@ -118,15 +113,55 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="compile the decode step (default: on for CUDA; on CPU it costs ~30 s up front and "
-        "then decodes ~2.5x faster)",
+        help="compile the decode step (default: on for CUDA; on CPU it costs ~20-50 s up front "
+        "and then decodes ~3x faster)",
     )
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder or llama2.c .bin")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (needs a tokenizer file in the checkpoint)")
+    src.add_argument(
+        "--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,450,4996 (no tokenizer)"
+    )
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="send --prompt as a user turn in the checkpoint's chat format (Llama 3 or Llama 2-Chat)",
+    )
+    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token to --prompt")
+    _add_sampling(p)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
     from herd.textstream import run_generate
 
     run_generate(args)
+
+
+def _add_chat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder with a tokenizer")
+    _add_sampling(p)
+    p.set_defaults(max_new_tokens=512)
+
+
+def _run_chat(args: argparse.Namespace) -> None:
+    from herd.textstream import run_chat
+
+    run_chat(args)
+
+
+def _add_tokenizer(p: argparse.ArgumentParser) -> None:
+    from herd.tokenizer.commands import add_arguments
+
+    add_arguments(p)
+
+
+def _run_tokenizer(args: argparse.Namespace) -> None:
+    from herd.tokenizer.commands import run
+
+    run(args)
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -156,6 +191,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _run_convert,
     ),
     "generate": ("generate text from a checkpoint, streaming tokens", _add_generate, _run_generate),
+    "chat": ("chat with a checkpoint in its chat format (a REPL)", _add_chat, _run_chat),
+    "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
 }
 
 

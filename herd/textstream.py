@@ -1,8 +1,10 @@
-"""`herd generate`: prompt text in, generated text streamed to stdout as tokens are produced.
+"""`herd generate` and `herd chat`: generated text streamed to stdout as tokens are produced.
 
 Tokens are decoded incrementally: the whole continuation is re-decoded each step and only the new
 suffix is printed, so multi-byte characters split across tokens print once complete. Text that could
-still turn into a `--stop` string is held back until it cannot.
+still turn into a `--stop` string is held back until it cannot. With `--chat` (and in `herd chat`)
+the prompt is laid out in the checkpoint tokenizer's chat format and generation stops at the
+end-of-turn token.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class TextStreamer:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = self.tokenizer.decode(self.ids, skip_special=True)
         for stop in self.stops:
             at = text.find(stop)
             if at != -1:
@@ -46,7 +48,7 @@ class TextStreamer:
         return self._emit(text, len(text) - hold)
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
+        text = self.tokenizer.decode(self.ids, skip_special=True)
         return "" if self.stopped else self._emit(text, len(text))
 
     def _emit(self, text: str, upto: int) -> str:
@@ -86,33 +88,29 @@ def _check_sampling(args: argparse.Namespace) -> None:
         raise HerdError(f"--top-k {args.top_k}: expected >= 0")
 
 
-def run_generate(args: argparse.Namespace) -> None:
-    _check_sampling(args)
-    checkpoint = Path(args.checkpoint)
+def _device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, str]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError:
         raise HerdError(f"--device '{args.device}': not a torch device") from None
-    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    return device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+
+
+def _load(args: argparse.Namespace, need_tokenizer: bool):
+    checkpoint = Path(args.checkpoint)
+    device, dtype = _device_and_dtype(args)
     tokenizer_file = find_tokenizer(checkpoint) if checkpoint.exists() else None
-    if args.prompt is not None and tokenizer_file is None and checkpoint.exists():
-        folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        if (folder / "tokenizer.model").exists():
-            raise HerdError(
-                f"{folder / 'tokenizer.model'}: sentencepiece/tiktoken files are not readable yet "
-                "(only tokenizer.json); pass --prompt-ids instead"
-            )
+    if need_tokenizer and tokenizer_file is None and checkpoint.exists():
         raise HerdError(f"{checkpoint}: carries no tokenizer file; pass --prompt-ids instead")
-    model = load(checkpoint, device, dtype)
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
-    if args.prompt is not None:
-        prompt = tokenizer.encode(args.prompt, bos=not args.no_bos)
-    else:
-        prompt = _parse_ids(args.prompt_ids)
+    return load(checkpoint, device, dtype), tokenizer, device
+
+
+def stream_reply(model, tokenizer, prompt: list[int], args: argparse.Namespace) -> tuple[str, int]:
+    """Generate after `prompt`, writing text (or ids) to stdout as it comes; (text, tokens)."""
     stop_ids = tokenizer.stop_ids if tokenizer else []
     streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
-    start = time.perf_counter()
     count = 0
     for step in stream_generate(
         model,
@@ -129,15 +127,64 @@ def run_generate(args: argparse.Namespace) -> None:
         count += 1
         if token in stop_ids:
             break
-        if streamer is None:
-            sys.stdout.write(f"{token} ")
-        else:
-            sys.stdout.write(streamer.push(token))
+        sys.stdout.write(f"{token} " if streamer is None else streamer.push(token))
         sys.stdout.flush()
         if streamer is not None and streamer.stopped:
             break
-    if streamer is not None:
-        sys.stdout.write(streamer.flush())
+    if streamer is None:
+        return "", count
+    sys.stdout.write(streamer.flush())
+    return tokenizer.decode(streamer.ids, skip_special=True)[: streamer.printed], count
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    _check_sampling(args)
+    model, tokenizer, device = _load(args, need_tokenizer=args.prompt is not None)
+    if args.prompt is None:
+        prompt = _parse_ids(args.prompt_ids)
+    elif args.chat:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": args.prompt})
+        prompt = tokenizer.encode_dialog(messages).ids
+    else:
+        prompt = tokenizer.encode(args.prompt, bos=not args.no_bos)
+    start = time.perf_counter()
+    _, count = stream_reply(model, tokenizer, prompt, args)
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
     sys.stderr.write(f"[{count} tokens, {count / elapsed:.1f} tokens/s on {device}]\n")
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    """A read-eval-print loop over a growing conversation; /reset clears it, /exit or EOF ends."""
+    _check_sampling(args)
+    model, tokenizer, _ = _load(args, need_tokenizer=True)
+    if tokenizer is None:
+        raise HerdError(f"{args.checkpoint}: carries no tokenizer file")
+    if tokenizer.chat_format is None:
+        raise HerdError(f"{tokenizer.path}: this tokenizer has no chat format")
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    sys.stderr.write(f"herd chat ({tokenizer.chat_format} format); /reset, /exit\n")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            messages = list(system)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt = tokenizer.encode_dialog(messages).ids
+        if len(prompt) + args.max_new_tokens > model.config.max_seq_len:
+            sys.stderr.write("conversation too long for the context; starting over (/reset)\n")
+            messages = [*system, {"role": "user", "content": line}]
+            prompt = tokenizer.encode_dialog(messages).ids
+        reply, _ = stream_reply(model, tokenizer, prompt, args)
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": reply})
