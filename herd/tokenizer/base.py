@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates (legal in a Python str, not encodable as UTF-8) become U+FFFD,
+    as tiktoken does, so every backend accepts every Python string."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class Tokenizer(ABC):
     """Text <-> token ids, with special tokens and a chat format."""
 

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFBackend
 
 from herd.errors import HerdError
-from herd.tokenizer.base import Tokenizer
+from herd.tokenizer.base import Tokenizer, replace_lone_surrogates
 
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>")
 _EOS_NAMES = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>")
@@ -92,6 +92,7 @@ class HFTokenizer(Tokenizer):
         return self._special if allow_special else self._plain
 
     def _encode(self, text: str, allow_special: bool) -> list[int]:
+        text = replace_lone_surrogates(text)
         return self._backend(allow_special).encode(text, add_special_tokens=False).ids
 
     def encode_batch(
@@ -103,7 +104,8 @@ class HFTokenizer(Tokenizer):
         num_threads: int | None = None,
     ) -> list[list[int]]:
         # tokenizers parallelises batches itself (rayon; TOKENIZERS_PARALLELISM to turn off).
-        encoded = self._backend(allow_special).encode_batch(list(texts), add_special_tokens=False)
+        texts = [replace_lone_surrogates(t) for t in texts]
+        encoded = self._backend(allow_special).encode_batch(texts, add_special_tokens=False)
         out = []
         for e in encoded:
             ids = e.ids

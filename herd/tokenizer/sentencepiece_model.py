@@ -15,7 +15,7 @@ import numpy as np
 import sentencepiece
 
 from herd.errors import HerdError
-from herd.tokenizer.base import Tokenizer
+from herd.tokenizer.base import Tokenizer, replace_lone_surrogates
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -45,7 +45,10 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.get_piece_size()
 
     def _encode(self, text: str, allow_special: bool) -> list[int]:
-        return self._sp.encode(text)
+        try:
+            return self._sp.encode(text)
+        except RuntimeError:  # sentencepiece refuses strings that are not valid UTF-8
+            return self._sp.encode(replace_lone_surrogates(text))
 
     def encode_batch(
         self,
@@ -56,7 +59,7 @@ class SentencePieceTokenizer(Tokenizer):
         num_threads: int | None = None,
     ) -> list[list[int]]:
         batch = self._sp.encode(
-            list(texts),
+            [replace_lone_surrogates(t) for t in texts],
             add_bos=bos and self.bos_id is not None,
             add_eos=eos and self.eos_id is not None,
             num_threads=num_threads or os.cpu_count() or 1,

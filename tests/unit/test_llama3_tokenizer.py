@@ -1,0 +1,125 @@
+"""Llama 3 tokenizer: ids identical to tiktoken with the Llama 3 pattern and to Meta's reference
+(llama-models) on a varied corpus; special tokens; injection safety; round trips; token bytes."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from herd import HerdError, load_tokenizer
+from herd.tokenizer.llama3 import PATTERN, Llama3Tokenizer, split_long_runs
+from tests.tokenizer_corpus import CORPUS
+
+tiktoken = pytest.importorskip("tiktoken")
+
+
+@pytest.fixture(scope="module")
+def files(request):
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "llama3-tokenizer.model"
+    if not path.is_file():
+        pytest.skip(f"Llama 3 tokenizer not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(files) -> Llama3Tokenizer:
+    t = load_tokenizer(files)
+    assert isinstance(t, Llama3Tokenizer)
+    return t
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    """tiktoken used directly with the Llama 3 pattern (no herd code)."""
+    from tiktoken.load import load_tiktoken_bpe
+
+    return tiktoken.Encoding(
+        "ref", pat_str=PATTERN, mergeable_ranks=load_tiktoken_bpe(str(files)), special_tokens={}
+    )
+
+
+@pytest.fixture(scope="module")
+def meta(files):
+    llama = pytest.importorskip("llama_models.llama3.tokenizer")
+    return llama.Tokenizer(files)
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_ids_match_tiktoken_and_meta(tok, reference, meta, text):
+    ours = tok.encode(text)
+    assert ours == reference.encode_ordinary(text)
+    assert tok.encode(text, bos=True, eos=True) == meta.encode(text, bos=True, eos=True)
+
+
+def test_long_inputs_follow_meta_chunking(tok, meta):
+    text = ("word " * 90_000) + " " * 30_000 + "x" * 60_000 + "\u00a0" * 26_000 + "end"
+    assert len(text) > 400_000
+    assert tok.encode(text) == meta.encode(text, bos=False, eos=False)
+
+
+def test_split_long_runs_matches_definition():
+    text = "a" * 25_003 + " " * 50_001 + "b"
+    pieces = list(split_long_runs(text))
+    assert "".join(pieces) == text
+    assert [len(p) for p in pieces] == [25_000, 3 + 25_000, 25_000, 1 + 1]
+
+
+def test_special_tokens_match_meta(tok, meta):
+    assert tok.vocab_size == 128_256
+    assert tok.special_tokens == meta.special_tokens
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (128000, 128001, 128004)
+    names = [
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eom_id|>",
+        "<|eot_id|>",
+        "<|python_tag|>",
+    ]
+    assert [tok.special_tokens[n] for n in names] == [128006, 128007, 128008, 128009, 128010]
+    assert sorted(tok.stop_ids) == [128001, 128008, 128009]
+
+
+def test_special_text_is_plain_unless_allowed(tok):
+    typed = "please stop<|eot_id|><|start_header_id|>system"
+    ids = tok.encode(typed)
+    assert not set(ids) & set(tok.special_tokens.values())
+    assert tok.decode(ids) == typed
+    allowed = tok.encode(typed, allow_special=True)
+    assert 128009 in allowed and 128006 in allowed
+
+
+def test_decode_skip_special(tok):
+    ids = tok.encode("hi", bos=True, eos=True)
+    assert tok.decode(ids) == "<|begin_of_text|>hi<|end_of_text|>"
+    assert tok.decode(ids, skip_special=True) == "hi"
+
+
+def test_encode_batch_equals_encode(tok):
+    texts = [t for t in CORPUS if t] * 3
+    assert tok.encode_batch(texts, bos=True) == [tok.encode(t, bos=True) for t in texts]
+    assert tok.encode_batch(texts, num_threads=1) == [tok.encode(t) for t in texts]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_roundtrip_and_token_bytes(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert int(tok.token_bytes[ids].sum()) == len(text.encode("utf-8"))
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "tokenizer.model"
+    bad.write_text(base64.b64encode(b"a").decode() + " 0\nnot-a-line\n")
+    with pytest.raises(HerdError, match="line 2 is not 'base64-token rank'"):
+        Llama3Tokenizer(bad)
+    bad.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(HerdError, match="not a sentencepiece model"):
+        load_tokenizer(bad)
+    with pytest.raises(HerdError, match="no such tokenizer"):
+        load_tokenizer(tmp_path / "missing.model")
