@@ -135,15 +135,8 @@ def _meta_llama2(sp_path, dialog):
 
     sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_path))
     if dialog[0]["role"] == "system":
-        dialog = [
-            {
-                "role": dialog[1]["role"],
-                "content": "<<SYS>>\n"
-                + dialog[0]["content"]
-                + "\n<</SYS>>\n\n"
-                + dialog[1]["content"],
-            }
-        ] + dialog[2:]
+        merged = "<<SYS>>\n" + dialog[0]["content"] + "\n<</SYS>>\n\n" + dialog[1]["content"]
+        dialog = [{"role": dialog[1]["role"], "content": merged}, *dialog[2:]]
     tokens = []
     for q, a in zip(dialog[::2], dialog[1::2], strict=False):
         text = f"[INST] {q['content'].strip()} [/INST] {a['content'].strip()} "

@@ -73,5 +73,5 @@ def test_bad_corpus(tmp_path):
 def test_malformed_tokenizer_json(tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text('{"model": {"type": "BPE", "vocab": 3}}')
-    with pytest.raises(HerdError, match="not a valid tokenizer.json"):
+    with pytest.raises(HerdError, match=r"not a valid tokenizer\.json"):
         load_tokenizer(tmp_path)
