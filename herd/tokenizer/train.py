@@ -102,7 +102,9 @@ def train_bpe(
     files = corpus_files(sources)
     texts: list[str] = []
     total = 0
-    for path in tqdm(files, desc="reading corpus", unit="file", disable=not show_progress):
+    # disable=None: a bar on a terminal only, so logs and captured errors stay clean
+    bar = tqdm(files, desc="reading corpus", unit="file", disable=None if show_progress else True)
+    for path in bar:
         for doc in _documents(path):
             texts.append(doc)
             total += len(doc)

@@ -1,0 +1,147 @@
+"""`herd tokenizer ...`, `herd generate --chat` and `herd chat` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import herd
+from herd.checkpoint.io import save_herd_folder
+from herd.tokenizer.train import train_bpe
+from tests.e2e.test_cli import _one_line_error, herd_cli
+from tests.tokenizer_corpus import CORPUS
+
+CONFIG = herd.ModelConfig(
+    dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=320, ffn_dim=64, max_seq_len=256
+)
+
+
+@pytest.fixture(scope="module")
+def llama3_path():
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "llama3-tokenizer.model"
+    if not path.is_file():
+        pytest.skip(f"Llama 3 tokenizer not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(tmp_path_factory):
+    """A tiny model carrying a herd-trained byte-level BPE (Llama 3 chat format)."""
+    root = tmp_path_factory.mktemp("chat")
+    (root / "corpus.txt").write_text("\n".join(CORPUS[:10]) * 10, encoding="utf-8")
+    tok_dir = train_bpe([root / "corpus.txt"], 320, root / "tok", show_progress=False)
+    model = herd.build_model(CONFIG, seed=0)
+    files = [tok_dir / "tokenizer.json", tok_dir / "tokenizer_config.json"]
+    return save_herd_folder(CONFIG, model.state_dict(), root / "model", tokenizer=files)
+
+
+def test_encode_decode_info(llama3_path, tmp_path):
+    out = herd_cli("tokenizer", "encode", llama3_path, "Hello <|eot_id|>", "--bos", "--json")
+    ids = json.loads(out.stdout)["ids"]
+    tok = herd.load_tokenizer(llama3_path)
+    assert ids == tok.encode("Hello <|eot_id|>", bos=True)
+    out = herd_cli("tokenizer", "decode", llama3_path, ",".join(map(str, ids)), "--skip-special")
+    assert out.stdout == "Hello <|eot_id|>\n"
+    info = json.loads(herd_cli("tokenizer", "info", llama3_path, "--json").stdout)
+    assert info["vocab_size"] == 128256 and info["chat_format"] == "llama3"
+
+    dialog = tmp_path / "dialog.json"
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    dialog.write_text(json.dumps(messages))
+    got = json.loads(
+        herd_cli("tokenizer", "encode", llama3_path, "--dialog", dialog, "--json").stdout
+    )
+    assert got == tok.encode_dialog(messages)._asdict()
+
+
+def test_train_from_the_command_line(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n".join(CORPUS[:12]) * 5, encoding="utf-8")
+    out = herd_cli("tokenizer", "train", corpus, "--vocab-size", "400", "--out", tmp_path / "t")
+    assert "wrote" in out.stdout and "400 tokens" in out.stdout
+    assert herd.load_tokenizer(tmp_path / "t").vocab_size == 400
+
+
+def test_tokenizer_bad_input(tmp_path, llama3_path):
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{not json")
+    _one_line_error(
+        herd_cli("tokenizer", "info", broken, check=False), "not a valid tokenizer.json"
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xc3\x28 broken utf-8")
+    _one_line_error(
+        herd_cli(
+            "tokenizer", "train", bad, "--vocab-size", "300", "--out", tmp_path / "o", check=False
+        ),
+        "invalid UTF-8 at byte 3",
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _one_line_error(
+        herd_cli(
+            "tokenizer", "train", empty, "--vocab-size", "300", "--out", tmp_path / "o", check=False
+        ),
+        "empty",
+    )
+    _one_line_error(
+        herd_cli("tokenizer", "decode", llama3_path, "5,999999", check=False),
+        "outside the vocabulary",
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_chat_and_repl(chat_checkpoint):
+    out = herd_cli(
+        "generate",
+        chat_checkpoint,
+        "--prompt",
+        "hello",
+        "--chat",
+        "--system",
+        "be kind",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    )
+    tok = herd.load_tokenizer(chat_checkpoint)
+    prompt = tok.encode_dialog(
+        [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hello"}]
+    ).ids
+    ids = herd.generate(herd.load(chat_checkpoint), prompt, 8, stop_ids=tok.stop_ids)
+    ids = ids[: next((i for i, t in enumerate(ids) if t in tok.stop_ids), len(ids))]
+    assert out.stdout == tok.decode(ids, skip_special=True) + "\n"
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "herd",
+            "chat",
+            str(chat_checkpoint),
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ],
+        input="hello\n/reset\nagain\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("> ") == 4 and "llama3 format" in proc.stderr
+
+
+def test_convert_carries_tokenizer(chat_checkpoint, tmp_path):
+    herd_cli("convert", chat_checkpoint, tmp_path / "hf", "--to", "hf")
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+    assert (tmp_path / "hf" / "tokenizer_config.json").exists()
+    assert herd.load_tokenizer(tmp_path / "hf").chat_format == "llama3"
