@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import herd
 from herd.checkpoint.io import save_herd_folder
+from tests.e2e.cli_runner import herd_cli, one_line_error
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, ffn_dim=64, max_seq_len=64
 )
-
-
-def herd_cli(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "herd", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def _one_line_error(proc, *fragments):
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for f in fragments:
-        assert f in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +97,12 @@ def test_generate_from_ids(checkpoint, tmp_path):
 
 
 def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
-    _one_line_error(herd_cli("info", tmp_path / "nope", check=False), "neither a preset")
-    _one_line_error(
+    one_line_error(herd_cli("info", tmp_path / "nope", check=False), "neither a preset")
+    one_line_error(
         herd_cli("generate", tmp_path / "nope", "--prompt-ids", "1", check=False),
         "no such file or folder",
     )
-    _one_line_error(
+    one_line_error(
         herd_cli(
             "generate",
             checkpoint,
@@ -132,11 +114,11 @@ def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
         ),
         "exceeds the model's context of 64",
     )
-    _one_line_error(
+    one_line_error(
         herd_cli("generate", checkpoint, "--prompt-ids", "1,x", check=False),
         "expected comma-separated integers",
     )
-    _one_line_error(
+    one_line_error(
         herd_cli("convert", checkpoint, tmp_path / "o", "--to", "gguf", check=False),
         "invalid choice",
     )
@@ -144,7 +126,7 @@ def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
     broken = tmp_path / "broken"
     herd_cli("convert", checkpoint, broken)
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00")
-    _one_line_error(
+    one_line_error(
         herd_cli("generate", broken, "--prompt-ids", "1", check=False), "model.safetensors"
     )
 
@@ -153,7 +135,7 @@ def test_convert_refuses_to_overwrite(checkpoint, tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
-    _one_line_error(herd_cli("convert", checkpoint, dst, check=False), "already exists")
+    one_line_error(herd_cli("convert", checkpoint, dst, check=False), "already exists")
     assert (dst / "keep.txt").read_text() == "mine"
 
 

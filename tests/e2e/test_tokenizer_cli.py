@@ -11,7 +11,7 @@ import pytest
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.tokenizer.train import train_bpe
-from tests.e2e.test_cli import _one_line_error, herd_cli
+from tests.e2e.cli_runner import herd_cli, one_line_error
 from tests.tokenizer_corpus import CORPUS
 
 CONFIG = herd.ModelConfig(
@@ -71,12 +71,10 @@ def test_train_from_the_command_line(tmp_path):
 def test_tokenizer_bad_input(tmp_path, llama3_path):
     broken = tmp_path / "tokenizer.json"
     broken.write_text("{not json")
-    _one_line_error(
-        herd_cli("tokenizer", "info", broken, check=False), "not a valid tokenizer.json"
-    )
+    one_line_error(herd_cli("tokenizer", "info", broken, check=False), "not a valid tokenizer.json")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xc3\x28 broken utf-8")
-    _one_line_error(
+    one_line_error(
         herd_cli(
             "tokenizer", "train", bad, "--vocab-size", "300", "--out", tmp_path / "o", check=False
         ),
@@ -84,13 +82,13 @@ def test_tokenizer_bad_input(tmp_path, llama3_path):
     )
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    _one_line_error(
+    one_line_error(
         herd_cli(
             "tokenizer", "train", empty, "--vocab-size", "300", "--out", tmp_path / "o", check=False
         ),
         "empty",
     )
-    _one_line_error(
+    one_line_error(
         herd_cli("tokenizer", "decode", llama3_path, "5,999999", check=False),
         "outside the vocabulary",
     )
