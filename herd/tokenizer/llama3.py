@@ -45,8 +45,10 @@ SPECIAL_NAMES = NAMED_SPECIAL + [
 ]
 MAX_ENCODE_CHARS = 400_000
 MAX_RUN_CHARS = 25_000
-# str.isspace() and the re module's \s agree (both use Python's Unicode whitespace table).
-_LONG_RUN = re.compile(rf"\s{{{MAX_RUN_CHARS + 1},}}|\S{{{MAX_RUN_CHARS + 1},}}")
+# str.isspace() and the re module's \s agree (both use Python's Unicode whitespace table). The
+# lookbehinds anchor each match at the start of a run, so the scan stays linear: without them the
+# engine retries from every position inside a long run (quadratic on CJK text or minified code).
+_LONG_RUN = re.compile(rf"(?<!\s)\s{{{MAX_RUN_CHARS + 1},}}|(?<!\S)\S{{{MAX_RUN_CHARS + 1},}}")
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:
@@ -86,8 +88,32 @@ def is_tiktoken_file(path: Path) -> bool:
     return True
 
 
+_WHITESPACE = re.compile(r"\s")
+# A run longer than MAX_RUN_CHARS contains a whole window [k * WINDOW, (k + 1) * WINDOW).
+_WINDOW = MAX_RUN_CHARS // 2
+
+
+def _may_have_long_run(text: str) -> bool:
+    """Cheap screen: does any aligned window consist of whitespace only, or hold none at all?
+
+    In ordinary text each window finds whitespace within a few characters, so this costs a few
+    operations per 12,500 characters; only texts that pass it get the exact (linear) regex scan.
+    """
+    for a in range(0, len(text) - _WINDOW + 1, _WINDOW):
+        b = a + _WINDOW
+        if text[a].isspace():
+            if text[a:b].isspace():
+                return True
+        elif _WHITESPACE.search(text, a, b) is None:
+            return True
+    return False
+
+
 def split_long_runs(text: str) -> Iterator[str]:
     """Meta's `_split_whitespaces_or_nonwhitespaces`, at C speed when there is nothing to cut."""
+    if not _may_have_long_run(text):
+        yield text
+        return
     start = 0
     for run in _LONG_RUN.finditer(text):
         # Meta cuts every MAX_RUN_CHARS characters into a run, counting from the run's start.
@@ -131,6 +157,8 @@ class Llama3Tokenizer(Tokenizer):
             encode = lambda s: self._enc.encode(s, allowed_special="all")  # noqa: E731
         else:
             encode = self._enc.encode_ordinary
+        if len(text) <= MAX_RUN_CHARS:  # nothing to chunk or cut: straight to tiktoken
+            return encode(text)
         ids: list[int] = []
         for i in range(0, len(text), MAX_ENCODE_CHARS):
             for piece in split_long_runs(text[i : i + MAX_ENCODE_CHARS]):

@@ -62,11 +62,34 @@ def test_long_inputs_follow_meta_chunking(tok, meta):
     assert tok.encode(text) == meta.encode(text, bos=False, eos=False)
 
 
-def test_split_long_runs_matches_definition():
-    text = "a" * 25_003 + " " * 50_001 + "b"
-    pieces = list(split_long_runs(text))
-    assert "".join(pieces) == text
-    assert [len(p) for p in pieces] == [25_000, 3 + 25_000, 25_000, 1 + 1]
+def _meta_split(s: str, limit: int = 25_000):
+    """Meta's per-character `_split_whitespaces_or_nonwhitespaces`, restated."""
+    run, space, start = 0, s[0].isspace() if s else False, 0
+    for i, ch in enumerate(s):
+        if space ^ ch.isspace():
+            run, space = 1, ch.isspace()
+        else:
+            run += 1
+            if run > limit:
+                yield s[start:i]
+                start, run = i, 1
+    yield s[start:]
+
+
+def test_split_long_runs_matches_meta_loop():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(30):
+        parts = []
+        for _ in range(rng.randint(1, 5)):
+            n = rng.choice([1, 7, 12_499, 24_999, 25_000, 25_001, 37_500, 50_001])
+            if rng.random() < 0.5:
+                parts.append(rng.choice([" ", "\t", "\n", "\u3000"]) * n)
+            else:
+                parts.append("".join(rng.choice("ab世") for _ in range(n)))
+        text = "".join(parts)
+        assert list(split_long_runs(text)) == list(_meta_split(text))
 
 
 def test_special_tokens_match_meta(tok, meta):

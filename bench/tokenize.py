@@ -1,0 +1,1145 @@
+"""Tokenizer throughput benchmark: herd's Llama 3 and Llama 2 tokenizers against the libraries
+they wrap (tiktoken and sentencepiece, called directly), in one process on the same documents.
+
+    .venv/bin/python bench/tokenize.py
+    .venv/bin/python bench/tokenize.py --megabytes 2 --repeats 1 --no-all --no-long   # quick look
+    .venv/bin/python bench/tokenize.py --corpus some.txt --json /tmp/tokenize.json
+
+Input: ~10 MB (`--megabytes`) of mixed text built deterministically (`--seed`) from sample
+sentences and code snippets in this file, shuffled, repeated and varied at random: English prose,
+source code, accented Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Han, Japanese, Hangul,
+Thai, emoji, numbers and whitespace runs, cut into documents of a few KB each (`--doc-kb`). Or a
+text file of your own (`--corpus`), cut the same way. Nothing is downloaded.
+
+What is timed (throughput is MB/s of UTF-8 input, MB = 10^6 bytes; each figure is the best of
+`--repeats` timed runs over all documents, after one untimed warm-up run of every engine):
+
+  Llama 3, one thread   tiktoken used directly (an Encoding built from the same ranks file and
+                        herd's split pattern, no special tokens): [enc.encode_ordinary(d) ...],
+                        against herd: [tok.encode(d) ...]. Target: herd >= 0.9x tiktoken.
+  Llama 3, N threads    tok.encode_batch(docs, num_threads=N) against num_threads=1, N = --threads
+                        (all CPUs by default). Target: >= 1.6x. tiktoken's own
+                        encode_ordinary_batch at N and 1 threads is shown for reference.
+  Llama 3, long texts   (--long) the same one-thread pair on the documents joined into texts of
+                        ~300,000 characters: above 25,000 characters herd scans for long runs.
+  Llama 2 (--all)       sentencepiece used directly, sp.encode(docs, num_threads=1), against herd's
+                        [tok.encode(d) ...] (target 0.9x), and both batch encoders at N threads,
+                        on the first --sp-megabytes of the documents.
+
+Interleaving: the engines being compared take turns. Each run is cut into `--slices` slices of
+the documents (a tenth each by default); on every slice each engine encodes in turn, and the order
+rotates from slice to slice and run to run. A slow spell of the machine (seconds long on a shared
+virtual machine) then lands on all engines alike, which keeps the ratios steadier than timing
+whole runs back to back. An engine's time for a run is the sum of its slices.
+
+Every run's ids, the warm-up's included, are checked against the peer library's. (herd encodes a
+text of over 400,000 characters, or with a run of over 25,000 whitespace or non-whitespace
+characters, in pieces, as Meta's reference tokenizer does; such texts, possible only with
+--corpus and a large --doc-kb, may legitimately get ids that differ from tiktoken's.) The first pass
+over fresh strings also fills CPython's cached UTF-8 copy of each non-ASCII string (tiktoken and
+sentencepiece both read it), so the engine that ran first would otherwise pay a conversion the
+others skip; that cold pass is timed and reported apart. The garbage collector is off while
+timing (these workloads make no reference cycles).
+
+Timings are only as quiet as the machine. Before starting, the benchmark sleeps half a second and
+reports how busy the CPUs were meanwhile (other processes, from /proc/stat on Linux), warning when
+it is over 10%; the summary's "spread" column is how much slower each engine's slowest run was
+than its best.
+
+Exit status: 0 when all ids agree (a missed target is reported, not an error), 1 when ids differ,
+2 when a tokenizer or corpus file is missing or unusable.
+
+This file is named like the standard library's `tokenize` module, which dataclasses, torch and
+herd's imports pull in (inspect -> linecache -> tokenize); Python puts a script's own folder first
+on sys.path, so the first thing the file does is take that folder off again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the standard library's `tokenize`, which dataclasses, inspect, linecache
+# and so torch and herd import. Python put the script's own folder first on sys.path; take it off
+# before any of those imports, or `import tokenize` would load this file instead.
+if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
+    os.path.realpath(__file__)
+):
+    sys.path.pop(0)
+
+import argparse
+import gc
+import json
+import platform
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_LLAMA3 = SHARED_DATA / "llama3-tokenizer.model"
+DEFAULT_LLAMA2 = SHARED_DATA / "llama2-tokenizer.model"
+
+TARGET_SINGLE = 0.9  # herd / library, one thread
+TARGET_THREADS = 1.6  # herd encode_batch at N threads / at 1 thread
+LONG_TEXT_CHARS = 300_000  # below herd's 400,000-character chunk, above its 25,000-character scan
+
+
+# --- sample text --------------------------------------------------------------------------------
+
+ENGLISH = [
+    "The committee met on a wet Tuesday afternoon and agreed, after some argument, to postpone "
+    "the vote until spring.",
+    "Most of the village's water still comes from a well that was dug by hand more than a century "
+    "ago.",
+    "If the cache is cold, the first request can take several seconds; after that, responses "
+    "arrive almost at once.",
+    "She packed two notebooks, a borrowed camera and far too many pencils for a weekend trip.",
+    "Nobody expected the old ferry to survive another winter, yet it kept crossing the bay every "
+    "morning at 6:40.",
+    "The report's appendix lists 37 species of moth recorded in the orchard between May and "
+    "September.",
+    "He didn't answer the letter right away; he wanted to think about what they'd asked of him.",
+    "A good benchmark measures one thing at a time and says exactly how it was run.",
+    "Prices rose by 4.5% in the first quarter, mostly because of shipping costs and a poor harvest.",
+    "When the power failed, the reading room went quiet except for the rain against the windows.",
+    "We'll need three volunteers on Saturday: one for the gate, one for the tea urn, and one for "
+    "the raffle.",
+    "The bridge was closed for repairs, so the bus took a long detour through the industrial "
+    "estate.",
+    "Tokenizers split text into pieces that a model can count, embed and predict, one after "
+    "another.",
+    'Her grandmother\'s recipe calls for "a handful" of flour, which is not a unit any scale '
+    "understands.",
+    "According to the timetable the last train leaves at 23:15, but it's usually ten minutes late.",
+    "Isn't it strange how a song you haven't heard in years can bring back an entire summer?",
+    "The museum's new wing (opened in 2019) holds maps, compasses and a very patient parrot.",
+    "Shipping was free over $50, so naturally everyone's basket came to $50.01.",
+    "I'VE TOLD YOU TWICE ALREADY: THE MEETING IS ON THURSDAY, NOT FRIDAY!",
+    "Version 2.3.1 fixes the crash on start-up and makes the export about 30 percent faster.",
+]
+
+LATIN_ACCENTED = [
+    "Le café était fermé, alors nous avons marché jusqu'à la boulangerie près de la gare.",
+    "Les élèves ont préparé une exposition sur l'histoire du quartier et ses anciens métiers.",
+    "Die Brücke über den Fluss wird nächste Woche gesperrt, weil die Straßenbahn neue Gleise "
+    "bekommt.",
+    "Übermorgen beginnt das Schuljahr, und die Kinder freuen sich schon auf ihre Freunde.",
+    "El mercado abre a las ocho de la mañana y cierra cuando se acaban las naranjas.",
+    "¿Cuántos años tenía tu abuela cuando llegó a la ciudad? ¡Qué historia tan increíble!",
+    "A reunião foi adiada porque metade da equipa estava de férias no Algarve.",
+    "Il treno per Firenze è partito in ritardo, ma siamo arrivati in tempo per la cena.",
+    "Wczoraj wieczorem padał deszcz, więc zostaliśmy w domu i graliśmy w szachy.",
+    "Příští týden pojedeme na hory, pokud bude hezké počasí.",
+    "Yarın sabah erkenden yola çıkacağız, çünkü yol uzun ve trafik yoğun olabilir.",
+    "Hôm nay trời đẹp, chúng tôi đi dạo quanh hồ và uống cà phê sữa đá.",
+    "Mâine dimineață vom vizita muzeul de științe naturale din centrul orașului.",
+    "A könyvtár hétvégén is nyitva tart, de csak délután négy óráig.",
+    "Ég fór í sund í morgun og hitti gamlan vin úr skólanum.",
+    "Søndag går vi en tur langs fjorden, hvis det ikke regner for meget.",
+]
+
+CYRILLIC = [
+    "Сегодня утром поезд опоздал на двадцать минут, и мы успели выпить чаю на вокзале.",
+    "В библиотеке открылась выставка старых карт и фотографий нашего города.",
+    "Если завтра будет солнечно, мы поедем за город собирать грибы.",
+    "Программа работает быстрее, когда данные уже лежат в памяти.",
+    "Він довго читав лист, а потім мовчки поклав його на стіл.",
+    "Ми зустрілися біля фонтану о сьомій годині вечора.",
+    "Утре ще има концерт в градината пред старата гимназия.",
+    "Научници су открили нову врсту лептира у планинама на југу земље.",
+]
+
+GREEK = [
+    "Το πρωί πήγαμε στην αγορά και αγοράσαμε φρέσκα ψάρια και ελιές.",
+    "Η βιβλιοθήκη της πόλης είναι ανοιχτή κάθε μέρα εκτός από την Κυριακή.",
+    "Αν βρέξει αύριο, θα μείνουμε στο σπίτι και θα διαβάσουμε.",
+    "Ο δάσκαλος εξήγησε το πρόβλημα με υπομονή και καθαρά παραδείγματα.",
+]
+
+ARABIC = [
+    "ذهبنا إلى السوق في الصباح واشترينا الخبز الطازج والتمر.",
+    "تفتح المكتبة أبوابها من الساعة التاسعة صباحاً حتى الخامسة مساءً.",
+    "إذا كان الطقس جميلاً غداً فسوف نسافر إلى البحر.",
+    "كتب الطالب مقالة طويلة عن تاريخ مدينته القديمة.",
+    "امروز هوا خیلی خوب است و ما به پارک می‌رویم.",
+    "הבוקר ירד גשם חזק ולכן הגענו מאוחר לעבודה.",
+]
+
+DEVANAGARI = [
+    "आज सुबह बारिश हो रही थी, इसलिए हम देर से घर से निकले।",
+    "पुस्तकालय में बच्चों के लिए कहानी की किताबों की एक नई अलमारी लगाई गई है।",
+    "अगर कल मौसम अच्छा रहा तो हम पहाड़ों पर घूमने जाएंगे।",
+    "उसने चाय बनाई और खिड़की के पास बैठकर अखबार पढ़ने लगा।",
+    "मी उद्या सकाळी लवकर बाजारात जाणार आहे।",
+]
+
+HAN = [
+    "今天早上下了很大的雨，所以我们晚了半个小时才出门。",
+    "图书馆每天早上九点开门，晚上八点关门。",
+    "如果明天天气好，我们就去山上看日出。",
+    "這家小店的麵條很好吃，每天中午都有很多人排隊。",
+    "他把那本旧书送给了他最好的朋友。",
+    "程序在数据已经加载到内存之后运行得更快。",
+]
+
+JAPANESE = [
+    "今朝は雨が強かったので、駅まで歩くのに時間がかかりました。",
+    "図書館は月曜日が休みですが、ほかの日は夜八時まで開いています。",
+    "明日の天気が良ければ、みんなで海に行くつもりです。",
+    "このラーメン屋さんはいつも混んでいて、三十分ぐらい待つことがあります。",
+    "カタカナで書かれたメニューを読むのは、まだ少し難しいです。",
+]
+
+HANGUL = [
+    "오늘 아침에는 비가 많이 와서 회사에 조금 늦게 도착했습니다.",
+    "도서관은 월요일에 쉬고 나머지 요일에는 저녁 여덟 시까지 엽니다.",
+    "내일 날씨가 좋으면 친구들과 함께 바다에 갈 거예요.",
+    "이 식당의 김치찌개는 정말 맛있어서 자주 와요.",
+]
+
+THAI = [
+    "เมื่อเช้านี้ฝนตกหนัก เราจึงออกจากบ้านช้ากว่าปกติ",
+    "ห้องสมุดเปิดทุกวันตั้งแต่เก้าโมงเช้าถึงหนึ่งทุ่ม",
+    "ถ้าพรุ่งนี้อากาศดี เราจะไปเที่ยวทะเลกัน",
+    "ร้านก๋วยเตี๋ยวร้านนี้อร่อยมาก คนจึงต่อคิวยาวทุกวัน",
+]
+
+SCRIPTS = {
+    "latin": LATIN_ACCENTED,
+    "cyrillic": CYRILLIC,
+    "greek": GREEK,
+    "arabic": ARABIC,
+    "devanagari": DEVANAGARI,
+    "han": HAN,
+    "japanese": JAPANESE,
+    "hangul": HANGUL,
+    "thai": THAI,
+}
+
+EMOJI = [
+    "😀", "😂", "🙏", "🎉", "🚀", "🔥", "❤️", "👍🏽", "👩‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇯🇵", "🇧🇷",
+    "✅", "❌", "⚠️", "🤖", "🍕", "☕", "1️⃣", "🧪", "📈", "🌧️", "🙈🙉🙊", "✨✨✨", "👀",
+]  # fmt: skip
+
+# %NAME% / %NUM% / %WORD% are filled with random identifiers, numbers and words per use.
+CODE = [
+    """def %NAME%(items, limit=%NUM%):
+    \"\"\"Return the first `limit` items that are not None.\"\"\"
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        out.append(item)
+        if len(out) >= limit:
+            break
+    return out
+""",
+    """class %NAME%:
+    def __init__(self, path: str, retries: int = %NUM%) -> None:
+        self.path = path
+        self.retries = retries
+        self._cache: dict[str, bytes] = {}
+
+    def read(self, key: str) -> bytes:
+        if key not in self._cache:
+            with open(f"{self.path}/{key}", "rb") as f:
+                self._cache[key] = f.read()
+        return self._cache[key]
+""",
+    """static int %NAME%(const char *buf, size_t len) {
+    int total = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] == '\\n') total += %NUM%;
+        else if (buf[i] >= '0' && buf[i] <= '9') total += buf[i] - '0';
+    }
+    return total;
+}
+""",
+    """export async function %NAME%(url, options = {}) {
+  const res = await fetch(url, { ...options, headers: { "X-Retry": "%NUM%" } });
+  if (!res.ok) {
+    throw new Error(`request failed: ${res.status} ${res.statusText}`);
+  }
+  return (await res.json()).items.filter((x) => x.%WORD% !== undefined);
+}
+""",
+    """fn %NAME%(values: &[f64]) -> Option<(f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / %NUM%.0;
+    Some((mean, var.sqrt()))
+}
+""",
+    """SELECT u.id, u.%WORD%, COUNT(o.id) AS orders
+FROM users AS u
+LEFT JOIN orders AS o ON o.user_id = u.id AND o.created_at >= '2024-01-01'
+WHERE u.active = TRUE
+GROUP BY u.id, u.%WORD%
+HAVING COUNT(o.id) > %NUM%
+ORDER BY orders DESC
+LIMIT 50;
+""",
+    """<div class="card %WORD%">
+  <h2 id="%NAME%">Results for &quot;%WORD%&quot;</h2>
+  <ul>
+    <li><a href="/items/%NUM%?sort=asc&amp;page=2">Next page &raquo;</a></li>
+  </ul>
+</div>
+""",
+    """{
+  "name": "%NAME%",
+  "version": "1.%NUM%.0",
+  "tags": ["%WORD%", "%WORD%"],
+  "limits": {"cpu": 0.5, "memory_mb": %NUM%, "retries": null},
+  "enabled": true
+}
+""",
+    """#!/usr/bin/env bash
+set -euo pipefail
+for f in "$@"; do
+  n=$(wc -l < "$f")
+  if [[ $n -gt %NUM% ]]; then
+    echo "$f: $n lines" >&2
+  fi
+done | sort -t: -k2 -n | tail -n 20
+""",
+    """func %NAME%(ctx context.Context, ids []int64) (map[int64]string, error) {
+	out := make(map[int64]string, len(ids))
+	for _, id := range ids {
+		name, err := lookup(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("lookup %d: %w", id, err)
+		}
+		out[id] = name
+	}
+	return out, nil
+}
+""",
+    """@@ -%NUM%,7 +%NUM%,8 @@ def %NAME%(self):
+-        total = sum(x for x in self.values)
++        total = sum(x for x in self.values if x is not None)
++        # skip missing readings (see issue #%NUM%)
+         return total / max(1, len(self.values))
+""",
+    """2024-05-%NUM%T12:04:33.918Z INFO  server: listening on 0.0.0.0:8080
+2024-05-%NUM%T12:04:35.101Z WARN  pool: connection %NUM% idle for 30s, closing
+2024-05-%NUM%T12:04:36.777Z ERROR handler: %WORD% failed: timeout after 5000ms
+""",
+]
+
+IDENTIFIERS = [
+    "parse_header", "loadConfig", "read_chunk", "TokenCache", "retry_later", "merge_ranks",
+    "_flush", "HTTPClient", "build_index", "normalize", "to_utf8", "kv_store", "xs", "tmp2",
+]  # fmt: skip
+WORDS = ["status", "email", "title", "region", "score", "owner", "label", "price", "kind"]
+
+
+def random_number(rng: random.Random) -> str:
+    kind = rng.randrange(10)
+    if kind == 0:
+        return str(rng.randrange(10))
+    if kind == 1:
+        return str(rng.randrange(10**6))
+    if kind == 2:
+        return f"{rng.uniform(-1000, 1000):.{rng.randrange(1, 5)}f}"
+    if kind == 3:
+        return f"{rng.randrange(1990, 2031)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+    if kind == 4:
+        return f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
+    if kind == 5:
+        return f"+{rng.randrange(1, 99)} {rng.randrange(100, 999)} {rng.randrange(10**6, 10**7)}"
+    if kind == 6:
+        return f"0x{rng.getrandbits(32):08x}"
+    if kind == 7:
+        return "".join(rng.choice("0123456789") for _ in range(rng.randrange(10, 41)))
+    if kind == 8:
+        return f"${rng.randrange(1, 10**6):,}.{rng.randrange(100):02d}"
+    return ".".join(str(rng.randrange(256)) for _ in range(4))
+
+
+def whitespace_run(rng: random.Random) -> str:
+    kind = rng.randrange(7)
+    n = rng.randrange(2, 40)
+    if kind == 0:
+        return " " * n
+    if kind == 1:
+        return "\t" * (n // 4 + 1)
+    if kind == 2:
+        return "\n" * (n // 8 + 2)
+    if kind == 3:
+        return " " * n + "\n"
+    if kind == 4:
+        return "\r\n" * (n // 10 + 1)
+    if kind == 5:
+        return "\u00a0" * (n // 5 + 1) + "\u3000"
+    return "".join(rng.choice(" \t\n ") for _ in range(n))
+
+
+def vary(sentence: str, rng: random.Random) -> str:
+    """A random variant of a sample sentence, so repeats are not verbatim."""
+    words = sentence.split(" ")
+    if len(words) > 3 and rng.random() < 0.35:
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    if rng.random() < 0.2:
+        words.insert(rng.randrange(len(words) + 1), random_number(rng))
+    if rng.random() < 0.08:
+        words.insert(rng.randrange(len(words) + 1), rng.choice(EMOJI))
+    text = " ".join(words)
+    if rng.random() < 0.1 and len(text) > 4:  # a typo: two neighbouring characters swapped
+        i = rng.randrange(len(text) - 1)
+        text = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+    r = rng.random()
+    if r < 0.04:
+        text = text.upper()
+    elif r < 0.08:
+        text = text.lower()
+    elif r < 0.11:
+        text = f'"{text}"'
+    return text
+
+
+_PLACEHOLDER = re.compile(r"%(NAME|NUM|WORD)%")
+
+
+def code_snippet(rng: random.Random) -> str:
+    def fill(m: re.Match) -> str:
+        if m.group(1) == "NAME":
+            return rng.choice(IDENTIFIERS)
+        if m.group(1) == "NUM":
+            return str(rng.randrange(1, 5000))
+        return rng.choice(WORDS)
+
+    text = _PLACEHOLDER.sub(fill, rng.choice(CODE))
+    indent = rng.random()
+    if indent < 0.2:
+        text = text.replace("    ", "\t")
+    elif indent < 0.35:
+        text = text.replace("    ", "  ")
+    return text
+
+
+def paragraph(rng: random.Random, pool: Sequence[str], lo: int = 2, hi: int = 7) -> str:
+    return " ".join(vary(rng.choice(pool), rng) for _ in range(rng.randint(lo, hi)))
+
+
+def prose_doc(rng: random.Random) -> Callable[[], str]:
+    def part() -> str:
+        r = rng.random()
+        if r < 0.06:
+            return f"## {vary(rng.choice(ENGLISH), rng)[:40].rstrip()}\n\n"
+        if r < 0.12:
+            items = [vary(rng.choice(ENGLISH), rng) for _ in range(rng.randint(2, 5))]
+            return "".join(f"- {item}\n" for item in items) + "\n"
+        if r < 0.17:
+            return paragraph(rng, LATIN_ACCENTED, 1, 3) + "\n\n"
+        if r < 0.2:
+            return whitespace_run(rng)
+        return paragraph(rng, ENGLISH) + rng.choice(["\n\n", "\n\n", "\n", " ", "\r\n\r\n"])
+
+    return part
+
+
+def code_doc(rng: random.Random) -> Callable[[], str]:
+    def part() -> str:
+        r = rng.random()
+        if r < 0.15:
+            return f"# {vary(rng.choice(ENGLISH), rng)}\n"
+        if r < 0.25:
+            return f"\n{paragraph(rng, ENGLISH, 1, 3)}\n\n```\n{code_snippet(rng)}```\n\n"
+        if r < 0.3:
+            pool = SCRIPTS[rng.choice(sorted(SCRIPTS))]
+            return f"// {rng.choice(EMOJI)} {vary(rng.choice(pool), rng)}\n"
+        return code_snippet(rng) + "\n" * rng.randint(1, 2)
+
+    return part
+
+
+def script_doc(rng: random.Random) -> Callable[[], str]:
+    pool = SCRIPTS[rng.choice(sorted(SCRIPTS))]
+
+    def part() -> str:
+        r = rng.random()
+        if r < 0.1:
+            return paragraph(rng, ENGLISH, 1, 2) + "\n\n"
+        if r < 0.15:
+            return " ".join(rng.choice(EMOJI) for _ in range(rng.randint(1, 4))) + "\n"
+        if r < 0.2:
+            return f"{random_number(rng)} {random_number(rng)}\n"
+        return paragraph(rng, pool) + rng.choice(["\n\n", "\n", " ", "\n\n\n"])
+
+    return part
+
+
+def chat_doc(rng: random.Random) -> Callable[[], str]:
+    pools = [ENGLISH, ENGLISH, *SCRIPTS.values()]
+
+    def part() -> str:
+        r = rng.random()
+        if r < 0.1:
+            return whitespace_run(rng)
+        if r < 0.18:
+            cells = [random_number(rng) for _ in range(rng.randint(2, 5))]
+            return "| " + " | ".join(cells) + " |\n"
+        if r < 0.24:
+            return rng.choice(EMOJI) * rng.randint(1, 6) + "\n"
+        user = f"{rng.choice(WORDS)}{rng.randrange(100)}"
+        emoji = rng.choice(EMOJI) if rng.random() < 0.4 else ""
+        return f"{user}: {vary(rng.choice(rng.choice(pools)), rng)} {emoji}\n"
+
+    return part
+
+
+DOC_KINDS = [(prose_doc, 0.3), (code_doc, 0.25), (script_doc, 0.3), (chat_doc, 0.15)]
+
+
+def synthetic_docs(megabytes: float, seed: int, doc_kb: tuple[float, float]) -> list[str]:
+    rng = random.Random(seed)
+    kinds = [k for k, _ in DOC_KINDS]
+    weights = [w for _, w in DOC_KINDS]
+    docs: list[str] = []
+    total = 0
+    while total < megabytes * 1e6:
+        target = int(rng.uniform(*doc_kb) * 1000)
+        part = rng.choices(kinds, weights)[0](rng)
+        pieces: list[str] = []
+        size = 0
+        while size < target:
+            piece = part()
+            pieces.append(piece)
+            size += len(piece.encode("utf-8"))
+        docs.append("".join(pieces))
+        total += size
+    return docs
+
+
+def corpus_docs(path: Path, seed: int, doc_kb: tuple[float, float]) -> list[str]:
+    """A text file cut at line ends into documents of a few KB (over-long lines are cut too)."""
+    rng = random.Random(seed)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    docs: list[str] = []
+    pieces: list[str] = []
+    size = 0
+    target = int(rng.uniform(*doc_kb) * 1000)
+    for line in text.splitlines(keepends=True):
+        while line:
+            room = max(1, target - size)
+            piece, line = line[:room], line[room:]  # `room` characters are >= `room` bytes
+            pieces.append(piece)
+            size += len(piece.encode("utf-8"))
+            if size >= target:
+                docs.append("".join(pieces))
+                pieces, size = [], 0
+                target = int(rng.uniform(*doc_kb) * 1000)
+    if pieces:
+        docs.append("".join(pieces))
+    return docs
+
+
+def join_docs(docs: Sequence[str], chars: int, limit: int) -> list[str]:
+    """Documents joined (with a blank line) into texts of about `chars` characters, none longer
+    than `limit` unless a single document is."""
+    texts: list[str] = []
+    pieces: list[str] = []
+    size = 0
+    for doc in docs:
+        if pieces and size + len(doc) > limit:
+            texts.append("\n\n".join(pieces))
+            pieces, size = [], 0
+        pieces.append(doc)
+        size += len(doc) + 2
+        if size >= chars:
+            texts.append("\n\n".join(pieces))
+            pieces, size = [], 0
+    if pieces:
+        texts.append("\n\n".join(pieces))
+    return texts
+
+
+def utf8_bytes(docs: Sequence[str]) -> int:
+    return sum(len(d.encode("utf-8")) for d in docs)
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def gc_off() -> Iterator[None]:
+    """No collector passes while timing (these workloads make no reference cycles)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def timed(fn: Callable[..., list], *args) -> tuple[float, list]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def slice_bounds(docs: Sequence[str], parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous runs of documents with about the same number of UTF-8 bytes."""
+    sizes = [len(d.encode("utf-8")) for d in docs]
+    total = sum(sizes)
+    bounds, start, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        acc += size
+        if acc >= total * (len(bounds) + 1) / parts:
+            bounds.append((start, i + 1))
+            start = i + 1
+    if start < len(docs):
+        bounds.append((start, len(docs)))
+    return bounds
+
+
+def mismatches(out: Sequence[Sequence[int]], ref: Sequence[Sequence[int]]) -> int:
+    """How many documents' ids differ from the reference (list, array or numpy rows)."""
+    if len(out) != len(ref):
+        return max(len(out), len(ref))
+    return sum(1 for a, b in zip(out, ref, strict=True) if list(a) != list(b))
+
+
+@dataclass
+class Engine:
+    key: str
+    label: str
+    fn: Callable[[list[str]], list]
+    nbytes: int
+    seconds: list[float] = field(default_factory=list)
+    bad_docs: int = 0  # most documents whose ids differed in any one run
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def mb_s(self) -> float:
+        return self.nbytes / 1e6 / self.best
+
+    def record(self) -> dict:
+        return {
+            "label": self.label,
+            "bytes": self.nbytes,
+            "seconds": [round(s, 5) for s in self.seconds],
+            "best_s": round(self.best, 5),
+            "mb_per_s": round(self.mb_s, 3),
+            "mismatched_docs": self.bad_docs,
+        }
+
+
+def race(
+    engines: list[Engine],
+    docs: list[str],
+    ref: Sequence[Sequence[int]],
+    repeats: int,
+    parts: int,
+) -> None:
+    """Time each engine `repeats` times over all documents, checking ids every time.
+
+    Every engine first encodes everything once, untimed (a warm-up). A run is cut into `parts`
+    slices of the documents; on each slice the engines take turns, and the order rotates from
+    slice to slice and run to run, so a slow spell of the machine falls on all engines alike.
+    An engine's time for a run is the sum of its slices.
+    """
+    bounds = slice_bounds(docs, parts)
+    with gc_off():
+        for e in engines:
+            _, out = timed(e.fn, docs)
+            e.bad_docs = max(e.bad_docs, mismatches(out, ref))
+            del out
+        for r in range(repeats):
+            total = [0.0] * len(engines)
+            bad = [0] * len(engines)
+            for j, (a, b) in enumerate(bounds):
+                part, part_ref = docs[a:b], ref[a:b]
+                k = (r + j) % len(engines)
+                for i in list(range(k, len(engines))) + list(range(k)):
+                    seconds, out = timed(engines[i].fn, part)
+                    total[i] += seconds
+                    bad[i] += mismatches(out, part_ref)
+                    del out
+            for e, seconds, wrong in zip(engines, total, bad, strict=True):
+                e.seconds.append(seconds)
+                e.bad_docs = max(e.bad_docs, wrong)
+            line = "  ".join(f"{e.label} {e.nbytes / 1e6 / e.seconds[-1]:7.2f}" for e in engines)
+            print(f"    run {r + 1}/{repeats}: {line}  MB/s", flush=True)
+
+
+@dataclass
+class Ratio:
+    key: str
+    label: str
+    value: float | None
+    target: float | None
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "n/a"
+        if self.target is None:
+            return "info"
+        return "PASS" if self.value >= self.target else "MISS"
+
+    def record(self) -> dict:
+        return {
+            "label": self.label,
+            "value": None if self.value is None else round(self.value, 4),
+            "target": self.target,
+            "verdict": self.verdict,
+        }
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as the description, and each option's default."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/tokenize.py",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--megabytes",
+        type=float,
+        default=10.0,
+        metavar="MB",
+        help="size of the generated corpus in MB of UTF-8 (ignored with --corpus)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the corpus generator")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="encode this UTF-8 text file (cut into documents at line ends) instead of the "
+        "generated mixed-script corpus",
+    )
+    p.add_argument(
+        "--doc-kb",
+        type=float,
+        nargs=2,
+        default=(1.5, 5.5),
+        metavar=("MIN", "MAX"),
+        help="document size range in KB (10^3 bytes); each document's size is drawn uniformly",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=DEFAULT_LLAMA3,
+        metavar="PATH",
+        help="Llama 3 tiktoken ranks file (tokenizer.model), loaded by herd and by tiktoken",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="thread count of the batch encoders; the default is the CPU count",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed runs per engine; the best one is reported",
+    )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=10,
+        metavar="K",
+        help="each timed run is cut into K slices of the documents and the engines being compared "
+        "take turns slice by slice (order rotating), so a slow spell of the machine hits them "
+        "alike; 1 = each engine encodes everything in one go",
+    )
+    p.add_argument(
+        "--all",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the Llama 2 sentencepiece tokenizer (herd against sentencepiece)",
+    )
+    p.add_argument(
+        "--llama2-tokenizer",
+        type=Path,
+        default=DEFAULT_LLAMA2,
+        metavar="PATH",
+        help="Llama 2 sentencepiece model for --all",
+    )
+    p.add_argument(
+        "--sp-megabytes",
+        type=float,
+        default=3.0,
+        metavar="MB",
+        help="--all encodes only the first documents, up to this many MB",
+    )
+    p.add_argument(
+        "--long",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also time the one-thread Llama 3 pair on the documents joined into texts of "
+        f"~{LONG_TEXT_CHARS:,} characters (herd scans texts over 25,000 characters for long runs)",
+    )
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="OUT", help="write all figures to OUT as JSON"
+    )
+    args = p.parse_args(argv)
+    if min(args.repeats, args.threads, args.slices) < 1:
+        p.error("--repeats, --threads and --slices must be at least 1")
+    if args.megabytes <= 0 or args.sp_megabytes <= 0:
+        p.error("--megabytes and --sp-megabytes must be positive")
+    if not 0 < args.doc_kb[0] <= args.doc_kb[1]:
+        p.error("--doc-kb needs 0 < MIN <= MAX")
+    return args
+
+
+def others_cpu_use(seconds: float = 0.5) -> float | None:
+    """Fraction of all CPUs' time spent busy over `seconds` while this process sleeps (Linux)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal; guest time is already in user
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    return None if elapsed <= 0 else 1 - (idle1 - idle0) / elapsed
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def section(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.tokenizer.is_file():
+        return fail(
+            f"Llama 3 tokenizer not found: {args.tokenizer}\n"
+            "  pass --tokenizer PATH (a tiktoken ranks file, Meta's tokenizer.model for Llama 3)"
+        )
+    if args.all and not args.llama2_tokenizer.is_file():
+        return fail(
+            f"Llama 2 tokenizer not found: {args.llama2_tokenizer}\n"
+            "  pass --llama2-tokenizer PATH, or --no-all to skip the sentencepiece comparison"
+        )
+    if args.corpus is not None and not args.corpus.is_file():
+        return fail(f"corpus file not found: {args.corpus}")
+
+    import sentencepiece
+    import tiktoken
+    import tiktoken.load
+
+    import herd
+    import herd.tokenizer.llama3 as herd_llama3
+
+    threads = args.threads
+    busy = others_cpu_use()
+    print(
+        f"python {platform.python_version()}, tiktoken {tiktoken.__version__}, "
+        f"sentencepiece {sentencepiece.__version__}, herd {version('herd')}"
+    )
+    print(
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"batch threads N = {threads}, repeats {args.repeats}, slices {args.slices}"
+    )
+    if busy is not None:
+        print(f"CPU use by other processes just before starting: {100 * busy:.0f}%")
+        if busy > 0.1:
+            print("  note: the machine is busy; timings, thread speed-ups above all, will be noisy")
+
+    # corpus
+    start = time.perf_counter()
+    if args.corpus is not None:
+        docs = corpus_docs(args.corpus, args.seed, tuple(args.doc_kb))
+        source = str(args.corpus)
+    else:
+        docs = synthetic_docs(args.megabytes, args.seed, tuple(args.doc_kb))
+        source = f"generated mixed text, seed {args.seed}"
+    if not docs:
+        return fail(f"{args.corpus}: empty corpus")
+    nbytes = utf8_bytes(docs)
+    nchars = sum(len(d) for d in docs)
+    print(
+        f"corpus: {source}: {len(docs)} documents, {nbytes / 1e6:.2f} MB UTF-8, "
+        f"{nchars / 1e6:.2f} M characters ({time.perf_counter() - start:.1f}s to build)"
+    )
+
+    # tokenizers
+    try:
+        tok = herd.load_tokenizer(args.tokenizer)
+    except herd.HerdError as e:
+        return fail(str(e))
+    if tok.kind != "llama3-tiktoken":
+        return fail(f"{args.tokenizer} is a {tok.kind} tokenizer, not a Llama 3 tiktoken file")
+    enc = tiktoken.Encoding(
+        "llama3",
+        pat_str=herd_llama3.PATTERN,
+        mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(args.tokenizer)),
+        special_tokens={},
+    )
+
+    results: dict = {
+        "config": {
+            "corpus": source,
+            "documents": len(docs),
+            "bytes": nbytes,
+            "characters": nchars,
+            "seed": args.seed,
+            "doc_kb": list(args.doc_kb),
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "repeats": args.repeats,
+            "slices": args.slices,
+            "cpu_busy_before_start": None if busy is None else round(busy, 4),
+            "python": platform.python_version(),
+            "tiktoken": tiktoken.__version__,
+            "sentencepiece": sentencepiece.__version__,
+            "tokenizer": str(args.tokenizer),
+        },
+        "engines": {},
+        "cold_pass_s": {},
+        "ratios": {},
+    }
+    engines: dict[str, Engine] = {}
+    ratios: list[Ratio] = []
+    bad = 0
+
+    # --- Llama 3, one thread ---
+    section(f"Llama 3, one thread ({len(docs)} documents)")
+    with gc_off():
+        cold, ref = timed(lambda: [enc.encode_ordinary(d) for d in docs])
+    results["cold_pass_s"]["llama3_tiktoken"] = round(cold, 4)
+    ntokens = sum(len(ids) for ids in ref)
+    results["config"]["llama3_tokens"] = ntokens
+    print(
+        f"  untimed first pass (tiktoken, fresh strings): {nbytes / 1e6 / cold:.2f} MB/s; "
+        f"{ntokens:,} tokens, {nbytes / ntokens:.2f} bytes/token"
+    )
+    pair = [
+        Engine(
+            "llama3_tiktoken", "tiktoken", lambda ds: [enc.encode_ordinary(d) for d in ds], nbytes
+        ),
+        Engine("llama3_herd", "herd", lambda ds: [tok.encode(d) for d in ds], nbytes),
+    ]
+    race(pair, docs, ref, args.repeats, args.slices)
+    engines.update((e.key, e) for e in pair)
+    with gc_off():
+        scan_s, _ = timed(lambda: [list(herd_llama3.split_long_runs(d)) for d in docs])
+    results["herd_long_run_scan_s"] = round(scan_s, 5)
+    print(
+        f"  herd's long-run scan alone (split_long_runs over every document): "
+        f"{scan_s * 1e3:.1f} ms, {100 * scan_s / engines['llama3_herd'].best:.1f}% of herd's time"
+    )
+    ratios.append(
+        Ratio(
+            "llama3_single",
+            "Llama 3 herd / tiktoken, 1 thread",
+            engines["llama3_tiktoken"].best / engines["llama3_herd"].best,
+            TARGET_SINGLE,
+        )
+    )
+
+    # --- Llama 3, N threads ---
+    section(f"Llama 3, batch encoders, N = {threads} threads against 1")
+    batch = [
+        Engine(
+            f"llama3_herd_batch_{threads}",
+            f"herd x{threads}",
+            lambda ds: tok.encode_batch(ds, num_threads=threads),
+            nbytes,
+        ),
+        Engine(
+            "llama3_herd_batch_1",
+            "herd x1",
+            lambda ds: tok.encode_batch(ds, num_threads=1),
+            nbytes,
+        ),
+        Engine(
+            f"llama3_tiktoken_batch_{threads}",
+            f"tiktoken x{threads}",
+            lambda ds: enc.encode_ordinary_batch(ds, num_threads=threads),
+            nbytes,
+        ),
+        Engine(
+            "llama3_tiktoken_batch_1",
+            "tiktoken x1",
+            lambda ds: enc.encode_ordinary_batch(ds, num_threads=1),
+            nbytes,
+        ),
+    ]
+    race(batch, docs, ref, args.repeats, args.slices)
+    engines.update((e.key, e) for e in batch)
+    herd_n, herd_1, tk_n, tk_1 = batch
+    ratios += [
+        Ratio(
+            "llama3_herd_thread_speedup",
+            f"Llama 3 herd encode_batch x{threads} / x1",
+            herd_1.best / herd_n.best if threads > 1 else None,
+            TARGET_THREADS,
+        ),
+        Ratio(
+            "llama3_tiktoken_thread_speedup",
+            f"Llama 3 tiktoken encode_ordinary_batch x{threads} / x1",
+            tk_1.best / tk_n.best if threads > 1 else None,
+            None,
+        ),
+        Ratio(
+            "llama3_batch",
+            f"Llama 3 herd / tiktoken, batch x{threads}",
+            tk_n.best / herd_n.best,
+            TARGET_SINGLE,
+        ),
+    ]
+    del ref
+
+    # --- Llama 3, long texts ---
+    if args.long:
+        texts = join_docs(docs, LONG_TEXT_CHARS, herd_llama3.MAX_ENCODE_CHARS)
+        section(f"Llama 3, one thread, {len(texts)} long texts of ~{LONG_TEXT_CHARS:,} characters")
+        long_ref = [enc.encode_ordinary(t) for t in texts]
+        longs = [
+            Engine(
+                "llama3_long_tiktoken",
+                "tiktoken",
+                lambda ts: [enc.encode_ordinary(t) for t in ts],
+                nbytes,
+            ),
+            Engine("llama3_long_herd", "herd", lambda ts: [tok.encode(t) for t in ts], nbytes),
+        ]
+        race(longs, texts, long_ref, args.repeats, args.slices)
+        engines.update((e.key, e) for e in longs)
+        with gc_off():
+            scan_s, _ = timed(lambda: [list(herd_llama3.split_long_runs(t)) for t in texts])
+        results["herd_long_run_scan_long_texts_s"] = round(scan_s, 5)
+        print(
+            f"  herd's long-run scan alone: {scan_s * 1e3:.0f} ms "
+            f"({nbytes / 1e6 / scan_s:.1f} MB/s), "
+            f"{100 * scan_s / engines['llama3_long_herd'].best:.0f}% of herd's time"
+        )
+        ratios.append(
+            Ratio(
+                "llama3_long_single",
+                "Llama 3 herd / tiktoken, 1 thread, long texts (extra)",
+                longs[0].best / longs[1].best,
+                TARGET_SINGLE,
+            )
+        )
+        del long_ref, texts
+
+    # --- Llama 2 ---
+    if args.all:
+        sp_docs: list[str] = []
+        size = 0
+        for d in docs:
+            if size >= args.sp_megabytes * 1e6:
+                break
+            sp_docs.append(d)
+            size += len(d.encode("utf-8"))
+        section(f"Llama 2 (sentencepiece), {len(sp_docs)} documents, {size / 1e6:.2f} MB")
+        try:
+            tok2 = herd.load_tokenizer(args.llama2_tokenizer)
+        except herd.HerdError as e:
+            return fail(str(e))
+        if tok2.kind != "llama2-sentencepiece":
+            return fail(f"{args.llama2_tokenizer} is a {tok2.kind} tokenizer, not sentencepiece")
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(args.llama2_tokenizer))
+        with gc_off():
+            cold, sp_ref = timed(lambda: sp.encode(sp_docs, num_threads=1))
+        results["cold_pass_s"]["llama2_sentencepiece"] = round(cold, 4)
+        print(f"  untimed first pass (sentencepiece): {size / 1e6 / cold:.2f} MB/s")
+        sps = [
+            Engine(
+                "llama2_sentencepiece",
+                "sentencepiece x1",
+                lambda ds: sp.encode(ds, num_threads=1),
+                size,
+            ),
+            Engine("llama2_herd", "herd", lambda ds: [tok2.encode(d) for d in ds], size),
+            Engine(
+                f"llama2_sentencepiece_batch_{threads}",
+                f"sentencepiece x{threads}",
+                lambda ds: sp.encode(ds, num_threads=threads),
+                size,
+            ),
+            Engine(
+                f"llama2_herd_batch_{threads}",
+                f"herd x{threads}",
+                lambda ds: tok2.encode_batch(ds, num_threads=threads),
+                size,
+            ),
+        ]
+        race(sps, sp_docs, sp_ref, args.repeats, args.slices)
+        engines.update((e.key, e) for e in sps)
+        ratios += [
+            Ratio(
+                "llama2_single",
+                "Llama 2 herd / sentencepiece, 1 thread",
+                sps[0].best / sps[1].best,
+                TARGET_SINGLE,
+            ),
+            Ratio(
+                "llama2_batch",
+                f"Llama 2 herd / sentencepiece, batch x{threads}",
+                sps[2].best / sps[3].best,
+                TARGET_SINGLE,
+            ),
+        ]
+        del sp_ref
+
+    # --- summary ---
+    section("summary (best of each engine's runs)")
+    print(f"  {'engine':<44} {'MB':>6} {'best s':>8} {'MB/s':>8} {'spread':>7}  ids")
+    for e in engines.values():
+        spread = max(e.seconds) / e.best - 1
+        ids = "same" if e.bad_docs == 0 else f"{e.bad_docs} docs differ"
+        print(
+            f"  {e.key:<44} {e.nbytes / 1e6:6.2f} {e.best:8.3f} {e.mb_s:8.2f} "
+            f"{100 * spread:6.1f}%  {ids}"
+        )
+        bad += e.bad_docs
+    print()
+    for r in ratios:
+        value = "n/a" if r.value is None else f"{r.value:.3f}"
+        target = "" if r.target is None else f"(target >= {r.target})"
+        print(f"  {r.label:<56} {value:>6}  {r.verdict:<4} {target}".rstrip())
+    if bad:
+        print("\nids DIFFER from the reference library: see the ids column")
+    else:
+        print("\nids identical to the reference library in every timed run")
+
+    results["engines"] = {k: e.record() for k, e in engines.items()}
+    results["ratios"] = {r.key: r.record() for r in ratios}
+    results["ids_identical"] = bad == 0
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
