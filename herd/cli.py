@@ -164,6 +164,18 @@ def _run_tokenizer(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _add_data(p: argparse.ArgumentParser) -> None:
+    from herd.data.commands import add_arguments
+
+    add_arguments(p)
+
+
+def _run_data(args: argparse.Namespace) -> None:
+    from herd.data.commands import run
+
+    run(args)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default="runs/demo", help="where to write the demo checkpoint (runs/demo)"
@@ -193,6 +205,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("generate text from a checkpoint, streaming tokens", _add_generate, _run_generate),
     "chat": ("chat with a checkpoint in its chat format (a REPL)", _add_chat, _run_chat),
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
+    "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
 }
 
 

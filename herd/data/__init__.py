@@ -1,0 +1,1 @@
+"""Data: document sources -> token shards (memory-mapped, with document boundaries)."""

@@ -1,0 +1,231 @@
+"""Token shards: `herd data prepare` writes them, training and evaluation read them (memory-mapped).
+
+Layout of a prepared folder:
+  manifest.json               tokenizer, dtype, sources, per-split shard list (documents, tokens,
+                              UTF-8 bytes for bits-per-byte, sha256 of every file)
+  tokenizer/                  a copy of the tokenizer files, so the folder describes itself
+  train-00000.bin / .idx.npy  tokens (uint16 when the vocabulary fits, else uint32) and the start
+  val-00000.bin   / .idx.npy  offset of every document (plus the end), i.e. document boundaries
+
+Each document is stored as BOS + tokens + EOS. A document goes to the validation split when a hash
+of its stable id falls below `val_fraction`, so the split never depends on order or machine.
+Documents are grouped into shards by a character budget before tokenizing, so a rerun recognises
+finished shards (same documents, same tokenizer, checksums intact) and skips them; each shard file
+and the manifest are written to a temporary name and renamed, so a killed run leaves no half shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from herd.data.sources import Document, describe_sources, iter_documents
+from herd.errors import HerdError
+from herd.tokenizer import Tokenizer, load_tokenizer
+
+FORMAT = "herd-tokens"
+VERSION = 1
+SPLITS = ("train", "val")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_val(doc_id: str, val_fraction: float) -> bool:
+    digest = hashlib.sha1(doc_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def _group_digest(docs: list[Document]) -> str:
+    h = hashlib.sha1()
+    for d in docs:
+        h.update(d.id.encode("utf-8", "surrogatepass"))
+        h.update(len(d.text).to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _ShardWriter:
+    def __init__(self, out: Path, tok: Tokenizer, manifest: dict, threads: int | None) -> None:
+        self.out, self.tok, self.manifest, self.threads = out, tok, manifest, threads
+        self.dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+        self.previous = {s["name"]: s for split in SPLITS for s in manifest["splits"][split]}
+        self.fresh = {split: [] for split in SPLITS}
+        self.skipped = 0
+
+    def _still_valid(self, entry: dict | None, digest: str) -> bool:
+        if entry is None or entry.get("digest") != digest:
+            return False
+        files = (self.out / entry["file"], self.out / entry["index"])
+        return all(f.is_file() for f in files) and _sha256(files[0]) == entry["sha256"]
+
+    def flush(self, split: str, docs: list[Document]) -> dict:
+        name = f"{split}-{len(self.fresh[split]):05d}"
+        digest = _group_digest(docs)
+        entry = self.previous.get(name)
+        if self._still_valid(entry, digest):
+            self.skipped += 1
+        else:
+            encoded = self.tok.encode_batch(
+                [d.text for d in docs], bos=True, eos=True, num_threads=self.threads
+            )
+            lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(docs))
+            offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            tokens = np.concatenate([np.asarray(ids, dtype=self.dtype) for ids in encoded])
+            bin_path, idx_path = self.out / f"{name}.bin", self.out / f"{name}.idx.npy"
+            _write_atomic(bin_path, lambda f: f.write(tokens.tobytes()))
+            _write_atomic(idx_path, lambda f: np.save(f, offsets))
+            entry = {
+                "name": name,
+                "file": bin_path.name,
+                "index": idx_path.name,
+                "documents": len(docs),
+                "tokens": int(offsets[-1]),
+                "bytes": sum(len(d.text.encode("utf-8", "replace")) for d in docs),
+                "digest": digest,
+                "sha256": _sha256(bin_path),
+            }
+        self.fresh[split].append(entry)
+        return entry
+
+
+def _tokenizer_digest(tok: Tokenizer) -> str:
+    return hashlib.sha256(b"".join(_sha256(f).encode() for f in tok.files())).hexdigest()
+
+
+def prepare(
+    sources: list[str],
+    tokenizer: str | Path,
+    out: str | Path,
+    val_fraction: float = 0.01,
+    shard_chars: int = 50_000_000,
+    field: str = "text",
+    on_bad_file: str = "fail",
+    num_threads: int | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Tokenize `sources` into shards under `out`; returns the manifest path."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise HerdError(f"--val-fraction {val_fraction}: expected a value in [0, 1)")
+    if shard_chars <= 0:
+        raise HerdError(f"--shard-chars {shard_chars}: expected a positive number")
+    tok = load_tokenizer(tokenizer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    settings = {
+        "tokenizer_sha256": _tokenizer_digest(tok),
+        "val_fraction": val_fraction,
+        "shard_chars": shard_chars,
+        "field": field,
+    }
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        **settings,
+        "splits": {split: [] for split in SPLITS},
+    }
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        changed = [k for k, v in settings.items() if old.get(k) != v]
+        if changed:
+            raise HerdError(
+                f"{out}: holds shards prepared with a different {changed[0]}; use another --out"
+            )
+        manifest = old
+    tok_dir = out / "tokenizer"
+    tok_dir.mkdir(exist_ok=True)
+    for f in tok.files():
+        shutil.copy2(f, tok_dir / f.name)
+
+    writer = _ShardWriter(out, tok, manifest, num_threads)
+    pending: dict[str, list[Document]] = {split: [] for split in SPLITS}
+    chars = dict.fromkeys(SPLITS, 0)
+    warnings: list[str] = []
+    bar = tqdm(desc="tokenizing", unit="doc", disable=None if show_progress else True)
+    for doc in iter_documents(sources, field, on_bad_file, warnings):
+        split = "val" if _is_val(doc.id, val_fraction) else "train"
+        pending[split].append(doc)
+        chars[split] += len(doc.text)
+        if chars[split] >= shard_chars:
+            entry = writer.flush(split, pending[split])
+            bar.update(entry["documents"])
+            pending[split], chars[split] = [], 0
+    for split in SPLITS:
+        if pending[split]:
+            bar.update(writer.flush(split, pending[split])["documents"])
+    bar.close()
+    for w in warnings:
+        tqdm.write(f"warning: {w}")
+    if not writer.fresh["train"]:
+        raise HerdError(f"sources {', '.join(sources)}: no documents with text found")
+    stale = {s["name"] for split in SPLITS for s in manifest["splits"][split]} - {
+        s["name"] for split in SPLITS for s in writer.fresh[split]
+    }
+    for name in stale:  # shards of a previous, longer run of different inputs
+        for suffix in (".bin", ".idx.npy"):
+            (out / f"{name}{suffix}").unlink(missing_ok=True)
+    manifest.update(
+        splits=writer.fresh,
+        dtype=np.dtype(writer.dtype).name,
+        tokenizer={**tok.describe(), "path": "tokenizer/" + tok.path.name},
+        sources=describe_sources(sources),
+        skipped_files=warnings,
+        totals={
+            split: {
+                k: sum(s[k] for s in writer.fresh[split]) for k in ("documents", "tokens", "bytes")
+            }
+            for split in SPLITS
+        },
+    )
+    _write_atomic(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    return manifest_path
+
+
+class TokenShards:
+    """Read side: memory-mapped tokens and document offsets of one split."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        path = self.folder / "manifest.json"
+        try:
+            self.manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise HerdError(f"{self.folder}: no manifest.json (run `herd data prepare`)") from None
+        if self.manifest.get("format") != FORMAT:
+            raise HerdError(f"{path}: not a herd token-shard manifest")
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.folder / self.manifest["tokenizer"]["path"])
+
+    def shards(self, split: str) -> list[tuple[np.memmap, np.ndarray]]:
+        if split not in self.manifest["splits"]:
+            raise HerdError(f"split '{split}' not in {self.folder} (expected one of {SPLITS})")
+        out = []
+        for s in self.manifest["splits"][split]:
+            tokens = np.memmap(self.folder / s["file"], dtype=self.manifest["dtype"], mode="r")
+            out.append((tokens, np.load(self.folder / s["index"])))
+        return out
+
+    def totals(self, split: str) -> dict:
+        return self.manifest["totals"][split]

@@ -1,0 +1,138 @@
+"""`herd data prepare`: shards hold BOS + tokens + EOS per document with exact boundaries, the split
+is deterministic, reruns skip finished shards, and bad input fails with the file named."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from herd import HerdError, load_tokenizer
+from herd.data.shards import TokenShards, prepare
+from herd.data.sources import iter_documents, stdlib_files
+from herd.tokenizer.train import train_bpe
+from tests.tokenizer_corpus import CORPUS
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    (root / "c.txt").write_text("\n".join(CORPUS[:20]) * 5, encoding="utf-8")
+    return train_bpe([root / "c.txt"], 400, root / "tok", show_progress=False)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    texts = [t for t in CORPUS if t.strip() and "\ud800" not in t]
+    for i, t in enumerate(texts[:20]):
+        (root / "sub" / f"doc{i:02d}.txt").write_text(t, encoding="utf-8")
+    (root / "more.jsonl").write_text(
+        "\n".join(json.dumps({"text": t}) for t in texts[20:]), encoding="utf-8"
+    )
+    return root, texts
+
+
+def test_documents_and_boundaries(tmp_path, corpus, tokenizer):
+    root, texts = corpus
+    prepare(
+        [str(root)],
+        tokenizer,
+        tmp_path / "out",
+        val_fraction=0.2,
+        shard_chars=300,
+        show_progress=False,
+    )
+    data = TokenShards(tmp_path / "out")
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer")
+    docs = {d.id: d.text for d in iter_documents([str(root)])}
+    assert len(docs) == len(texts)
+    seen = []
+    for split in ("train", "val"):
+        shards = data.shards(split)
+        assert len(shards) >= 1
+        for tokens, offsets in shards:
+            for a, b in itertools.pairwise(offsets):
+                ids = tokens[a:b].tolist()
+                assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+                seen.append(tok.decode(ids[1:-1]))
+    assert sorted(seen) == sorted(docs.values())
+    totals = data.totals("train")
+    assert totals["tokens"] == sum(len(t) for t, _ in data.shards("train"))
+    assert data.manifest["dtype"] == "uint16"
+
+
+def test_rerun_skips_and_repairs(tmp_path, corpus, tokenizer):
+    root, _ = corpus
+    out = tmp_path / "out"
+    prepare([str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False)
+    first = json.loads((out / "manifest.json").read_text())
+    shard = out / first["splits"]["train"][0]["file"]
+    stamp = shard.stat().st_mtime_ns
+    prepare([str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False)
+    assert shard.stat().st_mtime_ns == stamp  # skipped, not rewritten
+    assert json.loads((out / "manifest.json").read_text())["splits"] == first["splits"]
+    shard.write_bytes(b"\0" * 4)  # damaged: checksum no longer matches, so it is redone
+    prepare([str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False)
+    assert json.loads((out / "manifest.json").read_text())["splits"] == first["splits"]
+    with pytest.raises(HerdError, match="different val_fraction"):
+        prepare([str(root)], tokenizer, out, val_fraction=0.5, show_progress=False)
+
+
+def test_split_is_deterministic(tmp_path, corpus, tokenizer):
+    root, _ = corpus
+    a = prepare([str(root)], tokenizer, tmp_path / "a", val_fraction=0.3, show_progress=False)
+    b = prepare([str(root)], tokenizer, tmp_path / "b", val_fraction=0.3, show_progress=False)
+    ma, mb = (json.loads(p.read_text()) for p in (a, b))
+    assert ma["totals"] == mb["totals"] and ma["totals"]["val"]["documents"] > 0
+
+
+def test_parquet_source(tmp_path, tokenizer):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["alpha beta", "gamma"], "n": [1, 2]}), tmp_path / "d.parquet")
+    prepare(
+        [str(tmp_path / "d.parquet")],
+        tokenizer,
+        tmp_path / "out",
+        val_fraction=0.0,
+        show_progress=False,
+    )
+    assert TokenShards(tmp_path / "out").totals("train")["documents"] == 2
+
+
+def test_bad_input(tmp_path, tokenizer):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ok.txt").write_text("fine text", encoding="utf-8")
+    (bad / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(HerdError, match=r"latin1.txt: invalid UTF-8 at byte 3"):
+        prepare([str(bad)], tokenizer, tmp_path / "o1", show_progress=False)
+    prepare(
+        [str(bad)],
+        tokenizer,
+        tmp_path / "o2",
+        val_fraction=0.0,
+        on_bad_file="skip",
+        show_progress=False,
+    )
+    manifest = json.loads((tmp_path / "o2" / "manifest.json").read_text())
+    assert manifest["totals"]["train"]["documents"] == 1
+    assert "latin1.txt" in manifest["skipped_files"][0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "e.txt").write_text("   ")
+    with pytest.raises(HerdError, match="no documents"):
+        prepare([str(empty)], tokenizer, tmp_path / "o3", show_progress=False)
+    with pytest.raises(HerdError, match="no such file"):
+        prepare(["./missing"], tokenizer, tmp_path / "o4", show_progress=False)
+
+
+def test_stdlib_corpus_is_the_library_without_tests():
+    files = stdlib_files()
+    names = {f.name for f in files}
+    assert {"os.py", "__init__.py", "tokenize.py"} <= names
+    assert not any("site-packages" in f.parts or "test" in f.parts for f in files)
