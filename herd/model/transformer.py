@@ -24,6 +24,7 @@ from torch import nn
 
 from herd.config import ModelConfig
 from herd.model.cache import KVCache
+from herd.model.masks import PackedAttention
 from herd.model.rope import apply_rope, rope_table
 
 INIT_STD = 0.02
@@ -73,7 +74,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, input_pos, k, v)
         gqa = self.n_kv_heads != self.n_heads
-        if T == 1 and mask is not None:
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+        elif T == 1 and mask is not None:
             out = _single_query_attention(q, k, v, mask)
         elif mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
@@ -150,10 +155,20 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         input_pos: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        packed: PackedAttention | None = None,
     ) -> torch.Tensor:
-        """Logits for `tokens`. With a cache, `input_pos` [T] gives the absolute positions."""
+        """Logits for `tokens`.
+
+        With a cache, `input_pos` [T] gives the absolute positions. With `packed` (training on
+        packed documents) attention stays within documents, optionally bidirectional over each
+        document's marked region, and positions restart at every document.
+        """
         T = tokens.shape[1]
-        if cache is None:
+        if packed is not None:
+            rope = self.rope[packed.positions()]
+            # FlexAttention skips fully masked blocks on CUDA; elsewhere a dense boolean mask.
+            mask = packed.block_mask(self.config.n_heads) if tokens.is_cuda else packed.dense()
+        elif cache is None:
             rope = self.rope[:T] if input_pos is None else self.rope[input_pos]
             mask = None
         else:
