@@ -176,22 +176,45 @@ def _run_data(args: argparse.Namespace) -> None:
     run(args)
 
 
-def _add_demo(p: argparse.ArgumentParser) -> None:
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="run config (TOML)")
     p.add_argument(
-        "--out", default="runs/demo", help="where to write the demo checkpoint (runs/demo)"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest intact checkpoint, with its config.toml",
     )
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (32)")
+    p.epilog = (
+        "Any config field can be overridden as --SECTION.FIELD VALUE, e.g. --train.steps 200 "
+        "--optim.lr 1e-3 --model.n_layers 4 --data.objective nxtpre. Sections: model (preset + "
+        "ModelConfig fields), data, optim, train."
+    )
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from herd.train.commands import run_train
+
+    run_train(args)
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--steps", type=int, default=600, help="training steps (600: ~3 min, 2 cores)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (4096)")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from herd.demo import run_demo
 
-    run_demo(args.out, args.max_new_tokens)
+    run_demo(args.out, args.steps, args.vocab_size)
 
 
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "demo": ("the main job on an embedded default, no download", _add_demo, _run_demo),
+    "demo": (
+        "tokenize, prepare and pretrain on the stdlib source, then complete code",
+        _add_demo,
+        _run_demo,
+    ),
     "info": (
         "architecture and exact parameter count of a preset or checkpoint",
         _add_info,
@@ -206,7 +229,29 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "chat": ("chat with a checkpoint in its chat format (a REPL)", _add_chat, _run_chat),
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
     "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
+    "train": ("pretrain a model on prepared token shards", _add_train, _run_train),
 }
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take `herd train`'s dotted --SECTION.FIELD VALUE overrides out before argparse sees them."""
+    if not argv or argv[0] != "train":
+        return argv, []
+    rest, overrides = [argv[0]], []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--") and "." in token.partition("=")[0]:
+            if "=" in token or i + 1 == len(argv):
+                overrides.append(token)
+                i += 1
+            else:
+                overrides += [token, argv[i + 1]]
+                i += 2
+        else:
+            rest.append(token)
+            i += 1
+    return rest, overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    args.overrides = overrides
     if args.command is None:
         parser.print_help()
         return 2

@@ -9,6 +9,7 @@ so a typo in a config never silently becomes a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,3 +144,171 @@ def llama_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None =
     if ffn_dim_multiplier is not None:
         hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * math.ceil(hidden / multiple_of)
+
+
+# --- run configs: TOML files with dotted command-line overrides ----------------------------------
+
+
+@dataclass
+class DataConfig:
+    """What to train on."""
+
+    path: str = field(default="", metadata={"help": "folder written by `herd data prepare`"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per training sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch"})
+    objective: str = field(
+        default="nxtuni", metadata={"help": "nxtuni, nxtpre, mskuni or mskbi (Artetxe et al.)"}
+    )
+    document_mask: bool = field(
+        default=True, metadata={"help": "attend within documents only (Llama 3); else causal"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the window order and objectives"})
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay, as in LLaMA (section 2.3)."""
+
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a share of peak"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay"})
+    beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.95, metadata={"help": "Adam beta2"})
+    eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
+    grad_clip: float = field(default=1.0, metadata={"help": "global gradient-norm clip"})
+
+
+@dataclass
+class TrainConfig:
+    """How long, how often, where."""
+
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per step"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on GPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute blocks"})
+    log_every: int = field(default=10, metadata={"help": "steps between metrics lines"})
+    eval_every: int = field(default=100, metadata={"help": "steps between validations"})
+    eval_batches: int = field(default=20, metadata={"help": "validation batches"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints to keep"})
+    out: str = field(default="runs/run", metadata={"help": "run folder"})
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: model (a preset plus field overrides), data, optimizer, schedule."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "demo"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The preset with overrides; vocab_size follows the tokenizer unless set explicitly."""
+        from herd.presets import preset
+
+        values = dict(self.model)
+        base = preset(values.pop("preset", "demo")).to_dict()
+        if vocab_size is not None and "vocab_size" not in values:
+            values["vocab_size"] = vocab_size
+        return ModelConfig.from_dict({**base, **values}, source="[model]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean '{match[0]}'?)" if match else f" (expected one of: {', '.join(valid)})"
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """A dotted override's string value in the type of the field it replaces."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(float(value)) if float(value).is_integer() else int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        raise HerdError(f"--{key} {value!r}: expected {type(current).__name__}") from None
+    return value
+
+
+def load_run_config(
+    path: str | None, overrides: dict[str, str] | None = None, source: str = "config"
+) -> RunConfig:
+    """Read a TOML run config and apply dotted overrides ({"train.steps": "100"})."""
+    import tomllib
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise HerdError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise HerdError(f"{path}: not valid TOML ({e})") from None
+        source = str(path)
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if not name:
+            raise HerdError(f"--{key}: overrides are SECTION.FIELD, e.g. --train.steps 100")
+        data.setdefault(section, {})[name] = value
+    run = RunConfig()
+    for section, values in data.items():
+        if section == "model":
+            if not isinstance(values, dict):
+                raise HerdError(f"{source}: [model] must be a table")
+            known = ["preset", *(f.name for f in dataclasses.fields(ModelConfig))]
+            for k, v in values.items():
+                if k not in known:
+                    raise HerdError(f"{source}: unknown key 'model.{k}'{_closest(k, known)}")
+                current = getattr(ModelConfig, k, None) if k != "preset" else "demo"
+                run.model[k] = _coerce(v, current if current is not None else 0, f"model.{k}")
+            continue
+        if section not in _SECTIONS:
+            valid = ["model", *_SECTIONS]
+            raise HerdError(f"{source}: unknown section '{section}'{_closest(section, valid)}")
+        target = getattr(run, section)
+        names = [f.name for f in dataclasses.fields(target)]
+        for k, v in values.items():
+            if k not in names:
+                raise HerdError(f"{source}: unknown key '{section}.{k}'{_closest(k, names)}")
+            setattr(target, k, _coerce(v, getattr(target, k), f"{section}.{k}"))
+    return run
+
+
+def dump_toml(run: RunConfig) -> str:
+    """The resolved config as TOML (what a run folder's config.toml holds)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines = []
+    for section, values in run.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

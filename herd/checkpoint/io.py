@@ -211,8 +211,9 @@ def save_herd_folder(
     tokenizer: Iterable[Path] = (),
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write a complete herd checkpoint folder atomically."""
+    """Write a complete herd checkpoint folder atomically; `extra(tmp)` may add files first."""
     state_dict = dict(state_dict)
     if config.tie_embeddings:
         state_dict.pop("output.weight", None)  # stored once; re-tied at load
@@ -227,6 +228,8 @@ def save_herd_folder(
         save_safetensors(state_dict, tmp, max_shard_bytes)
         for f in tokenizer:
             shutil.copy2(f, tmp / Path(f).name)
+        if extra is not None:
+            extra(tmp)
 
     return write_folder_atomically(Path(dst), fill, overwrite)
 

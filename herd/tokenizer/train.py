@@ -28,6 +28,11 @@ SPECIAL_TOKENS = [
     "<|eom_id|>",
     "<|python_tag|>",
     "<|finetune_right_pad_id|>",
+    # sentinels for the masked (infilling) objectives of Artetxe et al. 2022 / CM3
+    "<|mask_0|>",
+    "<|mask_1|>",
+    "<|mask_2|>",
+    "<|mask_3|>",
 ]
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".jsonl", ".py", ".json", ""}
 

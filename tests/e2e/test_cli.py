@@ -139,7 +139,8 @@ def test_convert_refuses_to_overwrite(checkpoint, tmp_path):
     assert (dst / "keep.txt").read_text() == "mine"
 
 
-def test_demo_runs(tmp_path):
-    proc = herd_cli("demo", "--out", tmp_path / "demo", "--max-new-tokens", "4")
-    assert "15,191,712" in proc.stdout and "tokens/s" in proc.stdout
-    assert (tmp_path / "demo" / "model.safetensors").exists()
+def test_demo_runs_end_to_end_shortened(tmp_path):
+    proc = herd_cli("demo", "--out", tmp_path / "demo", "--steps", "6", "--vocab-size", "300")
+    assert "bits/byte" in proc.stdout and "unigram baseline" in proc.stdout
+    assert "def fibonacci(n):" in proc.stdout
+    assert (tmp_path / "demo" / "run" / "plots" / "loss.png").exists()

@@ -65,7 +65,7 @@ def test_bad_corpus(tmp_path):
     empty.write_text("  \n")
     with pytest.raises(HerdError, match="empty"):
         train_bpe([empty], 400, tmp_path / "o", show_progress=False)
-    with pytest.raises(HerdError, match="at least 264"):
+    with pytest.raises(HerdError, match="at least 268"):
         train_bpe([bad], 100, tmp_path / "o", show_progress=False)
     assert not (tmp_path / "o").exists()
 

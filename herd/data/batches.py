@@ -1,0 +1,79 @@
+"""Packed batches from token shards: deterministic, resumable windows with document ids.
+
+The token stream of a split (documents stored back to back as BOS + tokens + EOS) is cut into
+windows of `seq_len + 1` tokens with stride `seq_len` (a window's last token is the next window's
+first, so every token is a target exactly once per epoch). Each epoch visits the windows in a
+permutation seeded by (seed, epoch); the cursor (epoch, index) is the whole state, so a resumed
+run draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from herd.data.shards import TokenShards
+from herd.errors import HerdError
+
+
+class PackedBatches:
+    def __init__(
+        self, data: TokenShards, split: str, batch_size: int, seq_len: int, seed: int = 0
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise HerdError(f"batch_size {batch_size} and seq_len {seq_len} must be positive")
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.shards = data.shards(split)
+        counts = [max(0, (len(tokens) - 1) // seq_len) for tokens, _ in self.shards]
+        self.n_windows = sum(counts)
+        if self.n_windows < batch_size:
+            raise HerdError(
+                f"{data.folder}: split '{split}' has {self.n_windows} windows of {seq_len + 1} "
+                f"tokens, fewer than one batch of {batch_size}; lower batch_size or seq_len"
+            )
+        self._shard_of = np.repeat(np.arange(len(counts)), counts)
+        self._start_of = np.concatenate([np.arange(c) * seq_len for c in counts])
+        self.epoch = 0
+        self.index = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_windows, generator=g).numpy()
+
+    def window(self, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens [seq_len + 1] of window w and the document index of each token."""
+        tokens, offsets = self.shards[self._shard_of[w]]
+        start = int(self._start_of[w])
+        ids = np.asarray(tokens[start : start + self.seq_len + 1], dtype=np.int64)
+        positions = np.arange(start, start + self.seq_len + 1)
+        docs = np.searchsorted(offsets, positions, side="right") - 1
+        return torch.from_numpy(ids), torch.from_numpy(docs.astype(np.int64))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(windows [B, T+1], doc_ids [B, T+1]) and advance the cursor."""
+        rows, docs = [], []
+        for _ in range(self.batch_size):
+            if self.index == self.n_windows:
+                self.epoch += 1
+                self.index = 0
+                self._order = self._permutation(self.epoch)
+            ids, doc = self.window(int(self._order[self.index]))
+            rows.append(ids)
+            docs.append(doc)
+            self.index += 1
+        return torch.stack(rows), torch.stack(docs)
+
+    def sequential(self, max_batches: int | None = None):
+        """Windows in stored order, for evaluation: yields (windows, doc_ids) batches."""
+        n = self.n_windows // self.batch_size
+        for b in range(n if max_batches is None else min(n, max_batches)):
+            pairs = [self.window(w) for w in range(b * self.batch_size, (b + 1) * self.batch_size)]
+            yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._permutation(self.epoch)

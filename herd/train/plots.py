@@ -1,0 +1,56 @@
+"""PNG plots of a run, drawn from its metrics.jsonl (never from stdout).
+
+plots/loss.png: training loss and validation loss against tokens seen.
+plots/bpb.png:  validation bits per byte against tokens seen (comparable across tokenizers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["tokens"], r["val_loss"], r["val_bpb"]) for r in rows if "val_loss" in r]
+    out_dir = Path(run_dir) / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    if train or val:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if train:
+            ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+        if val:
+            ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "loss.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "loss.png")
+    if val:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([v[0] for v in val], [v[2] for v in val], "o-", color="tab:green")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("validation bits per byte")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "bpb.png", dpi=120)
+        plt.close(fig)
+        written.append(out_dir / "bpb.png")
+    return written

@@ -1,0 +1,324 @@
+"""The pretraining loop: packed batches -> objective -> AdamW step, with metrics, evaluation,
+checkpoints and exact resume.
+
+Run folder (DESIGN.md): config.toml (resolved), metrics.jsonl (one object per logged step: step,
+tokens, loss, lr, grad_norm, tokens_per_s, mfu, memory; validation lines add val_loss, val_bpb),
+events.jsonl (resume, checkpoints, skipped checkpoints, non-finite gradients), checkpoints/, plots/.
+
+Exact resume: everything a step depends on is in the checkpoint (weights, AdamW moments, the data
+cursor, torch and objective RNG states; the learning rate is a function of the step), so on CPU a
+run killed at any point and resumed matches the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from herd.config import RunConfig, dump_toml
+from herd.data.batches import PackedBatches
+from herd.data.shards import TokenShards
+from herd.errors import HerdError
+from herd.model.masks import PackedAttention
+from herd.model.transformer import build_model
+from herd.train.checkpoint import load_latest, save_training_checkpoint
+from herd.train.optim import build_optimizer, set_lr
+
+PEAK_FLOPS = {"cuda": 989e12}  # dense bf16 of an H100/H200 SXM; no peak is claimed for CPUs
+
+
+class RunLog:
+    """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.metrics = run_dir / "metrics.jsonl"
+        self.events = run_dir / "events.jsonl"
+
+    @staticmethod
+    def _append(path: Path, record: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def metric(self, record: dict) -> None:
+        self._append(self.metrics, record)
+
+    def event(self, step: int, event: str, **details) -> None:
+        self._append(self.events, {"step": step, "event": event, "time": time.time(), **details})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sentinels(tokenizer) -> list[int]:
+    named = [tokenizer.token_id(f"<|mask_{k}|>") for k in range(4)]
+    if all(i is not None for i in named):
+        return named
+    reserved = [tokenizer.token_id(f"<|reserved_special_token_{10 + k}|>") for k in range(4)]
+    return [i for i in reserved if i is not None]
+
+
+def make_batch(window, docs, objective: str, document_mask: bool, generator, sentinels):
+    """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
+    from herd.data.objectives import OBJECTIVES, ObjectiveConfig, build_batch
+
+    if objective not in OBJECTIVES:
+        raise HerdError(f"data.objective '{objective}': expected one of {', '.join(OBJECTIVES)}")
+    context, attention = OBJECTIVES[objective]
+    cfg = ObjectiveConfig(
+        name=objective, bidirectional_context=context, bidirectional_attention=attention
+    )
+    batch = build_batch(window, docs, cfg, generator, sentinels)
+    packed = batch.packed if document_mask or attention else None
+    return batch.inputs, batch.targets, packed
+
+
+def _loss_sums(logits, targets, token_bytes):
+    """(sum of nats, targets counted, UTF-8 bytes of the targets) for bits-per-byte."""
+    flat = targets.reshape(-1)
+    keep = flat != -100
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, reduction="none")
+    nll = nll[keep]
+    return nll.sum(), int(keep.sum()), int(token_bytes[flat[keep]].sum())
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, run_dir: Path, resume: bool = False) -> None:
+        self.run, self.run_dir = run, Path(run_dir)
+        if not run.data.path:
+            raise HerdError("data.path is empty: point it at a folder from `herd data prepare`")
+        self.device = _device(run.train.device)
+        amp = run.train.dtype
+        self.amp_dtype = {
+            "auto": torch.bfloat16 if self.device.type == "cuda" else None,
+            "bfloat16": torch.bfloat16,
+            "float32": None,
+        }.get(amp, "bad")
+        if self.amp_dtype == "bad":
+            raise HerdError(f"train.dtype '{amp}': expected auto, bfloat16 or float32")
+        self.data = TokenShards(run.data.path)
+        self.tokenizer = self.data.tokenizer()
+        self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
+        self.model_config = run.model_config(vocab_size=self.tokenizer.vocab_size)
+        if run.data.seq_len > self.model_config.max_seq_len:
+            raise HerdError(
+                f"data.seq_len {run.data.seq_len} does not fit the model's context "
+                f"{self.model_config.max_seq_len} (set model.max_seq_len or lower data.seq_len)"
+            )
+        d = run.data
+        self.train_batches = PackedBatches(self.data, "train", d.batch_size, d.seq_len, d.seed)
+        try:
+            self.val_batches = PackedBatches(self.data, "val", d.batch_size, d.seq_len, d.seed)
+        except HerdError:
+            self.val_batches = None
+        self.model = build_model(self.model_config, self.device, torch.float32, run.train.seed)
+        self.model.train()
+        if run.train.activation_checkpointing:
+            from herd.train.parallel import apply_activation_checkpointing
+
+            apply_activation_checkpointing(self.model)
+        self.forward = torch.compile(self.model) if run.train.compile else self.model
+        self.optimizer = build_optimizer(self.model, run.optim)
+        self.generator = torch.Generator().manual_seed(d.seed + 1)
+        self.sentinels = _sentinels(self.tokenizer)
+        self.step, self.tokens = 0, 0
+        self.log = RunLog(self.run_dir)
+        n_embed = self.model.embed.weight.numel()
+        L, D, T = self.model_config.n_layers, self.model_config.dim, d.seq_len
+        self.flops_per_token = 6 * (self.model_config.num_params() - n_embed) + 12 * L * D * T
+        self._prepare_run_dir(resume)
+
+    # --- run folder and resume -----------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(dump_toml(self.run))
+        if not resume:
+            if any((self.run_dir / "checkpoints").glob("step-*")):
+                raise HerdError(f"{self.run_dir}: holds checkpoints; resume with --resume")
+            for f in (self.log.metrics, self.log.events):
+                f.unlink(missing_ok=True)
+            return
+        found = load_latest(
+            self.run_dir / "checkpoints",
+            lambda path, why: self.log.event(
+                self.step, "checkpoint_skipped", path=str(path), reason=why
+            ),
+        )
+        if found is None:
+            self.log.event(0, "resume", checkpoint=None)
+            return
+        path, ckpt = found
+        weights = {k: v.to(self.device) for k, v in ckpt["model"].items()}
+        if self.model_config.tie_embeddings:
+            weights["output.weight"] = weights["embed.weight"]
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.train_batches.load_state_dict(state["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["objective"])
+        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        self._truncate_logs(self.step)
+        self.log.event(self.step, "resume", checkpoint=str(path))
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop metric lines past the checkpoint: the resumed run writes them again."""
+        if self.log.metrics.exists():
+            lines = self.log.metrics.read_text().splitlines()
+            kept = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
+            self.log.metrics.write_text("".join(x + "\n" for x in kept))
+
+    def save_checkpoint(self) -> Path:
+        rng = {"torch": torch.get_rng_state(), "objective": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {"tokens": self.tokens, "data": self.train_batches.state_dict()}
+        path = save_training_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            self.model_config,
+            self.model,
+            self.optimizer,
+            state,
+            rng,
+            self.tokenizer.files(),
+            self.run.train.keep_checkpoints,
+        )
+        self.log.event(self.step, "checkpoint", path=str(path))
+        return path
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over grad_accum micro-batches: (loss, grad norm)."""
+        run = self.run
+        set_lr(self.optimizer, self.step, run.train.steps, run.optim)
+        total = torch.zeros((), device=self.device)
+        for _ in range(run.train.grad_accum):
+            window, docs = self.train_batches.next_batch()
+            inputs, targets, packed = make_batch(
+                window,
+                docs,
+                run.data.objective,
+                run.data.document_mask,
+                self.generator,
+                self.sentinels,
+            )
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            if packed is not None:
+                packed = PackedAttention(
+                    packed.doc_ids.to(self.device),
+                    None if packed.bidirectional is None else packed.bidirectional.to(self.device),
+                )
+            with self._autocast():
+                logits = self.forward(inputs, packed=packed)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
+            (loss / run.train.grad_accum).backward()
+            total += loss.detach()
+            self.tokens += inputs.numel()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, run.optim.grad_clip)
+        if not torch.isfinite(norm):  # skip the update rather than poison the weights
+            self.optimizer.zero_grad(set_to_none=True)
+            self.log.event(self.step, "nonfinite_grad", grad_norm=float(norm))
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(total) / run.train.grad_accum, float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Next-token validation loss and bits per byte on the held-out split."""
+        if self.val_batches is None:
+            return None
+        self.model.eval()
+        nats, count, nbytes = 0.0, 0, 0
+        for window, docs in self.val_batches.sequential(self.run.train.eval_batches):
+            inputs, targets = window[:, :-1], window[:, 1:].clone()
+            targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
+            packed = (
+                PackedAttention(docs[:, :-1].to(self.device))
+                if self.run.data.document_mask
+                else None
+            )
+            with self._autocast():
+                logits = self.model(inputs.to(self.device), packed=packed)
+            s, c, b = _loss_sums(logits, targets.to(self.device), self.token_bytes.to(self.device))
+            nats, count, nbytes = nats + float(s), count + c, nbytes + b
+        self.model.train()
+        if count == 0:
+            return None
+        return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
+
+    def _memory(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+    def fit(self, show_progress: bool = True, stop_at: int | None = None) -> dict:
+        """Train to train.steps (or stop after step `stop_at`, as an interrupted run would)."""
+        cfg = self.run.train
+        last = {}
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=None if show_progress else True,
+        )
+        clock, tokens_at = time.perf_counter(), self.tokens
+        while self.step < cfg.steps:
+            loss, norm = self.train_step()
+            bar.update(1)
+            final = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or final:
+                now = time.perf_counter()
+                rate = (self.tokens - tokens_at) / max(now - clock, 1e-9)
+                clock, tokens_at = now, self.tokens
+                peak = PEAK_FLOPS.get(self.device.type)
+                last = {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "loss": loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "grad_norm": norm,
+                    "tokens_per_s": rate,
+                    "mfu": rate * self.flops_per_token / peak if peak else None,
+                    "memory_gib": self._memory(),
+                }
+                self.log.metric(last)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+            if self.step % cfg.eval_every == 0 or final:
+                val = self.evaluate()
+                if val is not None:
+                    self.log.metric({"step": self.step, "tokens": self.tokens, **val})
+                    last.update(val)
+            if self.step % cfg.checkpoint_every == 0 or final:
+                self.save_checkpoint()
+            if stop_at is not None and self.step >= stop_at:
+                bar.close()
+                return last
+        bar.close()
+        from herd.train.plots import plot_run
+
+        plot_run(self.run_dir)
+        return last

@@ -1,0 +1,162 @@
+"""The pretraining loop: loss goes down, the run folder is complete, resume is bit-exact (also
+after SIGKILL), damaged checkpoints are skipped, and bad configs fail with one clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from herd import HerdError
+from herd.config import load_run_config
+from herd.data.shards import prepare
+from herd.tokenizer.train import train_bpe
+from herd.train.trainer import Trainer
+from tests.tokenizer_corpus import CORPUS
+
+MODEL = {
+    "preset": "demo",
+    "dim": 64,
+    "n_layers": 2,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "ffn_dim": 128,
+    "max_seq_len": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    texts = [t for t in CORPUS if t.strip() and "\ud800" not in t]
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"d{i:02d}.txt").write_text(texts[i % len(texts)] * (1 + i % 3), "utf-8")
+    tok = train_bpe([corpus], 300, root / "tok", show_progress=False)
+    prepare([str(corpus)], tok, root / "shards", val_fraction=0.2, show_progress=False)
+    return root / "shards"
+
+
+def _config(data: Path, out: Path, **over):
+    overrides = {
+        "data.path": str(data),
+        "data.seq_len": "32",
+        "data.batch_size": "4",
+        "train.steps": "24",
+        "train.log_every": "2",
+        "train.eval_every": "8",
+        "train.checkpoint_every": "4",
+        "train.keep_checkpoints": "10",
+        "train.out": str(out),
+        "optim.lr": "3e-3",
+        "optim.warmup_steps": "4",
+        **{f"model.{k}": str(v) for k, v in MODEL.items()},
+        **over,
+    }
+    return load_run_config(None, overrides)
+
+
+def _losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+
+
+def test_loss_decreases_and_run_folder(tmp_path, data):
+    run = _config(data, tmp_path / "run", **{"optim.lr": "1e-2"})
+    last = Trainer(run, tmp_path / "run").fit(show_progress=False)
+    losses = _losses(tmp_path / "run")
+    assert losses[-1] < losses[0] - 0.5
+    assert last["val_bpb"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "memory_gib"}
+    assert keys <= set(rows[0])
+    assert (tmp_path / "run" / "config.toml").is_file()
+    assert (tmp_path / "run" / "plots" / "loss.png").is_file()
+    assert (tmp_path / "run" / "plots" / "bpb.png").is_file()
+    events = [json.loads(x)["event"] for x in (tmp_path / "run" / "events.jsonl").open()]
+    assert events.count("checkpoint") == 6
+
+
+def test_resume_is_bitwise_exact(tmp_path, data):
+    full = _config(data, tmp_path / "full")
+    Trainer(full, tmp_path / "full").fit(show_progress=False)
+    part = _config(data, tmp_path / "part")
+    Trainer(part, tmp_path / "part").fit(show_progress=False, stop_at=10)  # newest ckpt: 8
+    resumed = _config(data, tmp_path / "part")
+    Trainer(resumed, tmp_path / "part", resume=True).fit(show_progress=False)
+    a = load_file(tmp_path / "full/checkpoints/step-00000024/model.safetensors")
+    b = load_file(tmp_path / "part/checkpoints/step-00000024/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+
+
+def test_resume_after_sigkill(tmp_path, data):
+    reference = _config(data, tmp_path / "ref")
+    Trainer(reference, tmp_path / "ref").fit(show_progress=False)
+    run_dir = tmp_path / "killed"
+    base = [sys.executable, "-m", "herd", "train", "--train.out", str(run_dir)]
+    for k, v in {
+        **{f"model.{k}": v for k, v in MODEL.items()},
+        "data.path": data,
+        "data.seq_len": 32,
+        "data.batch_size": 4,
+        "train.steps": 24,
+        "train.log_every": 2,
+        "train.eval_every": 8,
+        "train.checkpoint_every": 4,
+        "train.keep_checkpoints": 10,
+        "optim.lr": "3e-3",
+        "optim.warmup_steps": 4,
+    }.items():
+        base += [f"--{k}", str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    for kill_after in (1, 3):  # checkpoints on disk before the kill
+        args = base if kill_after == 1 else [*base, "--resume", str(run_dir)]
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = list((run_dir / "checkpoints").glob("step-*")) if run_dir.exists() else []
+            if len(done) >= kill_after or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run(
+        [*base, "--resume", str(run_dir)], env=env, check=True, capture_output=True, timeout=300
+    )
+    a = load_file(tmp_path / "ref/checkpoints/step-00000024/model.safetensors")
+    b = load_file(run_dir / "checkpoints/step-00000024/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "ref") == _losses(run_dir)
+
+
+def test_damaged_checkpoint_is_skipped(tmp_path, data):
+    run = _config(data, tmp_path / "run", **{"train.steps": "8"})
+    Trainer(run, tmp_path / "run").fit(show_progress=False)
+    newest = tmp_path / "run/checkpoints/step-00000008/model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10] + b"0123456789")
+    trainer = Trainer(_config(data, tmp_path / "run"), tmp_path / "run", resume=True)
+    assert trainer.step == 4
+    events = [json.loads(x) for x in (tmp_path / "run/events.jsonl").open()]
+    skipped = [e for e in events if e["event"] == "checkpoint_skipped"]
+    assert skipped and "model.safetensors does not match" in skipped[0]["reason"]
+
+
+def test_bad_configs(tmp_path, data):
+    with pytest.raises(HerdError, match="did you mean 'seq_len'"):
+        load_run_config(None, {"data.seq_lne": "8"})
+    with pytest.raises(HerdError, match=r"unknown section 'optimizer'.*'optim'"):
+        load_run_config(None, {"optimizer.lr": "1"})
+    with pytest.raises(HerdError, match="does not fit the model's context 64"):
+        Trainer(_config(data, tmp_path / "r", **{"data.seq_len": "128"}), tmp_path / "r")
+    with pytest.raises(HerdError, match="fewer than one batch"):
+        Trainer(_config(data, tmp_path / "r", **{"data.batch_size": "100000"}), tmp_path / "r")
