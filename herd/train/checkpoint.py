@@ -40,8 +40,8 @@ def save_training_checkpoint(
     folder: Path,
     step: int,
     config: ModelConfig,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict,
     state: dict,
     rng: dict,
     tokenizer_files: list[Path],
@@ -50,12 +50,11 @@ def save_training_checkpoint(
     """Write checkpoints/step-NNNNNNNN atomically, then drop all but the newest `keep`."""
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{PREFIX}{step:08d}"
-    weights = {k: v.detach() for k, v in model.state_dict().items()}
 
     def extra(tmp: Path) -> None:
         ts = tmp / "train_state"
         ts.mkdir()
-        torch.save(optimizer.state_dict(), ts / "optimizer.pt")
+        torch.save(optimizer_state, ts / "optimizer.pt")
         torch.save(rng, ts / "rng.pt")
         (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         sums = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}

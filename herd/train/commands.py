@@ -52,4 +52,5 @@ def run_train(args: argparse.Namespace) -> None:
         parts.append(f"loss {last['loss']:.4f}")
     if "val_bpb" in last:
         parts.append(f"val loss {last['val_loss']:.4f}, val bpb {last['val_bpb']:.4f}")
-    print(f"{run_dir}: " + ", ".join(parts))
+    if trainer.rank == 0:
+        print(f"{run_dir}: " + ", ".join(parts))

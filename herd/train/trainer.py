@@ -28,6 +28,7 @@ from herd.data.shards import TokenShards
 from herd.errors import HerdError
 from herd.model.masks import PackedAttention
 from herd.model.transformer import build_model
+from herd.train import distributed
 from herd.train.checkpoint import load_latest, save_training_checkpoint
 from herd.train.optim import build_optimizer, set_lr
 
@@ -37,12 +38,14 @@ PEAK_FLOPS = {"cuda": 989e12}  # dense bf16 of an H100/H200 SXM; no peak is clai
 class RunLog:
     """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.metrics = run_dir / "metrics.jsonl"
         self.events = run_dir / "events.jsonl"
+        self.enabled = enabled  # only rank 0 writes
 
-    @staticmethod
-    def _append(path: Path, record: dict) -> None:
+    def _append(self, path: Path, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -96,7 +99,20 @@ class Trainer:
         self.run, self.run_dir = run, Path(run_dir)
         if not run.data.path:
             raise HerdError("data.path is empty: point it at a folder from `herd data prepare`")
-        self.device = _device(run.train.device)
+        self.rank, self.world_size = distributed.world()
+        if self.world_size > 1 and run.train.device == "auto":
+            self.device = distributed.local_device()
+        else:
+            self.device = _device(run.train.device)
+        if run.data.batch_size % self.world_size:
+            raise HerdError(
+                f"data.batch_size {run.data.batch_size} (the global batch) is not divisible by "
+                f"the {self.world_size} processes"
+            )
+        self.rows = slice(
+            self.rank * run.data.batch_size // self.world_size,
+            (self.rank + 1) * run.data.batch_size // self.world_size,
+        )
         amp = run.train.dtype
         self.amp_dtype = {
             "auto": torch.bfloat16 if self.device.type == "cuda" else None,
@@ -126,12 +142,14 @@ class Trainer:
             from herd.train.parallel import apply_activation_checkpointing
 
             apply_activation_checkpointing(self.model)
+        if self.world_size > 1:
+            distributed.apply_fsdp(self.model, self.device)
         self.forward = torch.compile(self.model) if run.train.compile else self.model
         self.optimizer = build_optimizer(self.model, run.optim)
         self.generator = torch.Generator().manual_seed(d.seed + 1)
         self.sentinels = _sentinels(self.tokenizer)
         self.step, self.tokens = 0, 0
-        self.log = RunLog(self.run_dir)
+        self.log = RunLog(self.run_dir, enabled=self.rank == 0)
         n_embed = self.model.embed.weight.numel()
         L, D, T = self.model_config.n_layers, self.model_config.dim, d.seq_len
         self.flops_per_token = 6 * (self.model_config.num_params() - n_embed) + 12 * L * D * T
@@ -140,13 +158,16 @@ class Trainer:
     # --- run folder and resume -----------------------------------------------------------------
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(dump_toml(self.run))
+        if not resume and any((self.run_dir / "checkpoints").glob("step-*")):
+            raise HerdError(f"{self.run_dir}: holds checkpoints; resume with --resume")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(dump_toml(self.run))
+            if not resume:
+                for f in (self.log.metrics, self.log.events):
+                    f.unlink(missing_ok=True)
+        distributed.barrier()
         if not resume:
-            if any((self.run_dir / "checkpoints").glob("step-*")):
-                raise HerdError(f"{self.run_dir}: holds checkpoints; resume with --resume")
-            for f in (self.log.metrics, self.log.events):
-                f.unlink(missing_ok=True)
             return
         found = load_latest(
             self.run_dir / "checkpoints",
@@ -158,11 +179,10 @@ class Trainer:
             self.log.event(0, "resume", checkpoint=None)
             return
         path, ckpt = found
-        weights = {k: v.to(self.device) for k, v in ckpt["model"].items()}
+        weights = dict(ckpt["model"])
         if self.model_config.tie_embeddings:
             weights["output.weight"] = weights["embed.weight"]
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        distributed.load_full_state(self.model, self.optimizer, weights, ckpt["optimizer"])
         state = ckpt["state"]
         self.step, self.tokens = state["step"], state["tokens"]
         self.train_batches.load_state_dict(state["data"])
@@ -175,7 +195,7 @@ class Trainer:
 
     def _truncate_logs(self, step: int) -> None:
         """Drop metric lines past the checkpoint: the resumed run writes them again."""
-        if self.log.metrics.exists():
+        if self.rank == 0 and self.log.metrics.exists():
             lines = self.log.metrics.read_text().splitlines()
             kept = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
             self.log.metrics.write_text("".join(x + "\n" for x in kept))
@@ -185,18 +205,22 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"tokens": self.tokens, "data": self.train_batches.state_dict()}
-        path = save_training_checkpoint(
-            self.run_dir / "checkpoints",
-            self.step,
-            self.model_config,
-            self.model,
-            self.optimizer,
-            state,
-            rng,
-            self.tokenizer.files(),
-            self.run.train.keep_checkpoints,
-        )
-        self.log.event(self.step, "checkpoint", path=str(path))
+        weights, optim_state = distributed.full_state(self.model, self.optimizer)
+        path = self.run_dir / "checkpoints"
+        if self.rank == 0:
+            path = save_training_checkpoint(
+                path,
+                self.step,
+                self.model_config,
+                weights,
+                optim_state,
+                state,
+                rng,
+                self.tokenizer.files(),
+                self.run.train.keep_checkpoints,
+            )
+            self.log.event(self.step, "checkpoint", path=str(path))
+        distributed.barrier()
         return path
 
     # --- steps ---------------------------------------------------------------------------------
@@ -209,7 +233,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches: (loss, grad norm)."""
         run = self.run
         set_lr(self.optimizer, self.step, run.train.steps, run.optim)
-        total = torch.zeros((), device=self.device)
+        total = 0.0
         for _ in range(run.train.grad_accum):
             window, docs = self.train_batches.next_batch()
             inputs, targets, packed = make_batch(
@@ -220,22 +244,34 @@ class Trainer:
                 self.generator,
                 self.sentinels,
             )
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            # Every process draws the same global batch and keeps its own rows.
+            count = int((targets != -100).sum())  # targets in the global batch
+            rows = self.rows
+            inputs, targets = inputs[rows].to(self.device), targets[rows].to(self.device)
             if packed is not None:
+                bidir = packed.bidirectional
                 packed = PackedAttention(
-                    packed.doc_ids.to(self.device),
-                    None if packed.bidirectional is None else packed.bidirectional.to(self.device),
+                    packed.doc_ids[rows].to(self.device),
+                    None if bidir is None else bidir[rows].to(self.device),
                 )
             with self._autocast():
                 logits = self.forward(inputs, packed=packed)
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            nll = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
             )
-            (loss / run.train.grad_accum).backward()
-            total += loss.detach()
-            self.tokens += inputs.numel()
+            # This process's summed loss over all targets of the global batch: once FSDP has
+            # averaged gradients over processes they equal the single-process mean-loss gradients.
+            loss = nll / max(count, 1)
+            (loss * self.world_size / run.train.grad_accum).backward()
+            total += distributed.all_reduce_sum([float(loss.detach())], self.device)[0]
+            self.tokens += window.shape[0] * (window.shape[1] - 1)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, run.optim.grad_clip)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
         if not torch.isfinite(norm):  # skip the update rather than poison the weights
             self.optimizer.zero_grad(set_to_none=True)
             self.log.event(self.step, "nonfinite_grad", grad_norm=float(norm))
@@ -243,7 +279,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return float(total) / run.train.grad_accum, float(norm)
+        return total / run.train.grad_accum, float(norm)
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
@@ -253,6 +289,7 @@ class Trainer:
         self.model.eval()
         nats, count, nbytes = 0.0, 0, 0
         for window, docs in self.val_batches.sequential(self.run.train.eval_batches):
+            window, docs = window[self.rows], docs[self.rows]
             inputs, targets = window[:, :-1], window[:, 1:].clone()
             targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
             packed = (
@@ -265,6 +302,7 @@ class Trainer:
             s, c, b = _loss_sums(logits, targets.to(self.device), self.token_bytes.to(self.device))
             nats, count, nbytes = nats + float(s), count + c, nbytes + b
         self.model.train()
+        nats, count, nbytes = distributed.all_reduce_sum([nats, count, nbytes], self.device)
         if count == 0:
             return None
         return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
@@ -318,7 +356,8 @@ class Trainer:
                 bar.close()
                 return last
         bar.close()
-        from herd.train.plots import plot_run
+        if self.rank == 0:
+            from herd.train.plots import plot_run
 
-        plot_run(self.run_dir)
+            plot_run(self.run_dir)
         return last
