@@ -198,14 +198,17 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--steps", type=int, default=600, help="training steps (600: ~3 min, 2 cores)")
+    p.add_argument(
+        "--minutes", type=float, default=3.0, help="training time budget; sets the step count (3)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps (overrides --minutes)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (4096)")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from herd.demo import run_demo
 
-    run_demo(args.out, args.steps, args.vocab_size)
+    run_demo(args.out, args.steps, args.vocab_size, args.minutes)
 
 
 # name -> (help, add arguments, handler)

@@ -2,7 +2,8 @@
 
 1. Train a byte-level BPE tokenizer on the running interpreter's standard-library source.
 2. Prepare that corpus as token shards (held-out split by document hash).
-3. Pretrain the `demo` preset (the llama2.c stories15M shape) for a few minutes on the CPU.
+3. Pretrain the `demo` preset (the llama2.c stories15M shape) for about `minutes` on this machine
+   (the step count is set from a timed probe of the same model, so the schedule fits the budget).
 4. Report validation bits per byte next to a unigram baseline (the bits per byte of predicting
    every token from its training-set frequency alone), save the loss plots, and complete a few
    Python prompts with the trained model.
@@ -38,7 +39,36 @@ def unigram_bpb(data: TokenShards) -> float:
     return total / data.totals("val")["bytes"]
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 600, vocab_size: int = 4096) -> dict:
+def _steps_for(minutes: float, run_overrides: dict) -> int:
+    """How many steps fit in `minutes` on this machine: time a few steps of the same model."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = load_run_config(
+            None,
+            {
+                **run_overrides,
+                "train.steps": "3",
+                "train.eval_every": "1000",
+                "train.checkpoint_every": "1000",
+                "train.out": tmp,
+            },
+        )
+        trainer = Trainer(probe, Path(tmp))
+        trainer.train_step()  # first step pays one-time costs
+        start = time.perf_counter()
+        trainer.train_step()
+        trainer.train_step()
+        per_step = (time.perf_counter() - start) / 2
+    return max(10, int(minutes * 60 / per_step))
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    steps: int | None = None,
+    vocab_size: int = 4096,
+    minutes: float = 3.0,
+) -> dict:
     out = Path(out)
     start = time.perf_counter()
     tok_dir = out / "tokenizer"
@@ -51,14 +81,23 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 600, vocab_size: int = 
     prepare(["stdlib"], tok_dir, out / "data", val_fraction=0.02)
     data = TokenShards(out / "data")
     baseline = unigram_bpb(data)
+    common = {
+        "model.preset": "demo",
+        "data.path": str(out / "data"),
+        "data.seq_len": "256",
+        "data.batch_size": "4",
+    }
+    run_dir = out / "run"
+    resume = any((run_dir / "checkpoints").glob("step-*"))
+    if resume:
+        steps = load_run_config(str(run_dir / "config.toml")).train.steps
+    elif steps is None:
+        steps = _steps_for(minutes, common)
     print(f"[3/4] pretraining the demo preset for {steps} steps")
     run = load_run_config(
         None,
         {
-            "model.preset": "demo",
-            "data.path": str(out / "data"),
-            "data.seq_len": "256",
-            "data.batch_size": "8",
+            **common,
             "train.steps": str(steps),
             "train.eval_every": str(max(steps // 6, 1)),
             "train.eval_batches": "10",
@@ -70,8 +109,6 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 600, vocab_size: int = 
             "train.out": str(out / "run"),
         },
     )
-    run_dir = out / "run"
-    resume = any((run_dir / "checkpoints").glob("step-*"))
     last = Trainer(run, run_dir, resume=resume).fit()
     bpb = last.get("val_bpb", float("nan"))
     print(
