@@ -203,12 +203,18 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="training steps (overrides --minutes)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (4096)")
+    p.add_argument(
+        "--max-files",
+        type=int,
+        default=None,
+        help="use only the first N standard-library files (a quick look; default: all)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> None:
     from herd.demo import run_demo
 
-    run_demo(args.out, args.steps, args.vocab_size, args.minutes)
+    run_demo(args.out, args.steps, args.vocab_size, args.minutes, args.max_files)
 
 
 # name -> (help, add arguments, handler)

@@ -68,17 +68,20 @@ def run_demo(
     steps: int | None = None,
     vocab_size: int = 4096,
     minutes: float = 3.0,
+    max_files: int | None = None,
 ) -> dict:
     out = Path(out)
     start = time.perf_counter()
+    from herd.data.sources import stdlib_files
+
+    files = stdlib_files()[:max_files] if max_files else None
+    sources = [str(f) for f in files] if files else ["stdlib"]
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         print(f"[1/4] training a {vocab_size}-token BPE on the standard-library source")
-        from herd.data.sources import stdlib_files
-
-        train_bpe(stdlib_files(), vocab_size, tok_dir, overwrite=True)
+        train_bpe(files or stdlib_files(), vocab_size, tok_dir, overwrite=True)
     print("[2/4] preparing token shards (reruns skip finished shards)")
-    prepare(["stdlib"], tok_dir, out / "data", val_fraction=0.02)
+    prepare(sources, tok_dir, out / "data", val_fraction=0.02 if not files else 0.1)
     data = TokenShards(out / "data")
     baseline = unigram_bpb(data)
     common = {
@@ -99,7 +102,7 @@ def run_demo(
         {
             **common,
             "train.steps": str(steps),
-            "train.eval_every": str(max(steps // 6, 1)),
+            "train.eval_every": str(max(steps // 4, 5)),
             "train.eval_batches": "10",
             "train.checkpoint_every": str(max(steps // 3, 1)),
             "train.keep_checkpoints": "1",

@@ -140,7 +140,17 @@ def test_convert_refuses_to_overwrite(checkpoint, tmp_path):
 
 
 def test_demo_runs_end_to_end_shortened(tmp_path):
-    proc = herd_cli("demo", "--out", tmp_path / "demo", "--steps", "6", "--vocab-size", "300")
+    proc = herd_cli(
+        "demo",
+        "--out",
+        tmp_path / "demo",
+        "--steps",
+        "6",
+        "--vocab-size",
+        "300",
+        "--max-files",
+        "60",
+    )
     assert "bits/byte" in proc.stdout and "unigram baseline" in proc.stdout
     assert "def fibonacci(n):" in proc.stdout
     assert (tmp_path / "demo" / "run" / "plots" / "loss.png").exists()
