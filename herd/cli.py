@@ -130,6 +130,12 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send --prompt as a user turn in the checkpoint's chat format (Llama 3 or Llama 2-Chat)",
     )
+    p.add_argument(
+        "--infill",
+        action="store_true",
+        help="fill the one <|mask_0|> in --prompt (models trained with data.objective mskuni or "
+        "mskbi); prints the prompt with the generated span in place",
+    )
     p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token to --prompt")
     _add_sampling(p)
 

@@ -137,11 +137,42 @@ def stream_reply(model, tokenizer, prompt: list[int], args: argparse.Namespace) 
     return tokenizer.decode(streamer.ids, skip_special=True)[: streamer.printed], count
 
 
+SENTINEL = "<|mask_0|>"
+
+
+def _sentinel_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.token_id(f"<|mask_{k}|>") for k in range(4)]
+    if ids[0] is None:
+        raise HerdError(
+            f"{tokenizer.path}: no {SENTINEL} token; --infill needs a tokenizer "
+            "trained by `herd tokenizer train` and a model trained on mskuni/mskbi"
+        )
+    return [i for i in ids if i is not None]
+
+
+def _infill_prompt(tokenizer, text: str) -> tuple[list[int], str, str]:
+    """Ids asking a masked-objective model to fill the one <|mask_0|> in `text` (CM3 layout)."""
+    from herd.data.objectives import infill_prompt
+
+    if text.count(SENTINEL) != 1:
+        raise HerdError(f"--infill: the prompt must contain {SENTINEL} exactly once")
+    prefix, suffix = text.split(SENTINEL)
+    sentinels = _sentinel_ids(tokenizer)
+    head = tokenizer.encode(prefix, bos=True)
+    tokens = [*head, *tokenizer.encode(suffix, eos=True)]
+    ids = infill_prompt(tokens, [(len(head), len(head))], sentinels)
+    return ids, prefix, suffix
+
+
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
     model, tokenizer, device = _load(args, need_tokenizer=args.prompt is not None)
+    stop_strings = list(args.stop)
     if args.prompt is None:
         prompt = _parse_ids(args.prompt_ids)
+    elif args.infill:
+        prompt, prefix, suffix = _infill_prompt(tokenizer, args.prompt)
+        sys.stdout.write(prefix)
     elif args.chat:
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": args.prompt})
@@ -149,7 +180,12 @@ def run_generate(args: argparse.Namespace) -> None:
     else:
         prompt = tokenizer.encode(args.prompt, bos=not args.no_bos)
     start = time.perf_counter()
+    if args.infill:
+        # the span ends where the model opens the next sentinel
+        args.stop = [*stop_strings, *(tokenizer.decode([i]) for i in _sentinel_ids(tokenizer)[1:])]
     _, count = stream_reply(model, tokenizer, prompt, args)
+    if args.infill:
+        sys.stdout.write(suffix)
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
     sys.stderr.write(f"[{count} tokens, {count / elapsed:.1f} tokens/s on {device}]\n")

@@ -143,3 +143,22 @@ def test_convert_carries_tokenizer(chat_checkpoint, tmp_path):
     assert (tmp_path / "hf" / "tokenizer.json").exists()
     assert (tmp_path / "hf" / "tokenizer_config.json").exists()
     assert herd.load_tokenizer(tmp_path / "hf").chat_format == "llama3"
+
+
+def test_generate_infill(chat_checkpoint):
+    out = herd_cli(
+        "generate",
+        chat_checkpoint,
+        "--prompt",
+        "x = [<|mask_0|>]",
+        "--infill",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+    )
+    assert out.stdout.startswith("x = [") and out.stdout.endswith("]\n")
+    one_line_error(
+        herd_cli("generate", chat_checkpoint, "--prompt", "no sentinel", "--infill", check=False),
+        "exactly once",
+    )
