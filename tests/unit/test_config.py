@@ -45,3 +45,15 @@ def test_llama_ffn_dim_matches_released_models():
     assert llama_ffn_dim(4096, 256) == 11008  # LLaMA 7B
     assert llama_ffn_dim(4096, 1024, 1.3) == 14336  # Llama 3 8B
     assert llama_ffn_dim(8192, 4096, 1.3) == 28672  # Llama 2/3 70B
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    from herd.config import load_run_config
+
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        run = load_run_config(str(path))
+        run.model_config(vocab_size=1000).validate()
