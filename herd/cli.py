@@ -189,11 +189,28 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR",
         help="continue RUN_DIR from its newest intact checkpoint, with its config.toml",
     )
-    p.epilog = (
-        "Any config field can be overridden as --SECTION.FIELD VALUE, e.g. --train.steps 200 "
-        "--optim.lr 1e-3 --model.n_layers 4 --data.objective nxtpre. Sections: model (preset + "
-        "ModelConfig fields), data, optim, train."
-    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _config_fields_help()
+
+
+def _config_fields_help() -> str:
+    """Every run-config field with its default and meaning (from the dataclass metadata)."""
+    import dataclasses
+
+    from herd.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+    lines = [
+        "Override any config field as --SECTION.FIELD VALUE (e.g. --train.steps 200).",
+        "",
+        "model: preset = demo (a preset name), then any of:",
+    ]
+    for f in dataclasses.fields(ModelConfig):
+        lines.append(f"  model.{f.name:<22}{f.metadata.get('help', '')}")
+    for section, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            lines.append(f"  {section}.{f.name:<22}{f.metadata.get('help', '')} ({f.default})")
+    return "\n".join(lines)
 
 
 def _run_train(args: argparse.Namespace) -> None:

@@ -155,7 +155,9 @@ class DataConfig:
 
     path: str = field(default="", metadata={"help": "folder written by `herd data prepare`"})
     seq_len: int = field(default=256, metadata={"help": "tokens per training sequence"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per micro-batch"})
+    batch_size: int = field(
+        default=8, metadata={"help": "sequences per micro-batch, summed over all processes"}
+    )
     objective: str = field(
         default="nxtuni", metadata={"help": "nxtuni, nxtpre, mskuni or mskbi (Artetxe et al.)"}
     )
