@@ -30,7 +30,7 @@ format: $(BIN)/herd
 
 bench: $(BIN)/herd
 	$(BIN)/python bench/generate.py
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenizer_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# GPU decode benchmark driver for a lent H100/H200: finds or makes a Python with CUDA torch, then
-# runs bench/gpu_decode.py (herd compiled bf16 decode of llama3.2-1b vs the copy-bandwidth
-# roofline, and transformers' generate on the same weights). Run from the repository root:
+# GPU benchmark driver for a lent H100/H200: finds or makes a Python with CUDA torch, then runs
+#   1. bench/gpu_decode.py: herd compiled bf16 decode of llama3.2-1b vs the copy-bandwidth
+#      roofline, and transformers' generate on the same weights;
+#   2. bench/gpu_train.py: training MFU of llama3.2-1b (batch 4 x 2048, bf16 autocast, fused
+#      AdamW), herd compiled vs transformers' LlamaForCausalLM (eager, and compiled if time allows).
+# Run from the repository root:
 #
 #     bash bench/gpu.sh [extra gpu_decode.py options]
+#     GPU_BENCH=train GPU_TRAIN_ARGS="--activation-checkpointing" bash bench/gpu.sh
+#
+# GPU_BENCH (default "decode train") picks the benchmarks; GPU_TRAIN_ARGS adds gpu_train.py options.
 #
 # Works on a bare machine with only the repository copied. Python, in order of preference:
 #   1. .venv-gpu/bin/python if it already imports torch with CUDA;
 #   2. the system python3 if it imports torch with CUDA (reused through a --system-site-packages
 #      venv when safetensors/numpy/tqdm/tokenizers/transformers are missing);
 #   3. a fresh .venv-gpu with torch and the rest from PyPI (a few minutes of downloads).
-# herd itself is found through PYTHONPATH (no install step). Results: $OUT/gpu.json and
-# $OUT/gpu.log when OUT is set. Total runtime is kept near 6 minutes (timeouts below).
+# herd itself is found through PYTHONPATH (no install step). Results, when OUT is set: $OUT/gpu.json
+# and $OUT/gpu.log (decode), $OUT/gpu_train.json and $OUT/gpu_train.log (training). Each benchmark
+# runs under its own hard time limit (below); the whole script is kept near 9 minutes.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -20,6 +27,9 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 VENV=.venv-gpu
 NEEDED="safetensors numpy tqdm tokenizers transformers"
+BENCHES=${GPU_BENCH:-decode train}
+# Seconds from the start by which everything should be done (the caller's window is ~10 minutes).
+DEADLINE=540
 T0=$SECONDS
 
 log() { echo "[gpu.sh +$((SECONDS - T0))s] $*" >&2; }
@@ -71,37 +81,81 @@ if ! has_cuda_torch "$PY"; then
     exit 2
 fi
 still_missing=$(missing_modules "$PY")
-[ -n "$still_missing" ] && log "still missing: $still_missing (gpu_decode.py skips what it can)"
+[ -n "$still_missing" ] && log "still missing: $still_missing (the benchmarks skip what they can)"
 "$PY" -c 'import herd' || { log "herd does not import with $PY"; exit 2; }
 
 log "python: $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'))"
 command -v nvidia-smi >/dev/null &&
     nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --format=csv >&2
 
-ARGS=()
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT"
-    ARGS+=(--json "$OUT/gpu.json")
-fi
-case " $still_missing " in
-*" transformers "*) ARGS+=(--no-hf --no-hf-static) ;;
+[ -n "${OUT:-}" ] && mkdir -p "$OUT"
+
+# Run a benchmark script under a hard time limit, its output also in $OUT/<log> when OUT is set.
+run_bench() { # seconds, log name, script, args...
+    local limit=$1 logname=$2 script=$3 rc
+    shift 3
+    log "running $script (hard stop after ${limit}s)"
+    if [ -n "${OUT:-}" ]; then
+        timeout "$limit" "$PY" "$script" "$@" 2>&1 | tee "$OUT/$logname"
+        rc=${PIPESTATUS[0]}
+    else
+        timeout "$limit" "$PY" "$script" "$@"
+        rc=$?
+    fi
+    [ "$rc" -eq 124 ] && log "$script hit its ${limit}s limit (its JSON keeps the finished stages)"
+    log "$script exited with $rc"
+    return "$rc"
+}
+
+decode_rc=0
+train_rc=0
+
+case " $BENCHES " in
+*" decode "*)
+    ARGS=()
+    [ -n "${OUT:-}" ] && ARGS+=(--json "$OUT/gpu.json")
+    case " $still_missing " in
+    *" transformers "*) ARGS+=(--no-hf --no-hf-static) ;;
+    esac
+    # Finish by ~300 s so training keeps its ~4 minutes: the script skips the static-cache
+    # transformers run when its --budget-s has passed, and the timeout is the hard stop.
+    left=$((DEADLINE - 240 - (SECONDS - T0)))
+    [ "$left" -lt 120 ] && left=120
+    # The static-cache transformers run (compile + 4 generations) needs about 150 s of what is left.
+    budget=$((left - 150))
+    [ "$budget" -lt 0 ] && budget=0
+    ARGS+=(--budget-s "$budget")
+    run_bench "$left" gpu.log bench/gpu_decode.py ${ARGS[@]+"${ARGS[@]}"} "$@"
+    decode_rc=$?
+    ;;
 esac
 
-# Leave room inside the caller's ~6 minute window: the script skips the static-cache transformers
-# run when its --budget-s has passed, and this timeout is the hard stop.
-left=$((360 - (SECONDS - T0)))
-[ "$left" -lt 120 ] && left=120
-# The static-cache transformers run (compile + 4 generations) needs about 150 s of what is left.
-budget=$((left - 150))
-[ "$budget" -lt 0 ] && budget=0
-ARGS+=(--budget-s "$budget")
-log "running bench/gpu_decode.py (hard stop after ${left}s)"
-if [ -n "${OUT:-}" ]; then
-    timeout "$left" "$PY" bench/gpu_decode.py ${ARGS[@]+"${ARGS[@]}"} "$@" 2>&1 | tee "$OUT/gpu.log"
-    rc=${PIPESTATUS[0]}
-else
-    timeout "$left" "$PY" bench/gpu_decode.py ${ARGS[@]+"${ARGS[@]}"} "$@"
-    rc=$?
-fi
-log "gpu_decode.py exited with $rc"
-exit "$rc"
+case " $BENCHES " in
+*" train "*)
+    ARGS=()
+    [ -n "${OUT:-}" ] && ARGS+=(--json "$OUT/gpu_train.json")
+    case " $still_missing " in
+    *" transformers "*) ARGS+=(--no-hf --no-hf-compile) ;;
+    esac
+    # Up to 300 s, less if decoding ran long. The required stages (weights for transformers, herd
+    # compiled, transformers eager) take about 2 minutes; the optional ones (herd eager, then
+    # transformers compiled, ~90 s of compilation) start only before --budget-s.
+    left=$((DEADLINE - (SECONDS - T0)))
+    [ "$left" -gt 300 ] && left=300
+    if [ "$left" -lt 90 ]; then
+        log "skipping bench/gpu_train.py: only ${left}s left of the ${DEADLINE}s window"
+        train_rc=2
+    else
+        budget=$((left - 110))
+        [ "$budget" -lt 0 ] && budget=0
+        ARGS+=(--budget-s "$budget")
+        # shellcheck disable=SC2086
+        run_bench "$left" gpu_train.log bench/gpu_train.py ${ARGS[@]+"${ARGS[@]}"} ${GPU_TRAIN_ARGS:-}
+        train_rc=$?
+    fi
+    ;;
+esac
+
+log "done: decode exit $decode_rc, train exit $train_rc"
+[ "$decode_rc" -ne 0 ] && exit "$decode_rc"
+exit "$train_rc"

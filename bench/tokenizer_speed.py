@@ -1,9 +1,9 @@
 """Tokenizer throughput benchmark: herd's Llama 3 and Llama 2 tokenizers against the libraries
 they wrap (tiktoken and sentencepiece, called directly), in one process on the same documents.
 
-    .venv/bin/python bench/tokenize.py
-    .venv/bin/python bench/tokenize.py --megabytes 2 --repeats 1 --no-all --no-long   # quick look
-    .venv/bin/python bench/tokenize.py --corpus some.txt --json /tmp/tokenize.json
+    .venv/bin/python bench/tokenizer_speed.py
+    .venv/bin/python bench/tokenizer_speed.py --megabytes 2 --repeats 1 --no-all --no-long   # quick look
+    .venv/bin/python bench/tokenizer_speed.py --corpus some.txt --json /tmp/tokenize.json
 
 Input: ~10 MB (`--megabytes`) of mixed text built deterministically (`--seed`) from sample
 sentences and code snippets in this file, shuffled, repeated and varied at random: English prose,
@@ -48,31 +48,18 @@ than its best.
 
 Exit status: 0 when all ids agree (a missed target is reported, not an error), 1 when ids differ,
 2 when a tokenizer or corpus file is missing or unusable.
-
-This file is named like the standard library's `tokenize` module, which dataclasses, torch and
-herd's imports pull in (inspect -> linecache -> tokenize); Python puts a script's own folder first
-on sys.path, so the first thing the file does is take that folder off again.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is named like the standard library's `tokenize`, which dataclasses, inspect, linecache
-# and so torch and herd import. Python put the script's own folder first on sys.path; take it off
-# before any of those imports, or `import tokenize` would load this file instead.
-if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(
-    os.path.realpath(__file__)
-):
-    sys.path.pop(0)
-
 import argparse
 import gc
 import json
+import os
 import platform
 import random
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -708,7 +695,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="bench/tokenize.py",
+        prog="bench/tokenizer_speed.py",
         description=__doc__,
         formatter_class=HelpFormatter,
     )

@@ -1,0 +1,472 @@
+"""GPU training benchmark: model FLOPs utilisation (MFU) of herd and transformers on llama3.2-1b.
+
+Trains `llama3.2-1b` (random weights, context 2048) on a lent H100/H200 with the recipe herd's
+trainer uses on a GPU: float32 parameters, bfloat16 autocast for the forward pass, float32
+cross-entropy over the full vocabulary, backward, fused AdamW step (herd's `build_optimizer`),
+zero_grad; batch 4 x 2048 tokens of random ids. herd runs under `torch.compile(model)` (default;
+`--no-compile` for eager). transformers' LlamaForCausalLM (sdpa attention) runs the same step on
+the same initial weights, eager and, if time allows, compiled. Engines run one after another, each
+freed before the next is built, so memory is never shared between two models.
+
+MFU = tokens/s * FLOPs per token / peak FLOP/s, with (PaLM, Chowdhery et al. 2022, appendix B)
+
+    FLOPs per token = 6 * N + 12 * L * d * T
+    N = parameters that take part in matrix multiplies: every block, the final norm and the output
+        projection; the input embedding table is excluded (a lookup, not a matmul), and a tied
+        embedding/output matrix is counted once, as the output projection
+    L layers, d model width, T sequence length (the attention term is not halved for causality)
+    peak = --peak-tflops (989 dense BF16 TFLOP/s: H100 SXM and H200)
+
+Timing: `--warmup` untimed steps (the compiled engines compile during the first), then `--steps`
+timed steps, each ended by a device synchronisation; tokens/s uses the median step, best is
+reported too. Results go to --json (bench/gpu.sh passes $OUT/gpu_train.json), rewritten after
+every stage so a timeout keeps what finished. An engine that runs out of memory is retried once
+with activation checkpointing (then not comparable with the others; the JSON says so).
+`--device cpu --preset demo --batch 2 --seq 64 --steps 2` is a quick dry run of every code path on
+a CPU (its MFU figures are meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import herd
+from herd.config import ModelConfig, OptimConfig
+from herd.train.optim import build_optimizer
+from herd.train.parallel import apply_activation_checkpointing
+
+START = time.perf_counter()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=(
+            "Training MFU on a GPU (bf16 autocast, fp32 parameters, fused AdamW): herd compiled "
+            "against transformers' LlamaForCausalLM, eager and compiled, on the same weights."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", default="llama3.2-1b", help="herd preset (random weights)")
+    p.add_argument("--seq", type=int, default=2048, help="tokens per sequence (= max_seq_len)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per engine")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps per engine (compilation happens here)"
+    )
+    p.add_argument("--device", default="cuda", help="torch device (cpu for a dry run)")
+    p.add_argument(
+        "--amp-dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float16", "none"],
+        help="autocast dtype of the forward pass (parameters stay float32); none: plain float32",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile the herd model (the trainer's train.compile)",
+    )
+    p.add_argument(
+        "--herd-eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compile, also time herd eager (the like-for-like partner of transformers "
+        "eager); skipped when --budget-s has passed",
+    )
+    p.add_argument(
+        "--hf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time transformers' LlamaForCausalLM, eager (sdpa attention)",
+    )
+    p.add_argument(
+        "--hf-compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torch.compile(LlamaForCausalLM); skipped when --budget-s has passed",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute every block in the backward pass (all engines); use when memory runs out",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="peak dense TFLOP/s of the device in --amp-dtype (989: H100 SXM / H200 BF16)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="skip the optional stages (herd eager, transformers compiled) that would start after "
+        "this many seconds",
+    )
+    default_json = Path(os.environ["OUT"]) / "gpu_train.json" if os.environ.get("OUT") else None
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=default_json,
+        help="write results here ($OUT/gpu_train.json when OUT is set)",
+    )
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1 or args.batch < 1 or args.seq < 2:
+        p.error("--steps, --warmup and --batch must be >= 1, --seq >= 2")
+    return args
+
+
+def quiet() -> None:
+    """Silence warnings that inductor's autotuning and transformers' loading print every time."""
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Drop compiled graphs and cached blocks so the next engine starts from an empty device."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# --- FLOPs --------------------------------------------------------------------------------------
+
+
+def matmul_params(config: ModelConfig) -> int:
+    """N of the MFU formula: all parameters but the input embedding table, a tied matrix once."""
+    total = config.num_params()  # a tied embedding/output matrix is one parameter here
+    embed = config.vocab_size * config.dim
+    return total if config.tie_embeddings else total - embed
+
+
+def flops_per_token(config: ModelConfig, seq: int) -> int:
+    return 6 * matmul_params(config) + 12 * config.n_layers * config.dim * seq
+
+
+# --- engines ------------------------------------------------------------------------------------
+
+
+class Engine:
+    """A model to train, its optimizer and a function from token ids to logits [B, T, V]."""
+
+    def __init__(self, name: str, model: torch.nn.Module, optimizer, logits: Callable):
+        self.name = name
+        self.model = model
+        self.optimizer = optimizer
+        self.logits = logits
+
+
+def hf_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device):
+    """The AdamW herd's `build_optimizer` makes, for any model: decay on >= 2-D parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=True if fused else None,
+        foreach=None if fused else True,
+    )
+
+
+def herd_engine(config, args, device, compile: bool, checkpointing: bool) -> Engine:
+    model = herd.build_model(config, device=device, dtype=torch.float32, seed=args.seed).train()
+    if checkpointing:
+        apply_activation_checkpointing(model)  # before compilation, as the trainer does
+    forward = torch.compile(model) if compile else model
+    optimizer = build_optimizer(model, OptimConfig())
+    return Engine("herd", model, optimizer, lambda tokens: forward(tokens))
+
+
+def hf_engine(folder: Path, args, device, compile: bool, checkpointing: bool) -> Engine:
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="sdpa"
+    ).to(device)
+    model.config.use_cache = False
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    forward = torch.compile(model) if compile else model
+    optimizer = hf_optimizer(model, OptimConfig(), device)
+    return Engine(
+        "transformers",
+        model,
+        optimizer,
+        lambda tokens: forward(input_ids=tokens, use_cache=False).logits,
+    )
+
+
+def train_step(engine: Engine, inputs, targets, device, amp_dtype) -> torch.Tensor:
+    """Forward under autocast, float32 cross-entropy, backward, optimizer step, zero_grad."""
+    with torch.autocast(
+        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+    ):
+        logits = engine.logits(inputs)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    del logits
+    loss.backward()
+    engine.optimizer.step()
+    engine.optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def measure(engine: Engine, batches, args, device, amp_dtype, flops: int) -> dict:
+    tokens = args.batch * args.seq
+    warm_s, losses, seconds = [], [], []
+    for i in range(args.warmup + args.steps):
+        inputs, targets = batches[i % len(batches)]
+        sync(device)
+        start = time.perf_counter()
+        loss = train_step(engine, inputs, targets, device, amp_dtype)
+        sync(device)
+        elapsed = time.perf_counter() - start
+        (warm_s if i < args.warmup else seconds).append(elapsed)
+        losses.append(float(loss))
+        if i == 0:
+            log(f"  first step {elapsed:.1f} s (compilation, if any), loss {losses[0]:.4f}")
+    median = statistics.median(seconds)
+    result = {
+        "tok_s_median": tokens / median,
+        "tok_s_best": tokens / min(seconds),
+        "step_ms_median": 1e3 * median,
+        "step_ms": [1e3 * s for s in seconds],
+        "warmup_s": warm_s,
+        "losses": losses,
+        "first_loss": losses[0],
+    }
+    result["mfu_median"] = result["tok_s_median"] * flops / (args.peak_tflops * 1e12)
+    result["mfu_best"] = result["tok_s_best"] * flops / (args.peak_tflops * 1e12)
+    if device.type == "cuda":
+        result["peak_memory_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    device = torch.device(args.device)
+    amp_dtype = None if args.amp_dtype == "none" else getattr(torch, args.amp_dtype)
+    config = herd.preset(args.preset).replace(max_seq_len=args.seq)
+    n_matmul = matmul_params(config)
+    flops = flops_per_token(config, args.seq)
+    results: dict = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "tokens_per_step": args.batch * args.seq,
+        "params": config.num_params(),
+        "mfu_params_N": n_matmul,
+        # For reference: the count with the embedding table removed even where it is tied.
+        "params_excluding_embedding_table": config.num_params() - config.vocab_size * config.dim,
+        "flops_per_token": flops,
+        "peak_tflops": args.peak_tflops,
+        "mfu_definition": (
+            "MFU = tokens/s * (6*N + 12*L*d*T) / peak; N = parameters in matmuls (all but the "
+            "input embedding table; a tied embedding/output matrix counted once, as the output "
+            "projection); L layers, d width, T sequence length; causal attention not halved"
+        ),
+        "recipe": (
+            f"fp32 parameters, {args.amp_dtype} autocast forward, fp32 cross-entropy over the "
+            "full vocabulary, backward, AdamW (fused on CUDA) step, zero_grad"
+        ),
+        "activation_checkpointing": args.activation_checkpointing,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "host": platform.node(),
+        "engines": {},
+        "errors": {},
+    }
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("CUDA is not available (use --device cpu for a dry run)")
+        results["gpu"] = torch.cuda.get_device_name(device)
+        results["cuda"] = torch.version.cuda
+    log(f"torch {torch.__version__} on {results.get('gpu', device.type)}")
+    log(
+        f"{args.preset}: {results['params'] / 1e9:.3f}B parameters, N = {n_matmul / 1e9:.3f}B, "
+        f"{flops / 1e9:.2f} GFLOP/token at T = {args.seq}; peak {args.peak_tflops:g} TFLOP/s"
+    )
+
+    def save() -> None:
+        results["total_s"] = time.perf_counter() - START
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+    save()
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    batches = []
+    for _ in range(min(args.warmup + args.steps, 4)):  # a few distinct batches, cycled
+        window = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=gen)
+        window = window.to(device)
+        batches.append((window[:, :-1].contiguous(), window[:, 1:].contiguous()))
+
+    tmp = tempfile.TemporaryDirectory(prefix="herd-gpu-train-")
+    hf_folder = Path(tmp.name) / "hf"
+
+    def run(label: str, build: Callable[[bool], Engine]) -> None:
+        """Build, measure, free; on running out of memory retry once with checkpointing."""
+        checkpointing = args.activation_checkpointing
+        for attempt in range(2):
+            engine = None
+            free_memory(device)
+            try:
+                log(f"{label}: building" + (" (activation checkpointing)" if checkpointing else ""))
+                engine = build(checkpointing)
+                r = measure(engine, batches, args, device, amp_dtype, flops)
+                r["activation_checkpointing"] = checkpointing
+                results["engines"][label] = r
+                log(
+                    f"{label}: {r['tok_s_median']:.0f} tok/s, MFU {100 * r['mfu_median']:.1f}% "
+                    f"(best {100 * r['mfu_best']:.1f}%), step {r['step_ms_median']:.0f} ms"
+                    + (f", peak {r['peak_memory_GiB']:.1f} GiB" if "peak_memory_GiB" in r else "")
+                )
+                return
+            except torch.cuda.OutOfMemoryError as e:
+                msg = f"OutOfMemoryError: {str(e).splitlines()[0]}"
+                if checkpointing or attempt:
+                    results["errors"][label] = msg
+                    log(f"{label} failed: {msg}")
+                    return
+                log(f"{label}: out of memory; retrying with activation checkpointing")
+                checkpointing = True
+            except Exception as e:
+                traceback.print_exc()
+                results["errors"][label] = f"{type(e).__name__}: {e}"
+                log(f"{label} failed: {type(e).__name__}: {e}")
+                return
+            finally:
+                del engine
+                free_memory(device)
+                save()
+
+    def prepare_hf() -> bool:
+        """Write the initial herd weights as a transformers folder (seeded: herd rebuilds them)."""
+        try:
+            import transformers
+            from transformers.utils import logging as hf_logging
+
+            from herd.checkpoint.hf import write_hf_folder
+
+            hf_logging.disable_progress_bar()
+            results["transformers"] = transformers.__version__
+            model = herd.build_model(config, device=device, dtype=torch.float32, seed=args.seed)
+            state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+            del model
+            write_hf_folder(config, state, hf_folder, overwrite=True)
+            log(f"transformers {transformers.__version__}: wrote the initial weights")
+            return True
+        except Exception as e:
+            traceback.print_exc()
+            results["errors"]["hf_prepare"] = f"{type(e).__name__}: {e}"
+            return False
+        finally:
+            free_memory(device)
+            save()
+
+    def within_budget(label: str) -> bool:
+        elapsed = time.perf_counter() - START
+        if elapsed <= args.budget_s:
+            return True
+        results["errors"][label] = f"skipped: {elapsed:.0f} s elapsed > --budget-s"
+        log(f"{label} skipped ({elapsed:.0f} s > --budget-s {args.budget_s:.0f})")
+        save()
+        return False
+
+    hf_ready = (args.hf or args.hf_compile) and prepare_hf()
+    herd_label = "herd_compiled" if args.compile else "herd_eager"
+    run(herd_label, lambda ckpt: herd_engine(config, args, device, args.compile, ckpt))
+    if hf_ready and args.hf:
+        run("transformers_eager", lambda ckpt: hf_engine(hf_folder, args, device, False, ckpt))
+    if args.compile and args.herd_eager and within_budget("herd_eager"):
+        run("herd_eager", lambda ckpt: herd_engine(config, args, device, False, ckpt))
+    if hf_ready and args.hf_compile and within_budget("transformers_compiled"):
+        run("transformers_compiled", lambda ckpt: hf_engine(hf_folder, args, device, True, ckpt))
+    tmp.cleanup()
+
+    # --- summary ---------------------------------------------------------------------------------
+    engines = results["engines"]
+    ratios = {}
+    for h, t in (
+        ("herd_compiled", "transformers_eager"),
+        ("herd_compiled", "transformers_compiled"),
+        ("herd_eager", "transformers_eager"),
+    ):
+        if h in engines and t in engines:
+            ratios[f"{h}/{t}"] = engines[h]["tok_s_median"] / engines[t]["tok_s_median"]
+    results["ratios"] = ratios
+    # Same seed, same first batch, nothing updated yet: first-step losses should agree up to
+    # bf16 rounding (the compiled and eager graphs round differently too).
+    first = {k: r["first_loss"] for k, r in engines.items()}
+    if len(first) > 1:
+        results["first_loss_spread"] = max(first.values()) - min(first.values())
+    save()
+
+    print()
+    print(
+        f"device: {results.get('gpu', device.type)}; {args.preset}, batch {args.batch} x "
+        f"{args.seq}, {args.amp_dtype} autocast, fp32 params, AdamW"
+    )
+    print(results["mfu_definition"])
+    print(f"  N = {n_matmul / 1e9:.4f}B, 6N + 12LdT = {flops / 1e9:.3f} GFLOP/token")
+    print(
+        f"{'engine':<24}{'tok/s':>10}{'MFU':>8}{'best':>8}{'step ms':>10}{'1st step':>10}{'GiB':>7}"
+    )
+    for k, r in engines.items():
+        mem = f"{r['peak_memory_GiB']:.1f}" if "peak_memory_GiB" in r else "-"
+        ckpt = " (act. ckpt)" if r["activation_checkpointing"] else ""
+        print(
+            f"{k + ckpt:<24}{r['tok_s_median']:>10.0f}{100 * r['mfu_median']:>7.1f}%"
+            f"{100 * r['mfu_best']:>7.1f}%{r['step_ms_median']:>10.1f}{r['warmup_s'][0]:>9.1f}s"
+            f"{mem:>7}"
+        )
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    if "first_loss_spread" in results:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in first.items())
+        print(f"first-step losses: {losses} (spread {results['first_loss_spread']:.2g})")
+    for k, e in results["errors"].items():
+        print(f"error in {k}: {e}")
+    print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
+    return 1 if herd_label in results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
