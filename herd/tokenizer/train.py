@@ -3,19 +3,21 @@
 The result splits text with the Llama 3 pattern, maps bytes to BPE symbols as GPT-2 does (so every
 string round-trips exactly, with no unknown token), and carries the Llama 3 special tokens, so
 `herd.load_tokenizer` reads it with the Llama 3 chat format. Corpus files are read as strict UTF-8:
-a file with invalid bytes is named, with the byte offset, rather than silently repaired.
+a file with invalid bytes is named, with the byte offset, rather than silently repaired. The corpus
+is read through `herd.data.sources`, so it may be anything `herd data prepare` reads (text files and
+folders, JSONL, Parquet, `stdlib`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from herd.checkpoint.io import write_folder_atomically
+from herd.data.sources import iter_documents
 from herd.errors import HerdError
 from herd.tokenizer.llama3 import PATTERN
 
@@ -34,47 +36,6 @@ SPECIAL_TOKENS = [
     "<|mask_2|>",
     "<|mask_3|>",
 ]
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".jsonl", ".py", ".json", ""}
-
-
-def corpus_files(sources: list[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for src in map(Path, sources):
-        if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-            if not found:
-                raise HerdError(f"{src}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
-            files += found
-        elif src.is_file():
-            files.append(src)
-        else:
-            raise HerdError(f"{src}: no such corpus file or folder")
-    return files
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise HerdError(f"{path}: invalid UTF-8 at byte {e.start} (expected UTF-8 text)") from None
-
-
-def _documents(path: Path) -> Iterator[str]:
-    text = _read_text(path)
-    if path.suffix != ".jsonl":
-        yield from text.splitlines(keepends=True)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise HerdError(f"{path}: line {number} is not JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise HerdError(f"{path}: line {number} has no string field 'text'")
-        yield record["text"]
 
 
 def new_bpe_tokenizer() -> Tokenizer:
@@ -104,15 +65,15 @@ def train_bpe(
     out = Path(out)
     if out.exists() and not overwrite:
         raise HerdError(f"{out}: already exists (pass --overwrite to replace it)")
-    files = corpus_files(sources)
     texts: list[str] = []
     total = 0
     # disable=None: a bar on a terminal only, so logs and captured errors stay clean
-    bar = tqdm(files, desc="reading corpus", unit="file", disable=None if show_progress else True)
-    for path in bar:
-        for doc in _documents(path):
-            texts.append(doc)
-            total += len(doc)
+    documents = iter_documents([str(src) for src in sources])
+    for doc in tqdm(
+        documents, desc="reading corpus", unit="doc", disable=None if show_progress else True
+    ):
+        texts.append(doc.text)
+        total += len(doc.text)
     if not any(t.strip() for t in texts):
         raise HerdError(f"corpus {', '.join(map(str, sources))}: empty (no text to train on)")
     tok = new_bpe_tokenizer()
