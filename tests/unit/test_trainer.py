@@ -160,3 +160,18 @@ def test_bad_configs(tmp_path, data):
         Trainer(_config(data, tmp_path / "r", **{"data.seq_len": "128"}), tmp_path / "r")
     with pytest.raises(HerdError, match="fewer than one batch"):
         Trainer(_config(data, tmp_path / "r", **{"data.batch_size": "100000"}), tmp_path / "r")
+
+
+def test_activation_checkpointing_and_accumulation(tmp_path, data):
+    """Recomputing blocks changes memory, not numbers; accumulation runs micro-batches."""
+    plain = _config(data, tmp_path / "a", **{"train.steps": "4"})
+    Trainer(plain, tmp_path / "a").fit(show_progress=False)
+    ac = _config(
+        data, tmp_path / "b", **{"train.steps": "4", "train.activation_checkpointing": "true"}
+    )
+    Trainer(ac, tmp_path / "b").fit(show_progress=False)
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-6)
+    accum = _config(data, tmp_path / "c", **{"train.steps": "2", "train.grad_accum": "2"})
+    trainer = Trainer(accum, tmp_path / "c")
+    trainer.fit(show_progress=False)
+    assert trainer.tokens == 2 * 2 * 4 * 32
