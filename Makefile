@@ -18,15 +18,15 @@ demo: $(BIN)/herd
 	$(BIN)/herd demo
 
 lint: $(BIN)/herd
-	$(BIN)/ruff check herd tests bench
-	$(BIN)/ruff format --check herd tests bench
+	$(BIN)/ruff check herd tests bench experiments
+	$(BIN)/ruff format --check herd tests bench experiments
 
 test: lint
 	$(BIN)/python -m pytest
 
 format: $(BIN)/herd
-	$(BIN)/ruff format herd tests bench
-	$(BIN)/ruff check --fix herd tests bench
+	$(BIN)/ruff format herd tests bench experiments
+	$(BIN)/ruff check --fix herd tests bench experiments
 
 bench: $(BIN)/herd
 	$(BIN)/python bench/generate.py
