@@ -141,13 +141,17 @@ SENTINEL = "<|mask_0|>"
 
 
 def _sentinel_ids(tokenizer) -> list[int]:
-    ids = [tokenizer.token_id(f"<|mask_{k}|>") for k in range(4)]
-    if ids[0] is None:
+    """The sentinels training used (herd.data.objectives.tokenizer_sentinels); <|mask_0|> in the prompt
+    text marks where the first one goes."""
+    from herd.data.objectives import tokenizer_sentinels
+
+    ids = tokenizer_sentinels(tokenizer)
+    if not ids:
         raise HerdError(
-            f"{tokenizer.path}: no {SENTINEL} token; --infill needs a tokenizer "
+            f"{tokenizer.path}: no sentinel tokens; --infill needs a tokenizer "
             "trained by `herd tokenizer train` and a model trained on mskuni/mskbi"
         )
-    return [i for i in ids if i is not None]
+    return ids
 
 
 def _infill_prompt(tokenizer, text: str) -> tuple[list[int], str, str]:

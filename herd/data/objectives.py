@@ -300,3 +300,13 @@ def infill_prompt(
         raise HerdError("infill_prompt needs at least one span to fill")
     sequence, context = move_spans_to_end(tokens, spans, sentinel_ids)
     return sequence[: context + 1]
+
+
+def tokenizer_sentinels(tokenizer) -> list[int]:
+    """Sentinel token ids for the masked objectives: `<|mask_k|>` (tokenizers trained by herd),
+    else Llama 3's `<|reserved_special_token_{10+k}|>`; empty when the tokenizer has neither."""
+    named = [tokenizer.token_id(f"<|mask_{k}|>") for k in range(4)]
+    if all(i is not None for i in named):
+        return named
+    reserved = [tokenizer.token_id(f"<|reserved_special_token_{10 + k}|>") for k in range(4)]
+    return [i for i in reserved if i is not None]

@@ -68,7 +68,10 @@ class Tokenizer(ABC):
         self, text: str, bos: bool = False, eos: bool = False, allow_special: bool = False
     ) -> list[int]:
         """Token ids of `text`, optionally framed by BOS/EOS."""
-        ids = self._encode(text, allow_special)
+        return self._frame(self._encode(text, allow_special), bos, eos)
+
+    def _frame(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        """Add BOS in front and EOS at the end, when asked and the tokenizer has them."""
         if bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if eos and self.eos_id is not None:

@@ -106,15 +106,7 @@ class HFTokenizer(Tokenizer):
         # tokenizers parallelises batches itself (rayon; TOKENIZERS_PARALLELISM to turn off).
         texts = [replace_lone_surrogates(t) for t in texts]
         encoded = self._backend(allow_special).encode_batch(texts, add_special_tokens=False)
-        out = []
-        for e in encoded:
-            ids = e.ids
-            if bos and self.bos_id is not None:
-                ids.insert(0, self.bos_id)
-            if eos and self.eos_id is not None:
-                ids.append(self.eos_id)
-            out.append(ids)
-        return out
+        return [self._frame(e.ids, bos, eos) for e in encoded]
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._special.decode([int(i) for i in ids], skip_special_tokens=skip_special)

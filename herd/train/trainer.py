@@ -62,14 +62,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _sentinels(tokenizer) -> list[int]:
-    named = [tokenizer.token_id(f"<|mask_{k}|>") for k in range(4)]
-    if all(i is not None for i in named):
-        return named
-    reserved = [tokenizer.token_id(f"<|reserved_special_token_{10 + k}|>") for k in range(4)]
-    return [i for i in reserved if i is not None]
-
-
 def make_batch(window, docs, objective: str, document_mask: bool, generator, sentinels):
     """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
     from herd.data.objectives import OBJECTIVES, ObjectiveConfig, build_batch
@@ -147,7 +139,9 @@ class Trainer:
         self.forward = torch.compile(self.model) if run.train.compile else self.model
         self.optimizer = build_optimizer(self.model, run.optim)
         self.generator = torch.Generator().manual_seed(d.seed + 1)
-        self.sentinels = _sentinels(self.tokenizer)
+        from herd.data.objectives import tokenizer_sentinels
+
+        self.sentinels = tokenizer_sentinels(self.tokenizer)
         self.step, self.tokens = 0, 0
         self.log = RunLog(self.run_dir, enabled=self.rank == 0)
         n_embed = self.model.embed.weight.numel()
