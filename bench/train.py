@@ -152,17 +152,17 @@ def hf_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     )
 
 
-PHASES = ("forward", "loss", "backward", "optimizer", "zero_grad")
+PHASES = ("forward+loss", "backward", "optimizer", "zero_grad")
 
 
 class Engine:
-    """A model, its optimizer and a forward function returning logits [B, T, V]."""
+    """A model, its optimizer and a function (inputs, targets) -> mean float32 cross-entropy."""
 
-    def __init__(self, name: str, model: torch.nn.Module, optimizer, logits: Callable):
+    def __init__(self, name: str, model: torch.nn.Module, optimizer, loss: Callable):
         self.name = name
         self.model = model.train()
         self.optimizer = optimizer
-        self.logits = logits
+        self.loss = loss
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []
         self.losses: list[float] = []
@@ -170,10 +170,7 @@ class Engine:
     def step(self, inputs: torch.Tensor, targets: torch.Tensor, phases: dict | None = None):
         """One full training step; returns the loss tensor. `phases` collects seconds per phase."""
         marks = [time.perf_counter()]
-        logits = self.logits(inputs)
-        marks.append(time.perf_counter())
-        # As herd's trainer computes it: float32 logits over the full vocabulary, mean over tokens.
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = self.loss(inputs, targets)
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())
@@ -206,15 +203,19 @@ def build_engines(config: ModelConfig, seed: int, hf_attn: str, folder: Path) ->
     hf = LlamaForCausalLM.from_pretrained(
         folder / "hf", dtype=torch.float32, attn_implementation=hf_attn
     )
+    # herd as its trainer runs: the loss fused with the output projection (no [B, T, V] logits).
     herd_engine = Engine(
-        "herd", model, build_optimizer(model, OptimConfig()), lambda tokens: model(tokens)
+        "herd",
+        model,
+        build_optimizer(model, OptimConfig()),
+        lambda inputs, targets: model(inputs, targets=targets) / targets.numel(),
     )
-    hf_engine = Engine(
-        "transformers",
-        hf,
-        hf_optimizer(hf, OptimConfig()),
-        lambda tokens: hf(input_ids=tokens, use_cache=False).logits,
-    )
+
+    def hf_loss(inputs, targets):
+        logits = hf(input_ids=inputs, use_cache=False).logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    hf_engine = Engine("transformers", hf, hf_optimizer(hf, OptimConfig()), hf_loss)
     return [herd_engine, hf_engine]
 
 
@@ -255,12 +256,7 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
     # Same weights, nothing updated yet: the first-batch losses must agree.
     with torch.no_grad():
         inputs, targets = batches[0]
-        first = []
-        for e in engines:
-            logits = e.logits(inputs)
-            first.append(
-                float(F.cross_entropy(logits.reshape(-1, config.vocab_size), targets.flatten()))
-            )
+        first = [float(e.loss(inputs, targets)) for e in engines]
     loss_diff = abs(first[0] - first[1])
     log(
         f"[threads {threads}] first-batch loss: herd {first[0]:.6f}, transformers {first[1]:.6f} "

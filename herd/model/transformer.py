@@ -24,6 +24,7 @@ from torch import nn
 
 from herd.config import ModelConfig
 from herd.model.cache import KVCache
+from herd.model.loss import linear_cross_entropy
 from herd.model.masks import PackedAttention
 from herd.model.rope import apply_rope, rope_table
 
@@ -156,12 +157,19 @@ class Transformer(nn.Module):
         input_pos: torch.Tensor | None = None,
         cache: KVCache | None = None,
         packed: PackedAttention | None = None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "sum",
     ) -> torch.Tensor:
-        """Logits for `tokens`.
+        """Logits for `tokens`, or with `targets` the cross-entropy against them.
 
         With a cache, `input_pos` [T] gives the absolute positions. With `packed` (training on
         packed documents) attention stays within documents, optionally bidirectional over each
         document's marked region, and positions restart at every document.
+
+        With `targets` [B, T] (-100 = not counted) the logits are never materialised: the loss is
+        fused with the output projection in row chunks (herd/model/loss.py) and returned as the
+        float32 sum (`reduction="sum"`, for training) or per position (`"none"`, for evaluation).
+        Computed inside `forward` so FSDP2's hooks gather the output weight as usual.
         """
         T = tokens.shape[1]
         if packed is not None:
@@ -177,6 +185,8 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         for block in self.layers:
             x = block(x, rope, input_pos, cache, mask)
+        if targets is not None:
+            return linear_cross_entropy(self.norm(x), self.output.weight, targets, reduction)
         return self.output(self.norm(x))
 
     def init_buffers(self) -> None:

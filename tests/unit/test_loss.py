@@ -1,0 +1,82 @@
+"""The chunked cross-entropy fused with the output projection equals torch's unfused
+F.cross_entropy(F.linear(...)) in value and in every gradient, whatever the chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import herd
+from herd.config import ModelConfig
+from herd.model.loss import linear_cross_entropy
+
+
+def _inputs(n=30, dim=16, vocab=50, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, dim, generator=gen, requires_grad=True)
+    w = (0.3 * torch.randn(vocab, dim, generator=gen)).requires_grad_()
+    t = torch.randint(0, vocab, (n,), generator=gen)
+    t[::4] = -100
+    return h, w, t
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 30, 64])
+def test_sum_and_gradients_match_unfused(chunk):
+    h, w, t = _inputs()
+    ref = F.cross_entropy(F.linear(h, w), t, ignore_index=-100, reduction="sum")
+    (3.0 * ref).backward()
+    ref_h, ref_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, t, chunk=chunk)
+    (3.0 * got).backward()  # the upstream gradient scales the precomputed ones
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(h.grad, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, ref_w, rtol=1e-5, atol=1e-6)
+    assert float(h.grad[::4].abs().sum()) == 0.0  # ignored rows get no gradient
+
+
+def test_per_position_losses_and_all_ignored():
+    h, w, t = _inputs()
+    got = linear_cross_entropy(h.detach(), w.detach(), t.view(5, 6), reduction="none", chunk=4)
+    ref = F.cross_entropy(F.linear(h, w), t, ignore_index=-100, reduction="none").view(5, 6)
+    torch.testing.assert_close(got, ref.detach())
+    none = torch.full_like(t, -100)
+    loss = linear_cross_entropy(h, w, none)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(w.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, t, reduction="mean")
+
+
+def test_bfloat16_autocast_close_to_autocast_reference():
+    h, w, t = _inputs(n=64, dim=32, vocab=100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(h, w).float(), t, reduction="sum")
+        got = linear_cross_entropy(h, w, t, chunk=16)
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=1e-2)
+    got.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+
+
+def test_model_loss_equals_loss_of_its_logits():
+    config = ModelConfig(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=64, max_seq_len=16
+    )
+    a = herd.build_model(config, seed=1)
+    b = herd.build_model(config, seed=1)
+    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(2))
+    targets = tokens.roll(-1, 1)
+    targets[:, -1] = -100
+    logits = a(tokens)
+    ref = F.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1), reduction="sum")
+    ref.backward()
+    got = b(tokens, targets=targets)
+    got.backward()
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-6, msg=name)
+    per_position = b(tokens, targets=targets, reduction="none")
+    assert per_position.shape == (3, 16)
+    torch.testing.assert_close(per_position.sum(), ref.detach(), rtol=1e-6, atol=1e-4)
