@@ -5,6 +5,12 @@ Layout of a folder:
   model.safetensors                or model-00001-of-0000N.safetensors + model.safetensors.index.json
   tokenizer files                  copied from the source when known (tokenizer.json, tokenizer.model)
 
+A sharded training checkpoint (herd.train.checkpoint) has no model.safetensors: its weights are
+torch.distributed.checkpoint shards in `train_state/model/` (safetensors files, one per writing
+process, each recording the offsets of its pieces in its header). `read_herd_folder` stitches them
+together on the CPU without a process group, so `herd.load`, `herd generate` and `herd convert`
+(which consolidates) take either layout.
+
 A folder is either complete or absent: everything is written into a hidden temporary sibling, each
 file fsynced, then the sibling is renamed into place. An existing destination is never touched
 unless the caller asks to overwrite, and then only after the new folder is complete.
@@ -13,9 +19,11 @@ unless the caller asks to overwrite, and then only after the new folder is compl
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from herd.model.transformer import Transformer
 
 FORMAT_VERSION = 1
 INDEX_NAME = "model.safetensors.index.json"
+SHARDED_MODEL_DIR = "train_state/model"  # DCP shards of a sharded training checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
@@ -71,7 +80,7 @@ def read_json(path: Path) -> dict:
 # --- atomic folder writing --------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -90,22 +99,27 @@ def write_folder_atomically(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         fill(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        _fsync(tmp)
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.rename(dst, old / dst.name)
-            os.rename(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, dst)
-        _fsync(dst.parent)
+        publish_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def publish_folder(tmp: Path, dst: Path) -> None:
+    """fsync every file and folder under the complete `tmp`, then rename it to `dst` (replacing
+    an existing `dst` only once the new one is in place)."""
+    for f in tmp.rglob("*"):
+        fsync_path(f)  # files and sub-folders (their entries) alike
+    fsync_path(tmp)
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.rename(dst, old / dst.name)
+        os.rename(tmp, dst)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, dst)
+    fsync_path(dst.parent)
 
 
 # --- safetensors with sharding ----------------------------------------------------------------
@@ -195,8 +209,41 @@ def read_herd_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_dict(data["model"], source=f"{path}: model")
 
 
+def read_dcp_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Full tensors from a torch.distributed.checkpoint folder written with the Hugging Face
+    (safetensors) storage writer, on the CPU, in this process alone (no process group needed).
+
+    Its metadata comes from the safetensors headers; nothing is unpickled (the default DCP reader
+    would unpickle a `.metadata` file, which these folders do not have)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    reader = HuggingFaceStorageReader(str(folder))
+    try:
+        meta = reader.read_metadata().state_dict_metadata
+        if not meta:
+            raise HerdError(f"{folder}: no tensors in its .safetensors files")
+        for name, m in meta.items():
+            # Pieces of one tensor never overlap, so a missing shard file leaves it short, and
+            # DCP would leave that part of the tensor unwritten rather than fail.
+            if sum(math.prod(c.sizes) for c in m.chunks) < math.prod(m.size):
+                raise HerdError(
+                    f"{folder}: tensor '{name}' is only partly there (is a shard file missing?)"
+                )
+        tensors = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()}
+        with warnings.catch_warnings():  # DCP warns that there is no process group: intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(tensors, storage_reader=reader, no_dist=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+        raise HerdError(f"{folder}: unreadable sharded checkpoint ({e})") from None
+    return tensors
+
+
 def read_herd_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     config = read_herd_config(folder)
+    has_single = (folder / "model.safetensors").exists() or (folder / INDEX_NAME).exists()
+    if not has_single and (folder / SHARDED_MODEL_DIR).is_dir():
+        return config, read_dcp_folder(folder / SHARDED_MODEL_DIR)
     return config, load_safetensors(safetensors_files(folder))
 
 
@@ -217,21 +264,28 @@ def save_herd_folder(
     state_dict = dict(state_dict)
     if config.tie_embeddings:
         state_dict.pop("output.weight", None)  # stored once; re-tied at load
-    dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
-    dtype = dtype_name(dtypes.pop()) if len(dtypes) == 1 else "mixed"
     tokenizer = list(tokenizer)
 
     def fill(tmp: Path) -> None:
-        meta = {"format": "herd", "format_version": FORMAT_VERSION, "dtype": dtype}
-        cfg = {**meta, "model": config.to_dict()}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_herd_config(tmp, config, state_dict.values(), tokenizer)
         save_safetensors(state_dict, tmp, max_shard_bytes)
-        for f in tokenizer:
-            shutil.copy2(f, tmp / Path(f).name)
         if extra is not None:
             extra(tmp)
 
     return write_folder_atomically(Path(dst), fill, overwrite)
+
+
+def write_herd_config(
+    folder: Path, config: ModelConfig, tensors: Iterable[torch.Tensor], tokenizer: Iterable[Path]
+) -> None:
+    """config.json (its dtype read off `tensors`) and copies of the tokenizer files."""
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    dtype = dtype_name(dtypes.pop()) if len(dtypes) == 1 else "mixed"
+    meta = {"format": "herd", "format_version": FORMAT_VERSION, "dtype": dtype}
+    cfg = {**meta, "model": config.to_dict()}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for f in tokenizer:
+        shutil.copy2(f, folder / Path(f).name)
 
 
 def instantiate(

@@ -1,16 +1,36 @@
 """Training checkpoints: a herd checkpoint folder plus `train_state/`, checksummed and atomic.
 
-  checkpoints/step-00000100/
+Two layouts (`train.checkpoint_format`: full, sharded, or auto = sharded with several processes):
+
+  checkpoints/step-00000100/                        full: one process writes everything
     config.json, model.safetensors, tokenizer files   a herd checkpoint (`herd.load` reads it)
     train_state/optimizer.pt                          AdamW moments (tensors only)
     train_state/rng.pt                                torch CPU/CUDA and objective generator states
     train_state/state.json                            step, tokens seen, data cursor
     checksums.json                                    sha256 of every file above
 
-Folders are written to a temporary sibling and renamed (complete or absent). On resume the newest
-folder whose checksums all match is used; a damaged or partial one is skipped and reported, so a
-run killed mid-write, or a disk that flipped a bit, never loads a bad state. Everything is loaded
-with `weights_only=True`.
+  checkpoints/step-00000100/                        sharded: every process writes its shards
+    config.json, tokenizer files                      as above, without model.safetensors
+    train_state/model/shard-0000R-model-00001-of-00001.safetensors
+    train_state/optimizer/shard-0000R-model-00001-of-00001.safetensors
+                                                      torch.distributed.checkpoint through its
+                                                      Hugging Face storage writer: one file per
+                                                      process R, the offsets of its pieces in
+                                                      the header, no pickled .metadata
+    train_state/rng-rank{R}.pt                        each process's RNG states (tensors only)
+    train_state/state.json, checksums.json            as above
+
+The sharded optimizer files hold `<parameter>.exp_avg`, `.exp_avg_sq` and `.step`; param_groups
+are rebuilt from the run config. Each process keeps its own RNG file because processes' torch RNG
+states differ (the objective generator, the one that shapes batches, is the same on all of them);
+a run resumed on more processes than wrote the checkpoint gives the extra ones rank 0's states.
+`herd.load` reads a sharded folder too (herd.checkpoint.io stitches the model shards together).
+
+Folders are written to a temporary sibling and renamed (complete or absent); in the sharded case
+all processes write into one sibling with a fixed name on the shared filesystem, and rank 0 renames
+it after a barrier. On resume the newest folder whose checksums all match is used; a damaged or
+partial one is skipped and reported, so a run killed mid-write, or a disk that flipped a bit, never
+loads a bad state. Everything is loaded with `weights_only=True` or from safetensors.
 """
 
 from __future__ import annotations
@@ -21,11 +41,31 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from herd.checkpoint.io import read_herd_folder, save_herd_folder
+from herd.checkpoint.io import (
+    fsync_path,
+    publish_folder,
+    read_herd_config,
+    read_herd_folder,
+    save_herd_folder,
+    write_herd_config,
+)
 from herd.config import ModelConfig
+from herd.errors import HerdError
+from herd.train import distributed
 
 PREFIX = "step-"
+FORMATS = ("auto", "full", "sharded")
+
+
+def resolve_format(name: str, world_size: int) -> str:
+    """'full' or 'sharded' for train.checkpoint_format (auto: sharded with several processes)."""
+    if name not in FORMATS:
+        raise HerdError(f"train.checkpoint_format '{name}': expected auto, full or sharded")
+    if name == "auto":
+        return "sharded" if world_size > 1 else "full"
+    return name
 
 
 def _sha256(path: Path) -> str:
@@ -34,6 +74,11 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _prune(folder: Path, keep: int) -> None:
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_training_checkpoint(
@@ -61,9 +106,70 @@ def save_training_checkpoint(
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=2))
 
     save_herd_folder(config, weights, dst, tokenizer_files, overwrite=True, extra=extra)
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(folder, keep)
     return dst
+
+
+def save_sharded_checkpoint(
+    folder: Path,
+    step: int,
+    config: ModelConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    rng: dict,
+    tokenizer_files: list[Path],
+    keep: int,
+    device: torch.device,
+) -> Path:
+    """The sharded layout; a collective: every process calls it with its own `rng`."""
+    rank, world = distributed.world()
+    dst = folder / f"{PREFIX}{step:08d}"
+    # A name every process can compute without communicating; hidden, so never listed as a
+    # checkpoint, and cleared first in case a killed run left one behind.
+    tmp = folder / f".{dst.name}.tmp-sharded"
+    ts = tmp / "train_state"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ts.mkdir(parents=True)
+        write_herd_config(tmp, config, model.parameters(), tokenizer_files)
+        (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    distributed.barrier()
+    distributed.save_sharded_state(model, optimizer, ts, config.tie_embeddings)
+    torch.save(rng, ts / f"rng-rank{rank}.pt")
+    fsync_path(ts / f"rng-rank{rank}.pt")
+    distributed.barrier()
+    sums = _checksums(tmp, rank, world, device)
+    if rank == 0:
+        try:
+            (tmp / "checksums.json").write_text(json.dumps(sums, indent=2))
+            publish_folder(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _prune(folder, keep)
+    distributed.barrier()
+    return dst
+
+
+def _checksums(tmp: Path, rank: int, world: int, device: torch.device) -> dict[str, str]:
+    """sha256 of every file under `tmp`, each process hashing its share (a collective)."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    # Every process must list the same files, or the sums below would not line up; equal
+    # counts everywhere iff world * sum(n^2) == sum(n)^2.
+    total, squares = distributed.all_reduce_sum([len(files), len(files) ** 2], device)
+    if world * squares != total**2:
+        raise HerdError(
+            f"{tmp}: the processes see different files; sharded checkpoints need a folder "
+            "shared by all of them (or set train.checkpoint_format = 'full')"
+        )
+    digests = [0.0] * (32 * len(files))
+    for i in range(rank, len(files), world):
+        digests[32 * i : 32 * (i + 1)] = bytes.fromhex(_sha256(tmp / files[i]))
+    digests = distributed.all_reduce_sum(digests, device)  # bytes 0..255 are exact in float64
+    return {
+        f: bytes(int(b) for b in digests[32 * i : 32 * (i + 1)]).hex() for i, f in enumerate(files)
+    }
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -75,7 +181,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def verify(path: Path) -> str | None:
-    """None when every checksum matches, else what is wrong."""
+    """None when every checksum matches and no shard is unlisted, else what is wrong."""
     sums_path = path / "checksums.json"
     if not sums_path.is_file():
         return "no checksums.json"
@@ -89,23 +195,41 @@ def verify(path: Path) -> str | None:
             return f"{name} is missing"
         if _sha256(f) != digest:
             return f"{name} does not match its checksum"
+    # The DCP reader loads every .safetensors file of a shard folder, listed or not.
+    for f in sorted(path.glob("train_state/*/*.safetensors")):
+        if str(f.relative_to(path)) not in sums:
+            return f"{f.relative_to(path)} is not in checksums.json"
     return None
 
 
-def load_latest(folder: Path, on_skip) -> tuple[Path, dict] | None:
-    """The newest intact checkpoint: (path, contents); `on_skip(path, reason)` for damaged ones."""
+def load_latest(folder: Path, on_skip, rank: int = 0) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint: (path, contents); `on_skip(path, reason)` for damaged ones.
+
+    contents["format"] is "full" (with "model" and "optimizer" state dicts) or "sharded" (their
+    shards stay on disk, in train_state/model and train_state/optimizer, for DCP to load)."""
     for path in reversed(list_checkpoints(folder)):
         problem = verify(path)
         if problem is not None:
             on_skip(path, problem)
             continue
-        config, weights = read_herd_folder(path)
         ts = path / "train_state"
+        state = json.loads((ts / "state.json").read_text())
+        if (ts / "model").is_dir():
+            rng = ts / f"rng-rank{rank}.pt"
+            rng = rng if rng.is_file() else ts / "rng-rank0.pt"
+            return path, {
+                "format": "sharded",
+                "config": read_herd_config(path),
+                "rng": torch.load(rng, weights_only=True),
+                "state": state,
+            }
+        config, weights = read_herd_folder(path)
         return path, {
+            "format": "full",
             "config": config,
             "model": weights,
             "optimizer": torch.load(ts / "optimizer.pt", weights_only=True),
             "rng": torch.load(ts / "rng.pt", weights_only=True),
-            "state": json.loads((ts / "state.json").read_text()),
+            "state": state,
         }
     return None

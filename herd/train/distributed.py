@@ -1,4 +1,4 @@
-"""More than one device: process groups, FSDP2 sharding, and full-state checkpoints.
+"""More than one device: process groups, FSDP2 sharding, and full or sharded checkpoint states.
 
 Launched by torchrun (`torchrun --nproc-per-node N -m herd train CONFIG.toml`; multi-node adds
 torchrun's `--nnodes`, `--node-rank` and `--rdzv-endpoint`), every process builds the same model
@@ -6,19 +6,32 @@ from the same seed, then `fully_shard` (FSDP2) shards each Transformer block and
 bf16-parameter / fp32-reduction mixed-precision policy on GPUs (torchtitan's order: activation
 checkpointing, compile, then sharding). NCCL on GPUs, gloo on CPUs (used by the tests).
 
-Checkpoints stay in the single-process format: model and optimizer states are gathered with
-torch.distributed.checkpoint's state-dict API (full, CPU-offloaded) and written by rank 0, so a run
-can resume on a different number of devices. (Sharded dcp.save for models too large to gather on
-one host is not implemented yet.)
+Checkpoint states come in two forms (`train.checkpoint_format`; herd.train.checkpoint writes
+the folders). Full: model and optimizer states are gathered with torch.distributed.checkpoint's
+state-dict API (full, CPU-offloaded) and rank 0 writes the single-process format. Sharded (the
+default with more than one process): nothing is gathered; every process saves its own FSDP shards
+with `dcp.save` through the Hugging Face storage writer (safetensors files whose headers record
+each piece's offsets, no pickled `.metadata`), so a model too large for one host can still be
+checkpointed. DCP reshards at load, so either form resumes on any number of processes, a single
+one without a process group included.
+
+The optimizer state is stored as a flat dict of tensors, `<parameter name>.<exp_avg|exp_avg_sq|
+step>`; param_groups are not stored, they are rebuilt from the run config (the learning rate is a
+function of the step).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from herd.errors import HerdError
 
 
 def world() -> tuple[int, int]:
@@ -92,3 +105,82 @@ def load_full_state(
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+# --- sharded states (torch.distributed.checkpoint) --------------------------------------------
+
+
+def _flatten_optimizer(state: dict) -> dict[str, torch.Tensor]:
+    """{"state": {fqn: {"step": t, "exp_avg": t, ...}}} -> {"fqn.step": t, "fqn.exp_avg": t}."""
+    return {
+        f"{fqn}.{name}": t for fqn, moments in state["state"].items() for name, t in moments.items()
+    }
+
+
+@contextmanager
+def _single_process_ok():
+    """DCP warns on every call without a process group; that is the intended use here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _sharded_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, tied: bool):
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    weights = get_model_state_dict(model)  # DTensors under FSDP2: this process's shards only
+    if tied:  # one tensor under two names; safetensors refuses shared storage, so store it once
+        weights.pop("output.weight", None)
+    # For an optimizer that has not stepped yet this first creates its (zero) moments, which
+    # gives resume the tensors to load into.
+    return weights, get_optimizer_state_dict(model, optimizer)
+
+
+def save_sharded_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, tied: bool
+) -> None:
+    """Every process writes its shards to folder/model and folder/optimizer (a collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    weights, optim = _sharded_dicts(model, optimizer, tied)
+    for name, state in (("model", weights), ("optimizer", _flatten_optimizer(optim))):
+        # save_distributed: one file per process holding its own pieces (with their offsets),
+        # rather than the writer's default of rank 0 writing full tensors.
+        writer = HuggingFaceStorageWriter(str(folder / name), save_distributed=True)
+        with _single_process_ok():
+            dcp.save(state, storage_writer=writer, no_dist=not dist.is_initialized())
+
+
+def load_sharded_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path, tied: bool
+) -> None:
+    """Load folder/model and folder/optimizer into this process's shards, whatever number of
+    processes wrote them (DCP reads the pieces overlapping each local shard)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    weights, optim = _sharded_dicts(model, optimizer, tied)
+    flat = _flatten_optimizer(optim)
+    for name, state in (("model", weights), ("optimizer", flat)):
+        reader = HuggingFaceStorageReader(str(folder / name))
+        try:
+            with _single_process_ok():
+                dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+        except dcp.api.CheckpointException as e:  # every process raises it: DCP gathers failures
+            why = next((ln for ln in reversed(str(e).splitlines()) if ln.strip()), "")
+            raise HerdError(f"{folder / name}: does not fit this run's model ({why})") from None
+    for key, t in flat.items():  # dcp.load fills tensors in place; put them back regardless
+        fqn, name = key.rsplit(".", 1)
+        optim["state"][fqn][name] = t
+    if tied:
+        weights["output.weight"] = weights["embed.weight"]
+    set_model_state_dict(model, weights)
+    set_optimizer_state_dict(model, optimizer, optim)
