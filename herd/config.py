@@ -164,6 +164,18 @@ class DataConfig:
     document_mask: bool = field(
         default=True, metadata={"help": "attend within documents only (Llama 3); else causal"}
     )
+    n_spans: int = field(default=1, metadata={"help": "masked spans per document (mskuni, mskbi)"})
+    mask_fraction: float = field(
+        default=0.15,
+        metadata={"help": "share of each document's tokens masked, over all its spans (msk*)"},
+    )
+    end_marker: bool = field(
+        default=True,
+        metadata={
+            "help": "close the last span with a sentinel so an infilling model learns to stop "
+            "(msk*)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the window order and objectives"})
 
 
@@ -197,6 +209,10 @@ class TrainConfig:
     eval_batches: int = field(default=20, metadata={"help": "validation batches"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints to keep"})
+    checkpoint_format: str = field(
+        default="auto",
+        metadata={"help": "full (gathered), sharded (DCP per process) or auto (sharded if >1)"},
+    )
     out: str = field(default="runs/run", metadata={"help": "run folder"})
 
 

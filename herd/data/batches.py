@@ -65,10 +65,25 @@ class PackedBatches:
         return torch.stack(rows), torch.stack(docs)
 
     def sequential(self, max_batches: int | None = None):
-        """Windows in stored order, for evaluation: yields (windows, doc_ids) batches."""
+        """Evaluation batches: (windows, doc_ids), the same ones on every call.
+
+        With `max_batches` the windows are a fixed random sample of the whole split (seeded by
+        the run's seed), not its first windows: shards are stored in source order, so the first
+        windows would all come from the first few files.
+        """
         n = self.n_windows // self.batch_size
-        for b in range(n if max_batches is None else min(n, max_batches)):
-            pairs = [self.window(w) for w in range(b * self.batch_size, (b + 1) * self.batch_size)]
+        if max_batches is None or max_batches >= n:
+            order = np.arange(self.n_windows)
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 999_983)
+            order = np.sort(
+                torch.randperm(self.n_windows, generator=g).numpy()[: max_batches * self.batch_size]
+            )
+            n = max_batches
+        for b in range(n):
+            pairs = [
+                self.window(int(w)) for w in order[b * self.batch_size : (b + 1) * self.batch_size]
+            ]
             yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def state_dict(self) -> dict:

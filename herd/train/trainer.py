@@ -19,17 +19,21 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from herd.config import RunConfig, dump_toml
+from herd.config import DataConfig, RunConfig, dump_toml
 from herd.data.batches import PackedBatches
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
 from herd.model.masks import PackedAttention
 from herd.model.transformer import build_model
 from herd.train import distributed
-from herd.train.checkpoint import load_latest, save_training_checkpoint
+from herd.train.checkpoint import (
+    load_latest,
+    resolve_format,
+    save_sharded_checkpoint,
+    save_training_checkpoint,
+)
 from herd.train.optim import build_optimizer, set_lr
 
 PEAK_FLOPS = {"cuda": 989e12}  # dense bf16 of an H100/H200 SXM; no peak is claimed for CPUs
@@ -62,28 +66,29 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_batch(window, docs, objective: str, document_mask: bool, generator, sentinels):
+def make_batch(window, docs, data: DataConfig, generator, sentinels):
     """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
     from herd.data.objectives import OBJECTIVES, ObjectiveConfig, build_batch
 
-    if objective not in OBJECTIVES:
-        raise HerdError(f"data.objective '{objective}': expected one of {', '.join(OBJECTIVES)}")
-    context, attention = OBJECTIVES[objective]
+    if data.objective not in OBJECTIVES:
+        raise HerdError(
+            f"data.objective '{data.objective}': expected one of {', '.join(OBJECTIVES)}"
+        )
     cfg = ObjectiveConfig(
-        name=objective, bidirectional_context=context, bidirectional_attention=attention
+        name=data.objective,
+        n_spans=data.n_spans,
+        mask_fraction=data.mask_fraction,
+        end_marker=data.end_marker,
     )
     batch = build_batch(window, docs, cfg, generator, sentinels)
-    packed = batch.packed if document_mask or attention else None
+    packed = batch.packed if data.document_mask or cfg.bidirectional_attention else None
     return batch.inputs, batch.targets, packed
 
 
-def _loss_sums(logits, targets, token_bytes):
+def _loss_sums(nll, targets, token_bytes):
     """(sum of nats, targets counted, UTF-8 bytes of the targets) for bits-per-byte."""
-    flat = targets.reshape(-1)
-    keep = flat != -100
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, reduction="none")
-    nll = nll[keep]
-    return nll.sum(), int(keep.sum()), int(token_bytes[flat[keep]].sum())
+    keep = targets != -100
+    return nll[keep].sum(), int(keep.sum()), int(token_bytes[targets[keep]].sum())
 
 
 class Trainer:
@@ -113,6 +118,7 @@ class Trainer:
         }.get(amp, "bad")
         if self.amp_dtype == "bad":
             raise HerdError(f"train.dtype '{amp}': expected auto, bfloat16 or float32")
+        self.checkpoint_format = resolve_format(run.train.checkpoint_format, self.world_size)
         self.data = TokenShards(run.data.path)
         self.tokenizer = self.data.tokenizer()
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
@@ -168,15 +174,20 @@ class Trainer:
             lambda path, why: self.log.event(
                 self.step, "checkpoint_skipped", path=str(path), reason=why
             ),
+            rank=self.rank,
         )
         if found is None:
             self.log.event(0, "resume", checkpoint=None)
             return
         path, ckpt = found
-        weights = dict(ckpt["model"])
-        if self.model_config.tie_embeddings:
-            weights["output.weight"] = weights["embed.weight"]
-        distributed.load_full_state(self.model, self.optimizer, weights, ckpt["optimizer"])
+        tied = self.model_config.tie_embeddings
+        if ckpt["format"] == "sharded":  # DCP reshards: any number of processes can load it
+            distributed.load_sharded_state(self.model, self.optimizer, path / "train_state", tied)
+        else:
+            weights = dict(ckpt["model"])
+            if tied:
+                weights["output.weight"] = weights["embed.weight"]
+            distributed.load_full_state(self.model, self.optimizer, weights, ckpt["optimizer"])
         state = ckpt["state"]
         self.step, self.tokens = state["step"], state["tokens"]
         self.train_batches.load_state_dict(state["data"])
@@ -199,8 +210,23 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"tokens": self.tokens, "data": self.train_batches.state_dict()}
-        weights, optim_state = distributed.full_state(self.model, self.optimizer)
         path = self.run_dir / "checkpoints"
+        if self.checkpoint_format == "sharded":  # nothing gathered: each process writes its own
+            path = save_sharded_checkpoint(
+                path,
+                self.step,
+                self.model_config,
+                self.model,
+                self.optimizer,
+                state,
+                rng,
+                self.tokenizer.files(),
+                self.run.train.keep_checkpoints,
+                self.device,
+            )
+            self.log.event(self.step, "checkpoint", path=str(path), format="sharded")
+            return path
+        weights, optim_state = distributed.full_state(self.model, self.optimizer)
         if self.rank == 0:
             path = save_training_checkpoint(
                 path,
@@ -213,7 +239,7 @@ class Trainer:
                 self.tokenizer.files(),
                 self.run.train.keep_checkpoints,
             )
-            self.log.event(self.step, "checkpoint", path=str(path))
+            self.log.event(self.step, "checkpoint", path=str(path), format="full")
         distributed.barrier()
         return path
 
@@ -231,12 +257,7 @@ class Trainer:
         for _ in range(run.train.grad_accum):
             window, docs = self.train_batches.next_batch()
             inputs, targets, packed = make_batch(
-                window,
-                docs,
-                run.data.objective,
-                run.data.document_mask,
-                self.generator,
-                self.sentinels,
+                window, docs, run.data, self.generator, self.sentinels
             )
             # Every process draws the same global batch and keeps its own rows.
             count = int((targets != -100).sum())  # targets in the global batch
@@ -248,14 +269,8 @@ class Trainer:
                     packed.doc_ids[rows].to(self.device),
                     None if bidir is None else bidir[rows].to(self.device),
                 )
-            with self._autocast():
-                logits = self.forward(inputs, packed=packed)
-            nll = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
+            with self._autocast():  # summed float32 cross-entropy, fused with the output layer
+                nll = self.forward(inputs, packed=packed, targets=targets)
             # This process's summed loss over all targets of the global batch: once FSDP has
             # averaged gradients over processes they equal the single-process mean-loss gradients.
             loss = nll / max(count, 1)
@@ -291,9 +306,12 @@ class Trainer:
                 if self.run.data.document_mask
                 else None
             )
+            targets = targets.to(self.device)
             with self._autocast():
-                logits = self.model(inputs.to(self.device), packed=packed)
-            s, c, b = _loss_sums(logits, targets.to(self.device), self.token_bytes.to(self.device))
+                nll = self.model(
+                    inputs.to(self.device), packed=packed, targets=targets, reduction="none"
+                )
+            s, c, b = _loss_sums(nll, targets, self.token_bytes.to(self.device))
             nats, count, nbytes = nats + float(s), count + c, nbytes + b
         self.model.train()
         nats, count, nbytes = distributed.all_reduce_sum([nats, count, nbytes], self.device)
