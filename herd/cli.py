@@ -240,6 +240,35 @@ def _run_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.steps, args.vocab_size, args.minutes, args.max_files)
 
 
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    from herd.eval.commands import add_eval_arguments
+
+    add_eval_arguments(p)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from herd.eval.commands import run_eval
+
+    run_eval(args)
+
+
+def _add_lm_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "lm_eval_args",
+        nargs=argparse.REMAINDER,
+        metavar="LM_EVAL_ARGS",
+        help="lm-evaluation-harness's own options, e.g. --model herd --model_args "
+        "checkpoint=DIR --tasks belebele_eng_Latn --batch_size 8 (lm_eval's full option list: "
+        "`herd lm-eval --model herd --help` is lm_eval's own help)",
+    )
+
+
+def _run_lm_eval(args: argparse.Namespace) -> None:
+    from herd.eval.commands import run_lm_eval
+
+    run_lm_eval(args.lm_eval_args)
+
+
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": (
@@ -262,6 +291,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
     "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
     "train": ("pretrain a model on prepared token shards", _add_train, _run_train),
+    "eval": (
+        "Belebele, multiple-choice and perplexity evaluation of a checkpoint",
+        _add_eval,
+        _run_eval,
+    ),
+    "lm-eval": (
+        "run lm-evaluation-harness tasks on herd checkpoints (lm_eval's CLI, model 'herd')",
+        _add_lm_eval,
+        _run_lm_eval,
+    ),
 }
 
 
@@ -302,9 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
-    args.overrides = overrides
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
+        # lm-eval parses its own options (argparse.REMAINDER would stop at the first --flag)
+        args = argparse.Namespace(command="lm-eval", handler=_run_lm_eval, lm_eval_args=argv[1:])
+    else:
+        argv, overrides = _split_overrides(argv)
+        args = parser.parse_args(argv)
+        args.overrides = overrides
     if args.command is None:
         parser.print_help()
         return 2

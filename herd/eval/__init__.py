@@ -1,0 +1,1 @@
+"""Evaluation: Belebele and generic multiple choice, perplexity / bits per byte, lm-eval bridge."""

@@ -1,0 +1,129 @@
+"""Parity with lm-evaluation-harness: herd's Belebele letter scoring picks the same answer as
+lm-eval's own `belebele` task run through its Hugging Face backend on the same weights, with
+log-likelihoods within 1e-4; and lm-eval driving herd through the "herd" model gives the same."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import lm_eval
+import pytest
+import torch
+from lm_eval.tasks._yaml_loader import load_yaml
+
+import herd
+from herd.checkpoint.convert import convert
+from herd.eval.mc_data import load_items
+from herd.eval.multiple_choice import evaluate_items
+from tests.eval.fixtures import PASSAGES, belebele_rows, tiny_checkpoint
+
+
+def _task(path):
+    """lm-eval's belebele task, unchanged except that it reads a local JSONL file."""
+    template = os.path.join(
+        os.path.dirname(lm_eval.__file__), "tasks/belebele/_default_template_yaml"
+    )
+    config = load_yaml(template, resolve_func=True)
+    return {
+        **config,
+        "task": "belebele_local",
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        "fewshot_split": "test",
+    }
+
+
+def _lm_eval_scores(result) -> dict[str, list[float]]:
+    out = {}
+    for sample in result["samples"]["belebele_local"]:
+        doc = sample["doc"]
+        key = f"{doc['dialect']}/{doc['link']}#{doc['question_number']}"
+        out[key] = [float(r[0]) for r in sample["filtered_resps"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    checkpoint = tiny_checkpoint(root)
+    rows = [r for lang in PASSAGES for r in belebele_rows(lang)]
+    data = root / "belebele.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    hf_dir = convert(checkpoint, root / "hf", dst_format="hf")
+    return checkpoint, data, hf_dir
+
+
+def test_letter_scoring_matches_lm_eval_hf_backend(setup):
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    checkpoint, data, hf_dir = setup
+    tokenizer = herd.load_tokenizer(checkpoint)
+    names = {i: t for t, i in tokenizer.special_tokens.items()}
+    bos, eos = names[tokenizer.bos_id], names[tokenizer.eos_id]
+    # As Meta's HF Llama tokenizers do: the post-processor puts BOS in front, which is how
+    # lm-eval's HF backend adds it (add_special_tokens=True).
+    raw = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    raw.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_id)]
+    )
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos)
+    hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    lm = HFLM(pretrained=hf_model, tokenizer=hf_tok, batch_size=4, add_bos_token=True)
+    reference = _lm_eval_scores(
+        lm_eval.simple_evaluate(
+            model=lm, tasks=[_task(data)], num_fewshot=0, log_samples=True, bootstrap_iters=0
+        )
+    )
+
+    model = herd.load(checkpoint)
+    results = evaluate_items(model, tokenizer, load_items(data), batch_size=3, show_progress=False)
+    assert len(results) == len(reference) == 16
+    for r in results:
+        expected = reference[r.item.uid]
+        assert r.logprobs == pytest.approx(expected, abs=1e-4), r.item.uid
+        assert r.choice == max(range(4), key=lambda k: expected[k])
+
+
+def test_lm_eval_runs_herd_models(setup):
+    import herd.eval.lm_eval_backend
+
+    checkpoint, data, _ = setup
+    via_herd = _lm_eval_scores(
+        lm_eval.simple_evaluate(
+            model="herd",
+            model_args=f"checkpoint={checkpoint},device=cpu",
+            tasks=[_task(data)],
+            num_fewshot=0,
+            log_samples=True,
+            bootstrap_iters=0,
+        )
+    )
+    tokenizer = herd.load_tokenizer(checkpoint)
+    direct = evaluate_items(herd.load(checkpoint), tokenizer, load_items(data), show_progress=False)
+    for r in direct:
+        assert via_herd[r.item.uid] == pytest.approx(r.logprobs, abs=1e-4)
+
+    lm = lm_eval.api.registry.get_model("herd")(checkpoint=str(checkpoint), device="cpu")
+    from lm_eval.api.instance import Instance
+
+    text = "P: Le train pour Lyon part à huit heures depuis la gare centrale."
+    [rolling] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    [(whole, _)] = lm.loglikelihood([Instance("loglikelihood", {}, ("", text), 0)])
+    assert rolling == pytest.approx(whole, abs=1e-4)  # both score the text after BOS
+    [generated] = lm.generate_until(
+        [
+            Instance(
+                "generate_until",
+                {},
+                ("Q: Où va le train ?", {"until": ["\n"], "max_gen_toks": 8}),
+                0,
+            )
+        ]
+    )
+    assert isinstance(generated, str) and "\n" not in generated
