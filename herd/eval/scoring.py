@@ -64,10 +64,10 @@ def _single_token_batch(model: Transformer, contexts: Sequence[list[int]]) -> to
     tokens = torch.zeros(len(contexts), width, dtype=torch.long)
     for i, c in enumerate(contexts):
         tokens[i, : len(c)] = torch.as_tensor(c)
-    logits = model(tokens.to(_device(model)))
-    last = torch.as_tensor([len(c) - 1 for c in contexts], device=logits.device)
-    picked = logits[torch.arange(len(contexts), device=logits.device), last]
-    return torch.log_softmax(picked.float(), dim=-1).cpu()
+    device = _device(model)
+    last = torch.as_tensor([len(c) - 1 for c in contexts], device=device)
+    logits = model(tokens.to(device), last=last)  # [B, vocab]: only the positions scored
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 @torch.no_grad()
@@ -83,8 +83,9 @@ def _shared_prefix(model: Transformer, request: Request) -> list[Score]:
         torch.as_tensor([ctx], device=device),
         input_pos=torch.arange(len(ctx), device=device),
         cache=single,
+        last=torch.as_tensor([len(ctx) - 1], device=device),
     )
-    first = torch.log_softmax(logits[0, -1].float(), dim=-1)
+    first = torch.log_softmax(logits[0].float(), dim=-1)
     n = len(conts)
     scores = [[float(first[c[0]])] for c in conts]
     greedy = [[int(first.argmax()) == c[0]] for c in conts]

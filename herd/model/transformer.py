@@ -159,6 +159,7 @@ class Transformer(nn.Module):
         packed: PackedAttention | None = None,
         targets: torch.Tensor | None = None,
         reduction: str = "sum",
+        last: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens`, or with `targets` the cross-entropy against them.
 
@@ -170,6 +171,9 @@ class Transformer(nn.Module):
         fused with the output projection in row chunks (herd/model/loss.py) and returned as the
         float32 sum (`reduction="sum"`, for training) or per position (`"none"`, for evaluation).
         Computed inside `forward` so FSDP2's hooks gather the output weight as usual.
+
+        With `last` [B] (a position per row) only those positions' logits are computed, [B, vocab]:
+        scoring and prefill need one position, and the output projection is the widest layer.
         """
         T = tokens.shape[1]
         if packed is not None:
@@ -187,6 +191,8 @@ class Transformer(nn.Module):
             x = block(x, rope, input_pos, cache, mask)
         if targets is not None:
             return linear_cross_entropy(self.norm(x), self.output.weight, targets, reduction)
+        if last is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), last]
         return self.output(self.norm(x))
 
     def init_buffers(self) -> None:
