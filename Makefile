@@ -31,6 +31,8 @@ format: $(BIN)/herd
 bench: $(BIN)/herd
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/tokenizer_speed.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/eval.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

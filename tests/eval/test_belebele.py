@@ -8,7 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import herd
 from herd import HerdError
+from herd.data.shards import prepare
 from herd.eval.mc_data import load_items
 from herd.eval.multiple_choice import (
     belebele_prompt,
@@ -17,6 +19,7 @@ from herd.eval.multiple_choice import (
     summarise,
     wilson_interval,
 )
+from herd.eval.perplexity import perplexity
 from tests.e2e.cli_runner import herd_cli, one_line_error
 from tests.eval.fixtures import PASSAGES, belebele_rows, tiny_checkpoint, write_belebele
 
@@ -169,5 +172,27 @@ def test_herd_eval_generic_mc_and_perplexity(checkpoint, tmp_path):
     text.write_text("P: Le train pour Lyon part à huit heures.\n" * 20, "utf-8")
     proc = herd_cli("eval", checkpoint, "--task", "perplexity", "--data", text, "--device", "cpu")
     assert "bits/byte" in proc.stdout
+    # the same text as prepared shards: every token after BOS predicted, EOS included (0 bytes)
+    prepare([str(text)], checkpoint, tmp_path / "shards", val_fraction=0.0, show_progress=False)
+    out = tmp_path / "ppl.json"
+    herd_cli(
+        "eval",
+        checkpoint,
+        "--task",
+        "perplexity",
+        "--data",
+        tmp_path / "shards",
+        "--split",
+        "train",
+        "--json",
+        out,
+        "--device",
+        "cpu",
+    )
+    shards = json.loads(out.read_text())
+    from_text = perplexity(
+        herd.load(checkpoint), herd.load_tokenizer(checkpoint), str(text), progress=False
+    )
+    assert shards["bytes"] == from_text["bytes"] and shards["tokens"] == from_text["tokens"] + 1
     summary = summarise([])
     assert summary["items"] == 0
