@@ -252,6 +252,18 @@ def _run_eval(args: argparse.Namespace) -> None:
     run_eval(args)
 
 
+def _add_vocab(p: argparse.ArgumentParser) -> None:
+    from herd.vocab.commands import add_vocab_arguments
+
+    add_vocab_arguments(p)
+
+
+def _run_vocab(args: argparse.Namespace) -> None:
+    from herd.vocab.commands import run_vocab
+
+    run_vocab(args)
+
+
 def _add_lm_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "lm_eval_args",
@@ -291,6 +303,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
     "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
     "train": ("pretrain a model on prepared token shards", _add_train, _run_train),
+    "vocab": (
+        "build multilingual vocabularies (XLM-V) and compare tokenizers across languages",
+        _add_vocab,
+        _run_vocab,
+    ),
     "eval": (
         "Belebele, multiple-choice and perplexity evaluation of a checkpoint",
         _add_eval,

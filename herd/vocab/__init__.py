@@ -1,0 +1,1 @@
+"""Multilingual vocabulary construction: XLM-V per-cluster vocabularies, ALP, joint baseline."""

@@ -1,0 +1,226 @@
+"""XLM-V vocabulary construction (Liang et al. 2023) and the XLM-R joint baseline.
+
+1. A sentencepiece unigram model per language (`per_language_size` pieces), trained in parallel.
+2. Each language becomes a lexical vector over the union of those vocabularies: a piece's entry is
+   its log-probability in the language's model shifted to be positive (log p - floor, floor
+   being the lowest log-probability of any model, minus one) and 0 when the piece is not in the
+   language's vocabulary; rows are L2-normalised. This is Chung et al.'s (2020) binary vector
+   weighted by unigram log-probabilities, as XLM-V does, oriented so that frequent shared
+   pieces count most.
+3. k-means (scikit-learn) groups the languages into `clusters`.
+4. Capacity per cluster from ALP: one unigram model per cluster (its languages' text mixed with
+   alpha = 0.3 smoothing), cut to a grid of sizes (herd/vocab/unigram.py: unigram vocabularies
+   nest by score) to read ALP against size, averaged over the cluster's languages. Capacity is
+   then given greedily, step by step, to the cluster whose next step raises the summed ALP of its
+   languages most per added piece (Zheng et al. 2021's allocation, with every language weighing
+   the same, so large languages do not take the budget) until the union reaches `size`.
+5. The final vocabulary is the union of the clusters' cut models (shared pieces once, with their
+   best score), written as one sentencepiece model that herd.load_tokenizer and
+   `herd data prepare` read.
+
+The baseline is one unigram model on the concatenated corpus with exponentially smoothed language
+sampling (q_l proportional to p_l^0.3, XLM-R / Conneau et al. 2020) at the same size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+from herd.errors import HerdError
+from herd.vocab import unigram
+from herd.vocab.corpus import Language, alp
+
+ALPHA = 0.3
+ALP_SAMPLE = 2000  # sentences per language for the ALP curves
+
+
+def smoothed_sample(languages: list[Language], alpha: float, seed: int, total: int | None = None):
+    """Sentences drawn so language l makes up q_l = p_l^alpha / sum p^alpha of them (p_l = its
+    share of sentences); `total` defaults to the number of sentences there are."""
+    sizes = np.array([len(lang.train) for lang in languages], dtype=np.float64)
+    q = (sizes / sizes.sum()) ** alpha
+    q /= q.sum()
+    total = int(total or sizes.sum())
+    rng = random.Random(seed)
+    out: list[str] = []
+    for lang, share in zip(languages, q, strict=True):
+        n = max(1, round(share * total))
+        if n <= len(lang.train):
+            out.extend(rng.sample(lang.train, n))
+        else:  # upsampled: every sentence, then repeats
+            out.extend(
+                lang.train * (n // len(lang.train)) + rng.sample(lang.train, n % len(lang.train))
+            )
+    rng.shuffle(out)
+    return out
+
+
+def _train_serialized(args) -> bytes:
+    sentences, size = args
+    return unigram.train_unigram(sentences, size).SerializeToString()
+
+
+def train_many(jobs: list[tuple[list[str], int]], workers: int, desc: str, progress: bool):
+    """Train unigram models in parallel processes; returns ModelProtos in job order."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    out: list = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, unit="model", disable=None if progress else True)
+    if workers <= 1 or len(jobs) == 1:
+        for i, job in enumerate(jobs):
+            out[i] = _train_serialized(job)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_train_serialized, job): i for i, job in enumerate(jobs)}
+            from concurrent.futures import as_completed
+
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+                bar.update(1)
+    bar.close()
+    protos = []
+    for data in out:
+        proto = pb.ModelProto()
+        proto.ParseFromString(data)
+        protos.append(proto)
+    return protos
+
+
+def lexical_vectors(models: list) -> tuple[np.ndarray, list[str]]:
+    """[languages, union pieces] log-probability-weighted, L2-normalised rows."""
+    per_lang = [dict(unigram.learned_pieces(m)) for m in models]
+    union = sorted({p for d in per_lang for p in d})
+    index = {p: i for i, p in enumerate(union)}
+    floor = min(min(d.values()) for d in per_lang) - 1.0
+    vectors = np.zeros((len(models), len(union)), dtype=np.float64)
+    for row, d in enumerate(per_lang):
+        for piece, score in d.items():
+            vectors[row, index[piece]] = score - floor
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, union
+
+
+def cluster_languages(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+
+
+def alp_curve(model, languages: list[Language], grid: list[int]) -> list[float]:
+    """Mean ALP over `languages` of the model cut to each size of `grid`."""
+    samples = [lang.train[:ALP_SAMPLE] for lang in languages]
+    curve = []
+    for size in grid:
+        sp = unigram.processor(unigram.prune(model, size))
+        curve.append(float(np.mean([alp(sp.encode(s, out_type=str)) for s in samples])))
+    return curve
+
+
+def size_grid(lo: int, hi: int, steps: int = 12) -> list[int]:
+    """Geometric grid of sizes from lo to hi (both included)."""
+    if hi <= lo:
+        return [hi]
+    ratio = (hi / lo) ** (1 / (steps - 1))
+    return sorted({round(lo * ratio**i) for i in range(steps)} | {hi})
+
+
+def allocate(curves: list[tuple[list[int], list[float]]], weights: list[int], budget: int):
+    """Greedy capacity per cluster: start each at its smallest grid size, then repeatedly advance
+    the cluster whose next grid step gains the most weighted ALP per added piece."""
+    position = [0] * len(curves)
+    total = sum(grid[0] for grid, _ in curves)
+    while total < budget:
+        best, gain = None, -math.inf
+        for c, (grid, curve) in enumerate(curves):
+            i = position[c]
+            if i + 1 < len(grid):
+                g = weights[c] * (curve[i + 1] - curve[i]) / (grid[i + 1] - grid[i])
+                if g > gain:
+                    best, gain = c, g
+        if best is None:
+            break
+        grid = curves[best][0]
+        total += grid[position[best] + 1] - grid[position[best]]
+        position[best] += 1
+    return [grid[i] for (grid, _), i in zip(curves, position, strict=True)]
+
+
+def build(
+    corpus: dict[str, Language],
+    size: int,
+    clusters: int,
+    per_language_size: int = 8000,
+    workers: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """The XLM-V vocabulary: {'model', 'clusters', 'vectors', 'pieces_union', ...}."""
+    codes = list(corpus)
+    if clusters < 1 or clusters > len(codes):
+        raise HerdError(
+            f"--clusters {clusters}: expected 1..{len(codes)} (one per language at most)"
+        )
+    workers = workers or os.cpu_count() or 1
+    languages = [corpus[c] for c in codes]
+    lang_models = train_many(
+        [(lang.train, per_language_size) for lang in languages], workers, "per-language", progress
+    )
+    vectors, union = lexical_vectors(lang_models)
+    labels = cluster_languages(vectors, clusters, seed)
+    members = [[languages[i] for i in np.flatnonzero(labels == c)] for c in range(clusters)]
+    mixes = [smoothed_sample(m, ALPHA, seed) for m in members]
+    cluster_models = train_many([(mix, size) for mix in mixes], workers, "per-cluster", progress)
+    curves = []
+    for model, langs in zip(cluster_models, members, strict=True):
+        chars = sum(1 for p, _ in unigram.learned_pieces(model) if len(p) == 1)
+        grid = size_grid(max(chars, 1), max(unigram.learned_size(model), chars + 1))
+        curves.append((grid, alp_curve(model, langs, grid)))
+    weights = [len(m) for m in members]
+    # `size` counts every piece, as a model's vocabulary size does: the specials and the 256
+    # byte-fallback pieces come first, the learned pieces share the rest.
+    template = cluster_models[0]
+    reserved = len(template.pieces) - unigram.learned_size(template)
+    if size <= reserved + 1:
+        raise HerdError(f"--size {size}: must exceed the {reserved} special and byte pieces")
+    size -= reserved
+    budget, capacities, final = size, [], None
+    for _ in range(6):  # shared pieces make the union smaller than the sum: top the budget up
+        capacities = allocate(curves, weights, budget)
+        pieces = [
+            pair
+            for model, cap in zip(cluster_models, capacities, strict=True)
+            for pair in unigram.learned_pieces(unigram.prune(model, cap))
+        ]
+        final = unigram.with_pieces(cluster_models[0], pieces)
+        reached = unigram.learned_size(final)
+        if reached >= size or capacities == [g[-1] for g, _ in curves]:
+            break
+        budget += size - reached
+    if unigram.learned_size(final) > size:  # the last step overshot: drop the lowest-scored
+        ranked = unigram.learned_pieces(final)
+        chars = [x for x in ranked if len(x[0]) == 1]
+        multi = [x for x in ranked if len(x[0]) > 1][: size - len(chars)]
+        final = unigram.with_pieces(cluster_models[0], chars + multi)
+    return {
+        "model": final,
+        "codes": codes,
+        "labels": labels.tolist(),
+        "vectors": vectors,
+        "capacities": capacities,
+        "curves": curves,
+        "union_per_language": len(union),
+        "reached": len(final.pieces),
+    }
+
+
+def build_joint(corpus: dict[str, Language], size: int, seed: int = 0, threads: int | None = None):
+    """XLM-R's baseline: one unigram model on an alpha = 0.3 smoothed mix of all languages."""
+    mix = smoothed_sample(list(corpus.values()), ALPHA, seed)
+    return unigram.train_unigram(mix, size, threads=threads or os.cpu_count() or 1)
