@@ -33,6 +33,7 @@ bench: $(BIN)/herd
 	$(BIN)/python bench/tokenizer_speed.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/vocab.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
