@@ -264,6 +264,18 @@ def _run_vocab(args: argparse.Namespace) -> None:
     run_vocab(args)
 
 
+def _add_scaling(p: argparse.ArgumentParser) -> None:
+    from herd.scaling.commands import add_scaling_arguments
+
+    add_scaling_arguments(p)
+
+
+def _run_scaling(args: argparse.Namespace) -> None:
+    from herd.scaling.commands import run_scaling
+
+    run_scaling(args)
+
+
 def _add_lm_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "lm_eval_args",
@@ -307,6 +319,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "build multilingual vocabularies (XLM-V) and compare tokenizers across languages",
         _add_vocab,
         _run_vocab,
+    ),
+    "scaling": (
+        "fit scaling laws, plan compute-optimal runs, run IsoFLOP sweeps",
+        _add_scaling,
+        _run_scaling,
     ),
     "eval": (
         "Belebele, multiple-choice and perplexity evaluation of a checkpoint",

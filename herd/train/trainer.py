@@ -150,9 +150,9 @@ class Trainer:
         self.sentinels = tokenizer_sentinels(self.tokenizer)
         self.step, self.tokens = 0, 0
         self.log = RunLog(self.run_dir, enabled=self.rank == 0)
-        n_embed = self.model.embed.weight.numel()
-        L, D, T = self.model_config.n_layers, self.model_config.dim, d.seq_len
-        self.flops_per_token = 6 * (self.model_config.num_params() - n_embed) + 12 * L * D * T
+        from herd.scaling.flops import flops_per_token
+
+        self.flops_per_token = flops_per_token(self.model_config, d.seq_len)
         self._prepare_run_dir(resume)
 
     # --- run folder and resume -----------------------------------------------------------------
