@@ -118,12 +118,22 @@ def run_demo(
         f"\nvalidation: {bpb:.3f} bits/byte (loss {last.get('val_loss', math.nan):.3f}); "
         f"unigram baseline {baseline:.3f} bits/byte; plots in {run_dir / 'plots'}"
     )
-    print("[4/4] completions (greedy):")
+    # Sampled (temperature 0.8, top-k 50, fixed seed) rather than greedy: greedy decoding of a
+    # model this small falls into loops at once, which hides what it has learned.
+    print("[4/4] completions (temperature 0.8, top-k 50, seed 0):")
     checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     model = load(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
     for prompt in PROMPTS:
-        ids = generate(model, tokenizer.encode(prompt, bos=True), 48, stop_ids=tokenizer.stop_ids)
+        ids = generate(
+            model,
+            tokenizer.encode(prompt, bos=True),
+            64,
+            temperature=0.8,
+            top_k=50,
+            seed=0,
+            stop_ids=tokenizer.stop_ids,
+        )
         text = tokenizer.decode(ids, skip_special=True)
         print(f"--- {prompt!r}\n{prompt}{text}")
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
