@@ -159,15 +159,11 @@ def free_memory(device: torch.device) -> None:
 # --- FLOPs --------------------------------------------------------------------------------------
 
 
-def matmul_params(config: ModelConfig) -> int:
-    """N of the MFU formula: all parameters but the input embedding table, a tied matrix once."""
-    total = config.num_params()  # a tied embedding/output matrix is one parameter here
-    embed = config.vocab_size * config.dim
-    return total if config.tie_embeddings else total - embed
-
-
 def flops_per_token(config: ModelConfig, seq: int) -> int:
-    return 6 * matmul_params(config) + 12 * config.n_layers * config.dim * seq
+    """herd's one FLOP count (herd/scaling/flops.py), also behind the trainer's MFU."""
+    from herd.scaling.flops import flops_per_token as count
+
+    return int(count(config, seq))
 
 
 # --- engines ------------------------------------------------------------------------------------
@@ -284,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     amp_dtype = None if args.amp_dtype == "none" else getattr(torch, args.amp_dtype)
     config = herd.preset(args.preset).replace(max_seq_len=args.seq)
-    n_matmul = matmul_params(config)
+    from herd.scaling.flops import dense_params
+
+    n_matmul = dense_params(config)
     flops = flops_per_token(config, args.seq)
     results: dict = {
         "preset": args.preset,

@@ -87,6 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op thread counts; the whole benchmark runs once per count, each on "
         "freshly built models and optimizers",
     )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=1,
+        help="steps per engine per round: 1 interleaves single steps (herd, transformers, "
+        "transformers, herd, ...); K > 1 runs K consecutive steps per engine and times the "
+        "last K - 1, as each engine would run in a training job of its own",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     p.add_argument(
         "--loss-tol",
@@ -112,8 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2:
-        p.error("--steps and --batch must be >= 1, --warmup >= 0, --seq >= 2")
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.block < 1:
+        p.error("--steps, --batch and --block must be >= 1, --warmup >= 0, --seq >= 2")
     if min(args.threads) < 1:
         p.error("--threads must be >= 1")
     if args.profile and args.profile_steps < 1:
@@ -250,7 +258,7 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
     torch.set_num_threads(threads)
     config = model_config(args)
     engines = build_engines(config, args.seed, args.hf_attn, folder)
-    batches = make_batches(args, args.warmup + args.steps)
+    batches = make_batches(args, args.warmup + 2 * args.steps + 2)
     tokens_per_step = args.batch * args.seq
 
     # Same weights, nothing updated yet: the first-batch losses must agree.
@@ -263,18 +271,29 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
         f"(|diff| {loss_diff:.2e}, tolerance {args.loss_tol:g})"
     )
 
-    for i in range(args.warmup + args.steps):
-        order = engines if i % 2 == 0 else engines[::-1]
+    # Rounds: each engine runs `block` consecutive steps (the first untimed when block > 1, so
+    # the engine starts its timed steps with its own working set in cache and the allocator),
+    # the order flipping every round; both engines see the same batches in the same order.
+    per_round = 1 if args.block == 1 else args.block - 1
+    for i in range(args.warmup):
+        for e in engines:
+            e.step(*batches[i])
+    cursor, rnd = args.warmup, 0
+    while len(engines[0].seconds) < args.steps:
+        order = engines if rnd % 2 == 0 else engines[::-1]
         for e in order:
-            if i < args.warmup:
-                e.step(*batches[i])
-            else:
-                e.timed_step(*batches[i])
-        if i >= args.warmup:
-            log(
-                f"[threads {threads}] step {i - args.warmup + 1}/{args.steps}: "
-                + ", ".join(f"{e.name} {1e3 * e.seconds[-1]:.0f} ms" for e in engines)
-            )
+            b = cursor
+            if args.block > 1:
+                e.step(*batches[b])
+                b += 1
+            for _ in range(min(per_round, args.steps - len(e.seconds))):
+                e.timed_step(*batches[b])
+                b += 1
+        cursor, rnd = b, rnd + 1
+        log(
+            f"[threads {threads}] round {rnd}: "
+            + ", ".join(f"{e.name} {1e3 * e.seconds[-1]:.0f} ms" for e in engines)
+        )
 
     herd_r, hf_r = (summarise(e, tokens_per_step) for e in engines)
     drift = max(abs(a - b) for a, b in zip(engines[0].losses, engines[1].losses, strict=True))
@@ -388,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "warmup": args.warmup,
             "hf_attn": args.hf_attn,
+            "block": args.block,
         },
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -32,7 +32,7 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
         help="fit a scaling law to runs or a CSV",
         description="Fit a scaling law. RUNS are herd run folders, sweep folders or "
         "CSV files (params,tokens,loss[,modality][,flops]; downstream: "
-        "flops,nll,accuracy).",
+        "flops,nll,accuracy, or `herd eval --json` files of training checkpoints).",
     )
     f.add_argument("runs", nargs="+", metavar="RUNS")
     f.add_argument(

@@ -159,14 +159,30 @@ def fit_downstream(flops, nll, accuracy, chance: float = 0.25) -> dict:
     def nll_law(x, e, log_a, alpha):
         return e + np.exp(log_a) * (x / scale) ** (-alpha)
 
-    p1, _ = curve_fit(nll_law, c, nll, p0=(nll.min() * 0.8, 0.0, 0.3), maxfev=20000)
+    try:
+        p1, _ = curve_fit(nll_law, c, nll, p0=(nll.min() * 0.8, 0.0, 0.3), maxfev=20000)
+    except RuntimeError:
+        raise HerdError(
+            "downstream fit: NLL against compute does not follow E + A/C^alpha "
+            "on these runs (no convergence)"
+        ) from None
 
     def sigmoid(x, high, k, x0):
         return chance + (high - chance) / (1 + np.exp(k * (x - x0)))
 
-    p2, _ = curve_fit(
-        sigmoid, nll, acc, p0=(min(1.0, acc.max() + 0.05), 5.0, float(np.median(nll))), maxfev=20000
-    )
+    try:
+        p2, _ = curve_fit(
+            sigmoid,
+            nll,
+            acc,
+            p0=(min(1.0, acc.max() + 0.05), 5.0, float(np.median(nll))),
+            maxfev=20000,
+        )
+    except RuntimeError:
+        raise HerdError(
+            "downstream fit: accuracy against NLL does not follow a sigmoid on these "
+            "runs (no convergence)"
+        ) from None
 
     def predict(flops_new):
         x = nll_law(np.asarray(flops_new, dtype=float), *p1)

@@ -4,7 +4,7 @@ A run folder gives one point: parameters (the resolved config, the vocabulary fr
 tokenizer, counted as `herd info` does), tokens trained and final validation loss (the last
 `val_loss` in metrics.jsonl), and FLOPs from herd.scaling.flops. A CSV has a header with
 `params,tokens,loss` and optionally `modality`, `flops`, `tokens_i`, `tokens_j`; downstream fits read
-`flops,nll,accuracy`.
+`flops,nll,accuracy` from a CSV or from `herd eval --json` files of training checkpoints.
 
 `sweep` trains, for every compute budget C and model size N, a herd model on D = C / (6 N) tokens,
 one run folder each under OUT/runs/; a finished run (its metrics reach the planned step with a
@@ -82,11 +82,47 @@ def read_run(folder: Path) -> dict:
     }
 
 
+def read_eval(path: Path) -> dict:
+    """A downstream point from a `herd eval --json` file of a training checkpoint: the compute
+    that produced the checkpoint, the mean normalised NLL of the correct answer (letter scoring:
+    -log p of its letter; answer scoring: per UTF-8 byte), and the accuracy."""
+    from herd.config import load_run_config
+    from herd.data.shards import TokenShards
+    from herd.scaling.flops import flops_per_token
+
+    try:
+        record = json.loads(path.read_text())
+        checkpoint = Path(record["checkpoint"])
+        items = record["results"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise HerdError(f"{path}: not a `herd eval --json` multiple-choice result") from None
+    state = checkpoint / "train_state" / "state.json"
+    config = checkpoint.parent.parent / "config.toml"
+    if not state.is_file() or not config.is_file():
+        raise HerdError(
+            f"{path}: checkpoint {checkpoint} is not a step folder of a herd run (needs "
+            "train_state/state.json and the run's config.toml) to know its training compute"
+        )
+    run = load_run_config(str(config))
+    vocab = TokenShards(run.data.path).manifest["tokenizer"]["vocab_size"]
+    tokens = json.loads(state.read_text())["tokens"]
+    flops = flops_per_token(run.model_config(vocab_size=vocab), run.data.seq_len) * tokens
+    nll = [-(r["scores"][r["answer"]]) for r in items]
+    return {
+        "flops": float(flops),
+        "nll": float(sum(nll) / len(nll)),
+        "accuracy": sum(r["correct"] for r in items) / len(items),
+        "eval": str(path),
+    }
+
+
 def read_points(sources: list[str], required=("params", "tokens", "loss")) -> list[dict]:
     points: list[dict] = []
     for source in sources:
         path = Path(source)
-        if path.is_file() and path.suffix == ".csv":
+        if path.is_file() and path.suffix == ".json":
+            points.append(read_eval(path))
+        elif path.is_file() and path.suffix == ".csv":
             points.extend(read_csv(path, required))
         elif path.is_dir() and (path / "runs").is_dir() and not (path / "config.toml").exists():
             points.extend(read_run(p) for p in sorted((path / "runs").iterdir()) if p.is_dir())

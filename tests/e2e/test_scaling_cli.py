@@ -4,8 +4,10 @@ loads as a run config, a tiny real IsoFLOP sweep that resumes, and one-line erro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from herd.config import load_run_config
 from herd.scaling.chinchilla import ChinchillaLaw, published
@@ -97,3 +99,37 @@ def test_tiny_sweep_end_to_end_and_resumable(tmp_path, data):  # noqa: F811
     assert again.stdout.count("finished, skipped") == 6
     refit = herd_cli("scaling", "fit", out, "--law", "isoflop", check=False)
     assert refit.returncode in (0, 2)  # 3 sizes per budget may not bracket the optimum
+
+    # downstream points straight from `herd eval --json` of the runs' checkpoints
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(
+        "".join(
+            json.dumps({"context": f"Q{i}: a b c", "choices": ["a", "b", "c"], "answer": i % 3})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    run_dirs = sorted((out / "runs").iterdir())[:2]
+    for k, run_dir in enumerate(run_dirs):
+        checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+        herd_cli(
+            "eval",
+            checkpoint,
+            "--task",
+            "mc",
+            "--data",
+            mc,
+            "--json",
+            tmp_path / f"e{k}.json",
+            "--device",
+            "cpu",
+        )
+    from herd.scaling.runs import read_points
+
+    evals = read_points([str(tmp_path / "e0.json"), str(tmp_path / "e1.json")])
+    by_run = {p["run"]: p for p in points}
+    for point, run_dir in zip(evals, run_dirs, strict=True):
+        assert point["flops"] == pytest.approx(by_run[str(run_dir)]["flops"])
+        record = json.loads(Path(point["eval"]).read_text())
+        assert point["accuracy"] == sum(r["correct"] for r in record["results"]) / 6
+        assert point["nll"] > 0

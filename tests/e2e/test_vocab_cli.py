@@ -143,3 +143,27 @@ def test_bad_input(tmp_path, built):
         ),
         "--clusters 99: expected 1..12",
     )
+
+
+def test_jsonl_corpus_matches_the_folder(tmp_path, built):
+    _, corpus = built
+    from herd.vocab.corpus import load_corpus
+
+    rows = []
+    for lang in ("ell_Grek", "krb_Latn"):
+        text = (corpus / f"{lang}.txt").read_text("utf-8")
+        rows.append(json.dumps({"language": lang, "text": text}, ensure_ascii=False))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(rows) + "\n", "utf-8")
+    from_jsonl = load_corpus(path)
+    from_folder = load_corpus(corpus)
+    assert list(from_jsonl) == ["ell_Grek", "krb_Latn"]
+    for lang in from_jsonl:
+        assert from_jsonl[lang].train == from_folder[lang].train
+        assert from_jsonl[lang].held_out == from_folder[lang].held_out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"language": "x"}\n')
+    one_line_error(
+        herd_cli("vocab", "build", bad, "--size", "1000", "--out", tmp_path / "o", check=False),
+        "bad.jsonl:1: expected a JSON object with 'language'",
+    )
