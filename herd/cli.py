@@ -276,6 +276,28 @@ def _run_scaling(args: argparse.Namespace) -> None:
     run_scaling(args)
 
 
+def _add_stability(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(
+        dest="stability_command", metavar="ACTION", required=True, parser_class=type(p)
+    )
+    r = sub.add_parser(
+        "report",
+        help="stability dashboards (PNG) and a summary of a run",
+        description="Draw plots/stability.png (loss with spikes, per-layer "
+        "gradient RMS vs eps, normalised-update heat map, update/gradient cosine) "
+        "and write plots/stability_summary.txt from a run folder.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a herd run folder")
+
+
+def _run_stability(args: argparse.Namespace) -> None:
+    from herd.train.stability_report import report
+
+    png, text = report(args.run_dir)
+    print(text)
+    print(f"wrote {png}")
+
+
 def _add_lm_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "lm_eval_args",
@@ -315,6 +337,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
     "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
     "train": ("pretrain a model on prepared token shards", _add_train, _run_train),
+    "stability": (
+        "Adam-instability dashboards and loss-spike summary of a training run",
+        _add_stability,
+        _run_stability,
+    ),
     "vocab": (
         "build multilingual vocabularies (XLM-V) and compare tokenizers across languages",
         _add_vocab,

@@ -217,6 +217,38 @@ class TrainConfig:
 
 
 @dataclass
+class StabilityConfig:
+    """Adam-instability monitor and loss-spike handling (herd/train/stability.py)."""
+
+    enabled: bool = field(default=True, metadata={"help": "monitor and detect spikes"})
+    every: int = field(
+        default=100, metadata={"help": "steps between per-layer statistics (no host sync between)"}
+    )
+    eps_scale: float = field(
+        default=10.0, metadata={"help": "a gradient component is 'at eps scale' below this x eps"}
+    )
+    window: int = field(default=50, metadata={"help": "trailing losses the spike detector sees"})
+    threshold: float = field(
+        default=6.0, metadata={"help": "robust z-score (median / MAD of the window) of a spike"}
+    )
+    min_rise: float = field(
+        default=0.05, metadata={"help": "a spike also exceeds the window median by this share"}
+    )
+    response: str = field(
+        default="log", metadata={"help": "on a spike: log, skip, rewind, lower_lr or eps"}
+    )
+    skip_batches: int = field(
+        default=200, metadata={"help": "rewind: batches skipped after restoring the checkpoint"}
+    )
+    lr_factor: float = field(default=0.5, metadata={"help": "lower_lr: learning-rate multiplier"})
+    lr_steps: int = field(default=100, metadata={"help": "lower_lr: steps it lasts"})
+    eps_factor: float = field(default=10.0, metadata={"help": "eps: multiplier of Adam's eps"})
+    max_rewinds: int = field(
+        default=5, metadata={"help": "rewind: at most this many, then spikes are skipped"}
+    )
+
+
+@dataclass
 class RunConfig:
     """A whole training run: model (a preset plus field overrides), data, optimizer, schedule."""
 
@@ -224,6 +256,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The preset with overrides; vocab_size follows the tokenizer unless set explicitly."""
@@ -239,7 +272,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "stability": StabilityConfig,
+}
 
 
 def _closest(key: str, valid: list[str]) -> str:

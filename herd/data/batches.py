@@ -64,6 +64,16 @@ class PackedBatches:
             self.index += 1
         return torch.stack(rows), torch.stack(docs)
 
+    def skip(self, n_batches: int) -> None:
+        """Advance the cursor past `n_batches` batches exactly as `next_batch` would, reading
+        nothing (loss-spike recovery skips the data that follows a rewind)."""
+        for _ in range(n_batches * self.batch_size):
+            if self.index == self.n_windows:
+                self.epoch += 1
+                self.index = 0
+                self._order = self._permutation(self.epoch)
+            self.index += 1
+
     def sequential(self, max_batches: int | None = None):
         """Evaluation batches: (windows, doc_ids), the same ones on every call.
 

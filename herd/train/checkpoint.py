@@ -202,12 +202,17 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def load_latest(folder: Path, on_skip, rank: int = 0) -> tuple[Path, dict] | None:
-    """The newest intact checkpoint: (path, contents); `on_skip(path, reason)` for damaged ones.
+def load_latest(
+    folder: Path, on_skip, rank: int = 0, before: int | None = None
+) -> tuple[Path, dict] | None:
+    """The newest intact checkpoint (of a step below `before`, if given): (path, contents);
+    `on_skip(path, reason)` for damaged ones.
 
     contents["format"] is "full" (with "model" and "optimizer" state dicts) or "sharded" (their
     shards stay on disk, in train_state/model and train_state/optimizer, for DCP to load)."""
     for path in reversed(list_checkpoints(folder)):
+        if before is not None and int(path.name[len(PREFIX) :]) >= before:
+            continue
         problem = verify(path)
         if problem is not None:
             on_skip(path, problem)

@@ -43,6 +43,7 @@ class RunLog:
     """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.run_dir = run_dir
         self.metrics = run_dir / "metrics.jsonl"
         self.events = run_dir / "events.jsonl"
         self.enabled = enabled  # only rank 0 writes
@@ -55,6 +56,9 @@ class RunLog:
 
     def metric(self, record: dict) -> None:
         self._append(self.metrics, record)
+
+    def stability(self, record: dict) -> None:
+        self._append(self.run_dir / "stability.jsonl", record)
 
     def event(self, step: int, event: str, **details) -> None:
         self._append(self.events, {"step": step, "event": event, "time": time.time(), **details})
@@ -150,6 +154,11 @@ class Trainer:
         self.sentinels = tokenizer_sentinels(self.tokenizer)
         self.step, self.tokens = 0, 0
         self.log = RunLog(self.run_dir, enabled=self.rank == 0)
+        from herd.train.stability import Stability
+        from herd.train.stability_stats import layer_groups
+
+        self.stability = Stability(run.stability)
+        self.param_groups = layer_groups(self.model)
         from herd.scaling.flops import flops_per_token
 
         self.flops_per_token = flops_per_token(self.model_config, d.seq_len)
@@ -164,21 +173,31 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(dump_toml(self.run))
             if not resume:
-                for f in (self.log.metrics, self.log.events):
+                for f in (self.log.metrics, self.log.events, self.run_dir / "stability.jsonl"):
                     f.unlink(missing_ok=True)
         distributed.barrier()
         if not resume:
             return
+        path = self._restore()
+        if path is None:
+            self.log.event(0, "resume", checkpoint=None)
+            return
+        self._truncate_logs(self.step)
+        self.log.event(self.step, "resume", checkpoint=str(path))
+
+    def _restore(self, before: int | None = None) -> Path | None:
+        """Load the newest intact checkpoint (below step `before`): weights, optimizer, data
+        cursor, RNG and stability state. Returns its path, or None when there is none."""
         found = load_latest(
             self.run_dir / "checkpoints",
             lambda path, why: self.log.event(
                 self.step, "checkpoint_skipped", path=str(path), reason=why
             ),
             rank=self.rank,
+            before=before,
         )
         if found is None:
-            self.log.event(0, "resume", checkpoint=None)
-            return
+            return None
         path, ckpt = found
         tied = self.model_config.tie_embeddings
         if ckpt["format"] == "sharded":  # DCP reshards: any number of processes can load it
@@ -195,21 +214,28 @@ class Trainer:
         self.generator.set_state(ckpt["rng"]["objective"])
         if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
-        self._truncate_logs(self.step)
-        self.log.event(self.step, "resume", checkpoint=str(path))
+        self.stability.load_state_dict(
+            state.get("stability", {}), self.optimizer, self.run.optim.eps
+        )
+        return path
 
     def _truncate_logs(self, step: int) -> None:
         """Drop metric lines past the checkpoint: the resumed run writes them again."""
-        if self.rank == 0 and self.log.metrics.exists():
-            lines = self.log.metrics.read_text().splitlines()
-            kept = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
-            self.log.metrics.write_text("".join(x + "\n" for x in kept))
+        for path in (self.log.metrics, self.run_dir / "stability.jsonl"):
+            if self.rank == 0 and path.exists():
+                lines = path.read_text().splitlines()
+                kept = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
+                path.write_text("".join(x + "\n" for x in kept))
 
     def save_checkpoint(self) -> Path:
         rng = {"torch": torch.get_rng_state(), "objective": self.generator.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"tokens": self.tokens, "data": self.train_batches.state_dict()}
+        state = {
+            "tokens": self.tokens,
+            "data": self.train_batches.state_dict(),
+            "stability": self.stability.state_dict(),
+        }
         path = self.run_dir / "checkpoints"
         if self.checkpoint_format == "sharded":  # nothing gathered: each process writes its own
             path = save_sharded_checkpoint(
@@ -253,7 +279,11 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches: (loss, grad norm)."""
         run = self.run
         set_lr(self.optimizer, self.step, run.train.steps, run.optim)
-        total = 0.0
+        factor = self.stability.lr_factor(self.step)
+        if factor != 1.0:  # a lower_lr response in force
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+        total, worst = 0.0, -math.inf
         for _ in range(run.train.grad_accum):
             window, docs = self.train_batches.next_batch()
             inputs, targets, packed = make_batch(
@@ -275,20 +305,73 @@ class Trainer:
             # averaged gradients over processes they equal the single-process mean-loss gradients.
             loss = nll / max(count, 1)
             (loss * self.world_size / run.train.grad_accum).backward()
-            total += distributed.all_reduce_sum([float(loss.detach())], self.device)[0]
+            micro = distributed.all_reduce_sum([float(loss.detach())], self.device)[0]
+            total, worst = total + micro, max(worst, micro * run.train.grad_accum)
             self.tokens += window.shape[0] * (window.shape[1] - 1)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, run.optim.grad_clip)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
             norm = norm.full_tensor()
+        mean = total / run.train.grad_accum
+        spike = self.stability.check(mean)
+        action = self.stability.response_for(spike)
+        if action is not None:
+            self.log.event(self.step + 1, "loss_spike", loss=mean, response=action, **spike)
         if not torch.isfinite(norm):  # skip the update rather than poison the weights
             self.optimizer.zero_grad(set_to_none=True)
             self.log.event(self.step, "nonfinite_grad", grad_norm=float(norm))
-        else:
-            self.optimizer.step()
+        elif action in ("skip", "rewind"):
             self.optimizer.zero_grad(set_to_none=True)
+            self.log.event(self.step + 1, "update_skipped", loss=mean)
+        else:
+            self._apply_update(mean, worst, action)
         self.step += 1
-        return total / run.train.grad_accum, float(norm)
+        if action == "rewind":
+            self._rewind(self.step)
+        return mean, float(norm)
+
+    def _apply_update(self, loss: float, worst: float, action: str | None) -> None:
+        """The optimizer step, with the stability monitor around it on its cadence."""
+        monitored = self.stability.monitor_step(self.step)
+        if monitored:
+            self.stability.keep_weights(self.param_groups)
+        self.optimizer.step()
+        if monitored:
+            record = self.stability.measure(
+                self.step, self.param_groups, self.optimizer, loss, worst
+            )
+            self.log.stability(record)
+            layers = self.stability.warnings(record)
+            if layers:
+                self.log.event(self.step + 1, "instability_warning", layers=layers)
+        if self.stability.snapshot_step(self.step):
+            self.stability.keep_gradients(self.param_groups)
+        self.optimizer.zero_grad(set_to_none=True)
+        if action == "lower_lr":
+            self.stability.lower_lr(self.step)
+        elif action == "eps":
+            self.stability.raise_eps(self.optimizer, self.run.optim.eps)
+        self.stability.accept(loss)
+
+    def _rewind(self, spike_step: int) -> None:
+        """Restore the newest checkpoint from before the spike and skip the batches after it."""
+        path = self._restore(before=spike_step)
+        if path is None:
+            self.log.event(spike_step, "rewind_failed", reason="no checkpoint before the spike")
+            return
+        cursor = self.train_batches.state_dict()
+        skipped = self.run.stability.skip_batches * self.run.train.grad_accum
+        self.train_batches.skip(skipped)
+        self.stability.rewinds += 1
+        self.log.event(
+            spike_step,
+            "rewind",
+            checkpoint=str(path),
+            to_step=self.step,
+            skipped_batches=skipped,
+            cursor_from=cursor,
+            cursor_to=self.train_batches.state_dict(),
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
@@ -337,7 +420,12 @@ class Trainer:
         )
         clock, tokens_at = time.perf_counter(), self.tokens
         while self.step < cfg.steps:
+            before = self.step
             loss, norm = self.train_step()
+            if self.step <= before:  # rewound to an earlier checkpoint: nothing to log or save
+                bar.n = self.step
+                bar.refresh()
+                continue
             bar.update(1)
             final = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or final:

@@ -1,0 +1,94 @@
+"""Stability-monitor overhead: training steps of the `demo` preset on CPU with `[stability]` at
+its default cadence against the same run with it disabled, in one process.
+
+    .venv/bin/python bench/stability_overhead.py                 # 300 steps each, 2 rounds
+    .venv/bin/python bench/stability_overhead.py --steps 200 --json /tmp/overhead.json
+
+Both trainers run the same data, seed and schedule on the stdlib corpus prepared by `herd demo`
+(or any `herd data prepare` folder given with --data); they alternate in blocks of `--block`
+steps so machine noise hits both alike. Overhead = monitored / unmonitored median step time - 1.
+Target: at most 3% at the default cadence (every 100 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", default="runs/demo/data", help="prepared token shards")
+    p.add_argument("--steps", type=int, default=300, help="timed steps per trainer")
+    p.add_argument("--block", type=int, default=50, help="consecutive steps per turn")
+    p.add_argument(
+        "--every", type=int, default=None, help="monitor cadence (default: the config default)"
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    args = p.parse_args(argv)
+    if not (Path(args.data) / "manifest.json").is_file():
+        p.error(f"{args.data}: no prepared shards (run `herd demo` first, or pass --data)")
+
+    from herd.config import StabilityConfig, load_run_config
+    from herd.train.trainer import Trainer
+
+    every = args.every or StabilityConfig().every
+    times: dict[str, list[float]] = {"monitored": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for name, enabled in (("monitored", "true"), ("plain", "false")):
+            overrides = {
+                "model.preset": "demo",
+                "data.path": args.data,
+                "data.seq_len": "256",
+                "data.batch_size": "4",
+                "train.steps": str(args.steps + 10),
+                "train.log_every": "1000000",
+                "train.eval_every": "1000000",
+                "train.checkpoint_every": "1000000",
+                "train.out": f"{tmp}/{name}",
+                "stability.enabled": enabled,
+                "stability.every": str(every),
+            }
+            trainers[name] = Trainer(load_run_config(None, overrides), Path(tmp) / name)
+            for _ in range(5):  # warm-up
+                trainers[name].train_step()
+        done = 0
+        while done < args.steps:
+            n = min(args.block, args.steps - done)
+            for name, trainer in trainers.items():
+                for _ in range(n):
+                    start = time.perf_counter()
+                    trainer.train_step()
+                    times[name].append(time.perf_counter() - start)
+            done += n
+    mean = {k: statistics.fmean(v) for k, v in times.items()}
+    overhead = mean["monitored"] / mean["plain"] - 1
+    monitored_steps = [t for i, t in enumerate(times["monitored"]) if (i + 6) % every == 0]
+    result = {
+        "steps": args.steps,
+        "every": every,
+        "mean_step_ms": {k: 1e3 * v for k, v in mean.items()},
+        "overhead": overhead,
+        "monitored_step_ms": 1e3 * statistics.fmean(monitored_steps) if monitored_steps else None,
+    }
+    print(f"demo preset, batch 4 x 256, {args.steps} steps each, monitor every {every} steps")
+    print(
+        f"mean step: monitored {result['mean_step_ms']['monitored']:.1f} ms, "
+        f"plain {result['mean_step_ms']['plain']:.1f} ms -> overhead {100 * overhead:+.2f}% "
+        f"(target <= 3%)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""`herd stability report RUN_DIR`: dashboards and a summary from a run folder's JSONL files.
+
+stability.png has four panels: the training loss with detected spikes, rewinds and warnings
+marked; per-layer gradient RMS against Adam's eps (log scale); the normalised-update histogram
+over time as a heat map (bimodality shows as two bands near +-1); and per-layer cosine between
+the applied update and the negative gradient. summary.txt says what happened and when.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from herd.errors import HerdError
+from herd.train.stability_stats import HIST_BINS, HIST_RANGE
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def report(run_dir: str | Path) -> tuple[Path, str]:
+    run = Path(run_dir)
+    metrics = [m for m in _jsonl(run / "metrics.jsonl") if "loss" in m]
+    events = _jsonl(run / "events.jsonl")
+    records = _jsonl(run / "stability.jsonl")
+    if not metrics:
+        raise HerdError(f"{run}: no metrics.jsonl with training losses (not a herd run folder?)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    steps = [m["step"] for m in metrics]
+    axes[0].plot(steps, [m["loss"] for m in metrics], linewidth=0.8, color="#4c72b0")
+    marks = {
+        "loss_spike": ("#c44e52", "spike"),
+        "rewind": ("#8172b2", "rewind"),
+        "instability_warning": ("#ccb974", "warning"),
+    }
+    for name, (color, label) in marks.items():
+        at = [e["step"] for e in events if e["event"] == name]
+        for k, s in enumerate(at):
+            axes[0].axvline(
+                s, color=color, linewidth=0.8, alpha=0.7, label=label if k == 0 else None
+            )
+    axes[0].set_ylabel("training loss")
+    axes[0].set_yscale("log")
+    if any(e["event"] in marks for e in events):
+        axes[0].legend(fontsize=8)
+    if records:
+        rsteps = [r["step"] for r in records]
+        layers = sorted(
+            {k for r in records for k in r["groups"]},
+            key=lambda k: (k != "embed", k == "head", len(k), k),
+        )
+        eps = records[-1].get("eps", 1e-8)
+        for layer in layers:
+            rms = [r["groups"].get(layer, {}).get("grad_rms") for r in records]
+            axes[1].plot(rsteps, [np.nan if x is None else x for x in rms], label=layer)
+            cos = [r["groups"].get(layer, {}).get("update_grad_cos") for r in records]
+            axes[3].plot(rsteps, [np.nan if x is None else x for x in cos], label=layer)
+        axes[1].axhline(eps, color="#c44e52", linestyle="--", label="Adam eps")
+        axes[1].set_yscale("log")
+        axes[1].set_ylabel("gradient RMS")
+        axes[1].legend(fontsize=7, ncol=4)
+        hist = np.array([r.get("update_histogram", [0.0] * HIST_BINS) for r in records]).T
+        # log10 of the share per bin: the bulk near 0 would otherwise hide the tails at +-1
+        axes[2].imshow(
+            np.log10(hist + 1e-6),
+            aspect="auto",
+            origin="lower",
+            cmap="magma",
+            extent=(rsteps[0], rsteps[-1], -HIST_RANGE, HIST_RANGE),
+        )
+        axes[2].set_ylabel("normalised update u\n(log10 share)")
+        axes[3].set_ylabel("cos(update, -gradient)")
+        axes[3].axhline(0, color="#888", linewidth=0.8)
+    axes[3].set_xlabel("step")
+    fig.tight_layout()
+    png = run / "plots" / "stability.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    text = summary(metrics, events, records)
+    (run / "plots" / "stability_summary.txt").write_text(text + "\n")
+    return png, text
+
+
+def summary(metrics: list[dict], events: list[dict], records: list[dict]) -> str:
+    lines = [
+        f"{len(metrics)} logged steps, final training loss {metrics[-1]['loss']:.4f} at "
+        f"step {metrics[-1]['step']}"
+    ]
+    spikes = [e for e in events if e["event"] == "loss_spike"]
+    if spikes:
+        lines.append(f"{len(spikes)} loss spike(s):")
+        for e in spikes[:20]:
+            lines.append(
+                f"  step {e['step']}: loss {e['loss']:.4f} vs window median "
+                f"{e['median']:.4f} (robust z {e['z']:.1f}); response {e['response']}"
+            )
+    else:
+        lines.append("no loss spikes detected")
+    for e in (e for e in events if e["event"] == "rewind"):
+        lines.append(
+            f"rewind at step {e['step']} to {e['checkpoint']} (step {e['to_step']}), "
+            f"skipped {e['skipped_batches']} batches"
+        )
+    warns = [e for e in events if e["event"] == "instability_warning"]
+    if warns:
+        lines.append(
+            f"early warnings (bimodal update, decorrelated gradients) at steps "
+            f"{', '.join(str(e['step']) for e in warns[:10])}"
+            f"{' ...' if len(warns) > 10 else ''}: layers {warns[0]['layers']}"
+        )
+    if records:
+        last = records[-1]["groups"]
+        worst = min(last, key=lambda k: last[k].get("grad_rms_over_eps") or np.inf)
+        lines.append(
+            f"last record (step {records[-1]['step']}): smallest gradient RMS / eps in "
+            f"'{worst}' ({last[worst].get('grad_rms_over_eps'):.3g})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Adam-instability statistics on tensors with known answers, the loss-spike detector, and the
+trainer's responses: monitor records, skip, exact rewind-and-skip, lower_lr and eps (with resume)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from herd.config import StabilityConfig
+from herd.train import stability_stats as stats
+from herd.train.stability import Stability
+from herd.train.trainer import Trainer
+from tests.unit.test_trainer import _config, data  # noqa: F401 - shared prepared shards
+
+
+def test_bimodality_coefficient_known_values():
+    two_spikes = torch.tensor([-1.0, 1.0] * 500)
+    assert stats.bimodality_coefficient(two_spikes) == pytest.approx(1.0)
+    normal = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    assert stats.bimodality_coefficient(normal) == pytest.approx(1 / 3, abs=0.01)
+    uniform = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    assert stats.bimodality_coefficient(uniform) == pytest.approx(5 / 9, abs=0.01)
+
+
+def test_normalized_update_cosine_and_histogram():
+    m, v = torch.tensor([0.1, -0.2]), torch.tensor([0.04, 0.01])
+    state = {"step": torch.tensor(2.0), "exp_avg": m, "exp_avg_sq": v}
+    u = stats.normalized_update(state, 0.9, 0.95, 1e-8)
+    expected = (m / (1 - 0.9**2)) / ((v / (1 - 0.95**2)).sqrt() + 1e-8)
+    torch.testing.assert_close(u, expected)
+    assert stats.normalized_update({}, 0.9, 0.95, 1e-8) is None
+    assert stats.cosine(torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 0.0])) == -1.0
+    hist = stats.update_histogram([torch.tensor([-5.0, 0.01, 0.02, 5.0])])
+    assert sum(hist) == pytest.approx(1.0) and hist[0] == hist[-1] == 0.25
+
+
+def test_group_stats_on_eps_scale_gradients():
+    eps = 1e-8
+    g = torch.full((1000,), 2e-8)
+    g[:100] = 1.0
+    out = stats.group_stats([g], [g.clone()], [], [], [torch.ones(1000)], eps, eps_scale=10)
+    assert out["frac_below_eps"] == pytest.approx(0.9)
+    assert out["grad_time_corr"] == pytest.approx(1.0)
+    assert out["grad_rms_over_eps"] == pytest.approx(out["grad_rms"] / eps)
+
+
+def test_detector_fires_on_a_spike_not_on_noise():
+    det = Stability(StabilityConfig(window=20, threshold=6.0))
+    gen = torch.Generator().manual_seed(0)
+    for x in (2.0 + 0.05 * torch.randn(40, generator=gen)).tolist():
+        assert det.check(x) is None
+        det.accept(x)
+    spike = det.check(3.0)
+    assert spike is not None and spike["z"] > 6
+    assert det.check(2.08) is None
+
+
+def _losses(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def _force_spike(monkeypatch, at_step):
+    """Make the detector fire once, at the step whose loss is the `at_step`-th checked."""
+    seen = {"n": 0}
+    original = Stability.check
+
+    def check(self, loss):
+        seen["n"] += 1
+        if seen["n"] == at_step:
+            return {"median": loss, "mad": 0.0, "z": 99.0}
+        return original(self, loss)
+
+    monkeypatch.setattr(Stability, "check", check)
+
+
+def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # noqa: F811
+    over = {
+        "train.steps": "16",
+        "train.log_every": "1",
+        "train.checkpoint_every": "4",
+        "stability.every": "4",
+        "stability.response": "rewind",
+        "stability.skip_batches": "3",
+    }
+    run = tmp_path / "a"
+    _force_spike(monkeypatch, 11)  # the loss of step 11 "spikes": rewind to step 8, skip 3
+    Trainer(_config(data, run, **over), run).fit(show_progress=False)
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    [rewind] = [e for e in events if e["event"] == "rewind"]
+    assert rewind["to_step"] == 8 and rewind["skipped_batches"] == 3
+    assert rewind["cursor_to"]["index"] - rewind["cursor_from"]["index"] == 3 * 4  # 3 batches of 4
+    assert [e["step"] for e in events if e["event"] == "update_skipped"] == [11]
+    records = [json.loads(x) for x in (run / "stability.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} >= {4, 8, 12, 16}
+    groups = records[-1]["groups"]
+    assert set(groups) == {"embed", "layers.0", "layers.1", "head"}
+    assert groups["layers.0"]["grad_time_corr"] is not None
+    assert 0 < groups["layers.0"]["update_weight_ratio"] < 1
+    assert len(records[-1]["update_histogram"]) == stats.HIST_BINS
+
+    from herd.train.stability_report import report
+
+    png, text = report(run)
+    assert png.stat().st_size > 20_000
+    assert "1 loss spike(s)" in text and "skipped 3 batches" in text
+
+    # A fresh run from the step-8 checkpoint that skips the same 3 batches is the same run.
+    monkeypatch.undo()
+    fresh = tmp_path / "b"
+    fresh.mkdir()
+    shutil.copytree(run / "checkpoints" / "step-00000008", fresh / "checkpoints" / "step-00000008")
+    trainer = Trainer(
+        _config(data, fresh, **{**over, "stability.response": "log"}), fresh, resume=True
+    )
+    assert trainer.step == 8
+    trainer.train_batches.skip(3)
+    trainer.fit(show_progress=False)
+    after_rewind = _losses(run)[-8:]  # steps 9..16 of the rewound run
+    assert after_rewind == _losses(fresh)[-8:]
+
+
+def test_skip_lower_lr_and_eps_responses(tmp_path, data, monkeypatch):  # noqa: F811
+    over = {
+        "train.steps": "10",
+        "train.log_every": "1",
+        "train.checkpoint_every": "5",
+        "stability.response": "eps",
+        "stability.eps_factor": "100",
+    }
+    _force_spike(monkeypatch, 3)
+    run = tmp_path / "eps"
+    trainer = Trainer(_config(data, run, **over), run)
+    trainer.fit(show_progress=False)
+    assert trainer.optimizer.param_groups[0]["eps"] == pytest.approx(1e-8 * 100)
+    resumed = Trainer(_config(data, run, **{**over, "train.steps": "12"}), run, resume=True)
+    assert resumed.optimizer.param_groups[0]["eps"] == pytest.approx(1e-6)  # kept on resume
+
+    monkeypatch.undo()
+    _force_spike(monkeypatch, 3)
+    run = tmp_path / "lr"
+    over_lr = {
+        **over,
+        "stability.response": "lower_lr",
+        "stability.lr_factor": "0.1",
+        "stability.lr_steps": "4",
+    }
+    lr_trainer = Trainer(_config(data, run, **over_lr), run)
+    lrs = []
+    for _ in range(8):
+        lr_trainer.train_step()
+        lrs.append(lr_trainer.optimizer.param_groups[0]["lr"])
+    plain = Trainer(
+        _config(data, tmp_path / "p", **{**over_lr, "stability.response": "log"}), tmp_path / "p"
+    )
+    base = []
+    for _ in range(8):
+        plain.train_step()
+        base.append(plain.optimizer.param_groups[0]["lr"])
+    assert lrs[3:6] == pytest.approx([x * 0.1 for x in base[3:6]]) and lrs[7] == base[7]
