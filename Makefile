@@ -34,6 +34,7 @@ bench: $(BIN)/herd
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/vocab.py
+	$(BIN)/python bench/stability_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

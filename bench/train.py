@@ -15,11 +15,14 @@ on matrices only, foreach on CPU); transformers gets a torch AdamW with the same
 and the same decay rule (decay on parameters with >= 2 dimensions), also foreach. Neither clips
 gradients or changes the learning rate, so the step measured is exactly the same work.
 
-Timing: after `--warmup` untimed steps per engine, `--steps` timed steps per engine, interleaved
-(herd, transformers, transformers, herd, ...: the order flips every round) so that CPU contention
-from other processes and thermal drift hit both engines alike. tokens/s = batch * seq / seconds of
-one step; best and median are reported, and the process CPU seconds per step (at 1 thread the
-figure least disturbed by other processes). The headline ratio herd/transformers uses the median.
+Timing: after `--warmup` untimed steps per engine, the engines take turns (the order flips every
+round, so CPU contention from other processes and thermal drift hit both alike). By default the
+turns are single steps (`--block 1`); `--block 3` gives each engine 3 consecutive steps of which
+the last 2 are timed, as a training job runs one engine's steps back to back (a step that
+directly follows the other engine's starts on caches and allocator state that engine left).
+tokens/s = batch * seq / seconds of one step; best and median are reported, and the process
+CPU seconds per step (at 1 thread the figure least disturbed by other processes). The headline
+ratio herd/transformers uses the median.
 
 Threads: `--threads 1 2` runs the benchmark once per count. On a small shared machine, OpenMP's
 spinning workers make multi-threaded steps erratic when another process holds a core (seen here: 2
@@ -91,9 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--block",
         type=int,
         default=1,
-        help="steps per engine per round: 1 interleaves single steps (herd, transformers, "
-        "transformers, herd, ...); K > 1 runs K consecutive steps per engine and times the "
-        "last K - 1, as each engine would run in a training job of its own",
+        help="steps per engine per round: K > 1 runs K consecutive steps per engine and times "
+        "the last K - 1, as each engine runs in a training job of its own; 1 interleaves "
+        "single steps (herd, transformers, transformers, herd, ...), where each step starts "
+        "on caches and allocator state the other engine left",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     p.add_argument(
