@@ -35,33 +35,9 @@ from herd.train.checkpoint import (
     save_training_checkpoint,
 )
 from herd.train.optim import build_optimizer, set_lr
+from herd.train.runlog import RunLog
 
 PEAK_FLOPS = {"cuda": 989e12}  # dense bf16 of an H100/H200 SXM; no peak is claimed for CPUs
-
-
-class RunLog:
-    """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
-        self.run_dir = run_dir
-        self.metrics = run_dir / "metrics.jsonl"
-        self.events = run_dir / "events.jsonl"
-        self.enabled = enabled  # only rank 0 writes
-
-    def _append(self, path: Path, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def metric(self, record: dict) -> None:
-        self._append(self.metrics, record)
-
-    def stability(self, record: dict) -> None:
-        self._append(self.run_dir / "stability.jsonl", record)
-
-    def event(self, step: int, event: str, **details) -> None:
-        self._append(self.events, {"step": step, "event": event, "time": time.time(), **details})
 
 
 def _device(name: str) -> torch.device:
