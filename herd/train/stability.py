@@ -18,7 +18,8 @@ precursor the theory names.
 
 Responses (`response`, each logged in events.jsonl): `log` only records; `skip` drops the step's
 update (PaLM's remedy, one batch at a time); `rewind` restores the newest intact checkpoint from
-before the spike and skips the next `skip_batches` batches (PaLM restarted ~100 steps before a
+before the spike and skips the next `skip_batches` batches (k times as many on the k-th rewind,
+since the replay from a checkpoint is deterministic) (PaLM restarted ~100 steps before a
 spike and skipped 200-500 batches); `lower_lr` multiplies the learning rate by `lr_factor` for
 `lr_steps` steps; `eps` multiplies Adam's eps by `eps_factor` (the theory's fix: an eps above
 the gradients' scale keeps the update unimodal). The multipliers are part of the checkpoint, so

@@ -331,14 +331,17 @@ class Trainer:
 
     def _rewind(self, spike_step: int) -> None:
         """Restore the newest checkpoint from before the spike and skip the batches after it."""
+        rewinds = self.stability.rewinds + 1  # counted across restores, not restored
         path = self._restore(before=spike_step)
         if path is None:
             self.log.event(spike_step, "rewind_failed", reason="no checkpoint before the spike")
             return
+        self.stability.rewinds = rewinds
         cursor = self.train_batches.state_dict()
-        skipped = self.run.stability.skip_batches * self.run.train.grad_accum
+        # The run from the checkpoint is deterministic: skipping the same batches again would
+        # replay the same spike, so the k-th rewind skips k times as many.
+        skipped = self.run.stability.skip_batches * self.run.train.grad_accum * rewinds
         self.train_batches.skip(skipped)
-        self.stability.rewinds += 1
         self.log.event(
             spike_step,
             "rewind",
