@@ -134,6 +134,22 @@ def read_hf_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_dict(values, source=str(path))
 
 
+def _special_ids(tokenizer_files: list[Path]) -> dict:
+    """bos_token_id / eos_token_id from the tokenizer being carried (transformers would otherwise
+    assume Llama 2's 1 and 2); eos lists every stop id, as Meta's Llama 3 configs do."""
+    from herd.tokenizer import load_tokenizer
+
+    for f in tokenizer_files:
+        if Path(f).name in ("tokenizer.json", "tokenizer.model"):
+            tok = load_tokenizer(f)
+            stops = tok.stop_ids or ([tok.eos_id] if tok.eos_id is not None else [])
+            out = {"bos_token_id": tok.bos_id}
+            if stops:
+                out["eos_token_id"] = stops[0] if len(stops) == 1 else list(stops)
+            return out
+    return {}
+
+
 def hf_config_dict(config: ModelConfig, dtype: torch.dtype) -> dict:
     rope: dict = {"rope_type": "default", "rope_theta": config.rope_theta}
     legacy_scaling = None
@@ -222,6 +238,7 @@ def write_hf_folder(
 
     def fill(tmp: Path) -> None:
         cfg = hf_config_dict(config, dtype)
+        cfg.update(_special_ids(tokenizer))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         save_safetensors(tensors, tmp, max_shard_bytes)
         for f in tokenizer:

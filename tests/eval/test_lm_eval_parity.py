@@ -74,6 +74,10 @@ def test_letter_scoring_matches_lm_eval_hf_backend(setup):
     )
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos)
     hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    # the exported config carries the tokenizer's own special ids, not Llama 2's 1 / 2
+    assert hf_model.config.bos_token_id == tokenizer.bos_id
+    eos = hf_model.config.eos_token_id
+    assert (eos if isinstance(eos, list) else [eos]) == tokenizer.stop_ids
     lm = HFLM(pretrained=hf_model, tokenizer=hf_tok, batch_size=4, add_bos_token=True)
     reference = _lm_eval_scores(
         lm_eval.simple_evaluate(
