@@ -25,7 +25,7 @@ from lm_eval.api.registry import register_model
 
 from herd.eval.scoring import (
     Request,
-    rolling_windows,
+    rolling_nll,
     score_requests,
     split_continuation,
     truncate_left,
@@ -94,25 +94,10 @@ class HerdLM(LM):
         return [(scored[k][i].logprob, scored[k][i].greedy) for k, i in where]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        import torch
-
-        device = self.model.embed.weight.device
         prefix = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
-        out = []
-        for r in requests:
-            total = 0.0
-            for inputs, targets in rolling_windows(
-                self.tokenizer.encode(r.args[0]), prefix, self.limit
-            ):
-                with torch.no_grad():
-                    nll = self.model(
-                        torch.as_tensor([inputs], device=device),
-                        targets=torch.as_tensor([targets], device=device),
-                        reduction="none",
-                    )
-                total -= float(nll.sum())
-            out.append(total)
-        return out
+        return [
+            -rolling_nll(self.model, self.tokenizer.encode(r.args[0]), prefix) for r in requests
+        ]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from herd.generate import stream_generate

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from herd.errors import HerdError
-from herd.eval.scoring import rolling_windows
+from herd.eval.scoring import rolling_nll
 
 
 def _document_ids(model, tokenizer, data: str, split: str, limit: int | None):
@@ -63,18 +63,10 @@ def perplexity(
     model, tokenizer, data: str, split: str = "val", limit: int | None = None, progress=True
 ) -> dict:
     """{'loss', 'perplexity', 'bits_per_byte', 'tokens', 'bytes', 'documents'} over `data`."""
-    device = model.embed.weight.device
-    window = model.config.max_seq_len
     nats, tokens, nbytes, docs = 0.0, 0, 0, 0
     bar = tqdm(desc="perplexity", unit="doc", disable=None if progress else True)
     for prefix, ids, size in _document_ids(model, tokenizer, data, split, limit):
-        for inputs, targets in rolling_windows(ids, prefix, window):
-            nll = model(
-                torch.as_tensor([inputs], device=device),
-                targets=torch.as_tensor([targets], device=device),
-                reduction="none",
-            )
-            nats += float(nll.sum())
+        nats += rolling_nll(model, ids, prefix)
         tokens += len(ids)
         nbytes += size
         docs += 1

@@ -154,6 +154,22 @@ def truncate_left(context: list[int], continuation_len: int, limit: int) -> list
     return context if len(context) <= keep else context[-keep:]
 
 
+@torch.no_grad()
+def rolling_nll(model: Transformer, tokens: list[int], prefix: int) -> float:
+    """Summed negative log-likelihood (nats) of every token of `tokens` after `prefix`, over
+    rolling windows of the model's context (perplexity and lm-eval's loglikelihood_rolling)."""
+    device = _device(model)
+    nats = 0.0
+    for inputs, targets in rolling_windows(tokens, prefix, model.config.max_seq_len):
+        nll = model(
+            torch.as_tensor([inputs], device=device),
+            targets=torch.as_tensor([targets], device=device),
+            reduction="none",
+        )
+        nats += float(nll.sum())
+    return nats
+
+
 def rolling_windows(tokens: list[int], prefix: int, limit: int) -> Iterator[tuple[list, list]]:
     """(inputs, targets) windows that predict every token of `tokens` exactly once.
 
