@@ -88,6 +88,20 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def write_file_atomically(path: Path, write) -> Path:
+    """`write(f)` into a temporary sibling of `path` (binary), fsync it, rename it into place:
+    the file is complete or absent, and an older version stays until the new one is whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def write_folder_atomically(
     dst: Path, fill: Callable[[Path], None], overwrite: bool = False
 ) -> Path:

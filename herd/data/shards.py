@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from herd.checkpoint.io import write_file_atomically
 from herd.data.sources import Document, describe_sources, iter_documents
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, load_tokenizer
@@ -53,15 +53,6 @@ def _group_digest(docs: list[Document]) -> str:
         h.update(d.id.encode("utf-8", "surrogatepass"))
         h.update(len(d.text).to_bytes(8, "little"))
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _ShardWriter:
@@ -93,8 +84,8 @@ class _ShardWriter:
             np.cumsum(lengths, out=offsets[1:])
             tokens = np.concatenate([np.asarray(ids, dtype=self.dtype) for ids in encoded])
             bin_path, idx_path = self.out / f"{name}.bin", self.out / f"{name}.idx.npy"
-            _write_atomic(bin_path, lambda f: f.write(tokens.tobytes()))
-            _write_atomic(idx_path, lambda f: np.save(f, offsets))
+            write_file_atomically(bin_path, lambda f: f.write(tokens.tobytes()))
+            write_file_atomically(idx_path, lambda f: np.save(f, offsets))
             entry = {
                 "name": name,
                 "file": bin_path.name,
@@ -198,7 +189,7 @@ def prepare(
             for split in SPLITS
         },
     )
-    _write_atomic(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    write_file_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     return manifest_path
 
 

@@ -179,10 +179,9 @@ def run_eval(args: argparse.Namespace) -> None:
 def _write_json(path: Path | None, record: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)  # complete or absent
+    from herd.checkpoint.io import write_file_atomically
+
+    write_file_atomically(path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
     print(f"wrote {path}")
 
 

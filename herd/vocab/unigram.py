@@ -124,8 +124,6 @@ def learned_size(proto: pb.ModelProto) -> int:
 
 
 def save(proto: pb.ModelProto, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(proto.SerializeToString())
-    tmp.replace(path)
-    return path
+    from herd.checkpoint.io import write_file_atomically
+
+    return write_file_atomically(path, lambda f: f.write(proto.SerializeToString()))
