@@ -1,10 +1,10 @@
 """Document sources for `herd data prepare`: text files and folders, JSONL, Parquet, Hugging Face
 datasets, and the embedded default corpus (the running interpreter's standard-library source).
 
-Every source yields `Document`s in a deterministic order with a stable id (path and line or row),
-so the train/validation split and the shard layout are the same on every run and every machine
-with the same inputs. Files that are not UTF-8 are reported with their path and byte offset, then
-skipped or fatal (`on_bad_file`).
+Every source yields `Document`s in a deterministic order with a stable id (the file's path within
+its source, plus line or row), so the train/validation split and the shard layout are the same on
+every run and every machine with the same inputs, wherever the corpus is stored. Files that are
+not UTF-8 are reported with their path and byte offset, then skipped or fatal (`on_bad_file`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", 
 
 @dataclass(frozen=True)
 class Document:
-    id: str  # stable: "path" or "path:line" or "name:row"
+    id: str  # stable: "path" or "path:line" or "name:row", the path relative to its source
     text: str
 
 
@@ -55,7 +55,7 @@ def _decode(path: Path, data: bytes, on_bad_file: str, warnings: list[str]) -> s
         return None
 
 
-def _jsonl(path: Path, text: str, field: str) -> Iterator[Document]:
+def _jsonl(path: Path, text: str, field: str, name: str) -> Iterator[Document]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -66,10 +66,10 @@ def _jsonl(path: Path, text: str, field: str) -> Iterator[Document]:
         value = record.get(field) if isinstance(record, dict) else None
         if not isinstance(value, str):
             raise HerdError(f"{path}: line {number} has no string field '{field}'")
-        yield Document(f"{path}:{number}", value)
+        yield Document(f"{name}:{number}", value)
 
 
-def _parquet(path: Path, field: str) -> Iterator[Document]:
+def _parquet(path: Path, field: str, name: str) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -84,7 +84,7 @@ def _parquet(path: Path, field: str) -> Iterator[Document]:
     for batch in table.iter_batches(columns=[field]):
         for value in batch.column(0).to_pylist():
             if isinstance(value, str):
-                yield Document(f"{path}:{row}", value)
+                yield Document(f"{name}:{row}", value)
             row += 1
 
 
@@ -105,17 +105,18 @@ def _hf_dataset(name: str, field: str) -> Iterator[Document]:
             yield Document(f"{name}:{row}", value)
 
 
-def _file_documents(path: Path, field: str, on_bad_file: str, warnings: list[str]):
+def _file_documents(path: Path, field: str, on_bad_file: str, warnings: list[str], name: str):
+    """Documents of one file; `name` (its path within its source) is the stem of their ids."""
     if path.suffix == ".parquet":
-        yield from _parquet(path, field)
+        yield from _parquet(path, field, name)
         return
     text = _decode(path, path.read_bytes(), on_bad_file, warnings)
     if text is None:
         return
     if path.suffix == ".jsonl":
-        yield from _jsonl(path, text, field)
+        yield from _jsonl(path, text, field, name)
     elif text.strip():
-        yield Document(str(path), text)
+        yield Document(name, text)
 
 
 def source_files(source: str) -> list[Path] | None:
@@ -151,8 +152,20 @@ def iter_documents(
         if files is None:
             yield from _hf_dataset(source, field)
             continue
+        root = _source_root(source)
         for path in files:
-            yield from _file_documents(path, field, on_bad_file, warnings)
+            name = path.relative_to(root).as_posix()
+            yield from _file_documents(path, field, on_bad_file, warnings, name)
+
+
+def _source_root(source: str) -> Path:
+    """The folder document ids are relative to: a folder source itself, a file's folder, the
+    standard library's root. Ids (and so the hashed train/val split) then do not depend on
+    where a corpus lives or how its path was spelled."""
+    if source == STDLIB:
+        return Path(sysconfig.get_paths()["stdlib"])
+    path = Path(source)
+    return path if path.is_dir() else path.parent
 
 
 def describe_sources(sources: list[str]) -> list[str]:

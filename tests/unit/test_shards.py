@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 
 import pytest
 
@@ -87,6 +89,19 @@ def test_split_is_deterministic(tmp_path, corpus, tokenizer):
     b = prepare([str(root)], tokenizer, tmp_path / "b", val_fraction=0.3, show_progress=False)
     ma, mb = (json.loads(p.read_text()) for p in (a, b))
     assert ma["totals"] == mb["totals"] and ma["totals"]["val"]["documents"] > 0
+    # the same corpus stored elsewhere (and named by a relative path) splits the same way
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(root, moved)
+    c = prepare(
+        [os.path.relpath(moved)], tokenizer, tmp_path / "c", val_fraction=0.3, show_progress=False
+    )
+    mc = json.loads(c.read_text())
+    assert mc["totals"] == ma["totals"]
+    for split in ("train", "val"):
+        for sa, sc in zip(ma["splits"][split], mc["splits"][split], strict=True):
+            assert (tmp_path / "a" / sa["file"]).read_bytes() == (
+                tmp_path / "c" / sc["file"]
+            ).read_bytes()
 
 
 def test_parquet_source(tmp_path, tokenizer):
