@@ -2,24 +2,29 @@
 
 Setting (found by search; the papers' runs need thousands of GPUs): a 4-layer, dim-64 Llama on a
 small, highly repetitive corpus (four English sentences repeated, so the loss falls towards zero
-and the gradients shrink), AdamW at a constant high learning rate (2e-2 after 20 warm-up steps),
-beta2 0.99, eps 1e-12, no weight decay, no gradient clipping. Near zero loss the run spikes at
-step 273 (0.03 -> 1.5) and needs ~60 steps to recover.
+and the gradients shrink), batch 64 x 64 tokens, AdamW at a constant high learning rate (1e-2
+after 20 warm-up steps), beta2 0.99, eps 1e-12, no weight decay, no gradient clipping. Near zero
+loss the run spikes at step 306 (0.02 -> 0.5). The monitor runs every 2nd step.
 
 The script trains the same run twice: with `stability.response = log` (the detector only
 records) and with `rewind` (restore the newest checkpoint before the spike and skip batches; the
-k-th rewind skips k x `skip_batches`). It prints the monitored quantities of the first block
-before the spike, where the detector fired, and both runs' final training loss (mean of the
-last 10 steps); `herd stability report` draws the dashboards of each run.
+k-th rewind skips k x `skip_batches`). It prints, for the records before the first spike, the
+weight matrix whose normalised update u = m_hat / (sqrt(v_hat) + eps) is the most bimodal, with
+its bimodality coefficient, mean |u| and step-to-step gradient cosine; then where the detector
+fired and both runs' final training loss (mean of the last 10 steps). `herd stability report`
+draws the dashboards of each run.
 
-Measured (2-core CPU, 310 steps): without a response the detector fires at step 273 and the run
-ends at 0.417; with rewind-and-skip it rewinds 5 times (the spike returns from the same state, so
-the last resort is skipping single updates) and ends at 0.168. Before the spike the gradients of
-block 0 shrink (RMS 5e-4 -> 3e-4) and decorrelate (step-to-step cosine ~0.05-0.1), as the theory
-says; the normalised update does not turn bimodal here, since eps (1e-12) stays far below the
-gradients: this spike is the decorrelation half of the mechanism, not the eps-scale half.
+Measured (2-core CPU, 340 steps): during the quiet stretch before the spike every matrix's u is
+unimodal around 0 (largest bimodality coefficient about 0.25, mean |u| at most 0.08: m_hat is
+far below sqrt(v_hat)). Two steps before the detector fires, with the loss still at its floor,
+the update of an attention key projection turns bimodal near +-1 (coefficient 0.58 > 5/9, mean |u|
+0.57) while its gradients decorrelate (cosine -0.2); during the spike the q/k updates reach 0.71
+and mean |u| 0.8. The detector fires at step 306. Without a response the run ends at 0.039; with
+rewind-and-skip it rewinds 3 times and ends at 0.0215. The lead is a couple of steps here, not the
+tens of steps of large runs: in this tiny model the instability grows within a few updates once
+it starts.
 
-    .venv/bin/python experiments/adam_instability.py            # ~1.5 minutes on 2 cores
+    .venv/bin/python experiments/adam_instability.py            # ~2 minutes on 2 cores
     .venv/bin/python experiments/adam_instability.py --out runs/adam-instability
 """
 
@@ -55,7 +60,7 @@ def prepare_data(root: Path) -> Path:
     return root / "data"
 
 
-LR = "2e-2"
+LR = "1e-2"
 
 
 def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -> dict:
@@ -77,7 +82,7 @@ def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -
         "model.max_seq_len": "64",
         "data.path": str(data),
         "data.seq_len": "64",
-        "data.batch_size": "16",
+        "data.batch_size": "64",
         "optim.lr": LR,
         "optim.min_lr_ratio": "1.0",  # constant after warm-up: the run length does not matter
         "optim.beta2": "0.99",
@@ -91,7 +96,7 @@ def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -
         "train.checkpoint_every": "25",
         "train.keep_checkpoints": "100",
         "train.out": str(out),
-        "stability.every": "10",
+        "stability.every": "2",
         "stability.window": "30",
         "stability.response": response,
         "stability.skip_batches": str(skip_batches),
@@ -113,56 +118,88 @@ def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -
 
 
 def precursors(run: Path, spike: int) -> list[dict]:
-    """Monitored quantities of the first block and the embedding, at each record up to a spike."""
+    """Per record up to a spike: the weight matrix with the most bimodal normalised update."""
     rows = []
     for line in (run / "stability.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r["step"] > spike:
             break
-        g = r["groups"].get("layers.0", {})
+        name, t = max(r["tensors"].items(), key=lambda kv: kv[1].get("update_bimodality") or 0)
         rows.append(
             {
                 "step": r["step"],
-                "grad_rms": g.get("grad_rms"),
-                "grad_time_corr": g.get("grad_time_corr"),
-                "update_bimodality": g.get("update_bimodality"),
-                "update_abs_mean": g.get("update_abs_mean"),
-                "update_grad_cos": g.get("update_grad_cos"),
+                "loss": r["loss"],
+                "matrix": name,
+                "update_bimodality": t.get("update_bimodality"),
+                "update_abs_mean": t.get("update_abs_mean"),
+                "grad_time_corr": t.get("grad_time_corr"),
+                "grad_rms": t.get("grad_rms"),
             }
         )
     return rows
 
 
-def run_experiment(out: Path, steps: int = 310, skip_batches: int = 20) -> dict:
+def run_experiment(out: Path, steps: int = 340, skip_batches: int = 20) -> dict:
     data = prepare_data(out / "setup")
     plain = train(data, out / "log", steps, "log", skip_batches)
     rewound = train(data, out / "rewind", steps, "rewind", skip_batches)
     first = plain["spikes"][0] if plain["spikes"] else steps
-    return {"without": plain, "with_rewind": rewound, "precursors": precursors(out / "log", first)}
+    return {
+        "without": plain,
+        "with_rewind": rewound,
+        "precursors": precursors(out / "log", first),
+        "bimodal_onset": bimodal_onset(out / "log", first),
+        "warnings": plain["warnings"],
+    }
+
+
+def bimodal_onset(run: Path, spike: int) -> dict | None:
+    """Where the updates turned bimodal near +-1 before the spike (the report's rule)."""
+    from herd.train.stability_report import bimodal_onset as onset
+
+    records = [json.loads(x) for x in (run / "stability.jsonl").read_text().splitlines()]
+    found = onset(records, spike)
+    return None if found is None else {"step": found[0], "matrix": found[1], **found[2]}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=310, help="optimizer steps of each run")
+    p.add_argument("--steps", type=int, default=340, help="optimizer steps of each run")
     p.add_argument("--skip-batches", type=int, default=20, help="batches skipped after a rewind")
     p.add_argument("--out", type=Path, default=Path("runs/adam-instability"), help="output folder")
     args = p.parse_args(argv)
     result = run_experiment(args.out, args.steps, args.skip_batches)
+    rows = result["precursors"]
     print(
-        f"{'step':>6}{'grad RMS':>12}{'grad corr':>11}{'bimodality':>12}{'mean |u|':>10}"
-        f"{'cos(upd,-g)':>13}   (block 0, before the first spike)"
+        f"{'step':>6}{'loss':>8}  {'most bimodal update':<22}{'bimodality':>11}{'mean |u|':>10}"
+        f"{'grad cos':>10}   (cos: this step's gradient vs the previous step's)"
     )
-    for r in result["precursors"]:
+    for r in rows[-12:]:
 
         def f(x, spec):
             return format(x, spec) if x is not None else "-"
 
         print(
-            f"{r['step']:>6}{f(r['grad_rms'], '12.2e')}{f(r['grad_time_corr'], '11.3f')}"
-            f"{f(r['update_bimodality'], '12.3f')}{f(r['update_abs_mean'], '10.3f')}"
-            f"{f(r['update_grad_cos'], '13.3f')}"
+            f"{r['step']:>6}{r['loss']:>8.3f}  {r['matrix']:<22}"
+            f"{f(r['update_bimodality'], '11.2f')}{f(r['update_abs_mean'], '10.2f')}"
+            f"{f(r['grad_time_corr'], '+10.2f')}"
+        )
+    first = result["without"]["spikes"][0] if result["without"]["spikes"] else None
+    quiet = [r for r in rows if first is not None and first - 100 <= r["step"] <= first - 10]
+    if quiet:
+        print(
+            f"quiet stretch, steps {quiet[0]['step']}-{quiet[-1]['step']}: the most bimodal "
+            f"update reaches {max(r['update_bimodality'] or 0 for r in quiet):.2f}, mean |u| "
+            f"{max(r['update_abs_mean'] or 0 for r in quiet):.2f} at most"
+        )
+    b = result["bimodal_onset"]
+    if b:
+        print(
+            f"the update turned bimodal near +-1 at step {b['step']} ({b['matrix']}, bimodality "
+            f"{b['update_bimodality']:.2f}, mean |u| {b['update_abs_mean']:.2f}); early warnings "
+            f"at {result['warnings'][:4]}; the loss detector fired at step {first}"
         )
     for name in ("without", "with_rewind"):
         r = result[name]

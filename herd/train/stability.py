@@ -1,7 +1,8 @@
 """Training stability: the Adam-instability monitor, a loss-spike detector and the responses.
 
 Monitor (`[stability] every`): on every `every`-th step the trainer keeps the previous step's
-gradients and the weights before the update, then records per layer the statistics of
+gradients and the weights before the update, then records per layer (and, under `tensors`, per
+weight matrix, less the update/weight pair) the statistics of
 herd/train/stability_stats.py (gradient RMS against eps, share of components at eps scale,
 gradient correlation across the two steps, bimodality of Adam's normalised update, update/gradient
 cosine, update/weight ratio) and a histogram of the normalised update, as one line of
@@ -12,9 +13,9 @@ Detector: the loss of every step (already on the host for the progress bar) is c
 median and the median absolute deviation of the previous `window` accepted losses; a spike is a
 robust z-score above `threshold` that also exceeds the median by `min_rise` (so a flat window
 with a tiny MAD does not fire on noise). Early warning (`instability_warning` events): a monitored
-layer whose normalised update turns bimodal (Sarle's coefficient above 5/9, the uniform
-distribution's) while its gradients lose their step-to-step correlation (below 0.2) — the
-precursor the theory names.
+layer or matrix whose normalised update turns bimodal near +-1 (Sarle's coefficient above 5/9, the
+uniform distribution's, with mean |u| above 0.3) while its gradients lose their step-to-step
+correlation (below 0.2) — the precursor the theory names.
 
 Responses (`response`, each logged in events.jsonl): `log` only records; `skip` drops the step's
 update (PaLM's remedy, one batch at a time); `rewind` restores the newest intact checkpoint from
@@ -46,6 +47,7 @@ def _local(t):
 
 BIMODAL = 5 / 9
 DECORRELATED = 0.2
+NEAR_ONE = 0.3  # mean |u| above which a bimodal update counts as near +-1
 
 
 class Stability:
@@ -87,16 +89,17 @@ class Stability:
         group0 = optimizer.param_groups[0]
         beta1, beta2 = group0["betas"]
         eps = group0["eps"]
-        per_group, all_updates = {}, []
+        per_group, per_tensor, all_updates = {}, {}, []
         for key, ps in groups.items():
             live = [(n, p) for n, p in ps if p.grad is not None]
             if not live:
                 continue
-            updates = []
-            for _, p in live:
+            updates, by_name = [], {}
+            for name, p in live:
                 u = stats.normalized_update(optimizer.state.get(p, {}), beta1, beta2, eps)
                 if u is not None:
                     updates.append(u)
+                    by_name[name] = u
             before = (self._before or {}).get(key)
             deltas = (
                 [p.detach() - b for (_, p), b in zip(ps, before, strict=True)] if before else []
@@ -104,6 +107,20 @@ class Stability:
             previous = (self._previous or {}).get(key)
             if previous is not None and len(previous) != len(live):
                 previous = None
+            # Each weight matrix on its own too: a layer's statistics mix its tensors, and the
+            # update that turns bimodal first is often one matrix's (attention q/k in
+            # experiments/adam_instability.py) while the layer as a whole still looks calm.
+            for i, (name, p) in enumerate(live):
+                if p.dim() >= 2 and name in by_name:
+                    per_tensor[name.removesuffix(".weight")] = stats.group_stats(
+                        [_local(p.grad)],
+                        None if previous is None else [previous[i]],
+                        [by_name[name]],
+                        [],
+                        [],
+                        eps,
+                        self.config.eps_scale,
+                    )
             per_group[key] = stats.group_stats(
                 [p.grad for _, p in live],
                 previous,
@@ -121,18 +138,27 @@ class Stability:
             "max_loss": max_loss,
             "eps": eps,
             "groups": per_group,
+            "tensors": per_tensor,
         }
         if all_updates:
             record["update_histogram"] = stats.update_histogram(all_updates)
         return record
 
     def warnings(self, record: dict) -> list[str]:
-        """Layers showing the instability's precursor in a monitored record."""
+        """Layers and matrices showing the instability's precursor in a monitored record.
+
+        Silent until the detector's window has filled, like the detector: Adam's first updates
+        are sign-like by construction (at step 1, u = g / |g|), which is not the instability."""
+        if len(self.losses) < self.config.window:
+            return []
         out = []
-        for key, g in record["groups"].items():
+        for key, g in [*record["groups"].items(), *record.get("tensors", {}).items()]:
             bimodal = (g.get("update_bimodality") or 0) > BIMODAL
+            # Sarle's coefficient does not see scale: the theory's state is two modes near
+            # +-1, not a two-humped spread of tiny updates (which small vectors show by chance).
+            large = (g.get("update_abs_mean") or 0) > NEAR_ONE
             corr = g.get("grad_time_corr")
-            if bimodal and corr is not None and corr < DECORRELATED:
+            if bimodal and large and corr is not None and corr < DECORRELATED:
                 out.append(key)
         return out
 

@@ -1,9 +1,11 @@
 """`herd stability report RUN_DIR`: dashboards and a summary from a run folder's JSONL files.
 
-stability.png has four panels: the training loss with detected spikes, rewinds and warnings
+stability.png has five panels: the training loss with detected spikes, rewinds and warnings
 marked; per-layer gradient RMS against Adam's eps (log scale); the normalised-update histogram
-over time as a heat map (bimodality shows as two bands near +-1); and per-layer cosine between
-the applied update and the negative gradient. summary.txt says what happened and when.
+over time as a heat map (bimodality shows as two bands near +-1); per layer, the largest
+bimodality coefficient of any of its weight matrices' updates, against the uniform distribution's
+5/9; and per-layer cosine between the applied update and the negative gradient. summary.txt says
+what happened and when.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from herd.errors import HerdError
-from herd.train.stability_stats import HIST_BINS, HIST_RANGE
+from herd.train.stability import BIMODAL, NEAR_ONE
+from herd.train.stability_stats import HIST_BINS, HIST_RANGE, layer_of
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -35,7 +38,7 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(9, 15), sharex=True)
     steps = [m["step"] for m in metrics]
     axes[0].plot(steps, [m["loss"] for m in metrics], linewidth=0.8, color="#4c72b0")
     marks = {
@@ -63,8 +66,10 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
         for layer in layers:
             rms = [r["groups"].get(layer, {}).get("grad_rms") for r in records]
             axes[1].plot(rsteps, [np.nan if x is None else x for x in rms], label=layer)
+            worst = [_most_bimodal(r, layer) for r in records]
+            axes[3].plot(rsteps, [np.nan if x is None else x for x in worst], label=layer)
             cos = [r["groups"].get(layer, {}).get("update_grad_cos") for r in records]
-            axes[3].plot(rsteps, [np.nan if x is None else x for x in cos], label=layer)
+            axes[4].plot(rsteps, [np.nan if x is None else x for x in cos], label=layer)
         axes[1].axhline(eps, color="#c44e52", linestyle="--", label="Adam eps")
         axes[1].set_yscale("log")
         axes[1].set_ylabel("gradient RMS")
@@ -79,9 +84,12 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
             extent=(rsteps[0], rsteps[-1], -HIST_RANGE, HIST_RANGE),
         )
         axes[2].set_ylabel("normalised update u\n(log10 share)")
-        axes[3].set_ylabel("cos(update, -gradient)")
-        axes[3].axhline(0, color="#888", linewidth=0.8)
-    axes[3].set_xlabel("step")
+        axes[3].axhline(BIMODAL, color="#c44e52", linestyle="--", label="5/9 (uniform)")
+        axes[3].set_ylabel("update bimodality\n(max over matrices)")
+        axes[3].legend(fontsize=7, ncol=4)
+        axes[4].set_ylabel("cos(update, -gradient)")
+        axes[4].axhline(0, color="#888", linewidth=0.8)
+    axes[4].set_xlabel("step")
     fig.tight_layout()
     png = run / "plots" / "stability.png"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +98,38 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
     text = summary(metrics, events, records)
     (run / "plots" / "stability_summary.txt").write_text(text + "\n")
     return png, text
+
+
+def _most_bimodal(record: dict, layer: str) -> float | None:
+    """The largest update bimodality among `layer`'s weight matrices in one record."""
+    values = [
+        t.get("update_bimodality")
+        for name, t in record.get("tensors", {}).items()
+        if layer_of(name) == layer
+    ]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def bimodal(t: dict) -> bool:
+    """An update bimodal near +-1: Sarle's coefficient above 5/9 and mean |u| above NEAR_ONE."""
+    return (t.get("update_bimodality") or 0) > BIMODAL and (
+        t.get("update_abs_mean") or 0
+    ) > NEAR_ONE
+
+
+def bimodal_onset(records: list[dict], spike_step: int) -> tuple[int, str, dict] | None:
+    """(step, matrix, its statistics) where the updates turned bimodal near +-1 before a spike:
+    the first record of the unbroken run of such records that ends with the last record at or
+    before `spike_step`; None when that record shows no bimodal matrix."""
+    onset = None
+    for r in reversed([r for r in records if r["step"] <= spike_step]):
+        found = [(name, t) for name, t in r.get("tensors", {}).items() if bimodal(t)]
+        if not found:
+            break
+        name, t = max(found, key=lambda kv: kv[1]["update_bimodality"])
+        onset = (r["step"], name, t)
+    return onset
 
 
 def summary(metrics: list[dict], events: list[dict], records: list[dict]) -> str:
@@ -119,6 +159,17 @@ def summary(metrics: list[dict], events: list[dict], records: list[dict]) -> str
             f"{', '.join(str(e['step']) for e in warns[:10])}"
             f"{' ...' if len(warns) > 10 else ''}: layers {warns[0]['layers']}"
         )
+    if spikes and records:
+        onset = bimodal_onset(records, spikes[0]["step"])
+        if onset:
+            step, name, t = onset
+            lines.append(
+                f"before the first spike, the update of '{name}' turned bimodal near +-1 at step "
+                f"{step} (bimodality {t['update_bimodality']:.2f}, mean |u| "
+                f"{t['update_abs_mean']:.2f})"
+            )
+        else:
+            lines.append("no weight matrix's update was bimodal near +-1 at the first spike")
     if records:
         last = records[-1]["groups"]
         worst = min(last, key=lambda k: last[k].get("grad_rms_over_eps") or np.inf)

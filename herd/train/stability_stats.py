@@ -104,13 +104,13 @@ def layer_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.P
     """Parameters by layer: embed, layers.0 .. layers.N-1, head (final norm and output)."""
     groups: dict[str, list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("layers."):
-            key = ".".join(name.split(".")[:2])
-        elif name.startswith("embed"):
-            key = "embed"
-        else:
-            key = "head"
-        groups.setdefault(key, []).append((name, p))
+        if p.requires_grad:
+            groups.setdefault(layer_of(name), []).append((name, p))
     return groups
+
+
+def layer_of(name: str) -> str:
+    """The layer group of a parameter (or of a `tensors` key, its name less `.weight`)."""
+    if name.startswith("layers."):
+        return ".".join(name.split(".")[:2])
+    return "embed" if name.startswith("embed") else "head"

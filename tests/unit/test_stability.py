@@ -58,6 +58,39 @@ def test_detector_fires_on_a_spike_not_on_noise():
     assert det.check(2.08) is None
 
 
+def _record(**tensors):
+    quiet = {"update_bimodality": 0.1, "update_abs_mean": 0.02, "grad_time_corr": 0.5}
+    return {"step": 7, "groups": {"layers.0": quiet}, "tensors": tensors}
+
+
+def test_warning_needs_a_bimodal_update_near_one_and_decorrelated_gradients():
+    from herd.train.stability_report import bimodal_onset
+
+    monitor = Stability(StabilityConfig())
+    near_one = {"update_bimodality": 0.7, "update_abs_mean": 0.6, "grad_time_corr": -0.1}
+    assert monitor.warnings(_record(**{"layers.0.attn.wq": near_one})) == []  # window not full
+    for _ in range(monitor.config.window):
+        monitor.accept(1.0)
+    assert monitor.warnings(_record(**{"layers.0.attn.wq": near_one})) == ["layers.0.attn.wq"]
+    tiny = {**near_one, "update_abs_mean": 0.03}  # two humps of tiny updates: not the theory's
+    correlated = {**near_one, "grad_time_corr": 0.6}
+    flat = {**near_one, "update_bimodality": 0.4}
+    for calm in (tiny, correlated, flat):
+        assert monitor.warnings(_record(**{"layers.0.attn.wq": calm})) == []
+
+    # The onset before a spike: the first record of the unbroken bimodal run ending at the spike.
+    records = [
+        {**_record(**{"layers.1.attn.wk": near_one}), "step": 2},
+        {**_record(**{"layers.1.attn.wk": tiny}), "step": 4},
+        {**_record(**{"layers.1.attn.wk": near_one}), "step": 6},
+        {**_record(**{"layers.0.attn.wq": near_one}), "step": 8},
+        {**_record(**{"layers.0.attn.wq": tiny}), "step": 10},
+    ]
+    assert bimodal_onset(records, 9)[:2] == (6, "layers.1.attn.wk")
+    assert bimodal_onset(records, 5) is None and bimodal_onset(records, 11) is None
+    assert stats.layer_of("layers.3.attn.wk") == "layers.3" and stats.layer_of("output") == "head"
+
+
 def _losses(run):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
@@ -101,6 +134,10 @@ def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # no
     assert groups["layers.0"]["grad_time_corr"] is not None
     assert 0 < groups["layers.0"]["update_weight_ratio"] < 1
     assert len(records[-1]["update_histogram"]) == stats.HIST_BINS
+    tensors = records[-1]["tensors"]  # every weight matrix on its own, norms left to the layer
+    assert {"embed", "layers.0.attn.wq", "layers.1.ffn.w2"} <= set(tensors)
+    assert not any("norm" in k for k in tensors)
+    assert tensors["layers.0.attn.wq"]["grad_time_corr"] is not None
 
     from herd.train.stability_report import report
 
