@@ -24,6 +24,11 @@ tokens/s = batch * seq / seconds of one step; best and median are reported, and 
 CPU seconds per step (at 1 thread the figure least disturbed by other processes). The headline
 ratio herd/transformers uses the median.
 
+Compilation: `--compile herd` compiles herd's model as `train.compile = true` does, `--compile
+both` compiles transformers' too (the like-for-like comparison of compiled steps); the warm-up
+steps absorb the compilation. The default compares both engines eager, as each runs on CPU by
+default.
+
 Threads: `--threads 1 2` runs the benchmark once per count. On a small shared machine, OpenMP's
 spinning workers make multi-threaded steps erratic when another process holds a core (seen here: 2
 threads took ~11 s per step against ~2.8 s with 1 thread); OMP_WAIT_POLICY=PASSIVE (set before
@@ -98,6 +103,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the last K - 1, as each engine runs in a training job of its own; 1 interleaves "
         "single steps (herd, transformers, transformers, herd, ...), where each step starts "
         "on caches and allocator state the other engine left",
+    )
+    p.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "herd", "both"],
+        help="torch.compile the models: none (eager, the default of both engines on CPU), herd "
+        "(herd's model as `train.compile = true` does) or both (transformers' model too, the "
+        "like-for-like comparison of compiled steps); compilation happens in the warm-up steps",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     p.add_argument(
@@ -203,7 +216,9 @@ class Engine:
         self.losses.append(float(loss))
 
 
-def build_engines(config: ModelConfig, seed: int, hf_attn: str, folder: Path) -> list[Engine]:
+def build_engines(
+    config: ModelConfig, seed: int, hf_attn: str, folder: Path, compile_mode: str = "none"
+) -> list[Engine]:
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -216,15 +231,17 @@ def build_engines(config: ModelConfig, seed: int, hf_attn: str, folder: Path) ->
         folder / "hf", dtype=torch.float32, attn_implementation=hf_attn
     )
     # herd as its trainer runs: the loss fused with the output projection (no [B, T, V] logits).
+    herd_forward = torch.compile(model) if compile_mode != "none" else model
+    hf_forward = torch.compile(hf) if compile_mode == "both" else hf
     herd_engine = Engine(
         "herd",
         model,
         build_optimizer(model, OptimConfig()),
-        lambda inputs, targets: model(inputs, targets=targets) / targets.numel(),
+        lambda inputs, targets: herd_forward(inputs, targets=targets) / targets.numel(),
     )
 
     def hf_loss(inputs, targets):
-        logits = hf(input_ids=inputs, use_cache=False).logits
+        logits = hf_forward(input_ids=inputs, use_cache=False).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
     hf_engine = Engine("transformers", hf, hf_optimizer(hf, OptimConfig()), hf_loss)
@@ -261,7 +278,7 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
     """The whole benchmark at one thread count, on fresh models and optimizers."""
     torch.set_num_threads(threads)
     config = model_config(args)
-    engines = build_engines(config, args.seed, args.hf_attn, folder)
+    engines = build_engines(config, args.seed, args.hf_attn, folder, args.compile)
     batches = make_batches(args, args.warmup + 2 * args.steps + 2)
     tokens_per_step = args.batch * args.seq
 
@@ -412,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "hf_attn": args.hf_attn,
             "block": args.block,
+            "compile": args.compile,
         },
         "torch": torch.__version__,
         "transformers": transformers.__version__,
