@@ -19,7 +19,9 @@ unimodal around 0 (largest bimodality coefficient about 0.25, mean |u| at most 0
 far below sqrt(v_hat)). Two steps before the detector fires, with the loss still at its floor,
 the update of an attention key projection turns bimodal near +-1 (coefficient 0.58 > 5/9, mean |u|
 0.57) while its gradients decorrelate (cosine -0.2); during the spike the q/k updates reach 0.71
-and mean |u| 0.8. The detector fires at step 306. Without a response the run ends at 0.039; with
+and mean |u| 0.8. The update's size leads by longer: the largest update/weight ratio of any layer
+stays below 7.6e-3 while quiet, then grows from step 298 (1.2e-2) to 6.3e-2 at 306. The update /
+gradient cosine does not fall before the spike. The detector fires at step 306. Without a response the run ends at 0.039; with
 rewind-and-skip it rewinds 3 times and ends at 0.0215. The lead is a couple of steps here, not the
 tens of steps of large runs: in this tiny model the instability grows within a few updates once
 it starts.
@@ -134,6 +136,10 @@ def precursors(run: Path, spike: int) -> list[dict]:
                 "update_abs_mean": t.get("update_abs_mean"),
                 "grad_time_corr": t.get("grad_time_corr"),
                 "grad_rms": t.get("grad_rms"),
+                # the update's size: the largest ||delta W|| / ||W|| of any layer
+                "update_weight_ratio": max(
+                    (g.get("update_weight_ratio") or 0) for g in r["groups"].values()
+                ),
             }
         )
     return rows
@@ -174,7 +180,8 @@ def main(argv=None) -> int:
     rows = result["precursors"]
     print(
         f"{'step':>6}{'loss':>8}  {'most bimodal update':<22}{'bimodality':>11}{'mean |u|':>10}"
-        f"{'grad cos':>10}   (cos: this step's gradient vs the previous step's)"
+        f"{'grad cos':>10}{'upd/weight':>12}   (grad cos: this step's gradient vs the previous "
+        "step's; upd/weight: the largest of any layer)"
     )
     for r in rows[-12:]:
 
@@ -184,7 +191,7 @@ def main(argv=None) -> int:
         print(
             f"{r['step']:>6}{r['loss']:>8.3f}  {r['matrix']:<22}"
             f"{f(r['update_bimodality'], '11.2f')}{f(r['update_abs_mean'], '10.2f')}"
-            f"{f(r['grad_time_corr'], '+10.2f')}"
+            f"{f(r['grad_time_corr'], '+10.2f')}{f(r['update_weight_ratio'], '12.1e')}"
         )
     first = result["without"]["spikes"][0] if result["without"]["spikes"] else None
     quiet = [r for r in rows if first is not None and first - 100 <= r["step"] <= first - 10]

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.config import DataConfig
 from herd.errors import HerdError
 from herd.model.masks import PackedAttention
 
@@ -310,3 +311,20 @@ def tokenizer_sentinels(tokenizer) -> list[int]:
         return named
     reserved = [tokenizer.token_id(f"<|reserved_special_token_{10 + k}|>") for k in range(4)]
     return [i for i in reserved if i is not None]
+
+
+def make_batch(window, docs, data: DataConfig, generator, sentinels):
+    """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
+    if data.objective not in OBJECTIVES:
+        raise HerdError(
+            f"data.objective '{data.objective}': expected one of {', '.join(OBJECTIVES)}"
+        )
+    cfg = ObjectiveConfig(
+        name=data.objective,
+        n_spans=data.n_spans,
+        mask_fraction=data.mask_fraction,
+        end_marker=data.end_marker,
+    )
+    batch = build_batch(window, docs, cfg, generator, sentinels)
+    packed = batch.packed if data.document_mask or cfg.bidirectional_attention else None
+    return batch.inputs, batch.targets, packed

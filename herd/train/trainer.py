@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from herd.config import DataConfig, RunConfig, dump_toml
+from herd.config import RunConfig, dump_toml
 from herd.data.batches import PackedBatches
+from herd.data.objectives import make_batch
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
 from herd.model.masks import PackedAttention
@@ -36,6 +37,7 @@ from herd.train.checkpoint import (
 )
 from herd.train.optim import build_optimizer, set_lr
 from herd.train.runlog import RunLog
+from herd.train.validation import validate
 
 PEAK_FLOPS = {"cuda": 989e12}  # dense bf16 of an H100/H200 SXM; no peak is claimed for CPUs
 
@@ -44,31 +46,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def make_batch(window, docs, data: DataConfig, generator, sentinels):
-    """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
-    from herd.data.objectives import OBJECTIVES, ObjectiveConfig, build_batch
-
-    if data.objective not in OBJECTIVES:
-        raise HerdError(
-            f"data.objective '{data.objective}': expected one of {', '.join(OBJECTIVES)}"
-        )
-    cfg = ObjectiveConfig(
-        name=data.objective,
-        n_spans=data.n_spans,
-        mask_fraction=data.mask_fraction,
-        end_marker=data.end_marker,
-    )
-    batch = build_batch(window, docs, cfg, generator, sentinels)
-    packed = batch.packed if data.document_mask or cfg.bidirectional_attention else None
-    return batch.inputs, batch.targets, packed
-
-
-def _loss_sums(nll, targets, token_bytes):
-    """(sum of nats, targets counted, UTF-8 bytes of the targets) for bits-per-byte."""
-    keep = targets != -100
-    return nll[keep].sum(), int(keep.sum()), int(token_bytes[targets[keep]].sum())
 
 
 class Trainer:
@@ -352,34 +329,20 @@ class Trainer:
             cursor_to=self.train_batches.state_dict(),
         )
 
-    @torch.no_grad()
     def evaluate(self) -> dict | None:
         """Next-token validation loss and bits per byte on the held-out split."""
         if self.val_batches is None:
             return None
-        self.model.eval()
-        nats, count, nbytes = 0.0, 0, 0
-        for window, docs in self.val_batches.sequential(self.run.train.eval_batches):
-            window, docs = window[self.rows], docs[self.rows]
-            inputs, targets = window[:, :-1], window[:, 1:].clone()
-            targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
-            packed = (
-                PackedAttention(docs[:, :-1].to(self.device))
-                if self.run.data.document_mask
-                else None
-            )
-            targets = targets.to(self.device)
-            with self._autocast():
-                nll = self.model(
-                    inputs.to(self.device), packed=packed, targets=targets, reduction="none"
-                )
-            s, c, b = _loss_sums(nll, targets, self.token_bytes.to(self.device))
-            nats, count, nbytes = nats + float(s), count + c, nbytes + b
-        self.model.train()
-        nats, count, nbytes = distributed.all_reduce_sum([nats, count, nbytes], self.device)
-        if count == 0:
-            return None
-        return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
+        return validate(
+            self.model,
+            self.val_batches,
+            max_batches=self.run.train.eval_batches,
+            rows=self.rows,
+            device=self.device,
+            document_mask=self.run.data.document_mask,
+            token_bytes=self.token_bytes,
+            autocast=self._autocast,
+        )
 
     def _memory(self) -> float:
         if self.device.type == "cuda":

@@ -7,9 +7,8 @@ import torch
 
 from herd.config import DataConfig
 from herd.data.batches import PackedBatches
-from herd.data.objectives import IGNORE_INDEX
+from herd.data.objectives import IGNORE_INDEX, make_batch
 from herd.data.shards import TokenShards
-from herd.train.trainer import make_batch
 from tests.unit.test_trainer import data  # noqa: F401 - the shared prepared-shards fixture
 
 SENTINELS = [900, 901, 902, 903]
