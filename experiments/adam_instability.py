@@ -21,10 +21,10 @@ the update of an attention key projection turns bimodal near +-1 (coefficient 0.
 0.57) while its gradients decorrelate (cosine -0.2); during the spike the q/k updates reach 0.71
 and mean |u| 0.8. The update's size leads by longer: the largest update/weight ratio of any layer
 stays below 7.6e-3 while quiet, then grows from step 298 (1.2e-2) to 6.3e-2 at 306. The update /
-gradient cosine does not fall before the spike. The detector fires at step 306. Without a response the run ends at 0.039; with
-rewind-and-skip it rewinds 3 times and ends at 0.0215. The lead is a couple of steps here, not the
-tens of steps of large runs: in this tiny model the instability grows within a few updates once
-it starts.
+gradient cosine does not fall before the spike. The detector fires at step 306. Without a
+response the run ends at 0.039; with rewind-and-skip it rewinds 3 times and ends at 0.0215. The
+leads are a few steps here, not the tens of steps of large runs: in this tiny model the
+instability grows within a few updates once it starts.
 
     .venv/bin/python experiments/adam_instability.py            # ~2 minutes on 2 cores
     .venv/bin/python experiments/adam_instability.py --out runs/adam-instability
