@@ -84,7 +84,9 @@ class Stability:
     def keep_weights(self, groups) -> None:
         self._before = {k: [_local(p).detach().clone() for _, p in ps] for k, ps in groups.items()}
 
-    def measure(self, step: int, groups, optimizer, loss: float, max_loss: float) -> dict:
+    def measure(
+        self, step: int, groups, optimizer, loss: float, max_loss: float, grad_norm: float
+    ) -> dict:
         """The monitored quantities after the optimizer step (gradients still attached)."""
         group0 = optimizer.param_groups[0]
         beta1, beta2 = group0["betas"]
@@ -136,6 +138,7 @@ class Stability:
             "step": step + 1,
             "loss": loss,
             "max_loss": max_loss,
+            "grad_norm": grad_norm,  # before clipping
             "eps": eps,
             "groups": per_group,
             "tensors": per_tensor,

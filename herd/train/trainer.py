@@ -277,13 +277,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.log.event(self.step + 1, "update_skipped", loss=mean)
         else:
-            self._apply_update(mean, worst, action)
+            self._apply_update(mean, worst, norm, action)
         self.step += 1
         if action == "rewind":
             self._rewind(self.step)
         return mean, float(norm)
 
-    def _apply_update(self, loss: float, worst: float, action: str | None) -> None:
+    def _apply_update(self, loss: float, worst: float, norm, action: str | None) -> None:
         """The optimizer step, with the stability monitor around it on its cadence."""
         monitored = self.stability.monitor_step(self.step)
         if monitored:
@@ -291,7 +291,7 @@ class Trainer:
         self.optimizer.step()
         if monitored:
             record = self.stability.measure(
-                self.step, self.param_groups, self.optimizer, loss, worst
+                self.step, self.param_groups, self.optimizer, loss, worst, float(norm)
             )
             self.log.stability(record)
             layers = self.stability.warnings(record)

@@ -130,6 +130,7 @@ def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # no
     records = [json.loads(x) for x in (run / "stability.jsonl").read_text().splitlines()]
     assert {r["step"] for r in records} >= {4, 8, 12, 16}
     groups = records[-1]["groups"]
+    assert records[-1]["grad_norm"] > 0 and records[-1]["max_loss"] >= records[-1]["loss"]
     assert set(groups) == {"embed", "layers.0", "layers.1", "head"}
     assert groups["layers.0"]["grad_time_corr"] is not None
     assert 0 < groups["layers.0"]["update_weight_ratio"] < 1
