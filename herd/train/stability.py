@@ -2,8 +2,8 @@
 
 Monitor (`[stability] every`): on every `every`-th step the trainer keeps the previous step's
 gradients and the weights before the update, then records per layer (and, under `tensors`, per
-weight matrix, less the update/weight pair) the statistics of
-herd/train/stability_stats.py (gradient RMS against eps, share of components at eps scale,
+weight matrix) the statistics of herd/train/stability_stats.py (gradient RMS against eps, share
+of components at eps scale,
 gradient correlation across the two steps, bimodality of Adam's normalised update, update/gradient
 cosine, update/weight ratio) and a histogram of the normalised update, as one line of
 `stability.jsonl`. Other steps do no extra work and no host synchronisation. Under FSDP the
@@ -91,48 +91,41 @@ class Stability:
         group0 = optimizer.param_groups[0]
         beta1, beta2 = group0["betas"]
         eps = group0["eps"]
+        threshold = self.config.eps_scale * eps
         per_group, per_tensor, all_updates = {}, {}, []
         for key, ps in groups.items():
-            live = [(n, p) for n, p in ps if p.grad is not None]
+            before = (self._before or {}).get(key)  # aligned with ps
+            previous = (self._previous or {}).get(key)  # aligned with ps that had gradients
+            live = [(i, name, p) for i, (name, p) in enumerate(ps) if p.grad is not None]
             if not live:
                 continue
-            updates, by_name = [], {}
-            for name, p in live:
-                u = stats.normalized_update(optimizer.state.get(p, {}), beta1, beta2, eps)
-                if u is not None:
-                    updates.append(u)
-                    by_name[name] = u
-            before = (self._before or {}).get(key)
-            deltas = (
-                [p.detach() - b for (_, p), b in zip(ps, before, strict=True)] if before else []
-            )
-            previous = (self._previous or {}).get(key)
             if previous is not None and len(previous) != len(live):
                 previous = None
-            # Each weight matrix on its own too: a layer's statistics mix its tensors, and the
-            # update that turns bimodal first is often one matrix's (attention q/k in
-            # experiments/adam_instability.py) while the layer as a whole still looks calm.
-            for i, (name, p) in enumerate(live):
-                if p.dim() >= 2 and name in by_name:
-                    per_tensor[name.removesuffix(".weight")] = stats.group_stats(
-                        [_local(p.grad)],
-                        None if previous is None else [previous[i]],
-                        [by_name[name]],
-                        [],
-                        [],
-                        eps,
-                        self.config.eps_scale,
+            parts = []
+            for j, (i, name, p) in enumerate(live):
+                u = stats.normalized_update(optimizer.state.get(p, {}), beta1, beta2, eps)
+                weight = _local(p)
+                part = stats.tensor_sums(
+                    _local(p.grad),
+                    None if previous is None else previous[j],
+                    u,
+                    None if before is None else weight.detach() - before[i],
+                    weight,
+                    threshold,
+                )
+                parts.append(part)
+                if u is not None:
+                    all_updates.append(u)
+                # Each weight matrix on its own too: a layer's statistics mix its tensors, and
+                # the update that turns bimodal first is often one matrix's (attention q/k in
+                # experiments/adam_instability.py) while the layer as a whole still looks calm.
+                if p.dim() >= 2 and u is not None:
+                    per_tensor[name.removesuffix(".weight")] = stats.stats_from_sums(
+                        part, eps, previous is not None, before is not None
                     )
-            per_group[key] = stats.group_stats(
-                [p.grad for _, p in live],
-                previous,
-                updates,
-                deltas,
-                [p for _, p in live],
-                eps,
-                self.config.eps_scale,
+            per_group[key] = stats.stats_from_sums(
+                stats.add_sums(parts), eps, previous is not None, before is not None
             )
-            all_updates += updates
         self._previous = self._before = None
         record = {
             "step": step + 1,

@@ -59,6 +59,92 @@ def normalized_update(state: dict, beta1: float, beta2: float, eps: float) -> to
     return m_hat / (v_hat.sqrt() + eps)
 
 
+# The sums every statistic is a function of: per tensor once, added up per layer, so the layer
+# and matrix views cost one pass over each tensor and no concatenated float64 copies.
+SUMS = ("n", "g2", "below", "gp", "p2", "nu", "u1", "u2", "u3", "u4", "uabs", "dg", "d2", "w2")
+
+
+def tensor_sums(
+    grad: torch.Tensor,
+    previous: torch.Tensor | None,
+    update: torch.Tensor | None,
+    delta: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    threshold: float,
+) -> dict[str, float]:
+    """The SUMS of one tensor (float64 accumulation over float32 elementwise products); the
+    entries of absent inputs are 0."""
+    g = grad.detach().float().flatten()
+
+    def total(x):
+        return x.sum(dtype=torch.float64)
+
+    zero = torch.zeros((), dtype=torch.float64, device=g.device)
+    out = dict.fromkeys(SUMS, zero)
+    out.update(n=zero + g.numel(), g2=total(g * g), below=total((g.abs() < threshold).float()))
+    if previous is not None:
+        pv = previous.detach().float().flatten()
+        out.update(gp=total(g * pv), p2=total(pv * pv))
+    if update is not None:
+        u = update.detach().float().flatten()
+        u2 = u * u
+        out.update(
+            nu=zero + u.numel(),
+            u1=total(u),
+            u2=total(u2),
+            u3=total(u2 * u),
+            u4=total(u2 * u2),
+            uabs=total(u.abs()),
+        )
+    if delta is not None and weight is not None:
+        d, w = delta.detach().float().flatten(), weight.detach().float().flatten()
+        out.update(dg=total(d * g), d2=total(d * d), w2=total(w * w))
+    return dict(zip(SUMS, torch.stack([out[k] for k in SUMS]).tolist(), strict=True))
+
+
+def add_sums(parts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(p[k] for p in parts) for k in SUMS}
+
+
+def stats_from_sums(s: dict[str, float], eps: float, has_previous: bool, has_deltas: bool) -> dict:
+    """The module docstring's quantities from SUMS (None where undefined)."""
+    n = s["n"]
+    rms = math.sqrt(s["g2"] / n) if n else float("nan")
+    out = {
+        "grad_rms": rms,
+        "grad_rms_over_eps": rms / eps,
+        "frac_below_eps": s["below"] / n if n else float("nan"),
+        "grad_time_corr": _ratio(s["gp"], s["g2"] * s["p2"]) if has_previous else None,
+    }
+    if s["nu"]:
+        out["update_bimodality"] = _bimodality_from_moments(
+            s["nu"], s["u1"], s["u2"], s["u3"], s["u4"]
+        )
+        out["update_abs_mean"] = s["uabs"] / s["nu"]
+    if has_deltas:
+        out["update_grad_cos"] = -_ratio(s["dg"], s["d2"] * s["g2"])
+        out["update_weight_ratio"] = math.sqrt(s["d2"] / s["w2"]) if s["w2"] > 0 else None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def _ratio(dot: float, squares: float) -> float:
+    return dot / math.sqrt(squares) if squares > 0 else float("nan")
+
+
+def _bimodality_from_moments(n: float, s1: float, s2: float, s3: float, s4: float) -> float:
+    """Sarle's coefficient from the raw power sums of a sample (as `bimodality_coefficient`)."""
+    if n < 3:
+        return float("nan")
+    mean = s1 / n
+    m2 = s2 / n - mean * mean
+    if m2 <= 1e-12 * (s2 / n):  # all (nearly) equal: no shape to speak of
+        return float("nan")
+    m3 = s3 / n - 3 * mean * s2 / n + 2 * mean**3
+    m4 = s4 / n - 4 * mean * s3 / n + 6 * mean * mean * s2 / n - 3 * mean**4
+    skew = m3 / m2**1.5
+    return (skew * skew + 1) / (m4 / (m2 * m2))
+
+
 def group_stats(
     grads: list[torch.Tensor],
     previous: list[torch.Tensor] | None,
@@ -68,29 +154,20 @@ def group_stats(
     eps: float,
     eps_scale: float,
 ) -> dict:
-    """All per-group quantities (see the module docstring) for one group's tensors."""
-    g = torch.cat([x.detach().double().flatten() for x in grads])
-    rms = float(g.pow(2).mean().sqrt())
-    out = {
-        "grad_rms": rms,
-        "grad_rms_over_eps": rms / eps,
-        "frac_below_eps": float((g.abs() < eps_scale * eps).double().mean()),
-        "grad_time_corr": (
-            cosine(g, torch.cat([x.double().flatten() for x in previous]))
-            if previous is not None
-            else None
-        ),
-    }
-    if updates:
-        u = torch.cat([x.double().flatten() for x in updates])
-        out["update_bimodality"] = bimodality_coefficient(u)
-        out["update_abs_mean"] = float(u.abs().mean())
-    if deltas:
-        d = torch.cat([x.double().flatten() for x in deltas])
-        w = torch.cat([x.detach().double().flatten() for x in params])
-        out["update_grad_cos"] = cosine(d, -g)
-        out["update_weight_ratio"] = float(d.norm() / w.norm()) if w.norm() > 0 else None
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    """All per-group quantities (see the module docstring) for one group's tensors, aligned
+    lists (`updates`, `deltas` may be empty: those quantities are then left out)."""
+    parts = [
+        tensor_sums(
+            g,
+            previous[i] if previous is not None else None,
+            updates[i] if updates else None,
+            deltas[i] if deltas else None,
+            params[i] if deltas else None,
+            eps_scale * eps,
+        )
+        for i, g in enumerate(grads)
+    ]
+    return stats_from_sums(add_sums(parts), eps, previous is not None, bool(deltas))
 
 
 def update_histogram(updates: list[torch.Tensor]) -> list[float]:

@@ -47,6 +47,37 @@ def test_group_stats_on_eps_scale_gradients():
     assert out["grad_rms_over_eps"] == pytest.approx(out["grad_rms"] / eps)
 
 
+def test_group_stats_from_per_tensor_sums_equal_the_direct_computation():
+    # The monitor adds per-tensor power sums; the reference concatenates the group in float64.
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (32,), (16, 48)]
+    g, prev, d, w = ([torch.randn(s, generator=gen) * 1e-3 for s in shapes] for _ in range(4))
+    u = [
+        torch.where(torch.rand(s, generator=gen) < 0.5, -0.9, 0.9)
+        + 0.1 * torch.randn(s, generator=gen)
+        for s in shapes
+    ]
+    out = stats.group_stats(g, prev, u, d, w, eps=1e-8, eps_scale=1e5)
+
+    def cat(xs):
+        return torch.cat([x.double().flatten() for x in xs])
+
+    assert out["update_bimodality"] == pytest.approx(stats.bimodality_coefficient(cat(u)), rel=1e-6)
+    assert out["update_abs_mean"] == pytest.approx(float(cat(u).abs().mean()), rel=1e-6)
+    assert out["grad_time_corr"] == pytest.approx(
+        stats.cosine(cat(g), cat(prev)), rel=1e-5, abs=1e-7
+    )
+    assert out["update_grad_cos"] == pytest.approx(
+        stats.cosine(cat(d), -cat(g)), rel=1e-5, abs=1e-7
+    )
+    assert out["update_weight_ratio"] == pytest.approx(
+        float(cat(d).norm() / cat(w).norm()), rel=1e-6
+    )
+    assert out["grad_rms"] == pytest.approx(float(cat(g).pow(2).mean().sqrt()), rel=1e-6)
+    assert out["frac_below_eps"] == pytest.approx(float((cat(g).abs() < 1e-3).double().mean()))
+    assert out["update_bimodality"] > 5 / 9  # the +-0.9 sample is bimodal
+
+
 def test_detector_fires_on_a_spike_not_on_noise():
     det = Stability(StabilityConfig(window=20, threshold=6.0))
     gen = torch.Generator().manual_seed(0)
