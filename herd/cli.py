@@ -284,8 +284,9 @@ def _add_stability(p: argparse.ArgumentParser) -> None:
         "report",
         help="stability dashboards (PNG) and a summary of a run",
         description="Draw plots/stability.png (loss with spikes, per-layer "
-        "gradient RMS vs eps, normalised-update heat map, update/gradient cosine) "
-        "and write plots/stability_summary.txt from a run folder.",
+        "gradient RMS vs eps, normalised-update heat map, largest update bimodality "
+        "among each layer's matrices, update/gradient cosine) and write "
+        "plots/stability_summary.txt from a run folder.",
     )
     r.add_argument("run_dir", metavar="RUN_DIR", help="a herd run folder")
 

@@ -3,9 +3,9 @@
 Monitor (`[stability] every`): on every `every`-th step the trainer keeps the previous step's
 gradients and the weights before the update, then records per layer (and, under `tensors`, per
 weight matrix) the statistics of herd/train/stability_stats.py (gradient RMS against eps, share
-of components at eps scale,
-gradient correlation across the two steps, bimodality of Adam's normalised update, update/gradient
-cosine, update/weight ratio) and a histogram of the normalised update, as one line of
+of components at eps scale, gradient correlation across the two steps, bimodality of Adam's
+normalised update, update/gradient cosine, update/weight ratio) and a histogram of the normalised
+update, as one line of
 `stability.jsonl`. Other steps do no extra work and no host synchronisation. Under FSDP the
 statistics are those of each process's shards (rank 0's are written).
 
@@ -48,6 +48,15 @@ def _local(t):
 BIMODAL = 5 / 9
 DECORRELATED = 0.2
 NEAR_ONE = 0.3  # mean |u| above which a bimodal update counts as near +-1
+
+
+def bimodal_near_one(statistics: dict) -> bool:
+    """A layer's or matrix's update bimodal near +-1: Sarle's coefficient above 5/9 and mean |u|
+    above NEAR_ONE (the coefficient does not see scale: the theory's state is two modes near
+    +-1, not a two-humped spread of tiny updates, which small vectors show by chance)."""
+    return (statistics.get("update_bimodality") or 0) > BIMODAL and (
+        statistics.get("update_abs_mean") or 0
+    ) > NEAR_ONE
 
 
 class Stability:
@@ -149,12 +158,8 @@ class Stability:
             return []
         out = []
         for key, g in [*record["groups"].items(), *record.get("tensors", {}).items()]:
-            bimodal = (g.get("update_bimodality") or 0) > BIMODAL
-            # Sarle's coefficient does not see scale: the theory's state is two modes near
-            # +-1, not a two-humped spread of tiny updates (which small vectors show by chance).
-            large = (g.get("update_abs_mean") or 0) > NEAR_ONE
             corr = g.get("grad_time_corr")
-            if bimodal and large and corr is not None and corr < DECORRELATED:
+            if bimodal_near_one(g) and corr is not None and corr < DECORRELATED:
                 out.append(key)
         return out
 

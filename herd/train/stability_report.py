@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from herd.errors import HerdError
-from herd.train.stability import BIMODAL, NEAR_ONE
+from herd.train.stability import BIMODAL, bimodal_near_one
 from herd.train.stability_stats import HIST_BINS, HIST_RANGE, layer_of
 
 
@@ -111,20 +111,13 @@ def _most_bimodal(record: dict, layer: str) -> float | None:
     return max(values) if values else None
 
 
-def bimodal(t: dict) -> bool:
-    """An update bimodal near +-1: Sarle's coefficient above 5/9 and mean |u| above NEAR_ONE."""
-    return (t.get("update_bimodality") or 0) > BIMODAL and (
-        t.get("update_abs_mean") or 0
-    ) > NEAR_ONE
-
-
 def bimodal_onset(records: list[dict], spike_step: int) -> tuple[int, str, dict] | None:
     """(step, matrix, its statistics) where the updates turned bimodal near +-1 before a spike:
     the first record of the unbroken run of such records that ends with the last record at or
     before `spike_step`; None when that record shows no bimodal matrix."""
     onset = None
     for r in reversed([r for r in records if r["step"] <= spike_step]):
-        found = [(name, t) for name, t in r.get("tensors", {}).items() if bimodal(t)]
+        found = [(name, t) for name, t in r.get("tensors", {}).items() if bimodal_near_one(t)]
         if not found:
             break
         name, t = max(found, key=lambda kv: kv[1]["update_bimodality"])

@@ -29,26 +29,6 @@ HIST_BINS = 40
 HIST_RANGE = 2.0  # u is clipped to [-2, 2] for the histogram
 
 
-def bimodality_coefficient(x: torch.Tensor) -> float:
-    """Sarle's bimodality coefficient (skew^2 + 1) / kurtosis (kurtosis not in excess)."""
-    x = x.double().flatten()
-    if x.numel() < 3:
-        return float("nan")
-    centred = x - x.mean()
-    var = centred.pow(2).mean()
-    if var <= 0:
-        return float("nan")
-    skew = centred.pow(3).mean() / var.pow(1.5)
-    kurt = centred.pow(4).mean() / var.pow(2)
-    return float((skew * skew + 1) / kurt)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    denom = a.norm() * b.norm()
-    return float(a @ b / denom) if denom > 0 else float("nan")
-
-
 def normalized_update(state: dict, beta1: float, beta2: float, eps: float) -> torch.Tensor | None:
     """u = m_hat / (sqrt(v_hat) + eps) from an AdamW parameter state, or None before step 1."""
     if "exp_avg" not in state:
@@ -132,7 +112,8 @@ def _ratio(dot: float, squares: float) -> float:
 
 
 def _bimodality_from_moments(n: float, s1: float, s2: float, s3: float, s4: float) -> float:
-    """Sarle's coefficient from the raw power sums of a sample (as `bimodality_coefficient`)."""
+    """Sarle's coefficient (skew^2 + 1) / kurtosis (not in excess) from the raw power sums
+    of a sample."""
     if n < 3:
         return float("nan")
     mean = s1 / n
@@ -143,31 +124,6 @@ def _bimodality_from_moments(n: float, s1: float, s2: float, s3: float, s4: floa
     m4 = s4 / n - 4 * mean * s3 / n + 6 * mean * mean * s2 / n - 3 * mean**4
     skew = m3 / m2**1.5
     return (skew * skew + 1) / (m4 / (m2 * m2))
-
-
-def group_stats(
-    grads: list[torch.Tensor],
-    previous: list[torch.Tensor] | None,
-    updates: list[torch.Tensor],
-    deltas: list[torch.Tensor],
-    params: list[torch.Tensor],
-    eps: float,
-    eps_scale: float,
-) -> dict:
-    """All per-group quantities (see the module docstring) for one group's tensors, aligned
-    lists (`updates`, `deltas` may be empty: those quantities are then left out)."""
-    parts = [
-        tensor_sums(
-            g,
-            previous[i] if previous is not None else None,
-            updates[i] if updates else None,
-            deltas[i] if deltas else None,
-            params[i] if deltas else None,
-            eps_scale * eps,
-        )
-        for i, g in enumerate(grads)
-    ]
-    return stats_from_sums(add_sums(parts), eps, previous is not None, bool(deltas))
 
 
 def update_histogram(updates: list[torch.Tensor]) -> list[float]:

@@ -283,7 +283,9 @@ class Trainer:
             self._rewind(self.step)
         return mean, float(norm)
 
-    def _apply_update(self, loss: float, worst: float, norm, action: str | None) -> None:
+    def _apply_update(
+        self, loss: float, worst: float, norm: torch.Tensor, action: str | None
+    ) -> None:
         """The optimizer step, with the stability monitor around it on its cadence."""
         monitored = self.stability.monitor_step(self.step)
         if monitored:

@@ -16,23 +16,58 @@ from herd.train.trainer import Trainer
 from tests.unit.test_trainer import _config, data  # noqa: F401 - shared prepared shards
 
 
+def _stats(grads, previous=None, updates=None, deltas=None, weights=None, eps=1e-8, scale=10):
+    """A group's statistics the way the monitor computes them: per-tensor sums, added up."""
+    parts = [
+        stats.tensor_sums(
+            g,
+            None if previous is None else previous[i],
+            None if updates is None else updates[i],
+            None if deltas is None else deltas[i],
+            None if weights is None else weights[i],
+            scale * eps,
+        )
+        for i, g in enumerate(grads)
+    ]
+    return stats.stats_from_sums(stats.add_sums(parts), eps, previous is not None, bool(deltas))
+
+
+def _bimodality(u: torch.Tensor) -> float:
+    return _stats([torch.ones_like(u)], updates=[u])["update_bimodality"]
+
+
+def _sarle_direct(x: torch.Tensor) -> float:
+    """The reference: central moments of the float64 sample."""
+    c = x.double() - x.double().mean()
+    var = c.pow(2).mean()
+    return float(((c.pow(3).mean() / var.pow(1.5)) ** 2 + 1) / (c.pow(4).mean() / var.pow(2)))
+
+
+def _cos_direct(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
 def test_bimodality_coefficient_known_values():
-    two_spikes = torch.tensor([-1.0, 1.0] * 500)
-    assert stats.bimodality_coefficient(two_spikes) == pytest.approx(1.0)
+    assert _bimodality(torch.tensor([-1.0, 1.0] * 500)) == pytest.approx(1.0)
     normal = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
-    assert stats.bimodality_coefficient(normal) == pytest.approx(1 / 3, abs=0.01)
+    assert _bimodality(normal) == pytest.approx(1 / 3, abs=0.01)
     uniform = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
-    assert stats.bimodality_coefficient(uniform) == pytest.approx(5 / 9, abs=0.01)
+    assert _bimodality(uniform) == pytest.approx(5 / 9, abs=0.01)
+    assert _bimodality(torch.full((100,), 0.7)) is None  # no spread, no shape
 
 
-def test_normalized_update_cosine_and_histogram():
+def test_normalized_update_cosines_and_histogram():
     m, v = torch.tensor([0.1, -0.2]), torch.tensor([0.04, 0.01])
     state = {"step": torch.tensor(2.0), "exp_avg": m, "exp_avg_sq": v}
     u = stats.normalized_update(state, 0.9, 0.95, 1e-8)
     expected = (m / (1 - 0.9**2)) / ((v / (1 - 0.95**2)).sqrt() + 1e-8)
     torch.testing.assert_close(u, expected)
     assert stats.normalized_update({}, 0.9, 0.95, 1e-8) is None
-    assert stats.cosine(torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 0.0])) == -1.0
+    g = torch.tensor([1.0, 0.0])
+    out = _stats([g], previous=[-2 * g], deltas=[-0.5 * g], weights=[torch.tensor([3.0, 4.0])])
+    assert out["grad_time_corr"] == -1.0 and out["update_grad_cos"] == 1.0
+    assert out["update_weight_ratio"] == pytest.approx(0.5 / 5)
     hist = stats.update_histogram([torch.tensor([-5.0, 0.01, 0.02, 5.0])])
     assert sum(hist) == pytest.approx(1.0) and hist[0] == hist[-1] == 0.25
 
@@ -41,7 +76,7 @@ def test_group_stats_on_eps_scale_gradients():
     eps = 1e-8
     g = torch.full((1000,), 2e-8)
     g[:100] = 1.0
-    out = stats.group_stats([g], [g.clone()], [], [], [torch.ones(1000)], eps, eps_scale=10)
+    out = _stats([g], previous=[g.clone()], eps=eps, scale=10)
     assert out["frac_below_eps"] == pytest.approx(0.9)
     assert out["grad_time_corr"] == pytest.approx(1.0)
     assert out["grad_rms_over_eps"] == pytest.approx(out["grad_rms"] / eps)
@@ -57,19 +92,17 @@ def test_group_stats_from_per_tensor_sums_equal_the_direct_computation():
         + 0.1 * torch.randn(s, generator=gen)
         for s in shapes
     ]
-    out = stats.group_stats(g, prev, u, d, w, eps=1e-8, eps_scale=1e5)
+    out = _stats(g, prev, u, d, w, eps=1e-8, scale=1e5)
 
     def cat(xs):
         return torch.cat([x.double().flatten() for x in xs])
 
-    assert out["update_bimodality"] == pytest.approx(stats.bimodality_coefficient(cat(u)), rel=1e-6)
+    assert out["update_bimodality"] == pytest.approx(_sarle_direct(cat(u)), rel=1e-6)
     assert out["update_abs_mean"] == pytest.approx(float(cat(u).abs().mean()), rel=1e-6)
     assert out["grad_time_corr"] == pytest.approx(
-        stats.cosine(cat(g), cat(prev)), rel=1e-5, abs=1e-7
+        _cos_direct(cat(g), cat(prev)), rel=1e-5, abs=1e-7
     )
-    assert out["update_grad_cos"] == pytest.approx(
-        stats.cosine(cat(d), -cat(g)), rel=1e-5, abs=1e-7
-    )
+    assert out["update_grad_cos"] == pytest.approx(_cos_direct(cat(d), -cat(g)), rel=1e-5, abs=1e-7)
     assert out["update_weight_ratio"] == pytest.approx(
         float(cat(d).norm() / cat(w).norm()), rel=1e-6
     )
