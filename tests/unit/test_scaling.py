@@ -4,6 +4,8 @@ interaction terms and the downstream two-step fit recovered from synthetic data,
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
@@ -12,7 +14,7 @@ from herd import HerdError
 from herd.presets import preset
 from herd.scaling import chinchilla, fits
 from herd.scaling.flops import flops_per_token
-from herd.scaling.plan import plan
+from herd.scaling.plan import _count, llama_shape, plan
 
 LAW = chinchilla.published()
 
@@ -138,3 +140,13 @@ def test_flops_per_token_counts():
     assert flops_per_token(config, 8192) == 6 * dense + 12 * 32 * 4096 * 8192
     tied = preset("llama3.2-1b")  # tied: the table is also the output projection, counted once
     assert flops_per_token(tied, 2048) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 2048
+
+
+def test_plan_parameter_count_is_the_models():
+    # nearest_architecture searches thousands of shapes with a closed-form count; it must be
+    # the count of the model herd builds (ModelConfig.num_params, on the meta device).
+    for dim, layers in ((64, 2), (512, 8), (1024, 16), (4096, 32)):
+        config = llama_shape(dim, layers, vocab_size=32000, max_seq_len=2048)
+        assert _count(config) == config.num_params()
+        tied = dataclasses.replace(config, tie_embeddings=True)
+        assert _count(tied) == tied.num_params()
