@@ -26,6 +26,17 @@ class RunLog:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def metrics_at(self, step: int) -> dict:
+        """The metric lines logged at `step` (training and validation), merged into one."""
+        if not self.metrics.is_file():
+            return {}
+        out: dict = {}
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("step") == step:
+                out.update(record)
+        return out
+
     def metric(self, record: dict) -> None:
         self._append(self.metrics, record)
 

@@ -352,8 +352,11 @@ class Trainer:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
     def fit(self, show_progress: bool = True, stop_at: int | None = None) -> dict:
-        """Train to train.steps (or stop after step `stop_at`, as an interrupted run would)."""
+        """Train to train.steps (or stop after step `stop_at`, as an interrupted run would) and
+        return the last logged metrics (those already logged when the run had finished)."""
         cfg = self.run.train
+        if self.step >= cfg.steps:
+            return self.log.metrics_at(self.step)
         last = {}
         bar = tqdm(
             total=cfg.steps,

@@ -97,6 +97,11 @@ def test_resume_is_bitwise_exact(tmp_path, data):
     b = load_file(tmp_path / "part/checkpoints/step-00000024/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+    # Resuming a finished run trains nothing and reports what the run logged last.
+    again = Trainer(_config(data, tmp_path / "part"), tmp_path / "part", resume=True)
+    last = again.fit(show_progress=False)
+    assert last["step"] == 24 and last["val_bpb"] > 0 and "loss" in last
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
 
 
 def test_resume_after_sigkill(tmp_path, data):
