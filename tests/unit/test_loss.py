@@ -80,3 +80,23 @@ def test_model_loss_equals_loss_of_its_logits():
     per_position = b(tokens, targets=targets, reduction="none")
     assert per_position.shape == (3, 16)
     torch.testing.assert_close(per_position.sum(), ref.detach(), rtol=1e-6, atol=1e-4)
+
+
+def test_target_with_vanishing_probability_keeps_an_exact_loss():
+    # Row 0's target has log-probability about -240: its float32 softmax is 0, so -log p would be
+    # inf; the loss must still equal the log-softmax reference (the fused loss recomputes it).
+    h = torch.full((3, 4), 3.0, requires_grad=True)
+    w = torch.zeros(10, 4)
+    w[0], w[1] = -10.0, 10.0
+    w.requires_grad_()
+    t = torch.tensor([0, 1, 5])
+    ref = F.cross_entropy(F.linear(h, w), t, reduction="sum")
+    ref.backward()
+    ref_h, ref_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = linear_cross_entropy(h, w, t, chunk=2)
+    got.backward()
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(h.grad, ref_h)
+    torch.testing.assert_close(w.grad, ref_w)
