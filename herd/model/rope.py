@@ -53,10 +53,35 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """
     cos = table[..., 0, :].unsqueeze(-2)
     sin = table[..., 1, :].unsqueeze(-2)
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.type_as(x)
+    return _Rotate.apply(x.float(), cos, sin).type_as(x)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(x1 cos - x2 sin, x2 cos + x1 sin) over the two halves of the last dimension, written into
+    one output: four fused element-wise passes, no temporaries and no concatenation."""
+    x1, x2 = x.chunk(2, dim=-1)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+    return out
+
+
+class _Rotate(torch.autograd.Function):
+    """RoPE with a hand-written backward: a rotation's gradient is the inverse rotation (sin
+    negated), one `_rotate` instead of autograd's chain of multiplies, slices and concatenations
+    (a fifth of the element-wise time of a small model's training step on CPU). The table is a
+    buffer and gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
 
 
 def interleaved_to_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
