@@ -29,9 +29,10 @@ def _chunk_rows(rows: int, vocab_size: int, device: torch.device) -> int:
 
     On CPU the [rows, dim] x [dim, vocab] product of a small model runs at 115 GFLOP/s with 262
     rows and 165-185 with 512-2,048 (2 Zen 4 cores, vocabulary 32,000): a short chunk cannot
-    amortise the packing of the whole weight. Measured over the whole fused loss (2,048 rows):
-    262 rows 704 ms, 683 rows 657 ms, 1,024 rows 655 ms, 2,048 rows 706 ms (the logits no longer
-    fit any cache). Llama 3's vocabulary gets ~260 rows per chunk within the same budget.
+    amortise the packing of the whole weight. Measured over the whole fused loss, forward and
+    backward (2,048 rows, 2 threads): 512 rows 592-618 ms, 683 rows 576-582, 1,024 rows 566-591,
+    2,048 rows 558-570; past 512 rows the size hardly matters, so the smaller buffer wins. Llama
+    3's vocabulary gets ~260 rows per chunk within the same budget.
     """
     budget = (128 << 20) if device.type == "cpu" else (1 << 30)
     most = max(64, budget // (4 * vocab_size))
