@@ -348,7 +348,14 @@ CATEGORIES = (
     ("fill / zero", ("aten::fill_", "aten::zero_")),
     (
         "AdamW arithmetic",
-        ("aten::_fused_adam", "aten::_foreach", "aten::lerp_", "aten::addcdiv_", "aten::addcmul_", "aten::sqrt"),
+        (
+            "aten::_fused_adam",
+            "aten::_foreach",
+            "aten::lerp_",
+            "aten::addcdiv_",
+            "aten::addcmul_",
+            "aten::sqrt",
+        ),
     ),
     ("AdamW Python", ("Optimizer.step", "Optimizer.zero_grad")),
 )
