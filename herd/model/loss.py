@@ -70,8 +70,9 @@ def release_workspace() -> None:
 
 
 def _softmax_rows_(logits, safe, keep, hidden, weight):
-    """Turn `logits` [rows, vocab] (float32) into softmax probabilities in place, zero on rows not
-    kept; return each row's loss -log softmax[target] (zero where not kept).
+    """Softmax probabilities of `logits` [rows, vocab] (float32), zero on rows not kept, written
+    over `logits` in eager mode; returns them and each row's loss -log softmax[target] (zero where
+    not kept).
 
     On CPU torch's softmax works row by row in cache (max, exp and sum, scale): one read and one
     write of the chunk instead of the five passes of separate amax, sub, exp, sum and multiply,
@@ -79,12 +80,17 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
     except on rows where that probability is too small to carry precision: those (rare) rows get
     logsumexp - logit from their recomputed logits. CPU's logsumexp costs more than four of the
     softmax passes, while elsewhere it is cheap and needs no host sync, so it is used directly.
+    Under torch.compile the functional form is traced (Inductor fuses it; the in-place `out=` and
+    the data-dependent branch below are what Dynamo and Inductor handle badly).
     """
     picked = logits.gather(1, safe[:, None]).squeeze(1)
+    if torch.compiler.is_compiling():
+        lse = torch.logsumexp(logits, dim=1)
+        return torch.softmax(logits, dim=1) * keep[:, None], (lse - picked) * keep
     if logits.device.type != "cpu":
         lse = torch.logsumexp(logits, dim=1)
         torch.softmax(logits, dim=1, out=logits).mul_(keep[:, None])
-        return (lse - picked) * keep
+        return logits, (lse - picked) * keep
     torch.softmax(logits, dim=1, out=logits)
     if not bool(keep.all()):
         logits.mul_(keep[:, None])
@@ -94,7 +100,7 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
     if bool(tiny.any()):
         exact = torch.mm(hidden[tiny], weight.t()).float()
         loss[tiny] = torch.logsumexp(exact, dim=1) - picked[tiny]
-    return torch.where(keep, loss, 0.0)
+    return logits, torch.where(keep, loss, 0.0)
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -112,7 +118,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         full = dtype == torch.float32
         rows_max = min(chunk, h.shape[0])
-        if not full:
+        if not full or torch.compiler.is_compiling():
             buffer = None
         elif h.device.type == "cpu":
             buffer = _workspace.get(rows_max, w.shape[0])
@@ -122,13 +128,15 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             for start in range(0, h.shape[0], chunk):
                 rows = slice(start, start + chunk)
                 hc, tc = h[rows], targets[rows]
-                out = buffer[: hc.shape[0]] if full else None
-                logits = torch.mm(hc, w.t(), out=out).float()  # .float(): a no-op in float32
+                if buffer is None:
+                    logits = torch.mm(hc, w.t()).float()  # .float(): a no-op in float32
+                else:
+                    logits = torch.mm(hc, w.t(), out=buffer[: hc.shape[0]])
                 keep = tc != IGNORE
                 safe = torch.where(keep, tc, 0)
-                total += _softmax_rows_(logits, safe, keep, hc, w).sum()
                 # d loss / d logits = softmax - onehot(target), zero on ignored rows.
-                grad = logits
+                grad, losses = _softmax_rows_(logits, safe, keep, hc, w)
+                total += losses.sum()
                 grad.scatter_add_(1, safe[:, None], -keep[:, None].to(grad.dtype))
                 if full:
                     torch.mm(grad, w, out=grad_h[rows])

@@ -100,3 +100,23 @@ def test_target_with_vanishing_probability_keeps_an_exact_loss():
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(h.grad, ref_h)
     torch.testing.assert_close(w.grad, ref_w)
+
+
+def test_compiled_training_step_matches_eager():
+    # train.compile = true traces the fused loss, RoPE and the linear layers: their eager-only
+    # fast paths (in-place softmax into a kept buffer, out= writes, oneDNN) must step aside.
+    config = ModelConfig(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=64, max_seq_len=16
+    )
+    eager = herd.build_model(config, seed=3)
+    compiled = herd.build_model(config, seed=3)
+    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(4))
+    targets = tokens.roll(-1, 1)
+    targets[:, -1] = -100
+    ref = eager(tokens, targets=targets)
+    ref.backward()
+    got = torch.compile(compiled)(tokens, targets=targets)
+    got.backward()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
