@@ -31,6 +31,8 @@ from herd.model.rope import apply_rope, rope_table
 
 INIT_STD = 0.02
 
+_eager_loss = torch.compiler.disable(linear_cross_entropy)
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * g, computed in float32 for stability and cast back to the input dtype."""
@@ -191,7 +193,10 @@ class Transformer(nn.Module):
         for block in self.layers:
             x = block(x, rope, input_pos, cache, mask)
         if targets is not None:
-            return linear_cross_entropy(self.norm(x), self.output.weight, targets, reduction)
+            # On CPU the eager fused loss (in-place softmax in a kept buffer) beats what Inductor
+            # makes of it, so a compiled model leaves it out of the graph there.
+            loss = _eager_loss if x.device.type == "cpu" else linear_cross_entropy
+            return loss(self.norm(x), self.output.weight, targets, reduction)
         if last is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last]
         return self.output(self.norm(x))
