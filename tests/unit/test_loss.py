@@ -60,15 +60,21 @@ def test_bfloat16_autocast_close_to_autocast_reference():
     assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
 
 
-def test_model_loss_equals_loss_of_its_logits():
+def _twin_models(seed: int):
+    """Two identical tiny models and a batch whose last position is not counted."""
     config = ModelConfig(
         dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=64, max_seq_len=16
     )
-    a = herd.build_model(config, seed=1)
-    b = herd.build_model(config, seed=1)
-    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(2))
+    a = herd.build_model(config, seed=seed)
+    b = herd.build_model(config, seed=seed)
+    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(seed + 1))
     targets = tokens.roll(-1, 1)
     targets[:, -1] = -100
+    return a, b, tokens, targets
+
+
+def test_model_loss_equals_loss_of_its_logits():
+    a, b, tokens, targets = _twin_models(seed=1)
     logits = a(tokens)
     ref = F.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1), reduction="sum")
     ref.backward()
@@ -103,16 +109,9 @@ def test_target_with_vanishing_probability_keeps_an_exact_loss():
 
 
 def test_compiled_training_step_matches_eager():
-    # train.compile = true traces the fused loss, RoPE and the linear layers: their eager-only
-    # fast paths (in-place softmax into a kept buffer, out= writes, oneDNN) must step aside.
-    config = ModelConfig(
-        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=64, max_seq_len=16
-    )
-    eager = herd.build_model(config, seed=3)
-    compiled = herd.build_model(config, seed=3)
-    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(4))
-    targets = tokens.roll(-1, 1)
-    targets[:, -1] = -100
+    # train.compile = true traces RoPE and the linear layers, whose eager-only fast paths (out=
+    # writes into views, oneDNN) must step aside, and on CPU leaves the fused loss out of the graph.
+    eager, compiled, tokens, targets = _twin_models(seed=3)
     ref = eager(tokens, targets=targets)
     ref.backward()
     got = torch.compile(compiled)(tokens, targets=targets)
