@@ -151,3 +151,34 @@ def test_stdlib_corpus_is_the_library_without_tests():
     names = {f.name for f in files}
     assert {"os.py", "__init__.py", "tokenize.py"} <= names
     assert not any("site-packages" in f.parts or "test" in f.parts for f in files)
+
+
+def test_hugging_face_dataset_source_streams_offline(tmp_path, tokenizer, monkeypatch):
+    # A source that is not a path is a Hugging Face dataset, read with
+    # datasets.load_dataset(name, split="train", streaming=True). Offline, a dataset in the Hub's
+    # layout in a local folder streams through that same call; herd sends local folders to its
+    # file reader, so the test makes this one's name resolve as a dataset's.
+    pytest.importorskip("datasets")
+    import herd.data.sources as sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    repo = tmp_path / "org" / "tiny"
+    (repo / "data").mkdir(parents=True)
+    rows = [{"text": "alpha beta"}, {"title": "no text field"}, {"text": "gamma delta"}]
+    (repo / "data" / "train-00000-of-00001.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows), encoding="utf-8"
+    )
+    real = sources.source_files
+    monkeypatch.setattr(sources, "source_files", lambda s: None if s == str(repo) else real(s))
+    docs = list(iter_documents([str(repo)]))
+    assert [(d.id, d.text) for d in docs] == [
+        (f"{repo}:0", "alpha beta"),
+        (f"{repo}:2", "gamma delta"),  # rows without the text field are skipped, ids keep rows
+    ]
+    prepare([str(repo)], tokenizer, tmp_path / "out", val_fraction=0.0, show_progress=False)
+    assert TokenShards(tmp_path / "out").totals("train")["documents"] == 2
+    with pytest.raises(
+        HerdError, match="dataset 'no-such-org/no-such-dataset': cannot be streamed"
+    ):
+        list(iter_documents(["no-such-org/no-such-dataset"]))
