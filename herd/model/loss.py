@@ -88,9 +88,7 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
         lse = torch.logsumexp(logits, dim=1)
         return torch.softmax(logits, dim=1) * keep[:, None], (lse - picked) * keep
     if logits.device.type != "cpu":
-        lse = torch.logsumexp(logits, dim=1)
-        torch.softmax(logits, dim=1, out=logits).mul_(keep[:, None])
-        return logits, (lse - picked) * keep
+        return _softmax_rows_by_lse_(logits, picked, keep)
     torch.softmax(logits, dim=1, out=logits)
     if not bool(keep.all()):
         logits.mul_(keep[:, None])
@@ -101,6 +99,15 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
         exact = torch.mm(hidden[tiny], weight.t()).float()
         loss[tiny] = torch.logsumexp(exact, dim=1) - picked[tiny]
     return logits, torch.where(keep, loss, 0.0)
+
+
+def _softmax_rows_by_lse_(logits, picked, keep):
+    """`_softmax_rows_` off CPU: logsumexp (one fused kernel), then exp(logits - lse) in place
+    with documented in-place operators (softmax's out= aliasing its input is only verified on
+    CPU)."""
+    lse = torch.logsumexp(logits, dim=1)
+    logits.sub_(lse[:, None]).exp_().mul_(keep[:, None])
+    return logits, (lse - picked) * keep
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):

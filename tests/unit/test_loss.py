@@ -119,3 +119,19 @@ def test_compiled_training_step_matches_eager():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_accelerator_softmax_path_matches_log_softmax():
+    # The path taken off CPU (logsumexp, then exp in place), run here on CPU tensors.
+    from herd.model.loss import _softmax_rows_by_lse_
+
+    gen = torch.Generator().manual_seed(5)
+    logits = 4 * torch.randn(6, 50, generator=gen)
+    t = torch.randint(0, 50, (6,), generator=gen)
+    keep = torch.tensor([True, True, False, True, True, True])
+    picked = logits.gather(1, t[:, None]).squeeze(1)
+    ref_loss = F.cross_entropy(logits, t, reduction="none") * keep
+    ref_probs = torch.softmax(logits, dim=1) * keep[:, None]
+    probs, loss = _softmax_rows_by_lse_(logits.clone(), picked, keep)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(probs, ref_probs)
