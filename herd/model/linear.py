@@ -15,10 +15,11 @@ whole training step of a 6-layer, dim-256 model (bench/train.py's shape) that is
 time. Both are exact float32 products; only the order of the additions differs.
 
 The oneDNN path is taken only where it was measured to pay: CPU, float32 weights and inputs,
-gradients wanted, no autocast, no compilation (Inductor makes its own choice), plain tensors (not
-FSDP's sharded DTensors) and at least 64 rows. Everything else is `F.linear`, so inference, bf16
-autocast and accelerators are unchanged. The parameter is the usual `weight`: checkpoints and
-state dicts are those of `nn.Linear`.
+gradients wanted, no autocast, no compilation (Inductor makes its own choice), plain tensors (FSDP2
+runs the forward on unsharded plain tensors, so it takes this path; tensor-parallel DTensors do
+not) and at least 64 rows. Everything else is `F.linear`, so inference, bf16 autocast and
+accelerators are unchanged. The backward is once-differentiable (double backward raises). The
+parameter is the usual `weight`: checkpoints and state dicts are those of `nn.Linear`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 _MIN_ROWS = 64
 
@@ -48,13 +50,18 @@ def _onednn_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class _OneDNNLinear(torch.autograd.Function):
+    # setup_context style, so torch.func.grad can run through it too.
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         return _onednn_mm(flat, weight).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    @once_differentiable  # oneDNN's op has no derivative: double backward must fail loudly
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         flat_grad = grad.reshape(-1, grad.shape[-1])

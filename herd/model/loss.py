@@ -57,7 +57,7 @@ class _Workspace(threading.local):
     def get(self, rows: int, cols: int) -> torch.Tensor:
         if self.buffer is None or self.buffer.numel() < rows * cols:
             self.buffer = None  # free the old one before allocating the new
-            self.buffer = torch.empty(rows * cols)
+            self.buffer = torch.empty(rows * cols, dtype=torch.float32, device="cpu")
         return self.buffer[: rows * cols].view(rows, cols)
 
 
@@ -95,9 +95,10 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
     prob = logits.gather(1, safe[:, None]).squeeze(1)
     loss = -prob.log()  # rows not kept have prob 0 here: loss inf, zeroed by the mask below
     tiny = keep & (prob < _TINY_PROB)
-    if bool(tiny.any()):
+    if bool(tiny.any()):  # target logit and logsumexp from the same recomputed product
         exact = torch.mm(hidden[tiny], weight.t()).float()
-        loss[tiny] = torch.logsumexp(exact, dim=1) - picked[tiny]
+        target = exact.gather(1, safe[tiny][:, None]).squeeze(1)
+        loss[tiny] = torch.logsumexp(exact, dim=1) - target
     return logits, torch.where(keep, loss, 0.0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from herd.config import ModelConfig, RopeScaling
 
@@ -76,14 +77,20 @@ class _Rotate(torch.autograd.Function):
     """RoPE with a hand-written backward: a rotation's gradient is the inverse rotation (sin
     negated), one `_rotate` instead of autograd's chain of multiplies, slices and concatenations
     (a fifth of the element-wise time of a small model's training step on CPU). The table is a
-    buffer and gets no gradient."""
+    buffer and gets no gradient. setup_context style, so torch.func.grad runs through it; the
+    backward writes with out= and is once-differentiable (double backward raises)."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
+    def forward(x, cos, sin):
         return _rotate(x, cos, sin)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, cos, sin = inputs
+        ctx.save_for_backward(cos, sin)
+
+    @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         return _rotate(grad, cos, -sin), None, None

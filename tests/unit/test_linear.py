@@ -61,3 +61,20 @@ def test_other_cases_are_plain_f_linear():
     double = Linear(48, 80).double()
     assert "OneDNN" not in type(double(x.double()).grad_fn).__name__
     assert set(layer.state_dict()) == {"weight"}  # checkpoints are those of nn.Linear
+
+
+@needs_onednn
+def test_torch_func_grad_and_loud_double_backward():
+    layer, x = _layer_and_input()
+    w = layer.weight.detach()
+
+    def loss(weight):
+        return (linear._OneDNNLinear.apply(x.detach(), weight) ** 2).sum()
+
+    got = torch.func.grad(loss)(w)
+    ref = torch.func.grad(lambda weight: (F.linear(x.detach(), weight) ** 2).sum())(w)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    out = layer(x)
+    (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(grad_x.pow(2).sum(), layer.weight)

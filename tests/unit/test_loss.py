@@ -61,13 +61,14 @@ def test_bfloat16_autocast_close_to_autocast_reference():
 
 
 def _twin_models(seed: int):
-    """Two identical tiny models and a batch whose last position is not counted."""
+    """Two identical tiny models and a batch whose last position is not counted; 4 x 16 = 64 rows,
+    enough for the linear layers' oneDNN training path."""
     config = ModelConfig(
         dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, ffn_dim=64, max_seq_len=16
     )
     a = herd.build_model(config, seed=seed)
     b = herd.build_model(config, seed=seed)
-    tokens = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(seed + 1))
+    tokens = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(seed + 1))
     targets = tokens.roll(-1, 1)
     targets[:, -1] = -100
     return a, b, tokens, targets
@@ -84,7 +85,7 @@ def test_model_loss_equals_loss_of_its_logits():
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-6, msg=name)
     per_position = b(tokens, targets=targets, reduction="none")
-    assert per_position.shape == (3, 16)
+    assert per_position.shape == (4, 16)
     torch.testing.assert_close(per_position.sum(), ref.detach(), rtol=1e-6, atol=1e-4)
 
 
@@ -135,3 +136,17 @@ def test_accelerator_softmax_path_matches_log_softmax():
     probs, loss = _softmax_rows_by_lse_(logits.clone(), picked, keep)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(probs, ref_probs)
+
+
+def test_compiled_loss_matches_unfused():
+    # The traced form of the fused loss (what torch.compile runs off CPU), exercised on CPU.
+    h, w, t = _inputs()
+    ref = F.cross_entropy(F.linear(h, w), t, ignore_index=-100, reduction="sum")
+    ref.backward()
+    ref_h, ref_w = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = torch.compile(linear_cross_entropy)(h, w, t, chunk=7)
+    got.backward()
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(h.grad, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, ref_w, rtol=1e-5, atol=1e-6)

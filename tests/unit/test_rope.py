@@ -64,3 +64,21 @@ def test_layout_permutations_are_inverse():
     # interleaved pair (0, 1) of head 0 becomes rows (0, head_dim / 2)
     moved = interleaved_to_half(w, 8)
     assert torch.equal(moved[0], w[0]) and torch.equal(moved[8], w[1])
+
+
+def test_hand_written_backward_matches_transformers_autograd():
+    config = ModelConfig(
+        dim=64, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=10, ffn_dim=8, max_seq_len=32
+    )
+    table = rope_table(config)
+    q = torch.randn(2, 32, 4, 16, requires_grad=True)
+    upstream = torch.randn(2, 32, 4, 16)
+    cos = torch.cat([table[:, 0], table[:, 0]], dim=-1)[None]
+    sin = torch.cat([table[:, 1], table[:, 1]], dim=-1)[None]
+    expected, _ = apply_rotary_pos_emb(q.transpose(1, 2), q.transpose(1, 2), cos, sin)
+    (ref,) = torch.autograd.grad(expected.transpose(1, 2), q, upstream)
+    (got,) = torch.autograd.grad(apply_rope(q, table), q, upstream)
+    torch.testing.assert_close(got, ref)
+    # torch.func runs through it too (the Function has setup_context)
+    func_grad = torch.func.vjp(lambda x: apply_rope(x, table), q.detach())[1](upstream)[0]
+    torch.testing.assert_close(func_grad, ref)
