@@ -4,29 +4,34 @@ Setting (found by search; the papers' runs need thousands of GPUs): a 4-layer, d
 small, highly repetitive corpus (four English sentences repeated, so the loss falls towards zero
 and the gradients shrink), batch 64 x 64 tokens, AdamW at a constant high learning rate (1e-2
 after 20 warm-up steps), beta2 0.99, eps 1e-12, no weight decay, no gradient clipping. Near zero
-loss the run spikes (step 291 today, 0.03 -> 0.7; 306 before the kernels of November 2026 changed
-the float rounding: the step is chaotic in the last bits). The monitor runs every 2nd step.
+loss the run spikes. The step is chaotic in the last bits of the float rounding, which differs
+between CPUs' kernels: 338 on a 2-core AVX2 EPYC (December 2026), 291 on an AVX-512 Zen 4, 304
+with torch's scalar kernels (ATEN_CPU_CAPABILITY=default), 412 with MKL_CBWR=COMPATIBLE. So the
+run without a response goes on until its first spike (at most --max-steps) and --tail steps past
+it. The monitor runs every 2nd step.
 
-The script trains the same run twice: with `stability.response = log` (the detector only
-records) and with `rewind` (restore the newest checkpoint before the spike and skip batches; the
-k-th rewind skips k x `skip_batches`). It prints, for the records before the first spike, the
-weight matrix whose normalised update u = m_hat / (sqrt(v_hat) + eps) is the most bimodal, with
-its bimodality coefficient, mean |u| and step-to-step gradient cosine; then where the detector
-fired and both runs' final training loss (mean of the last 10 steps). `herd stability report`
-draws the dashboards of each run.
+The same run with `stability.response = rewind` (restore the newest checkpoint before the spike
+and skip batches; the k-th rewind skips k x `skip_batches`) takes the same steps until the spike,
+so it resumes from a copy of that run's last checkpoint before it and goes to the same end step.
+The script prints, for the records up to the first spike, the weight matrix whose normalised
+update u = m_hat / (sqrt(v_hat) + eps) is the most bimodal, with its bimodality coefficient, mean
+|u| and step-to-step gradient cosine; then where the detector fired and both runs' final training
+loss (mean of the last 10 steps). `herd stability report` draws the dashboards of each run.
 
-Measured (2-core CPU, 340 steps, torch 2.13): during the quiet stretch (steps 192-278) every
-matrix's u is unimodal around 0 (largest bimodality coefficient 0.25, mean |u| at most 0.06: m_hat
-is far below sqrt(v_hat)) and the largest update/weight ratio of any layer stays below 5.5e-3. The
-update's size leads: 8e-3 at step 280, 1.2e-2 at 286, 2.6e-2 at 288, 3.2e-2 at 290. At 288, with the
-loss still 0.03, an attention key projection's mean |u| jumps to 0.40 and its bimodality to 0.43;
-the detector fires at 291. The bimodality stays below Sarle's 5/9 on the monitored steps before the
-spike, so the early warning (which needs it) fires only during the spike (292); in the run measured
-before the rounding changed it crossed at 0.58 two steps before the spike. The update / gradient
-cosine does not fall before the spike. Without a response the run ends at 0.0253; with
-rewind-and-skip it rewinds 5 times and ends at 0.0216. The leads are a few steps here, not the tens
-of steps of large runs: in this tiny model the instability grows within a few updates once it
-starts. Other seeds (train.seed 1, 2) and learning rates (9e-3, 1.2e-2) do not spike in 340 steps.
+Measured (2-core AVX2 EPYC, torch 2.13, 2 minutes): over the quiet stretch (steps 238-328, loss
+~0.02) every matrix's u is unimodal around 0 (largest bimodality coefficient 0.33, mean |u| at most
+0.18: m_hat is far below sqrt(v_hat)) and the largest update/weight ratio of any layer stays at or
+below 1.2e-2. At step 332, with the loss still 0.03, the first layer's query projection's mean |u|
+jumps to 0.39 (bimodality 0.43) and the update/weight ratio to 3.2e-2; the detector fires at 338
+(loss 0.04 -> 0.15, mean |u| 0.73, ratio 6.5e-2). The lead varies with the rounding: 6 steps here, 3 on the
+Zen 4, none with the scalar kernels; in every run the spike step's update is 4-6x the quiet
+stretch's largest, in mean |u| and in size. The bimodality crosses Sarle's 5/9 only at the spike
+(0.64), so the early warning (which needs it) fires with the detector. The update / gradient
+cosine does not fall before the spike. 30 steps after the spike the run without a response is at
+0.0485; with rewind-and-skip (2 rewinds) at 0.0207. The leads are a few steps, not the tens of
+steps of large runs: in this tiny model the instability grows within a few updates once it
+starts. Other seeds (train.seed 1, 2) and learning rates (9e-3, 1.2e-2) did not spike in 340
+steps on the Zen 4.
 
     .venv/bin/python experiments/adam_instability.py            # ~2 minutes on 2 cores
     .venv/bin/python experiments/adam_instability.py --out runs/adam-instability
@@ -67,15 +72,9 @@ def prepare_data(root: Path) -> Path:
 LR = "1e-2"
 
 
-def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -> dict:
-    import torch
-
+def config(data: Path, out: Path, steps: int, response: str, skip_batches: int):
     from herd.config import load_run_config
-    from herd.train.trainer import Trainer
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-for-bit the same run on any machine's thread count
-    shutil.rmtree(out, ignore_errors=True)
     overrides = {
         "model.preset": "demo",
         "model.dim": "64",
@@ -105,19 +104,86 @@ def train(data: Path, out: Path, steps: int, response: str, skip_batches: int) -
         "stability.response": response,
         "stability.skip_batches": str(skip_batches),
     }
-    try:
-        Trainer(load_run_config(None, overrides), out).fit(show_progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    return load_run_config(None, overrides)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _spikes(run: Path) -> list[int]:
+    return [e["step"] for e in _jsonl(run / "events.jsonl") if e["event"] == "loss_spike"]
+
+
+class _OneThread:
+    """Training at one thread: the same run bit for bit on any machine's thread count."""
+
+    def __enter__(self):
+        import torch
+
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+
+def train_until_spike(data: Path, out: Path, max_steps: int, tail: int) -> int:
+    """The run without a response (`log`), stopped `tail` steps after its first loss spike (or at
+    `max_steps`). Returns the last step. The spike's step is chaotic in the float rounding, which
+    differs between CPUs' kernels, so the run goes as far as it takes."""
+    from herd.train.trainer import Trainer
+
+    shutil.rmtree(out, ignore_errors=True)
+    with _OneThread():
+        trainer = Trainer(config(data, out, max_steps, "log", 0), out)
+        end = max_steps
+        while trainer.step < end:
+            trainer.fit(show_progress=False, stop_at=min(trainer.step + 10, end))
+            spikes = _spikes(out)
+            if spikes:
+                end = min(end, spikes[0] + tail)
+    return end
+
+
+def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches: int) -> None:
+    """The same run with `rewind`, to step `end`. Before the first spike both runs take the
+    same steps (the response only acts on a spike), so this one resumes from a copy of the plain
+    run's newest checkpoint before the spike: exact resume makes that the run from scratch, at
+    a fraction of the cost."""
+    from herd.train.checkpoint import list_checkpoints
+    from herd.train.trainer import Trainer
+
+    spikes = _spikes(plain)
+    first = spikes[0] if spikes else end + 1
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "checkpoints").mkdir(parents=True)
+    start = 0
+    for ckpt in list_checkpoints(plain / "checkpoints"):
+        step = int(ckpt.name.split("-")[1])
+        if step < first:
+            shutil.copytree(ckpt, out / "checkpoints" / ckpt.name)
+            start = max(start, step)
+    for name in ("metrics.jsonl", "stability.jsonl", "events.jsonl"):
+        kept = [r for r in _jsonl(plain / name) if r["step"] <= start]
+        (out / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with _OneThread():
+        run = config(data, out, end, "rewind", skip_batches)
+        Trainer(run, out, resume=True).fit(show_progress=False, stop_at=end)
+
+
+def summary(run: Path) -> dict:
+    metrics, events = _jsonl(run / "metrics.jsonl"), _jsonl(run / "events.jsonl")
     losses = [m["loss"] for m in metrics if "loss" in m]
     return {
         "final_loss": sum(losses[-10:]) / 10,
         "spikes": [e["step"] for e in events if e["event"] == "loss_spike"],
         "rewinds": [e for e in events if e["event"] == "rewind"],
         "warnings": [e["step"] for e in events if e["event"] == "instability_warning"],
-        "val_loss": next((m["val_loss"] for m in reversed(metrics) if "val_loss" in m), None),
     }
 
 
@@ -147,12 +213,14 @@ def precursors(run: Path, spike: int) -> list[dict]:
     return rows
 
 
-def run_experiment(out: Path, steps: int = 340, skip_batches: int = 20) -> dict:
+def run_experiment(out: Path, max_steps: int = 500, tail: int = 30, skip_batches: int = 20) -> dict:
     data = prepare_data(out / "setup")
-    plain = train(data, out / "log", steps, "log", skip_batches)
-    rewound = train(data, out / "rewind", steps, "rewind", skip_batches)
-    first = plain["spikes"][0] if plain["spikes"] else steps
+    end = train_until_spike(data, out / "log", max_steps, tail)
+    train_with_rewind(data, out / "log", out / "rewind", end, skip_batches)
+    plain, rewound = summary(out / "log"), summary(out / "rewind")
+    first = plain["spikes"][0] if plain["spikes"] else end
     return {
+        "end_step": end,
         "without": plain,
         "with_rewind": rewound,
         "precursors": precursors(out / "log", first),
@@ -174,11 +242,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=340, help="optimizer steps of each run")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=500,
+        help="the run without a response stops here if it has not spiked by then",
+    )
+    p.add_argument(
+        "--tail", type=int, default=30, help="steps both runs go on after the first loss spike"
+    )
     p.add_argument("--skip-batches", type=int, default=20, help="batches skipped after a rewind")
     p.add_argument("--out", type=Path, default=Path("runs/adam-instability"), help="output folder")
     args = p.parse_args(argv)
-    result = run_experiment(args.out, args.steps, args.skip_batches)
+    result = run_experiment(args.out, args.max_steps, args.tail, args.skip_batches)
     rows = result["precursors"]
     print(
         f"{'step':>6}{'loss':>8}  {'most bimodal update':<22}{'bimodality':>11}{'mean |u|':>10}"
