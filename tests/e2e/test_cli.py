@@ -8,7 +8,7 @@ import pytest
 
 import herd
 from herd.checkpoint.io import save_herd_folder
-from tests.e2e.cli_runner import herd_cli, one_line_error
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, ffn_dim=64, max_seq_len=64
@@ -38,16 +38,16 @@ def checkpoint(tmp_path_factory):
 
 
 def test_info_json_for_preset_and_checkpoint(checkpoint):
-    d = json.loads(herd_cli("info", "llama3-8b", "--json").stdout)
+    d = json.loads(herd_cli_inprocess("info", "llama3-8b", "--json").stdout)
     assert d["parameters"] == 8_030_261_248
     assert {"layers", "dim", "heads", "kv_heads", "ffn_dim", "vocab_size"} <= set(d)
-    d = json.loads(herd_cli("info", checkpoint, "--json").stdout)
+    d = json.loads(herd_cli_inprocess("info", checkpoint, "--json").stdout)
     assert d["parameters"] == CONFIG.num_params() and d["kv_heads"] == 2
-    assert "405,853,388,800" in herd_cli("info", "llama3-405b").stdout
+    assert "405,853,388,800" in herd_cli_inprocess("info", "llama3-405b").stdout
 
 
 def test_generate_text_streams_and_stops(checkpoint):
-    proc = herd_cli(
+    proc = herd_cli_inprocess(
         "generate",
         checkpoint,
         "--prompt",
@@ -67,7 +67,7 @@ def test_generate_text_streams_and_stops(checkpoint):
     text = proc.stdout.rstrip("\n")
     if len(text.strip()) > 2:
         stop = text.strip()[1:3]
-        stopped = herd_cli(
+        stopped = herd_cli_inprocess(
             "generate",
             checkpoint,
             "--prompt",
@@ -97,13 +97,13 @@ def test_generate_from_ids(checkpoint, tmp_path):
 
 
 def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
-    one_line_error(herd_cli("info", tmp_path / "nope", check=False), "neither a preset")
+    one_line_error(herd_cli_inprocess("info", tmp_path / "nope", check=False), "neither a preset")
     one_line_error(
-        herd_cli("generate", tmp_path / "nope", "--prompt-ids", "1", check=False),
+        herd_cli_inprocess("generate", tmp_path / "nope", "--prompt-ids", "1", check=False),
         "no such file or folder",
     )
     one_line_error(
-        herd_cli(
+        herd_cli_inprocess(
             "generate",
             checkpoint,
             "--prompt-ids",
@@ -115,19 +115,20 @@ def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
         "exceeds the model's context of 64",
     )
     one_line_error(
-        herd_cli("generate", checkpoint, "--prompt-ids", "1,x", check=False),
+        herd_cli_inprocess("generate", checkpoint, "--prompt-ids", "1,x", check=False),
         "expected comma-separated integers",
     )
     one_line_error(
-        herd_cli("convert", checkpoint, tmp_path / "o", "--to", "gguf", check=False),
+        herd_cli_inprocess("convert", checkpoint, tmp_path / "o", "--to", "gguf", check=False),
         "invalid choice",
     )
 
     broken = tmp_path / "broken"
-    herd_cli("convert", checkpoint, broken)
+    herd_cli_inprocess("convert", checkpoint, broken)
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00")
     one_line_error(
-        herd_cli("generate", broken, "--prompt-ids", "1", check=False), "model.safetensors"
+        herd_cli_inprocess("generate", broken, "--prompt-ids", "1", check=False),
+        "model.safetensors",
     )
 
 
@@ -135,6 +136,7 @@ def test_convert_refuses_to_overwrite(checkpoint, tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
+    # a real `python -m herd` process: its own exit code 2 and one stderr line
     one_line_error(herd_cli("convert", checkpoint, dst, check=False), "already exists")
     assert (dst / "keep.txt").read_text() == "mine"
 

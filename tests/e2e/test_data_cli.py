@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.cli_runner import herd_cli, one_line_error
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_prepare_stdlib(tmp_path, llama3_path):
 def test_prepare_errors(tmp_path, llama3_path):
     (tmp_path / "bad.txt").write_bytes(b"ok \xff")
     one_line_error(
-        herd_cli(
+        herd_cli_inprocess(
             "data",
             "prepare",
             tmp_path / "bad.txt",
@@ -45,6 +45,7 @@ def test_prepare_errors(tmp_path, llama3_path):
         ),
         "bad.txt: invalid UTF-8",
     )
+    # a real `python -m herd` process: its own exit code 2 and one stderr line
     one_line_error(
         herd_cli(
             "data",

@@ -11,7 +11,7 @@ import pytest
 
 from herd.config import load_run_config
 from herd.scaling.chinchilla import ChinchillaLaw, published
-from tests.e2e.cli_runner import herd_cli, one_line_error
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.unit.test_trainer import data  # noqa: F401 - prepared shards with a 300-token BPE
 
 
@@ -29,14 +29,14 @@ def test_fit_csv_and_plan(tmp_path):
         for d in np.geomspace(2e9, 2e11, 5)
     ]
     out = tmp_path / "fit"
-    proc = herd_cli(
+    proc = herd_cli_inprocess(
         "scaling", "fit", _csv(tmp_path / "p.csv", rows), "--out", out, "--bootstrap", "5"
     )
     assert "N_opt" in proc.stdout
     record = json.loads((out / "fit.json").read_text())
     assert abs(record["fit"]["alpha"] / 0.34 - 1) < 0.1
     assert (out / "frontier.png").stat().st_size > 10_000 and (out / "fit.png").is_file()
-    plan = herd_cli(
+    plan = herd_cli_inprocess(
         "scaling",
         "plan",
         "--flops",
@@ -49,25 +49,29 @@ def test_fit_csv_and_plan(tmp_path):
     assert "tokens per parameter" in plan.stdout
     run = load_run_config(str(tmp_path / "plan.toml"))
     assert run.model_config().num_params() > 5e8 and run.train.steps > 1
-    published_plan = herd_cli("scaling", "plan", "--flops", "1e24")
+    published_plan = herd_cli_inprocess("scaling", "plan", "--flops", "1e24")
     assert "97.7 tokens per parameter" in published_plan.stdout
 
 
 def test_bad_input(tmp_path):
     one_line_error(
-        herd_cli("scaling", "fit", _csv(tmp_path / "few.csv", [(1e8, 1e9, 3.0)] * 5), check=False),
+        herd_cli_inprocess(
+            "scaling", "fit", _csv(tmp_path / "few.csv", [(1e8, 1e9, 3.0)] * 5), check=False
+        ),
         "fewer than the 6 needed",
     )
     bad = tmp_path / "nan.csv"
     bad.write_text("params,tokens,loss\n1e8,1e9,3.0\n1e9,1e10,nan\n")
-    one_line_error(herd_cli("scaling", "fit", bad, check=False), "nan.csv:3: loss is NaN")
+    one_line_error(herd_cli_inprocess("scaling", "fit", bad, check=False), "nan.csv:3: loss is NaN")
     neg = _csv(tmp_path / "neg.csv", [(1e8, 1e9, 3.0)] * 6 + [(-1, 1e9, 3.0)])
     one_line_error(
-        herd_cli("scaling", "fit", neg, check=False), "params: every value must be positive"
+        herd_cli_inprocess("scaling", "fit", neg, check=False),
+        "params: every value must be positive",
     )
     cols = tmp_path / "cols.csv"
     cols.write_text("params,loss\n1,2\n")
-    one_line_error(herd_cli("scaling", "fit", cols, check=False), "no 'tokens' column")
+    one_line_error(herd_cli_inprocess("scaling", "fit", cols, check=False), "no 'tokens' column")
+    # a real `python -m herd` process: its own exit code 2 and one stderr line
     one_line_error(herd_cli("scaling", "plan", "--flops", "-5", check=False), "--flops -5")
 
 

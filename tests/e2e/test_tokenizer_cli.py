@@ -11,7 +11,7 @@ import pytest
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.tokenizer.train import train_bpe
-from tests.e2e.cli_runner import herd_cli, one_line_error
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.tokenizer_corpus import CORPUS
 
 CONFIG = herd.ModelConfig(
@@ -41,20 +41,24 @@ def chat_checkpoint(tmp_path_factory):
 
 
 def test_encode_decode_info(llama3_path, tmp_path):
-    out = herd_cli("tokenizer", "encode", llama3_path, "Hello <|eot_id|>", "--bos", "--json")
+    out = herd_cli_inprocess(
+        "tokenizer", "encode", llama3_path, "Hello <|eot_id|>", "--bos", "--json"
+    )
     ids = json.loads(out.stdout)["ids"]
     tok = herd.load_tokenizer(llama3_path)
     assert ids == tok.encode("Hello <|eot_id|>", bos=True)
-    out = herd_cli("tokenizer", "decode", llama3_path, ",".join(map(str, ids)), "--skip-special")
+    out = herd_cli_inprocess(
+        "tokenizer", "decode", llama3_path, ",".join(map(str, ids)), "--skip-special"
+    )
     assert out.stdout == "Hello <|eot_id|>\n"
-    info = json.loads(herd_cli("tokenizer", "info", llama3_path, "--json").stdout)
+    info = json.loads(herd_cli_inprocess("tokenizer", "info", llama3_path, "--json").stdout)
     assert info["vocab_size"] == 128256 and info["chat_format"] == "llama3"
 
     dialog = tmp_path / "dialog.json"
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
     dialog.write_text(json.dumps(messages))
     got = json.loads(
-        herd_cli("tokenizer", "encode", llama3_path, "--dialog", dialog, "--json").stdout
+        herd_cli_inprocess("tokenizer", "encode", llama3_path, "--dialog", dialog, "--json").stdout
     )
     assert got == tok.encode_dialog(messages)._asdict()
 
@@ -71,11 +75,13 @@ def test_train_from_the_command_line(tmp_path):
 def test_tokenizer_bad_input(tmp_path, llama3_path):
     broken = tmp_path / "tokenizer.json"
     broken.write_text("{not json")
-    one_line_error(herd_cli("tokenizer", "info", broken, check=False), "not a valid tokenizer.json")
+    one_line_error(
+        herd_cli_inprocess("tokenizer", "info", broken, check=False), "not a valid tokenizer.json"
+    )
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xc3\x28 broken utf-8")
     one_line_error(
-        herd_cli(
+        herd_cli_inprocess(
             "tokenizer", "train", bad, "--vocab-size", "300", "--out", tmp_path / "o", check=False
         ),
         "invalid UTF-8 at byte 3",
@@ -83,20 +89,20 @@ def test_tokenizer_bad_input(tmp_path, llama3_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     one_line_error(
-        herd_cli(
+        herd_cli_inprocess(
             "tokenizer", "train", empty, "--vocab-size", "300", "--out", tmp_path / "o", check=False
         ),
         "empty",
     )
     one_line_error(
-        herd_cli("tokenizer", "decode", llama3_path, "5,999999", check=False),
+        herd_cli_inprocess("tokenizer", "decode", llama3_path, "5,999999", check=False),
         "outside the vocabulary",
     )
     assert not (tmp_path / "o").exists()
 
 
 def test_generate_chat_and_repl(chat_checkpoint):
-    out = herd_cli(
+    out = herd_cli_inprocess(
         "generate",
         chat_checkpoint,
         "--prompt",
@@ -146,7 +152,7 @@ def test_convert_carries_tokenizer(chat_checkpoint, tmp_path):
 
 
 def test_generate_infill(chat_checkpoint):
-    out = herd_cli(
+    out = herd_cli_inprocess(
         "generate",
         chat_checkpoint,
         "--prompt",
@@ -158,6 +164,7 @@ def test_generate_infill(chat_checkpoint):
         "0",
     )
     assert out.stdout.startswith("x = [") and out.stdout.endswith("]\n")
+    # a real `python -m herd` process: its own exit code 2 and one stderr line
     one_line_error(
         herd_cli("generate", chat_checkpoint, "--prompt", "no sentinel", "--infill", check=False),
         "exactly once",

@@ -10,7 +10,7 @@ import pytest
 
 import herd
 from herd.data.shards import TokenShards, prepare
-from tests.e2e.cli_runner import herd_cli, one_line_error
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.multilingual_corpus import LANGUAGES, LOW_RESOURCE, write_corpus
 
 
@@ -84,20 +84,24 @@ def test_bad_input(tmp_path, built):
     (empty / "eng_Latn.txt").write_text("some text\n")
     (empty / "fra_Latn.txt").write_text("\n\n")
     one_line_error(
-        herd_cli("vocab", "build", empty, "--size", "1000", "--out", tmp_path / "o", check=False),
+        herd_cli_inprocess(
+            "vocab", "build", empty, "--size", "1000", "--out", tmp_path / "o", check=False
+        ),
         "fra_Latn.txt: empty language file",
     )
     latin1 = tmp_path / "latin1"
     latin1.mkdir()
     (latin1 / "deu_Latn.txt").write_bytes("Grüße aus Köln\n".encode("latin-1"))
     one_line_error(
-        herd_cli("vocab", "build", latin1, "--size", "1000", "--out", tmp_path / "o", check=False),
+        herd_cli_inprocess(
+            "vocab", "build", latin1, "--size", "1000", "--out", tmp_path / "o", check=False
+        ),
         "deu_Latn.txt: not UTF-8",
     )
     small = tmp_path / "small"
     small.mkdir()
     (small / "eng_Latn.txt").write_text("a tiny corpus\nwith two lines\n" * 3)
-    proc = herd_cli(
+    proc = herd_cli_inprocess(
         "vocab",
         "build",
         small,
@@ -113,7 +117,7 @@ def test_bad_input(tmp_path, built):
     )
     one_line_error(proc, "supports", "fewer than --size 5000")
     assert not (tmp_path / "o").exists()  # nothing half-written
-    proc = herd_cli(
+    proc = herd_cli_inprocess(
         "vocab",
         "build",
         small,
@@ -129,7 +133,7 @@ def test_bad_input(tmp_path, built):
     )
     assert "warning" in proc.stderr and (tmp_path / "o" / "tokenizer.model").is_file()
     one_line_error(
-        herd_cli(
+        herd_cli_inprocess(
             "vocab",
             "build",
             corpus,
@@ -163,6 +167,7 @@ def test_jsonl_corpus_matches_the_folder(tmp_path, built):
         assert from_jsonl[lang].held_out == from_folder[lang].held_out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"language": "x"}\n')
+    # a real `python -m herd` process: its own exit code 2 and one stderr line
     one_line_error(
         herd_cli("vocab", "build", bad, "--size", "1000", "--out", tmp_path / "o", check=False),
         "bad.jsonl:1: expected a JSON object with 'language'",
