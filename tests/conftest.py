@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist every worker would start as many compute threads as there are cores;
+    with two workers on two cores OpenMP's spinning threads then fight over the cores and steps
+    take several times longer. Each worker (and every process it starts, through the OMP_NUM_THREADS
+    it inherits) gets its share instead."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+_share_cores_between_workers()
 
 
 @pytest.fixture(autouse=True)
