@@ -37,6 +37,22 @@ def test_sum_and_gradients_match_unfused(chunk):
     assert float(h.grad[::4].abs().sum()) == 0.0  # ignored rows get no gradient
 
 
+def test_gradients_are_given_away_once():
+    # backward hands its precomputed gradients over (scaled in place, moved into .grad): a
+    # second pass through the same graph, or a gradient of the gradient, must fail, not be wrong
+    h, w, t = _inputs()
+    loss = linear_cross_entropy(h, w, t, chunk=16)
+    (2.0 * loss).backward(retain_graph=True)
+    first = w.grad.clone()
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+    torch.testing.assert_close(w.grad, first)  # the failed pass added nothing
+    h.grad = w.grad = None
+    (g,) = torch.autograd.grad(linear_cross_entropy(h, w, t), h, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
 def test_per_position_losses_and_all_ignored():
     h, w, t = _inputs()
     got = linear_cross_entropy(h.detach(), w.detach(), t.view(5, 6), reduction="none", chunk=4)
