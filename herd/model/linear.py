@@ -2,17 +2,24 @@
 
 PyTorch sends a float32 `F.linear` on CPU to MKL's sgemm. oneDNN (bundled with PyTorch, the library
 its CPU inference and Inductor paths use) runs the same float32 products faster for a Llama block's
-shapes on the AVX-512 CPU this was measured on (2-core Zen 4, one thread, 2,048 rows):
+shapes on some CPUs and slower on others (one thread, 2,048 rows, GFLOP/s; weight gradients stay on
+MKL everywhere, where they are at least as fast):
 
-    product                 shape (rows x in -> out)   MKL GFLOP/s   oneDNN GFLOP/s
-    forward  x W^T          2048 x 256 -> 704              99            106
-    forward  x W^T          2048 x 704 -> 256              93            107
-    input gradient  g W     2048 x 704 -> 256              96            107
-    weight gradient g^T x   704 x 2048 -> 256              97             84
+    product                 shape (rows x in -> out)   AVX-512 Zen 4       AVX2 EPYC
+                                                       MKL    oneDNN       MKL    oneDNN
+    forward  x W^T          2048 x 256 -> 704           99     106          73     62
+    forward  x W^T          2048 x 704 -> 256           93     107          78     69
+    input gradient  g W     2048 x 704 -> 256           96     107          78     69
+    forward, input grad.    2048 x 256 -> 256            -       -          75     70
 
-so the forward and the input gradient go to oneDNN and the weight gradient stays with MKL. Over a
-whole training step of a 6-layer, dim-256 model (bench/train.py's shape) that is 5-7% less CPU
-time. Both are exact float32 products; only the order of the additions differs.
+(the AVX2 figures are per call inside bench/train.py's training step, from torch.profiler; each
+row there also holds the input gradients of the same shape). So oneDNN takes the forward and the
+input gradient where the CPU has AVX-512, which made a whole step of a 6-layer, dim-256 model
+(bench/train.py's shape) 5-7% cheaper there, and MKL keeps them on AVX2-only CPUs, where oneDNN
+made the same step 1-2.5% dearer (profiled: 67 ms of 2.7 s; interleaved steps' CPU-time medians
+2,417 against 2,402 ms). The choice is fixed per machine (torch's CPU capability), never timed at
+run time: both are exact float32 products whose additions run in a different order, and a run
+resumed on the same machine must repeat the same arithmetic bit for bit.
 
 The oneDNN path is taken only where it was measured to pay: CPU, float32 weights and inputs,
 gradients wanted, no autocast, no compilation (Inductor makes its own choice), plain tensors (FSDP2
@@ -41,7 +48,11 @@ def _onednn_available() -> bool:
         return False
 
 
-_ONEDNN = _onednn_available()
+# torch's CPU capabilities on which oneDNN's products were measured faster (module docstring)
+_ONEDNN_FASTER_ON = {"AVX512"}
+
+ONEDNN_AVAILABLE = _onednn_available()
+_ONEDNN = ONEDNN_AVAILABLE and torch.backends.cpu.get_cpu_capability() in _ONEDNN_FASTER_ON
 
 
 def _onednn_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import herd
 from herd.config import ModelConfig
+from herd.model import linear
 from herd.model.loss import linear_cross_entropy
 
 
@@ -76,6 +77,13 @@ def test_bfloat16_autocast_close_to_autocast_reference():
     assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
 
 
+@pytest.fixture
+def onednn(monkeypatch):
+    """The linear layers' oneDNN training path, wherever torch has it (by default it is taken only
+    on CPUs where it was measured faster)."""
+    monkeypatch.setattr(linear, "_ONEDNN", linear.ONEDNN_AVAILABLE)
+
+
 def _twin_models(seed: int):
     """Two identical tiny models and a batch whose last position is not counted; 4 x 16 = 64 rows,
     enough for the linear layers' oneDNN training path."""
@@ -90,7 +98,7 @@ def _twin_models(seed: int):
     return a, b, tokens, targets
 
 
-def test_model_loss_equals_loss_of_its_logits():
+def test_model_loss_equals_loss_of_its_logits(onednn):
     a, b, tokens, targets = _twin_models(seed=1)
     logits = a(tokens)
     ref = F.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1), reduction="sum")
@@ -125,7 +133,7 @@ def test_target_with_vanishing_probability_keeps_an_exact_loss():
     torch.testing.assert_close(w.grad, ref_w)
 
 
-def test_compiled_training_step_matches_eager():
+def test_compiled_training_step_matches_eager(onednn):
     # train.compile = true traces RoPE and the linear layers, whose eager-only fast paths (out=
     # writes into views, oneDNN) must step aside, and on CPU leaves the fused loss out of the graph.
     eager, compiled, tokens, targets = _twin_models(seed=3)
