@@ -143,7 +143,8 @@ def train_until_spike(data: Path, out: Path, max_steps: int, tail: int) -> int:
         trainer = Trainer(config(data, out, max_steps, "log", 0), out)
         end = max_steps
         while trainer.step < end:
-            trainer.fit(show_progress=False, stop_at=min(trainer.step + 10, end))
+            # spikes are looked for every few steps, never more than `tail` apart
+            trainer.fit(show_progress=False, stop_at=min(trainer.step + min(10, tail), end))
             spikes = _spikes(out)
             if spikes:
                 end = min(end, spikes[0] + tail)

@@ -27,6 +27,11 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: the cores this process may run on (xdist would count the host's)."""
+    return len(os.sched_getaffinity(0))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -17,9 +17,10 @@ row there also holds the input gradients of the same shape). So oneDNN takes the
 input gradient where the CPU has AVX-512, which made a whole step of a 6-layer, dim-256 model
 (bench/train.py's shape) 5-7% cheaper there, and MKL keeps them on AVX2-only CPUs, where oneDNN
 made the same step 1-2.5% dearer (profiled: 67 ms of 2.7 s; interleaved steps' CPU-time medians
-2,417 against 2,402 ms). The choice is fixed per machine (torch's CPU capability), never timed at
-run time: both are exact float32 products whose additions run in a different order, and a run
-resumed on the same machine must repeat the same arithmetic bit for bit.
+2,417 against 2,402 ms). The choice is fixed per machine (torch's CPU capability, which the
+ATEN_CPU_CAPABILITY variable can lower), never timed at run time: both are exact float32 products
+whose additions run in a different order, and a run resumed on the same machine must repeat the
+same arithmetic bit for bit.
 
 The oneDNN path is taken only where it was measured to pay: CPU, float32 weights and inputs,
 gradients wanted, no autocast, no compilation (Inductor makes its own choice), plain tensors (FSDP2

@@ -174,8 +174,18 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return total
 
     @staticmethod
-    @once_differentiable  # the gradients are constants here: double backward must fail loudly
     def backward(ctx, grad_total):
+        # The gradients are constants here, so a gradient of them would silently lack the
+        # second-order terms: refuse create_graph (the engine enables grad mode only for it).
+        if ctx.owned is not None and torch.is_grad_enabled():
+            raise RuntimeError(
+                "linear_cross_entropy: double backward (create_graph=True) is not supported"
+            )
+        return _LinearCrossEntropySum._scaled(ctx, grad_total)
+
+    @staticmethod
+    @once_differentiable
+    def _scaled(ctx, grad_total):
         if ctx.owned is None:
             grad_h, grad_w = ctx.saved_tensors
             return grad_h * grad_total, grad_w * grad_total, None, None
