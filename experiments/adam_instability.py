@@ -113,8 +113,12 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _event_steps(events: list[dict], name: str) -> list[int]:
+    return [e["step"] for e in events if e["event"] == name]
+
+
 def _spikes(run: Path) -> list[int]:
-    return [e["step"] for e in _jsonl(run / "events.jsonl") if e["event"] == "loss_spike"]
+    return _event_steps(_jsonl(run / "events.jsonl"), "loss_spike")
 
 
 class _OneThread:
@@ -156,7 +160,7 @@ def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches
     same steps (the response only acts on a spike), so this one resumes from a copy of the plain
     run's newest checkpoint before the spike: exact resume makes that the run from scratch, at
     a fraction of the cost."""
-    from herd.train.checkpoint import list_checkpoints
+    from herd.train.checkpoint import checkpoint_step, list_checkpoints
     from herd.train.trainer import Trainer
 
     spikes = _spikes(plain)
@@ -165,7 +169,7 @@ def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches
     (out / "checkpoints").mkdir(parents=True)
     start = 0
     for ckpt in list_checkpoints(plain / "checkpoints"):
-        step = int(ckpt.name.split("-")[1])
+        step = checkpoint_step(ckpt)
         if step < first:
             shutil.copytree(ckpt, out / "checkpoints" / ckpt.name)
             start = max(start, step)
@@ -182,9 +186,9 @@ def summary(run: Path) -> dict:
     losses = [m["loss"] for m in metrics if "loss" in m]
     return {
         "final_loss": sum(losses[-10:]) / 10,
-        "spikes": [e["step"] for e in events if e["event"] == "loss_spike"],
+        "spikes": _event_steps(events, "loss_spike"),
         "rewinds": [e for e in events if e["event"] == "rewind"],
-        "warnings": [e["step"] for e in events if e["event"] == "instability_warning"],
+        "warnings": _event_steps(events, "instability_warning"),
     }
 
 
@@ -234,8 +238,7 @@ def bimodal_onset(run: Path, spike: int) -> dict | None:
     """Where the updates turned bimodal near +-1 before the spike (the report's rule)."""
     from herd.train.stability_report import bimodal_onset as onset
 
-    records = [json.loads(x) for x in (run / "stability.jsonl").read_text().splitlines()]
-    found = onset(records, spike)
+    found = onset(_jsonl(run / "stability.jsonl"), spike)
     return None if found is None else {"step": found[0], "matrix": found[1], **found[2]}
 
 

@@ -172,12 +172,17 @@ def _checksums(tmp: Path, rank: int, world: int, device: torch.device) -> dict[s
     }
 
 
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint folder (checkpoints/step-NNNNNNNN) was written at."""
+    return int(path.name[len(PREFIX) :])
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first (temporary siblings are not listed)."""
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
 
 
 def verify(path: Path) -> str | None:
@@ -211,7 +216,7 @@ def load_latest(
     contents["format"] is "full" (with "model" and "optimizer" state dicts) or "sharded" (their
     shards stay on disk, in train_state/model and train_state/optimizer, for DCP to load)."""
     for path in reversed(list_checkpoints(folder)):
-        if before is not None and int(path.name[len(PREFIX) :]) >= before:
+        if before is not None and checkpoint_step(path) >= before:
             continue
         problem = verify(path)
         if problem is not None:
