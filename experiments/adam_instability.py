@@ -167,15 +167,12 @@ def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches
     first = spikes[0] if spikes else end + 1
     shutil.rmtree(out, ignore_errors=True)
     (out / "checkpoints").mkdir(parents=True)
-    start = 0
     for ckpt in list_checkpoints(plain / "checkpoints"):
-        step = checkpoint_step(ckpt)
-        if step < first:
+        if checkpoint_step(ckpt) < first:
             shutil.copytree(ckpt, out / "checkpoints" / ckpt.name)
-            start = max(start, step)
+    # copied whole: the resume drops their lines past its checkpoint
     for name in ("metrics.jsonl", "stability.jsonl", "events.jsonl"):
-        kept = [r for r in _jsonl(plain / name) if r["step"] <= start]
-        (out / name).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        shutil.copy(plain / name, out / name)
     with _OneThread():
         run = config(data, out, end, "rewind", skip_batches)
         Trainer(run, out, resume=True).fit(show_progress=False, stop_at=end)

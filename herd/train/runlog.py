@@ -10,6 +10,15 @@ import json
 import time
 from pathlib import Path
 
+# Events that record the resume history itself: kept when a resume drops the steps after its
+# checkpoint, since the resumed run does not log them again.
+_HISTORY = ("resume", "checkpoint_skipped")
+
+
+def _kept(line: str, step: int) -> bool:
+    record = json.loads(line)
+    return record["step"] <= step or record.get("event") in _HISTORY
+
 
 class RunLog:
     """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
@@ -45,3 +54,16 @@ class RunLog:
 
     def event(self, step: int, event: str, **details) -> None:
         self._append(self.events, {"step": step, "event": event, "time": time.time(), **details})
+
+    def truncate(self, step: int) -> None:
+        """Drop what was logged past `step`, the checkpoint a run resumes from: the resumed run
+        logs those steps (metrics, stability records and their events: spikes, checkpoints,
+        rewinds) again, so a crash and resume leaves the files of an uninterrupted run, plus the
+        resume history (`resume`, `checkpoint_skipped` events)."""
+        if not self.enabled:
+            return
+        for path in (self.metrics, self.run_dir / "stability.jsonl", self.events):
+            if path.exists():
+                lines = path.read_text(encoding="utf-8").splitlines()
+                kept = [x for x in lines if x.strip() and _kept(x, step)]
+                path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")

@@ -12,7 +12,6 @@ run killed at any point and resumed matches the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -26,6 +25,7 @@ from herd.data.batches import PackedBatches
 from herd.data.objectives import make_batch
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
+from herd.model.loss import release_workspace
 from herd.model.masks import PackedAttention
 from herd.model.transformer import build_model
 from herd.train import distributed
@@ -135,7 +135,7 @@ class Trainer:
         if path is None:
             self.log.event(0, "resume", checkpoint=None)
             return
-        self._truncate_logs(self.step)
+        self.log.truncate(self.step)
         self.log.event(self.step, "resume", checkpoint=str(path))
 
     def _restore(self, before: int | None = None) -> Path | None:
@@ -171,14 +171,6 @@ class Trainer:
             state.get("stability", {}), self.optimizer, self.run.optim.eps
         )
         return path
-
-    def _truncate_logs(self, step: int) -> None:
-        """Drop metric lines past the checkpoint: the resumed run writes them again."""
-        for path in (self.log.metrics, self.run_dir / "stability.jsonl"):
-            if self.rank == 0 and path.exists():
-                lines = path.read_text().splitlines()
-                kept = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
-                path.write_text("".join(x + "\n" for x in kept))
 
     def save_checkpoint(self) -> Path:
         rng = {"torch": torch.get_rng_state(), "objective": self.generator.get_state()}
@@ -366,43 +358,47 @@ class Trainer:
             disable=None if show_progress else True,
         )
         clock, tokens_at = time.perf_counter(), self.tokens
-        while self.step < cfg.steps:
-            before = self.step
-            loss, norm = self.train_step()
-            if self.step <= before:  # rewound to an earlier checkpoint: nothing to log or save
-                bar.n = self.step
-                bar.refresh()
-                continue
-            bar.update(1)
-            final = self.step == cfg.steps
-            if self.step % cfg.log_every == 0 or final:
-                now = time.perf_counter()
-                rate = (self.tokens - tokens_at) / max(now - clock, 1e-9)
-                clock, tokens_at = now, self.tokens
-                peak = PEAK_FLOPS.get(self.device.type)
-                last = {
-                    "step": self.step,
-                    "tokens": self.tokens,
-                    "loss": loss,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "grad_norm": norm,
-                    "tokens_per_s": rate,
-                    "mfu": rate * self.flops_per_token / peak if peak else None,
-                    "memory_gib": self._memory(),
-                }
-                self.log.metric(last)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
-            if self.step % cfg.eval_every == 0 or final:
-                val = self.evaluate()
-                if val is not None:
-                    self.log.metric({"step": self.step, "tokens": self.tokens, **val})
-                    last.update(val)
-            if self.step % cfg.checkpoint_every == 0 or final:
-                self.save_checkpoint()
-            if stop_at is not None and self.step >= stop_at:
-                bar.close()
-                return last
-        bar.close()
+        try:
+            while self.step < cfg.steps:
+                before = self.step
+                loss, norm = self.train_step()
+                if self.step <= before:  # rewound to an earlier checkpoint: nothing to log or save
+                    bar.n = self.step
+                    bar.refresh()
+                    continue
+                bar.update(1)
+                final = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or final:
+                    now = time.perf_counter()
+                    rate = (self.tokens - tokens_at) / max(now - clock, 1e-9)
+                    clock, tokens_at = now, self.tokens
+                    peak = PEAK_FLOPS.get(self.device.type)
+                    last = {
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        "loss": loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "grad_norm": norm,
+                        "tokens_per_s": rate,
+                        "mfu": rate * self.flops_per_token / peak if peak else None,
+                        "memory_gib": self._memory(),
+                    }
+                    self.log.metric(last)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                if self.step % cfg.eval_every == 0 or final:
+                    val = self.evaluate()
+                    if val is not None:
+                        self.log.metric({"step": self.step, "tokens": self.tokens, **val})
+                        last.update(val)
+                if self.step % cfg.checkpoint_every == 0 or final:
+                    self.save_checkpoint()
+                if stop_at is not None and self.step >= stop_at:
+                    return last
+        finally:
+            bar.close()
+            # The fused loss keeps its CPU logits buffer (up to 128 MiB) between steps; a
+            # finished or stopped run gives it back.
+            release_workspace()
         if self.rank == 0:
             from herd.train.plots import plot_run
 

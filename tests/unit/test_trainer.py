@@ -70,6 +70,14 @@ def _losses(run_dir: Path) -> list[float]:
     return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
 
 
+def _records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _steps(path: Path) -> list[int]:
+    return [r["step"] for r in _records(path)]
+
+
 def test_loss_decreases_and_run_folder(tmp_path, data):
     run = _config(data, tmp_path / "run", **{"optim.lr": "1e-2"})
     last = Trainer(run, tmp_path / "run").fit(show_progress=False)
@@ -91,12 +99,24 @@ def test_resume_is_bitwise_exact(tmp_path, data):
     Trainer(full, tmp_path / "full").fit(show_progress=False)
     part = _config(data, tmp_path / "part")
     Trainer(part, tmp_path / "part").fit(show_progress=False, stop_at=10)  # newest ckpt: 8
+    # Damage the newest checkpoint: the resume falls back to step 4, behind logged lines
+    # (metrics up to 10, the checkpoint event of 8) that the resumed run logs again.
+    newest = tmp_path / "part/checkpoints/step-00000008/model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10] + b"0123456789")
     resumed = _config(data, tmp_path / "part")
-    Trainer(resumed, tmp_path / "part", resume=True).fit(show_progress=False)
+    assert Trainer(resumed, tmp_path / "part", resume=True).fit(show_progress=False)["step"] == 24
     a = load_file(tmp_path / "full/checkpoints/step-00000024/model.safetensors")
     b = load_file(tmp_path / "part/checkpoints/step-00000024/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+    # The run folder reads as if uninterrupted, plus the resume history.
+    for name in ("metrics.jsonl", "stability.jsonl"):
+        assert _steps(tmp_path / "full" / name) == _steps(tmp_path / "part" / name)
+    events = [(e["step"], e["event"]) for e in _records(tmp_path / "part/events.jsonl")]
+    history = [e for e in events if e[1] in ("resume", "checkpoint_skipped")]
+    assert history == [(0, "checkpoint_skipped"), (4, "resume")]
+    replayed = [e for e in events if e not in history]
+    assert replayed == [(e["step"], e["event"]) for e in _records(tmp_path / "full/events.jsonl")]
     # Resuming a finished run trains nothing and reports what the run logged last.
     again = Trainer(_config(data, tmp_path / "part"), tmp_path / "part", resume=True)
     last = again.fit(show_progress=False)
