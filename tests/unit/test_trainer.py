@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from herd import HerdError
 from herd.config import load_run_config
 from herd.data.shards import prepare
+from herd.model import loss as loss_module
 from herd.tokenizer.train import train_bpe
 from herd.train.trainer import Trainer
 from tests.tokenizer_corpus import CORPUS
@@ -81,6 +82,7 @@ def _steps(path: Path) -> list[int]:
 def test_loss_decreases_and_run_folder(tmp_path, data):
     run = _config(data, tmp_path / "run", **{"optim.lr": "1e-2"})
     last = Trainer(run, tmp_path / "run").fit(show_progress=False)
+    assert loss_module._workspace.buffer is None  # the kept logits buffer is given back
     losses = _losses(tmp_path / "run")
     assert losses[-1] < losses[0] - 0.5
     assert last["val_bpb"] > 0
