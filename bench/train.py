@@ -33,7 +33,8 @@ default.
 Threads: `--threads 1 2` runs the benchmark once per count. On a small shared machine, OpenMP's
 spinning workers make multi-threaded steps erratic when another process holds a core (seen here: 2
 threads took ~11 s per step against ~2.8 s with 1 thread); OMP_WAIT_POLICY=PASSIVE (set before
-Python starts; it is recorded in the JSON) brought 2 threads back to ~3 s per step.
+Python starts; it is recorded in the JSON) brought 2 threads back to ~3 s per step. On an idle
+machine leave it unset: sleeping workers made herd's block products a quarter slower at 2 threads.
 
 Correctness: the two engines' losses on the first batch (same weights, nothing updated yet) must
 agree within `--loss-tol`; later losses drift apart only by float32 rounding, and the largest
