@@ -26,7 +26,7 @@ The oneDNN path is taken only where it was measured to pay: CPU, float32 weights
 gradients wanted, no autocast, no compilation (Inductor makes its own choice), plain tensors (FSDP2
 runs the forward on unsharded plain tensors, so it takes this path; tensor-parallel DTensors do
 not) and at least 64 rows. Everything else is `F.linear`, so inference, bf16 autocast and
-accelerators are unchanged. The backward is once-differentiable (double backward raises). The
+accelerators are unchanged. The backward is differentiable (double backward works). The
 parameter is the usual `weight`: checkpoints and state dicts are those of `nn.Linear`.
 """
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 _MIN_ROWS = 64
 
@@ -73,13 +72,14 @@ class _OneDNNLinear(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    @once_differentiable  # oneDNN's op has no derivative: double backward must fail loudly
     def backward(ctx, grad: torch.Tensor):
+        # Both gradients are products again, the input's through this Function (g W is the
+        # linear map of g by W^T), so the backward is differentiable to any order.
         x, weight = ctx.saved_tensors
         flat_grad = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # g @ W, i.e. g @ (W^T)^T
-            grad_x = _onednn_mm(flat_grad, weight.t()).view(x.shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = _OneDNNLinear.apply(flat_grad, weight.t()).view(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = torch.mm(flat_grad.t(), x.reshape(-1, x.shape[-1]))
         return grad_x, grad_w

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from herd.config import ModelConfig, RopeScaling
 
@@ -77,8 +76,9 @@ class _Rotate(torch.autograd.Function):
     """RoPE with a hand-written backward: a rotation's gradient is the inverse rotation (sin
     negated), one `_rotate` instead of autograd's chain of multiplies, slices and concatenations
     (a fifth of the element-wise time of a small model's training step on CPU). The table is a
-    buffer and gets no gradient. setup_context style, so torch.func.grad runs through it; the
-    backward writes with out= and is once-differentiable (double backward raises)."""
+    buffer and gets no gradient. The backward is this Function again, so it is differentiable
+    to any order (create_graph, double backward); setup_context style, so torch.func runs
+    through it."""
 
     @staticmethod
     def forward(x, cos, sin):
@@ -90,10 +90,9 @@ class _Rotate(torch.autograd.Function):
         ctx.save_for_backward(cos, sin)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin), None, None
+        return _Rotate.apply(grad, cos, -sin), None, None
 
 
 def interleaved_to_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -71,7 +71,7 @@ def test_other_cases_are_plain_f_linear():
 
 
 @needs_onednn
-def test_torch_func_grad_and_loud_double_backward():
+def test_torch_func_grad_and_double_backward():
     layer, x = _layer_and_input()
     w = layer.weight.detach()
 
@@ -81,7 +81,17 @@ def test_torch_func_grad_and_loud_double_backward():
     got = torch.func.grad(loss)(w)
     ref = torch.func.grad(lambda weight: (F.linear(x.detach(), weight) ** 2).sum())(w)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+    # Second order (gradient penalties, Hessian-vector products) through the backward's own
+    # products, against F.linear's.
+    def second_order(forward):
+        out = forward(x)
+        (grad_x,) = torch.autograd.grad((out**2).sum(), x, create_graph=True)
+        return torch.autograd.grad((grad_x**2).sum(), (x, layer.weight))
+
     out = layer(x)
-    (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad"):
-        torch.autograd.grad(grad_x.pow(2).sum(), layer.weight)
+    assert "OneDNNLinear" in type(out.grad_fn).__name__
+    got = second_order(layer)
+    ref = second_order(lambda inputs: F.linear(inputs, layer.weight))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -82,3 +82,25 @@ def test_hand_written_backward_matches_transformers_autograd():
     # torch.func runs through it too (the Function has setup_context)
     func_grad = torch.func.vjp(lambda x: apply_rope(x, table), q.detach())[1](upstream)[0]
     torch.testing.assert_close(func_grad, ref)
+
+
+def test_backward_is_differentiable_to_second_order():
+    config = ModelConfig(
+        dim=32, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=10, ffn_dim=8, max_seq_len=8
+    )
+    table = rope_table(config)
+    cos = torch.cat([table[:, 0], table[:, 0]], dim=-1)[None]
+    sin = torch.cat([table[:, 1], table[:, 1]], dim=-1)[None]
+    q = torch.randn(2, 8, 2, 16, requires_grad=True)
+    weight = torch.randn(2, 8, 2, 16)
+
+    def transformers_rope(x):
+        out, _ = apply_rotary_pos_emb(x.transpose(1, 2), x.transpose(1, 2), cos, sin)
+        return out.transpose(1, 2)
+
+    def second_order(rope):  # the gradient of a gradient penalty
+        (grad,) = torch.autograd.grad((rope(q) ** 3 * weight).sum(), q, create_graph=True)
+        return torch.autograd.grad((grad**2).sum(), q)[0]
+
+    got = second_order(lambda x: apply_rope(x, table))
+    torch.testing.assert_close(got, second_order(transformers_rope))
