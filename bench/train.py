@@ -319,6 +319,10 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
         )
 
     herd_r, hf_r = (summarise(e, tokens_per_step) for e in engines)
+    # The i-th timed steps of the two engines ran in the same round, next to each other: their
+    # ratios show how far one run's noise moves the ratio (10th to 90th percentile).
+    paired = sorted(b / a for a, b in zip(engines[0].seconds, engines[1].seconds, strict=True))
+    spread = statistics.quantiles(paired, n=10) if len(paired) > 1 else paired * 9
     drift = max(abs(a - b) for a, b in zip(engines[0].losses, engines[1].losses, strict=True))
     result = {
         "threads": threads,
@@ -327,6 +331,7 @@ def run_once(args: argparse.Namespace, threads: int, folder: Path) -> dict:
         "ratio_median": herd_r["tok_s_median"] / hf_r["tok_s_median"],
         "ratio_best": herd_r["tok_s_best"] / hf_r["tok_s_best"],
         "ratio_cpu": hf_r["cpu_ms_median"] / herd_r["cpu_ms_median"],
+        "ratio_paired": {"median": statistics.median(paired), "p10": spread[0], "p90": spread[-1]},
         "first_loss": {"herd": first[0], "transformers": first[1], "abs_diff": loss_diff},
         "losses_agree": loss_diff <= args.loss_tol,
         "max_timed_loss_diff": drift,
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'threads':>7}{'herd tok/s':>18}{'transformers tok/s':>20}{'ratio':>14}"
-        f"{'cpu ratio':>11}{'loss diff':>11}"
+        f"{'cpu ratio':>11}{'paired p10-p90':>16}{'loss diff':>11}"
     )
     print(f"{'':>7}{'median (best)':>18}{'median (best)':>20}{'median (best)':>14}")
     for r in results["runs"]:
@@ -467,12 +472,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['threads']:>7}{h['tok_s_median']:>10.0f} ({h['tok_s_best']:>5.0f})"
             f"{t['tok_s_median']:>12.0f} ({t['tok_s_best']:>5.0f})"
             f"{r['ratio_median']:>6.2f}x ({r['ratio_best']:.2f}x)"
-            f"{r['ratio_cpu']:>10.2f}x{r['first_loss']['abs_diff']:>11.1e}"
+            f"{r['ratio_cpu']:>10.2f}x"
+            f"{r['ratio_paired']['p10']:>9.2f}-{r['ratio_paired']['p90']:.2f}x"
+            f"{r['first_loss']['abs_diff']:>11.1e}"
         )
     print(
         "ratio = herd tok/s / transformers tok/s (target >= 1.3x); cpu ratio = transformers / herd "
-        "process CPU seconds per step (least sensitive to other processes at 1 thread); loss diff "
-        "= first-batch |herd - transformers|"
+        "process CPU seconds per step (least sensitive to other processes at 1 thread); paired = "
+        "the ratios of the two engines' steps timed side by side in each round, 10th-90th "
+        "percentile (the run's own noise); loss diff = first-batch |herd - transformers|"
     )
     ok = all(r["losses_agree"] for r in results["runs"])
     if not ok:
