@@ -145,7 +145,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 safe = torch.where(keep, tc, 0)
                 # d loss / d logits = softmax - onehot(target), zero on ignored rows.
                 grad, losses = _softmax_rows_(logits, safe, keep, hc, w)
-                total += losses.sum()
+                # out of place: under torch 2.11's Dynamo, an output accumulated in place into a
+                # fresh zeros tensor lost its gradient (backward returned zeros)
+                total = total + losses.sum()
                 grad.scatter_add_(1, safe[:, None], -keep[:, None].to(grad.dtype))
                 if full:
                     torch.mm(grad, w, out=grad_h[rows])
