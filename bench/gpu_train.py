@@ -435,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     first = {k: r["first_loss"] for k, r in engines.items()}
     if len(first) > 1:
         results["first_loss_spread"] = max(first.values()) - min(first.values())
+    # After one AdamW update the engines should still agree (same batches): a wrong gradient
+    # (say, a compiled loss whose backward returns zeros) shows here and not in the first loss.
+    second = {k: r["losses"][1] for k, r in engines.items() if len(r["losses"]) > 1}
+    if len(second) > 1:
+        results["second_loss_spread"] = max(second.values()) - min(second.values())
     save()
 
     print()
@@ -460,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     if "first_loss_spread" in results:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in first.items())
         print(f"first-step losses: {losses} (spread {results['first_loss_spread']:.2g})")
+    if "second_loss_spread" in results:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in second.items())
+        print(
+            f"second-step losses, after one update: {losses} "
+            f"(spread {results['second_loss_spread']:.2g})"
+        )
     for k, e in results["errors"].items():
         print(f"error in {k}: {e}")
     print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
