@@ -68,3 +68,27 @@ def test_bidirectional_prefix_sees_the_future():
         cx, cy = model(x), model(y)
     assert (fx[0, 0] - fy[0, 0]).abs().max() > 1e-4  # position 0 sees position 3 in the prefix
     torch.testing.assert_close(cx[0, :3], cy[0, :3])  # causal: it does not
+
+
+def test_flex_attention_block_mask_matches_the_dense_mask():
+    # CUDA runs FlexAttention with `block_mask` (fully masked blocks skipped) where the CPU runs
+    # SDPA with `dense`: both must attend the same keys. FlexAttention also runs on CPU.
+    import warnings
+
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+
+    B, H, T, D = 2, 2, 256, 16  # blocks of 128: whole blocks masked and partial ones
+    doc = torch.tensor([[0] * 100 + [1] * 60 + [2] * 96, [0] * 30 + [1] * 226])
+    bidirectional = torch.zeros(B, T, dtype=torch.bool)
+    bidirectional[0, 100:130] = True  # a prefix inside the second document
+    bidirectional[1, :10] = True
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+    for bidir in (None, bidirectional):
+        packed = PackedAttention(doc, bidir)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.dense())
+        with warnings.catch_warnings():  # eager FlexAttention warns that it is unfused
+            warnings.simplefilter("ignore")
+            got = flex_attention(q, k, v, block_mask=packed.block_mask(H))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
