@@ -45,6 +45,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from herd.train.runlog import read_jsonl
+
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog",
     "a stitch in time saves nine",
@@ -107,18 +109,12 @@ def config(data: Path, out: Path, steps: int, response: str, skip_batches: int):
     return load_run_config(None, overrides)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def _event_steps(events: list[dict], name: str) -> list[int]:
     return [e["step"] for e in events if e["event"] == name]
 
 
 def _spikes(run: Path) -> list[int]:
-    return _event_steps(_jsonl(run / "events.jsonl"), "loss_spike")
+    return _event_steps(read_jsonl(run / "events.jsonl"), "loss_spike")
 
 
 class _OneThread:
@@ -179,7 +175,7 @@ def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches
 
 
 def summary(run: Path) -> dict:
-    metrics, events = _jsonl(run / "metrics.jsonl"), _jsonl(run / "events.jsonl")
+    metrics, events = read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "events.jsonl")
     losses = [m["loss"] for m in metrics if "loss" in m]
     return {
         "final_loss": sum(losses[-10:]) / 10,
@@ -192,8 +188,7 @@ def summary(run: Path) -> dict:
 def precursors(run: Path, spike: int) -> list[dict]:
     """Per record up to a spike: the weight matrix with the most bimodal normalised update."""
     rows = []
-    for line in (run / "stability.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_jsonl(run / "stability.jsonl"):
         if r["step"] > spike:
             break
         name, t = max(r["tensors"].items(), key=lambda kv: kv[1].get("update_bimodality") or 0)
@@ -235,7 +230,7 @@ def bimodal_onset(run: Path, spike: int) -> dict | None:
     """Where the updates turned bimodal near +-1 before the spike (the report's rule)."""
     from herd.train.stability_report import bimodal_onset as onset
 
-    found = onset(_jsonl(run / "stability.jsonl"), spike)
+    found = onset(read_jsonl(run / "stability.jsonl"), spike)
     return None if found is None else {"step": found[0], "matrix": found[1], **found[2]}
 
 

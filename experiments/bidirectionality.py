@@ -65,6 +65,7 @@ from herd.errors import HerdError
 from herd.model.masks import PackedAttention
 from herd.tokenizer.train import train_bpe
 from herd.train.checkpoint import list_checkpoints
+from herd.train.plots import read_metrics
 from herd.train.trainer import Trainer
 
 # The sizes --quick substitutes: a model and corpus small enough for a test that finishes in well
@@ -225,13 +226,6 @@ def run_config(args: argparse.Namespace, objective: str, data: Path, run_dir: Pa
             "train.out": str(run_dir),
         },
     )
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def train_objective(args: argparse.Namespace, objective: str, out: Path) -> dict:

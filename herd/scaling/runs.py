@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.train.runlog import read_jsonl
 
 FLOAT_COLUMNS = ("params", "tokens", "loss", "flops", "tokens_i", "tokens_j", "nll", "accuracy")
 
@@ -65,7 +66,7 @@ def read_run(folder: Path) -> dict:
     run = load_run_config(str(config_path))
     vocab = TokenShards(run.data.path).manifest["tokenizer"]["vocab_size"]
     model = run.model_config(vocab_size=vocab)
-    rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(metrics_path)
     val = [r for r in rows if "val_loss" in r]
     if not val:
         raise HerdError(f"{metrics_path}: no validation loss yet (the run has not evaluated)")
@@ -163,10 +164,7 @@ def plan_sweep(
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return False
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     return any(r.get("step") == steps and "val_loss" in r for r in rows)
 
 

@@ -6,15 +6,13 @@ plots/bpb.png:  validation bits per byte against tokens seen (comparable across 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from herd.train.runlog import read_jsonl
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def plot_run(run_dir: Path) -> list[Path]:

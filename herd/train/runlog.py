@@ -20,6 +20,13 @@ def _kept(line: str, step: int) -> bool:
     return record["step"] <= step or record.get("event") in _HISTORY
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, in order; [] when there is no such file."""
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
 class RunLog:
     """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
 
@@ -37,11 +44,8 @@ class RunLog:
 
     def metrics_at(self, step: int) -> dict:
         """The metric lines logged at `step` (training and validation), merged into one."""
-        if not self.metrics.is_file():
-            return {}
         out: dict = {}
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line) if line.strip() else {}
+        for record in read_jsonl(self.metrics):
             if record.get("step") == step:
                 out.update(record)
         return out

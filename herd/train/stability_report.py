@@ -10,27 +10,21 @@ what happened and when.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from herd.errors import HerdError
+from herd.train.runlog import read_jsonl
 from herd.train.stability import BIMODAL, bimodal_near_one
 from herd.train.stability_stats import HIST_BINS, HIST_RANGE, layer_of
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
 def report(run_dir: str | Path) -> tuple[Path, str]:
     run = Path(run_dir)
-    metrics = [m for m in _jsonl(run / "metrics.jsonl") if "loss" in m]
-    events = _jsonl(run / "events.jsonl")
-    records = _jsonl(run / "stability.jsonl")
+    metrics = [m for m in read_jsonl(run / "metrics.jsonl") if "loss" in m]
+    events = read_jsonl(run / "events.jsonl")
+    records = read_jsonl(run / "stability.jsonl")
     if not metrics:
         raise HerdError(f"{run}: no metrics.jsonl with training losses (not a herd run folder?)")
     import matplotlib
