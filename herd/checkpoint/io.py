@@ -18,6 +18,7 @@ unless the caller asks to overwrite, and then only after the new folder is compl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -100,6 +101,12 @@ def write_file_atomically(path: Path, write) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (checkpoint and shard checksums)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_folder_atomically(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from herd.checkpoint.io import write_file_atomically
+from herd.checkpoint.io import file_sha256, write_file_atomically
 from herd.data.sources import Document, describe_sources, iter_documents
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, load_tokenizer
@@ -32,14 +32,6 @@ from herd.tokenizer import Tokenizer, load_tokenizer
 FORMAT = "herd-tokens"
 VERSION = 1
 SPLITS = ("train", "val")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_val(doc_id: str, val_fraction: float) -> bool:
@@ -67,7 +59,7 @@ class _ShardWriter:
         if entry is None or entry.get("digest") != digest:
             return False
         files = (self.out / entry["file"], self.out / entry["index"])
-        return all(f.is_file() for f in files) and _sha256(files[0]) == entry["sha256"]
+        return all(f.is_file() for f in files) and file_sha256(files[0]) == entry["sha256"]
 
     def flush(self, split: str, docs: list[Document]) -> dict:
         name = f"{split}-{len(self.fresh[split]):05d}"
@@ -94,14 +86,14 @@ class _ShardWriter:
                 "tokens": int(offsets[-1]),
                 "bytes": sum(len(d.text.encode("utf-8", "replace")) for d in docs),
                 "digest": digest,
-                "sha256": _sha256(bin_path),
+                "sha256": file_sha256(bin_path),
             }
         self.fresh[split].append(entry)
         return entry
 
 
 def _tokenizer_digest(tok: Tokenizer) -> str:
-    return hashlib.sha256(b"".join(_sha256(f).encode() for f in tok.files())).hexdigest()
+    return hashlib.sha256(b"".join(file_sha256(f).encode() for f in tok.files())).hexdigest()
 
 
 def prepare(

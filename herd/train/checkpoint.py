@@ -35,7 +35,6 @@ loads a bad state. Everything is loaded with `weights_only=True` or from safeten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from herd.checkpoint.io import (
+    file_sha256,
     fsync_path,
     publish_folder,
     read_herd_config,
@@ -66,14 +66,6 @@ def resolve_format(name: str, world_size: int) -> str:
     if name == "auto":
         return "sharded" if world_size > 1 else "full"
     return name
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prune(folder: Path, keep: int) -> None:
@@ -102,7 +94,9 @@ def save_training_checkpoint(
         torch.save(optimizer_state, ts / "optimizer.pt")
         torch.save(rng, ts / "rng.pt")
         (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        sums = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        sums = {
+            str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=2))
 
     save_herd_folder(config, weights, dst, tokenizer_files, overwrite=True, extra=extra)
@@ -165,7 +159,7 @@ def _checksums(tmp: Path, rank: int, world: int, device: torch.device) -> dict[s
         )
     digests = [0.0] * (32 * len(files))
     for i in range(rank, len(files), world):
-        digests[32 * i : 32 * (i + 1)] = bytes.fromhex(_sha256(tmp / files[i]))
+        digests[32 * i : 32 * (i + 1)] = bytes.fromhex(file_sha256(tmp / files[i]))
     digests = distributed.all_reduce_sum(digests, device)  # bytes 0..255 are exact in float64
     return {
         f: bytes(int(b) for b in digests[32 * i : 32 * (i + 1)]).hex() for i, f in enumerate(files)
@@ -198,7 +192,7 @@ def verify(path: Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             return f"{name} does not match its checksum"
     # The DCP reader loads every .safetensors file of a shard folder, listed or not.
     for f in sorted(path.glob("train_state/*/*.safetensors")):
