@@ -21,23 +21,17 @@ timeout keeps what finished. Run by bench/gpu.sh on a lent H100/H200; `--device 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-import traceback
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from gpu_common import Results, common_prefix, log, quiet, sync
 
 import herd
-
-START = time.perf_counter()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,20 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tokens < 2 or args.prompt_len < 1 or args.repeats < 1:
         p.error("--tokens must be >= 2, --prompt-len and --repeats >= 1")
     return args
-
-
-def quiet() -> None:
-    """Silence a storage deprecation warning that inductor's autotuning triggers."""
-    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- bandwidth and roofline -------------------------------------------------------------------
@@ -260,15 +240,6 @@ def bench_hf(hf, prompt, tokens, repeats, device, static: bool) -> tuple[dict, l
     return result, runs[-1][1]
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -277,41 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    results: dict = {
-        "preset": args.preset,
-        "max_seq_len": args.max_seq_len,
-        "dtype": args.dtype,
-        "tokens": args.tokens,
-        "prompt_len": args.prompt_len,
-        "repeats": args.repeats,
-        "weight_scale": args.weight_scale,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "host": platform.node(),
-        "engines": {},
-        "errors": {},
-    }
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("CUDA is not available (use --device cpu for a dry run)")
-        results["gpu"] = torch.cuda.get_device_name(device)
-        results["cuda"] = torch.version.cuda
-    log(f"torch {torch.__version__} on {results.get('gpu', device.type)}")
-
-    def save() -> None:
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-
-    def stage(name: str, fn: Callable[[], None]) -> None:
-        """Run one stage; record a failure and go on, so one broken engine loses nothing else."""
-        try:
-            fn()
-        except Exception as e:
-            traceback.print_exc()
-            results["errors"][name] = f"{type(e).__name__}: {e}"
-            log(f"{name} failed: {type(e).__name__}: {e}")
-        save()
+    results = Results(
+        args.json,
+        device,
+        preset=args.preset,
+        max_seq_len=args.max_seq_len,
+        dtype=args.dtype,
+        tokens=args.tokens,
+        prompt_len=args.prompt_len,
+        repeats=args.repeats,
+        weight_scale=args.weight_scale,
+    )
+    save, stage = results.save, results.stage
 
     # Bandwidth first, before the model takes memory.
     copy_mib = args.copy_mib or (2048 if device.type == "cuda" else 64)
@@ -405,13 +353,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if hf is not None and args.hf:
         stage("transformers_eager", lambda: run_hf(False))
-    if hf is not None and args.hf_static:
-        elapsed = time.perf_counter() - START
-        if elapsed > args.budget_s:
-            results["errors"]["transformers_static"] = f"skipped: {elapsed:.0f} s elapsed"
-            log(f"transformers_static skipped ({elapsed:.0f} s > --budget-s {args.budget_s:.0f})")
-        else:
-            stage("transformers_static", lambda: run_hf(True))
+    want_static = hf is not None and args.hf_static
+    if want_static and results.within_budget("transformers_static", args.budget_s):
+        stage("transformers_static", lambda: run_hf(True))
 
     # --- summary ---------------------------------------------------------------------------------
     ratios = {}
@@ -428,7 +372,6 @@ def main(argv: list[str] | None = None) -> int:
                     outputs[herd_key], ids
                 )
     results["ratios_e2e"] = ratios
-    results["total_s"] = time.perf_counter() - START
     save()
 
     print()

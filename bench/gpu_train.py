@@ -30,27 +30,22 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu_common import Results, log, quiet, sync
 
 import herd
 from herd.config import ModelConfig, OptimConfig
 from herd.train.optim import build_optimizer
 from herd.train.parallel import apply_activation_checkpointing
-
-START = time.perf_counter()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,21 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 1 or args.batch < 1 or args.seq < 2:
         p.error("--steps, --warmup and --batch must be >= 1, --seq >= 2")
     return args
-
-
-def quiet() -> None:
-    """Silence warnings that inductor's autotuning and transformers' loading print every time."""
-    warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - START:6.1f}s] {msg}", flush=True)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def free_memory(device: torch.device) -> None:
@@ -284,50 +264,36 @@ def main(argv: list[str] | None = None) -> int:
 
     n_matmul = dense_params(config)
     flops = flops_per_token(config, args.seq)
-    results: dict = {
-        "preset": args.preset,
-        "batch": args.batch,
-        "seq": args.seq,
-        "tokens_per_step": args.batch * args.seq,
-        "params": config.num_params(),
-        "mfu_params_N": n_matmul,
+    results = Results(
+        args.json,
+        device,
+        preset=args.preset,
+        batch=args.batch,
+        seq=args.seq,
+        tokens_per_step=args.batch * args.seq,
+        params=config.num_params(),
+        mfu_params_N=n_matmul,
         # For reference: the count with the embedding table removed even where it is tied.
-        "params_excluding_embedding_table": config.num_params() - config.vocab_size * config.dim,
-        "flops_per_token": flops,
-        "peak_tflops": args.peak_tflops,
-        "mfu_definition": (
+        params_excluding_embedding_table=config.num_params() - config.vocab_size * config.dim,
+        flops_per_token=flops,
+        peak_tflops=args.peak_tflops,
+        mfu_definition=(
             "MFU = tokens/s * (6*N + 12*L*d*T) / peak; N = parameters in matmuls (all but the "
             "input embedding table; a tied embedding/output matrix counted once, as the output "
             "projection); L layers, d width, T sequence length; causal attention not halved"
         ),
-        "recipe": (
+        recipe=(
             f"fp32 parameters, {args.amp_dtype} autocast forward, fp32 cross-entropy over the "
             "full vocabulary, backward, AdamW (fused on CUDA) step, zero_grad"
         ),
-        "activation_checkpointing": args.activation_checkpointing,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "host": platform.node(),
-        "engines": {},
-        "errors": {},
-    }
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("CUDA is not available (use --device cpu for a dry run)")
-        results["gpu"] = torch.cuda.get_device_name(device)
-        results["cuda"] = torch.version.cuda
-    log(f"torch {torch.__version__} on {results.get('gpu', device.type)}")
+        activation_checkpointing=args.activation_checkpointing,
+    )
     log(
         f"{args.preset}: {results['params'] / 1e9:.3f}B parameters, N = {n_matmul / 1e9:.3f}B, "
         f"{flops / 1e9:.2f} GFLOP/token at T = {args.seq}; peak {args.peak_tflops:g} TFLOP/s"
     )
 
-    def save() -> None:
-        results["total_s"] = time.perf_counter() - START
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-
+    save = results.save
     save()
     gen = torch.Generator().manual_seed(args.seed + 1)
     batches = []
@@ -360,15 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             except torch.cuda.OutOfMemoryError as e:
                 msg = f"OutOfMemoryError: {str(e).splitlines()[0]}"
                 if checkpointing or attempt:
-                    results["errors"][label] = msg
-                    log(f"{label} failed: {msg}")
+                    results.fail(label, msg)
                     return
                 log(f"{label}: out of memory; retrying with activation checkpointing")
                 checkpointing = True
             except Exception as e:
-                traceback.print_exc()
-                results["errors"][label] = f"{type(e).__name__}: {e}"
-                log(f"{label} failed: {type(e).__name__}: {e}")
+                results.fail(label, e)
                 return
             finally:
                 del engine
@@ -392,30 +355,24 @@ def main(argv: list[str] | None = None) -> int:
             log(f"transformers {transformers.__version__}: wrote the initial weights")
             return True
         except Exception as e:
-            traceback.print_exc()
-            results["errors"]["hf_prepare"] = f"{type(e).__name__}: {e}"
+            results.fail("hf_prepare", e)
             return False
         finally:
             free_memory(device)
             save()
-
-    def within_budget(label: str) -> bool:
-        elapsed = time.perf_counter() - START
-        if elapsed <= args.budget_s:
-            return True
-        results["errors"][label] = f"skipped: {elapsed:.0f} s elapsed > --budget-s"
-        log(f"{label} skipped ({elapsed:.0f} s > --budget-s {args.budget_s:.0f})")
-        save()
-        return False
 
     hf_ready = (args.hf or args.hf_compile) and prepare_hf()
     herd_label = "herd_compiled" if args.compile else "herd_eager"
     run(herd_label, lambda ckpt: herd_engine(config, args, device, args.compile, ckpt))
     if hf_ready and args.hf:
         run("transformers_eager", lambda ckpt: hf_engine(hf_folder, args, device, False, ckpt))
-    if args.compile and args.herd_eager and within_budget("herd_eager"):
+    if args.compile and args.herd_eager and results.within_budget("herd_eager", args.budget_s):
         run("herd_eager", lambda ckpt: herd_engine(config, args, device, False, ckpt))
-    if hf_ready and args.hf_compile and within_budget("transformers_compiled"):
+    if (
+        hf_ready
+        and args.hf_compile
+        and results.within_budget("transformers_compiled", args.budget_s)
+    ):
         run("transformers_compiled", lambda ckpt: hf_engine(hf_folder, args, device, True, ckpt))
     tmp.cleanup()
 
