@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.scaling.flops import chinchilla_flops
 
 LAWS = ("chinchilla", "isoflop", "mixed-modal", "downstream")
 
@@ -156,7 +157,7 @@ def fit_and_report(
             )
         return {"law": law, **result}
     if law == "isoflop":
-        flops = [p.get("flops", 6 * p["params"] * p["tokens"]) for p in points]
+        flops = [p.get("flops", chinchilla_flops(p["params"], p["tokens"])) for p in points]
         result = fits.isoflop(arr("params"), arr("tokens"), arr("loss"), flops)
         n, d = result["params_opt"], result["tokens_opt"]
         print(
@@ -174,7 +175,7 @@ def fit_and_report(
     for key, value in fitted.to_dict().items():
         interval = f"  95% [{ci[key][0]:.4g}, {ci[key][1]:.4g}]" if key in ci else ""
         print(f"  {key:<6}{value:>12.4g}{interval}")
-    top = max(6 * p["params"] * p["tokens"] for p in points)
+    top = max(chinchilla_flops(p["params"], p["tokens"]) for p in points)
     budgets = _floats(predict, "--predict") if predict else [top * 10, top * 100]
     optima = [chinchilla.optimal_with_intervals(result, c) for c in budgets]
     for o in optima:

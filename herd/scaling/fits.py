@@ -28,6 +28,7 @@ from scipy.optimize import curve_fit, least_squares
 
 from herd.errors import HerdError
 from herd.scaling import chinchilla
+from herd.scaling.flops import chinchilla_flops
 
 # C_ij, log A_ij, alpha_ij, log B_ij, beta_ij: exponents non-negative, the rest in a range wide
 # enough for any loss in nats (an unbounded fit can trade a huge C against huge A and B)
@@ -49,7 +50,7 @@ def group_by_flops(flops: np.ndarray, tolerance: float = 0.05) -> list[np.ndarra
 def isoflop(n, d, loss, flops=None) -> dict:
     """Approach 2: per-budget parabola minima, then power laws N_opt = a C^b, D_opt = a' C^b'."""
     n, d, loss = chinchilla.check_points(n, d, loss, minimum=3)
-    c = np.asarray(flops, dtype=float) if flops is not None else 6.0 * n * d
+    c = np.asarray(flops, dtype=float) if flops is not None else chinchilla_flops(n, d)
     profiles = []
     for idx in group_by_flops(c):
         if len(idx) < 3:

@@ -31,5 +31,6 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 
 def chinchilla_flops(params: float, tokens: float) -> float:
-    """C = 6 N D."""
+    """C = 6 N D: the compute of N parameters trained on D tokens, in scaling-law fits and plots
+    (numbers or numpy arrays)."""
     return 6.0 * params * tokens

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from herd.scaling.flops import chinchilla_flops
+
 
 def _plt():
     import matplotlib
@@ -22,7 +24,7 @@ def plot_frontier(points: list[dict], law, path: Path) -> Path:
     n = np.array([p["params"] for p in points])
     d = np.array([p["tokens"] for p in points])
     loss = np.array([p["loss"] for p in points])
-    c = 6 * n * d
+    c = chinchilla_flops(n, d)
     fig, ax = plt.subplots(figsize=(7, 5))
     sc = ax.scatter(c, loss, c=np.log10(n), cmap="viridis", s=25)
     fig.colorbar(sc, ax=ax, label="log10 parameters")
