@@ -1,6 +1,8 @@
 """PNG plots of a run, drawn from its metrics.jsonl (never from stdout).
 
-plots/loss.png: training loss and validation loss against tokens seen.
+plots/loss.png: training loss and validation loss against tokens seen; steps that a stability
+                rewind undid are drawn apart, as faint points, so the line is the path the
+                weights took.
 plots/bpb.png:  validation bits per byte against tokens seen (comparable across tokenizers).
 """
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herd.train.runlog import read_jsonl
+from herd.train.runlog import read_jsonl, split_undone
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -22,8 +24,10 @@ def plot_run(run_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
-    train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["tokens"], r["val_loss"], r["val_bpb"]) for r in rows if "val_loss" in r]
+    train_rows, undone = split_undone([r for r in rows if "loss" in r])
+    train = [(r["tokens"], r["loss"]) for r in train_rows]
+    val_rows, _ = split_undone([r for r in rows if "val_loss" in r])
+    val = [(r["tokens"], r["val_loss"], r["val_bpb"]) for r in val_rows]
     out_dir = Path(run_dir) / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
@@ -31,6 +35,15 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         if train:
             ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+        if undone:
+            ax.plot(
+                [r["tokens"] for r in undone],
+                [r["loss"] for r in undone],
+                ".",
+                color="0.6",
+                markersize=3,
+                label="steps undone by a rewind",
+            )
         if val:
             ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
         ax.set_xlabel("tokens")

@@ -27,6 +27,22 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def split_undone(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(kept, undone) of step-ordered records of one kind: a stability rewind restores an earlier
+    checkpoint and logs the replayed steps again, so a record is undone when a later one has the
+    same or an earlier step. `kept` is the trajectory the run's weights went through; both lists
+    stay in file order."""
+    floor = float("inf")
+    undone = [False] * len(records)
+    for i in range(len(records) - 1, -1, -1):
+        if records[i]["step"] >= floor:
+            undone[i] = True
+        else:
+            floor = records[i]["step"]
+    kept = [r for r, u in zip(records, undone, strict=True) if not u]
+    return kept, [r for r, u in zip(records, undone, strict=True) if u]
+
+
 class RunLog:
     """Appends JSON lines to metrics.jsonl and events.jsonl (analyses read these, not stdout)."""
 

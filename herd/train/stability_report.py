@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from herd.errors import HerdError
-from herd.train.runlog import read_jsonl
+from herd.train.runlog import read_jsonl, split_undone
 from herd.train.stability import BIMODAL, bimodal_near_one
 from herd.train.stability_stats import HIST_BINS, HIST_RANGE, layer_of
 
 
 def report(run_dir: str | Path) -> tuple[Path, str]:
     run = Path(run_dir)
-    metrics = [m for m in read_jsonl(run / "metrics.jsonl") if "loss" in m]
+    metrics, undone = split_undone([m for m in read_jsonl(run / "metrics.jsonl") if "loss" in m])
     events = read_jsonl(run / "events.jsonl")
-    records = read_jsonl(run / "stability.jsonl")
+    records, _ = split_undone(read_jsonl(run / "stability.jsonl"))
     if not metrics:
         raise HerdError(f"{run}: no metrics.jsonl with training losses (not a herd run folder?)")
     import matplotlib
@@ -35,6 +35,15 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
     fig, axes = plt.subplots(5, 1, figsize=(9, 15), sharex=True)
     steps = [m["step"] for m in metrics]
     axes[0].plot(steps, [m["loss"] for m in metrics], linewidth=0.8, color="#4c72b0")
+    if undone:  # what a rewind took back, beside the path the weights took
+        axes[0].plot(
+            [m["step"] for m in undone],
+            [m["loss"] for m in undone],
+            ".",
+            color="0.6",
+            markersize=3,
+            label="undone by a rewind",
+        )
     marks = {
         "loss_spike": ("#c44e52", "spike"),
         "rewind": ("#8172b2", "rewind"),
@@ -48,7 +57,7 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
             )
     axes[0].set_ylabel("training loss")
     axes[0].set_yscale("log")
-    if any(e["event"] in marks for e in events):
+    if undone or any(e["event"] in marks for e in events):
         axes[0].legend(fontsize=8)
     if records:
         rsteps = [r["step"] for r in records]
@@ -84,6 +93,9 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
         axes[4].set_ylabel("cos(update, -gradient)")
         axes[4].axhline(0, color="#888", linewidth=0.8)
     axes[4].set_xlabel("step")
+    # the histogram image would otherwise clip the shared axis to the monitored steps
+    last = max(steps[-1], records[-1]["step"] if records else 0)
+    axes[4].set_xlim(min(steps[0], records[0]["step"] if records else steps[0]), last)
     fig.tight_layout()
     png = run / "plots" / "stability.png"
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,18 @@ def _force_spike(monkeypatch, at_step):
     monkeypatch.setattr(Stability, "check", check)
 
 
+def test_split_undone_keeps_the_path_the_weights_took():
+    from herd.train.runlog import split_undone
+
+    # steps 1-6; a rewind to step 3 replays 4-5; a second, to step 2, replays 3-8
+    steps = [1, 2, 3, 4, 5, 6, 4, 5, 3, 4, 5, 6, 7, 8]
+    kept, undone = split_undone([{"step": s, "i": i} for i, s in enumerate(steps)])
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["i"] for r in kept] == [0, 1, 8, 9, 10, 11, 12, 13]
+    assert [r["i"] for r in undone] == [2, 3, 4, 5, 6, 7]
+    assert split_undone([]) == ([], [])
+
+
 def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # noqa: F811
     over = {
         "train.steps": "16",
@@ -203,6 +215,13 @@ def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # no
     assert {"embed", "layers.0.attn.wq", "layers.1.ffn.w2"} <= set(tensors)
     assert not any("norm" in k for k in tensors)
     assert tensors["layers.0.attn.wq"]["grad_time_corr"] is not None
+
+    # metrics.jsonl keeps the steps the rewind undid; plots and the report tell them apart
+    from herd.train.runlog import read_jsonl, split_undone
+
+    kept, undone = split_undone([r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r])
+    assert [r["step"] for r in kept] == list(range(1, 17))
+    assert [r["step"] for r in undone] == [9, 10]  # 11 spiked: no update, no metrics line
 
     from herd.train.stability_report import report
 
