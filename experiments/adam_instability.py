@@ -45,7 +45,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from herd.train.runlog import read_jsonl
+from herd.train.runlog import read_jsonl, split_undone
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog",
@@ -176,7 +176,8 @@ def train_with_rewind(data: Path, plain: Path, out: Path, end: int, skip_batches
 
 def summary(run: Path) -> dict:
     metrics, events = read_jsonl(run / "metrics.jsonl"), read_jsonl(run / "events.jsonl")
-    losses = [m["loss"] for m in metrics if "loss" in m]
+    kept, _ = split_undone([m for m in metrics if "loss" in m])  # the path the weights took
+    losses = [m["loss"] for m in kept]
     return {
         "final_loss": sum(losses[-10:]) / 10,
         "spikes": _event_steps(events, "loss_spike"),
