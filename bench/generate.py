@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import common_prefix
 
 import herd
 from herd.checkpoint import io
@@ -378,15 +379,6 @@ def bench_hf(hf, prompt, tokens, repeats) -> tuple[dict, list[int]]:
     result = summary(seconds, tokens)
     result["warmup_s"] = warm_s
     return result, out
-
-
-def common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # --- main -------------------------------------------------------------------------------------

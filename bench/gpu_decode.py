@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpu_common import Results, common_prefix, log, quiet, sync
+from common import Results, common_prefix, log, quiet, sync
 
 import herd
 

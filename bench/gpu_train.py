@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gpu_common import Results, log, quiet, sync
+from common import Results, log, quiet, sync
 
 import herd
 from herd.config import ModelConfig, OptimConfig

@@ -1,5 +1,6 @@
-"""What bench/gpu_decode.py and bench/gpu_train.py share: logging against the process start, device
-synchronisation, the run's environment, and a results file rewritten after every stage.
+"""What the benchmarks share: logging against the process start, device synchronisation, greedy
+agreement of two generations, and (bench/gpu_decode.py and bench/gpu_train.py) the run's
+environment and a results file rewritten after every stage.
 
 A lent GPU machine has a hard time limit, so each benchmark records what finished as it goes: a
 stage that fails is logged with its error and the others still run, and a stage that would start
