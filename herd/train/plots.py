@@ -17,6 +17,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
+def plot_undone(ax, undone: list[dict], x: str) -> None:
+    """The training losses a stability rewind took back, as faint points beside the kept line."""
+    if undone:
+        ax.plot(
+            [r[x] for r in undone],
+            [r["loss"] for r in undone],
+            ".",
+            color="0.6",
+            markersize=3,
+            label="steps undone by a rewind",
+        )
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -35,15 +48,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         if train:
             ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
-        if undone:
-            ax.plot(
-                [r["tokens"] for r in undone],
-                [r["loss"] for r in undone],
-                ".",
-                color="0.6",
-                markersize=3,
-                label="steps undone by a rewind",
-            )
+        plot_undone(ax, undone, "tokens")
         if val:
             ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
         ax.set_xlabel("tokens")

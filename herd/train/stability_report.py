@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from herd.errors import HerdError
+from herd.train.plots import plot_undone
 from herd.train.runlog import read_jsonl, split_undone
 from herd.train.stability import BIMODAL, bimodal_near_one
 from herd.train.stability_stats import HIST_BINS, HIST_RANGE, layer_of
@@ -35,15 +36,7 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
     fig, axes = plt.subplots(5, 1, figsize=(9, 15), sharex=True)
     steps = [m["step"] for m in metrics]
     axes[0].plot(steps, [m["loss"] for m in metrics], linewidth=0.8, color="#4c72b0")
-    if undone:  # what a rewind took back, beside the path the weights took
-        axes[0].plot(
-            [m["step"] for m in undone],
-            [m["loss"] for m in undone],
-            ".",
-            color="0.6",
-            markersize=3,
-            label="undone by a rewind",
-        )
+    plot_undone(axes[0], undone, "step")
     marks = {
         "loss_spike": ("#c44e52", "spike"),
         "rewind": ("#8172b2", "rewind"),
