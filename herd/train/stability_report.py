@@ -87,8 +87,8 @@ def report(run_dir: str | Path) -> tuple[Path, str]:
         axes[4].axhline(0, color="#888", linewidth=0.8)
     axes[4].set_xlabel("step")
     # the histogram image would otherwise clip the shared axis to the monitored steps
-    last = max(steps[-1], records[-1]["step"] if records else 0)
-    axes[4].set_xlim(min(steps[0], records[0]["step"] if records else steps[0]), last)
+    every = steps + [r["step"] for r in records]
+    axes[4].set_xlim(min(every), max(every))
     fig.tight_layout()
     png = run / "plots" / "stability.png"
     png.parent.mkdir(parents=True, exist_ok=True)
