@@ -47,6 +47,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -192,6 +193,8 @@ class Engine:
         self.loss = loss
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []
+        self.sys_seconds: list[float] = []
+        self.page_faults: list[int] = []
         self.losses: list[float] = []
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor, phases: dict | None = None):
@@ -211,11 +214,20 @@ class Engine:
         return loss.detach()
 
     def timed_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        cpu, start = time.process_time(), time.perf_counter()
+        # System time and minor page faults show what fresh memory costs: a kernel's first touch
+        # of newly mapped pages, whose price differs a lot between machines (and VMs).
+        usage, cpu, start = _usage(), time.process_time(), time.perf_counter()
         loss = self.step(inputs, targets)
         self.seconds.append(time.perf_counter() - start)
         self.cpu_seconds.append(time.process_time() - cpu)
+        after = _usage()
+        self.sys_seconds.append(after.ru_stime - usage.ru_stime)
+        self.page_faults.append(after.ru_minflt - usage.ru_minflt)
         self.losses.append(float(loss))
+
+
+def _usage():
+    return resource.getrusage(resource.RUSAGE_SELF)
 
 
 def build_engines(
@@ -273,6 +285,8 @@ def summarise(engine: Engine, tokens_per_step: int) -> dict:
         "step_ms": [1e3 * s for s in engine.seconds],
         "cpu_ms_median": 1e3 * statistics.median(engine.cpu_seconds),
         "cpu_ms": [1e3 * s for s in engine.cpu_seconds],
+        "sys_ms_median": 1e3 * statistics.median(engine.sys_seconds),
+        "page_faults_median": statistics.median(engine.page_faults),
     }
 
 
@@ -423,6 +437,17 @@ def profile(engine: Engine, batches, args: argparse.Namespace) -> dict:
 # --- main -------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), which the ratio depends on: see the README's runs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
@@ -449,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
         "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "runs": [],
     }
@@ -482,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
         "the ratios of the two engines' steps timed side by side in each round, 10th-90th "
         "percentile (the run's own noise); loss diff = first-batch |herd - transformers|"
     )
+    print()
+    print(f"{'threads':>7}{'':>3}system ms / page faults per step (median): herd, transformers")
+    for r in results["runs"]:
+        h, t = r["herd"], r["transformers"]
+        print(
+            f"{r['threads']:>7}{'':>3}{h['sys_ms_median']:.0f} ms / {h['page_faults_median']:,.0f}, "
+            f"{t['sys_ms_median']:.0f} ms / {t['page_faults_median']:,.0f}"
+        )
+    print(f"cpu: {results['cpu']} ({results['cpu_capability']})")
     ok = all(r["losses_agree"] for r in results["runs"])
     if not ok:
         print(f"error: first-batch losses differ by more than --loss-tol {args.loss_tol:g}")
