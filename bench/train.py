@@ -23,7 +23,10 @@ the last 2 are timed, as a training job runs one engine's steps back to back (a 
 directly follows the other engine's starts on caches and allocator state that engine left).
 tokens/s = batch * seq / seconds of one step; best and median are reported, and the process
 CPU seconds per step (at 1 thread the figure least disturbed by other processes). The headline
-ratio herd/transformers uses the median.
+ratio herd/transformers uses the median. Each engine's system time and minor page faults per step
+are printed too, with the CPU model: transformers' step maps fresh [tokens, vocabulary] tensors
+(~260,000 faults per step) and what a fault costs differs between machines, which moves the
+ratio (README: 1.24-1.38x on an AVX2 EPYC, 1.44-1.92x on an AVX-512 Zen 4 VM).
 
 Compilation: `--compile herd` compiles herd's model as `train.compile = true` does, `--compile
 both` compiles transformers' too (the like-for-like comparison of compiled steps); the warm-up
