@@ -26,11 +26,12 @@ Steps:
      model. The prompt is the training format (`infill_prompt`: the span replaced by <|mask_0|>,
      then <|mask_0|> again at the end), and the model is scored teacher-forced on the span's
      tokens in one forward pass; models trained with bidirectional attention (nxtpre, mskbi) see
-     the prompt's context both ways, as in training, which a causal KV-cache prefill could not do.
+     the prompt's context both ways, as in training.
      Per-token accuracy is the share of span tokens that are the argmax; exact match is the share
      of spans whose every token is, which is exactly the share that greedy decoding of len(span)
      tokens reproduces (greedy feeds back its argmax, so it stays on the teacher-forced path until
-     the first miss; `greedy_fill` checks this in the test).
+     the first miss; the test checks this with `greedy_fill`, herd's own KV-cache generator with
+     the context attending both ways in the prefill, as `herd generate --infill` runs it).
    - a prefix-only baseline for the same spans: the model continues the text before the span
      (what a next-token model can do without the sentinel format it never saw), the text before
      the span attending both ways for the bidirectional-attention models.
@@ -62,6 +63,7 @@ from herd.data.objectives import OBJECTIVES, ObjectiveConfig, infill_prompt, sam
 from herd.data.shards import TokenShards, prepare
 from herd.data.sources import stdlib_files
 from herd.errors import HerdError
+from herd.generate import generate
 from herd.model.masks import PackedAttention
 from herd.tokenizer.train import train_bpe
 from herd.train.checkpoint import list_checkpoints
@@ -351,17 +353,11 @@ def teacher_forced(model, examples: list, bidirectional: bool, batch_size: int =
     }
 
 
-@torch.no_grad()
 def greedy_fill(model, prompt: list[int], n_new: int, region: int, bidirectional: bool):
-    """Greedy continuation of `prompt` (no KV cache: each step re-reads the whole sequence, so
-    the first `region` tokens can attend both ways, as a bidirectional model was trained)."""
-    ids = list(prompt)
-    for _ in range(n_new):
-        x = torch.tensor([ids])
-        both = (torch.arange(len(ids)) < region)[None] if bidirectional else None
-        logits = model(x, packed=PackedAttention(torch.zeros_like(x), both))
-        ids.append(int(logits[0, -1].argmax()))
-    return ids[len(prompt) :]
+    """Greedy continuation of `prompt` by herd's generator (what `herd generate --infill` runs):
+    the prompt's first `region` tokens attend both ways in the prefill when `bidirectional`, as a
+    bidirectional-attention model was trained, then decoding is causal over the KV cache."""
+    return generate(model, prompt, n_new, bidirectional_prefix=region if bidirectional else 0)
 
 
 def evaluate_infilling(checkpoint: str, objective: str, pieces: list, sentinels: list[int]):

@@ -137,6 +137,16 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         "mskbi); prints the prompt with the generated span in place",
     )
     p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token to --prompt")
+    p.add_argument(
+        "--prompt-attention",
+        choices=["auto", "causal", "bidirectional"],
+        default="auto",
+        help="how the prompt attends in the prefill: bidirectional = its tokens attend each other "
+        "both ways (with --infill: the context before the final <|mask_0|>), as models trained "
+        "with data.objective nxtpre or mskbi saw their prefix or context; auto = bidirectional "
+        "when CHECKPOINT sits in a herd run folder (RUN/checkpoints/step-N) whose config.toml "
+        "trained such an objective, else causal",
+    )
     _add_sampling(p)
 
 

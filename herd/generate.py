@@ -126,11 +126,16 @@ def stream_generate(
     seed: int = 0,
     stop_ids: Sequence[int] = (),
     compile: bool | None = None,
+    bidirectional_prefix: int = 0,
 ) -> Iterator[list[int]]:
     """Yield one list of new token ids (one per batch row) per step, until done or stopped.
 
     Rows that emitted a stop id keep producing (shapes stay fixed) but stop when all rows have;
     the stop id itself is yielded so callers can see why a row ended.
+
+    `bidirectional_prefix` = n: the prompt's first n tokens attend each other both ways in the
+    prefill, as a model trained with bidirectional attention (data.objective nxtpre or mskbi) saw
+    its prefix or infilling context; every later token attends causally, as in training.
     """
     config = model.config
     device = model.embed.weight.device
@@ -146,6 +151,11 @@ def stream_generate(
         )
     if int(prompt.max()) >= config.vocab_size or int(prompt.min()) < 0:
         raise HerdError(f"prompt token ids must be in [0, {config.vocab_size})")
+    if not 0 <= bidirectional_prefix <= prompt_len:
+        raise HerdError(
+            f"bidirectional_prefix is {bidirectional_prefix}, expected 0 to the prompt's "
+            f"{prompt_len} tokens"
+        )
     if max_new_tokens == 0:
         return
     if compile is None:
@@ -163,7 +173,9 @@ def stream_generate(
     done = [False] * batch
 
     greedy = temperature <= 0.0
+    cache.bidirectional = bidirectional_prefix
     logits = model(prompt, torch.arange(prompt_len, device=device), cache)[:, -1]
+    cache.bidirectional = 0  # decode steps are causal (and a compiled step stays one graph)
     token = sample(logits, temperature, top_k, top_p, generator)
     pos = torch.tensor([prompt_len], device=device)
     for step in range(max_new_tokens):
@@ -192,16 +204,27 @@ def generate(
     seed: int = 0,
     stop_ids: Sequence[int] = (),
     compile: bool | None = None,
+    bidirectional_prefix: int = 0,
 ):
     """New token ids after `prompt_ids`.
 
     A list of ids in gives a list out; a LongTensor [T] gives [N], [B, T] gives [B, N]. Generation
     ends at `max_new_tokens` or when every row has produced one of `stop_ids` (kept in the output);
-    in a batch, a row that stopped early is padded with its stop id.
+    in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix`: as
+    in `stream_generate`.
     """
     steps = list(
         stream_generate(
-            model, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed, stop_ids, compile
+            model,
+            prompt_ids,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop_ids,
+            compile,
+            bidirectional_prefix,
         )
     )
     batch = len(steps[0]) if steps else _as_batch(prompt_ids, torch.device("cpu")).shape[0]

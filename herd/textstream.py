@@ -107,7 +107,9 @@ def _load(args: argparse.Namespace, need_tokenizer: bool):
     return load(checkpoint, device, dtype), tokenizer, device
 
 
-def stream_reply(model, tokenizer, prompt: list[int], args: argparse.Namespace) -> tuple[str, int]:
+def stream_reply(
+    model, tokenizer, prompt: list[int], args: argparse.Namespace, bidirectional_prefix: int = 0
+) -> tuple[str, int]:
     """Generate after `prompt`, writing text (or ids) to stdout as it comes; (text, tokens)."""
     stop_ids = tokenizer.stop_ids if tokenizer else []
     streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
@@ -122,6 +124,7 @@ def stream_reply(model, tokenizer, prompt: list[int], args: argparse.Namespace) 
         seed=args.seed,
         stop_ids=stop_ids,
         compile=args.compile,
+        bidirectional_prefix=bidirectional_prefix,
     ):
         token = step[0]
         count += 1
@@ -168,6 +171,41 @@ def _infill_prompt(tokenizer, text: str) -> tuple[list[int], str, str]:
     return ids, prefix, suffix
 
 
+def trained_objective(checkpoint: Path) -> str | None:
+    """data.objective of the run that wrote `checkpoint` when it sits in a herd run folder
+    (RUN/checkpoints/step-N next to RUN/config.toml), else None."""
+    from herd.config import load_run_config
+
+    config = checkpoint.parent.parent / "config.toml"
+    if checkpoint.parent.name != "checkpoints" or not config.is_file():
+        return None
+    try:
+        return load_run_config(str(config)).data.objective
+    except HerdError as e:
+        sys.stderr.write(f"[--prompt-attention auto: {e}; the prompt attends causally]\n")
+        return None
+
+
+def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
+    """How many leading prompt tokens attend both ways (--prompt-attention): none, or the whole
+    prompt (a prefix-LM prefix), or with --infill everything before the appended sentinel, the
+    region training marks as the context."""
+    from herd.data.objectives import OBJECTIVES
+
+    both = args.prompt_attention == "bidirectional"
+    if args.prompt_attention == "auto":
+        objective = trained_objective(Path(args.checkpoint))
+        both = objective in OBJECTIVES and OBJECTIVES[objective][1]
+        if both:
+            sys.stderr.write(
+                f"[the prompt attends both ways, as data.objective = {objective} trained this "
+                "model; --prompt-attention causal turns it off]\n"
+            )
+    if not both:
+        return 0
+    return len(prompt) - 1 if args.infill else len(prompt)
+
+
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
     model, tokenizer, device = _load(args, need_tokenizer=args.prompt is not None)
@@ -187,7 +225,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.infill:
         # the span ends where the model opens the next sentinel
         args.stop = [*stop_strings, *(tokenizer.decode([i]) for i in _sentinel_ids(tokenizer)[1:])]
-    _, count = stream_reply(model, tokenizer, prompt, args)
+    _, count = stream_reply(model, tokenizer, prompt, args, bidirectional_prefix(args, prompt))
     if args.infill:
         sys.stdout.write(suffix)
     sys.stdout.write("\n")

@@ -30,6 +30,11 @@ class KVCache:
         self.batch_size = batch_size
         self.max_len = max_len
         self.positions = torch.arange(max_len, device=device)
+        # The first `bidirectional` positions attend each other both ways: a prefix-LM prefix or
+        # an infilling prompt's context, as nxtpre and mskbi models are trained. herd.generate sets
+        # it for the prefill only (later positions are causal either way), so a compiled decode
+        # step never depends on it.
+        self.bidirectional = 0
 
     def update(
         self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -41,5 +46,10 @@ class KVCache:
         return keys, values
 
     def mask(self, input_pos: torch.Tensor) -> torch.Tensor:
-        """Boolean [T, max_len]: query at position p sees cached positions <= p."""
-        return self.positions.unsqueeze(0) <= input_pos.unsqueeze(1)
+        """Boolean [T, max_len]: query at position p sees cached positions <= p, and the whole
+        bidirectional region when p lies in it."""
+        visible = self.positions.unsqueeze(0) <= input_pos.unsqueeze(1)
+        if self.bidirectional:
+            n = self.bidirectional
+            visible = visible | ((input_pos < n).unsqueeze(1) & (self.positions < n).unsqueeze(0))
+        return visible

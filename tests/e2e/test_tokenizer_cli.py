@@ -169,3 +169,42 @@ def test_generate_infill(chat_checkpoint):
         herd_cli("generate", chat_checkpoint, "--prompt", "no sentinel", "--infill", check=False),
         "exactly once",
     )
+
+
+def test_generate_prompt_attention_follows_the_run(chat_checkpoint, tmp_path):
+    """In a run folder whose config.toml trained with bidirectional attention (mskbi), `--infill`
+    prefills its context both ways by default, as training did; elsewhere, or with a causal
+    objective, the prompt attends causally unless `--prompt-attention` says otherwise."""
+    import argparse
+    import shutil
+
+    from herd.textstream import bidirectional_prefix
+
+    runs = {}
+    for objective in ("mskbi", "nxtuni"):
+        ckpt = tmp_path / objective / "checkpoints" / "step-00000010"
+        shutil.copytree(chat_checkpoint, ckpt)
+        (tmp_path / objective / "config.toml").write_text(f'[data]\nobjective = "{objective}"\n')
+        runs[objective] = ckpt
+    prompt = list(range(9))
+
+    def prefix(checkpoint, mode, infill):
+        args = argparse.Namespace(checkpoint=str(checkpoint), prompt_attention=mode, infill=infill)
+        return bidirectional_prefix(args, prompt)
+
+    assert prefix(runs["mskbi"], "auto", True) == 8  # the context before the appended sentinel
+    assert prefix(runs["mskbi"], "auto", False) == 9  # a prefix-LM prefix: the whole prompt
+    assert prefix(runs["mskbi"], "causal", True) == 0
+    assert prefix(runs["nxtuni"], "auto", True) == 0
+    assert prefix(chat_checkpoint, "auto", True) == 0  # not in a run folder
+    assert prefix(chat_checkpoint, "bidirectional", True) == 8
+
+    argv = ["--prompt", "x = [<|mask_0|>]", "--infill", "--max-new-tokens", "5"]
+    auto = herd_cli("generate", runs["mskbi"], *argv)
+    assert "attends both ways" in auto.stderr and "mskbi" in auto.stderr
+    forced = herd_cli_inprocess(
+        "generate", chat_checkpoint, *argv, "--prompt-attention", "bidirectional"
+    )
+    assert auto.stdout == forced.stdout and auto.stdout.startswith("x = [")
+    causal = herd_cli_inprocess("generate", runs["mskbi"], *argv, "--prompt-attention", "causal")
+    assert "attends both ways" not in causal.stderr

@@ -106,3 +106,49 @@ def test_compiled_decode_matches_eager(model):
     # eager in between must not disturb what the compiled step reads
     assert herd.generate(model, prompt, 8) == expected[0]
     assert herd.generate(model, prompt, 8, compile=True) == expected[0]
+
+
+def _greedy_by_recompute_bidirectional(model, prompt, n, region):
+    """The reference: the whole sequence through the training mask (PackedAttention) every step,
+    its first `region` tokens attending both ways."""
+    from herd.model.masks import PackedAttention
+
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            both = (torch.arange(ids.shape[1]) < region)[None]
+            logits = model(ids, packed=PackedAttention(torch.zeros_like(ids), both))
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("region", [1, 4, 6])
+def test_bidirectional_prefix_matches_the_training_mask(model, region):
+    """A prefill whose first `region` tokens attend both ways (prefix-LM prefix, infilling context)
+    decodes what recomputing the whole sequence under the training mask gives, and differs from
+    a causal prefill where the region holds more than one token."""
+    from herd.model.cache import KVCache
+    from herd.model.masks import PackedAttention
+
+    prompt = [5, 17, 3, 88, 41, 2]
+    out = herd.generate(model, prompt, max_new_tokens=20, bidirectional_prefix=region)
+    assert out == _greedy_by_recompute_bidirectional(model, prompt, 20, region)
+
+    ids = torch.tensor([prompt])
+    both = (torch.arange(len(prompt)) < region)[None]
+    with torch.no_grad():
+        cache = KVCache(CONFIG, 1, 16, "cpu", torch.float32)
+        cache.bidirectional = region
+        prefill = model(ids, torch.arange(len(prompt)), cache)
+        reference = model(ids, packed=PackedAttention(torch.zeros_like(ids), both))
+        causal = model(ids)
+    torch.testing.assert_close(prefill, reference, atol=1e-5, rtol=1e-5)
+    if region > 1:  # the region's tokens see what follows them, so their outputs change
+        assert (prefill[0, : region - 1] - causal[0, : region - 1]).abs().max() > 1e-3
+    else:  # a one-token region sees only itself either way
+        torch.testing.assert_close(prefill, causal, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_prefix_out_of_range(model):
+    with pytest.raises(herd.HerdError, match="bidirectional_prefix is 7"):
+        herd.generate(model, [1, 2, 3, 4, 5, 6], 2, bidirectional_prefix=7)
