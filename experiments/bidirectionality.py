@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -55,16 +54,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-import torch.nn.functional as F
 
-from herd.checkpoint.convert import load
+# The experiment's other parts, beside this script (its folder is on sys.path when it runs).
+from bidirectionality_infill import evaluate_infilling, greedy_fill, infill_pieces, sentinel_example
+from bidirectionality_report import plot, sample, table, verdict, verdict_lines
+
 from herd.config import RunConfig, dump_toml, load_run_config
-from herd.data.objectives import OBJECTIVES, ObjectiveConfig, infill_prompt, sample_spans
+from herd.data.objectives import OBJECTIVES
 from herd.data.shards import TokenShards, prepare
 from herd.data.sources import stdlib_files
 from herd.errors import HerdError
-from herd.generate import generate
-from herd.model.masks import PackedAttention
 from herd.tokenizer.train import train_bpe
 from herd.train.checkpoint import list_checkpoints
 from herd.train.plots import read_metrics
@@ -264,262 +263,6 @@ def train_objective(args: argparse.Namespace, objective: str, out: Path) -> dict
         "val_bpb": val[-1]["val_bpb"],
         "val_curve": curve,
         "train_seconds": seconds,
-    }
-
-
-# --- 3. infilling ------------------------------------------------------------------------------
-
-
-def infill_pieces(
-    data: TokenShards, length: int, count: int, seed: int
-) -> list[tuple[list[int], tuple[int, int]]]:
-    """`count` held-out pieces of exactly `length` tokens, each with the one span to infill.
-
-    Pieces are consecutive, non-overlapping cuts of held-out documents (a document's first piece
-    starts with BOS, like a training window that starts a document; the rest start mid-file, like
-    most training windows). Spans follow the training rule for a piece of this length, so the span
-    length (15% of the inner tokens) is one the masked models were trained on.
-    """
-    starts = []
-    shards = data.shards("val")
-    for s, (_, offsets) in enumerate(shards):
-        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-            starts += [(s, i) for i in range(a, b - length + 1, length)]
-    if not starts:
-        raise HerdError(f"the held-out split has no document of {length} tokens to infill")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(starts), generator=generator)[:count].sort().values.tolist()
-    rule = ObjectiveConfig(name="mskbi")  # the trainer's span settings: one span, 15%
-    pieces = []
-    for k in chosen:
-        s, i = starts[k]
-        tokens = [int(t) for t in shards[s][0][i : i + length]]
-        spans = sample_spans(length, rule, generator)
-        pieces.append((tokens, spans[0]))
-    return pieces
-
-
-def sentinel_example(tokens: list[int], span: tuple[int, int], sentinels: list[int]):
-    """(sequence, first scored index, bidirectional region) in the masked objectives' format."""
-    prompt = infill_prompt(tokens, [span], sentinels)
-    # Training marks the context (everything before the appended sentinel) as bidirectional.
-    return prompt + tokens[span[0] : span[1]], len(prompt), len(prompt) - 1
-
-
-def prefix_example(tokens: list[int], span: tuple[int, int]):
-    """(sequence, first scored index, bidirectional region): continue the text before the span."""
-    return tokens[: span[1]], span[0], span[0]
-
-
-@torch.no_grad()
-def teacher_forced(model, examples: list, bidirectional: bool, batch_size: int = 32) -> dict:
-    """Per-token accuracy, exact match and loss of the scored tokens of every example.
-
-    An example is (sequence, first, region): tokens sequence[first:] are scored, each from all
-    tokens before it, and tokens before `region` attend both ways when `bidirectional`. Examples
-    of different lengths are right-padded into a second packed document, which they cannot see.
-    """
-    hits, exact, nats, per_example = 0, 0, 0.0, []
-    for b in range(0, len(examples), batch_size):
-        batch = examples[b : b + batch_size]
-        width = max(len(seq) for seq, _, _ in batch) - 1
-        inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        docs = torch.ones(len(batch), width, dtype=torch.long)
-        both = torch.zeros(len(batch), width, dtype=torch.bool)
-        for r, (seq, _, region) in enumerate(batch):
-            inputs[r, : len(seq) - 1] = torch.tensor(seq[:-1])
-            docs[r, : len(seq) - 1] = 0
-            both[r, :region] = True
-        packed = PackedAttention(docs, both if bidirectional else None)
-        logits = model(inputs, packed=packed).float()
-        for r, (seq, first, _) in enumerate(batch):
-            scored = logits[r, first - 1 : len(seq) - 1]
-            target = torch.tensor(seq[first:])
-            right = scored.argmax(-1) == target
-            hits += int(right.sum())
-            exact += bool(right.all())
-            nats += float(F.cross_entropy(scored, target, reduction="sum"))
-            per_example.append(float(right.float().mean()))
-    n_tokens = sum(len(seq) - first for seq, first, _ in examples)
-    mean = sum(per_example) / len(per_example)
-    spread = sum((x - mean) ** 2 for x in per_example) / max(len(per_example) - 1, 1)
-    return {
-        "token_accuracy": hits / n_tokens,
-        # standard error over pieces (all pieces score the same number of tokens)
-        "token_accuracy_se": math.sqrt(spread / len(per_example)),
-        "exact_match": exact / len(examples),
-        "loss": nats / n_tokens,
-        "tokens_scored": n_tokens,
-    }
-
-
-def greedy_fill(model, prompt: list[int], n_new: int, region: int, bidirectional: bool):
-    """Greedy continuation of `prompt` by herd's generator (what `herd generate --infill` runs):
-    the prompt's first `region` tokens attend both ways in the prefill when `bidirectional`, as a
-    bidirectional-attention model was trained, then decoding is causal over the KV cache."""
-    return generate(model, prompt, n_new, bidirectional_prefix=region if bidirectional else 0)
-
-
-def evaluate_infilling(checkpoint: str, objective: str, pieces: list, sentinels: list[int]):
-    model = load(checkpoint)
-    model.eval()
-    bidirectional = OBJECTIVES[objective][1]  # attend as the model was trained to
-    sentinel = [sentinel_example(t, s, sentinels) for t, s in pieces]
-    prefix = [prefix_example(t, s) for t, s in pieces]
-    return model, {
-        "infill": teacher_forced(model, sentinel, bidirectional),
-        "prefix_only": teacher_forced(model, prefix, bidirectional),
-    }
-
-
-# --- 4. report ---------------------------------------------------------------------------------
-
-
-def verdict(results: dict) -> dict:
-    """Compare along each knob of the paper's grid, pairs that differ in that knob only.
-
-    A next-token model's infilling is its better format (sentinel prompt or prefix-only), so
-    bidirectional context has to beat what the other model can do at all.
-    """
-    if set(results) != set(OBJECTIVES):
-        return {}
-
-    def infill(name: str) -> float:
-        r = results[name]
-        if OBJECTIVES[name][0]:
-            return r["infill"]["token_accuracy"]
-        return max(r["infill"]["token_accuracy"], r["prefix_only"]["token_accuracy"])
-
-    knobs = {
-        "context": [("nxtuni", "mskuni"), ("nxtpre", "mskbi")],
-        "attention": [("nxtuni", "nxtpre"), ("mskuni", "mskbi")],
-    }
-    out = {}
-    for knob, pairs in knobs.items():
-        comparisons = [
-            {
-                "without": a,
-                "with": b,
-                "infill_accuracy_gain": infill(b) - infill(a),
-                "next_token_loss_change": results[b]["val_loss"] - results[a]["val_loss"],
-            }
-            for a, b in pairs
-        ]
-        out[knob] = {
-            "pairs": comparisons,
-            "helps_infilling": all(c["infill_accuracy_gain"] > 0 for c in comparisons),
-            "hurts_next_token": all(c["next_token_loss_change"] > 0 for c in comparisons),
-        }
-    ctx = out["context"]
-    out["trade_off_shows"] = ctx["helps_infilling"] and ctx["hurts_next_token"]
-    return out
-
-
-def verdict_lines(v: dict) -> list[str]:
-    if not v:
-        return ["(the verdict needs all four objectives)"]
-    lines = []
-    for knob in ("context", "attention"):
-        parts = [
-            f"{c['with']} vs {c['without']}: infill accuracy {c['infill_accuracy_gain']:+.3f}, "
-            f"next-token loss {c['next_token_loss_change']:+.3f}"
-            for c in v[knob]["pairs"]
-        ]
-        lines.append(f"bidirectional {knob}: " + "; ".join(parts))
-    pairs = v["context"]["pairs"]
-    better = sum(c["infill_accuracy_gain"] > 0 for c in pairs)
-    worse = sum(c["next_token_loss_change"] > 0 for c in pairs)
-    counts = (
-        f"bidirectional context gives better infilling in {better} of {len(pairs)} pairs and "
-        f"worse next-token loss in {worse} of {len(pairs)}"
-    )
-    if v["trade_off_shows"]:
-        lines.append(f"The paper's trade-off SHOWS at this scale: {counts}.")
-    else:
-        lines.append(f"The paper's trade-off does NOT show at this scale: {counts}.")
-    return lines
-
-
-def table(results: dict) -> str:
-    head = (
-        "| objective | context | attention | tokens trained | next-token val loss | val bpb | "
-        "infill token acc | infill exact match | infill loss | prefix-only token acc | "
-        "prefix-only exact match |"
-    )
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for name, r in results.items():
-        context, attention = OBJECTIVES[name]
-        i, p = r["infill"], r["prefix_only"]
-        lines.append(
-            f"| {name} | {'bi' if context else 'uni'} | {'bi' if attention else 'uni'} | "
-            f"{r['tokens']:,} | {r['val_loss']:.3f} | {r['val_bpb']:.3f} | "
-            f"{i['token_accuracy']:.3f} ± {i['token_accuracy_se']:.3f} | {i['exact_match']:.3f} | "
-            f"{i['loss']:.3f} | {p['token_accuracy']:.3f} ± {p['token_accuracy_se']:.3f} | "
-            f"{p['exact_match']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    x = torch.arange(len(names)).tolist()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    ax = axes[0]
-    ax.bar(x, [results[n]["val_loss"] for n in names], color="tab:blue")
-    ax.set_title("next-token validation loss (lower is better)")
-    ax.set_ylabel("nats / token")
-    for ax, metric, title in (
-        (axes[1], "token_accuracy", "infilling: span token accuracy"),
-        (axes[2], "exact_match", "infilling: exact match of the span"),
-    ):
-        w = 0.38
-        ax.bar(
-            [i - w / 2 for i in x],
-            [results[n]["infill"][metric] for n in names],
-            w,
-            label="sentinel prompt",
-            color="tab:orange",
-        )
-        ax.bar(
-            [i + w / 2 for i in x],
-            [results[n]["prefix_only"][metric] for n in names],
-            w,
-            label="prefix only",
-            color="tab:gray",
-        )
-        ax.set_title(title + " (higher is better)")
-        ax.legend(fontsize=8)
-    for ax in axes[:3]:
-        ax.set_xticks(x, names)
-        ax.grid(axis="y", alpha=0.3)
-    top = max(max(results[n][k]["exact_match"] for n in names) for k in ("infill", "prefix_only"))
-    axes[2].set_ylim(0, max(0.05, 1.15 * top))  # an all-zero panel still gets a sensible axis
-    ax = axes[3]
-    for n in names:
-        curve = results[n]["val_curve"]
-        ax.plot([c[0] / 1e6 for c in curve], [c[1] for c in curve], "o-", label=n)
-    ax.set_title("next-token validation loss while training")
-    ax.set_xlabel("tokens processed (millions)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle("Artetxe et al. 2022 objectives at equal compute (standard-library corpus)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def sample(model_fills: dict, tokenizer, piece: tuple[list[int], tuple[int, int]]) -> dict:
-    tokens, (start, end) = piece
-    return {
-        "before": tokenizer.decode(tokens[:start]),
-        "span": tokenizer.decode(tokens[start:end]),
-        "after": tokenizer.decode(tokens[end:]),
-        "greedy_fills": {name: tokenizer.decode(ids) for name, ids in model_fills.items()},
     }
 
 

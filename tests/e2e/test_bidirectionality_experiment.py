@@ -3,7 +3,6 @@ tabled and plotted; a rerun reuses the runs; greedy infilling agrees with the te
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -15,17 +14,17 @@ from herd.checkpoint.convert import load
 from herd.data.objectives import OBJECTIVES
 from herd.data.shards import TokenShards
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "bidirectionality.py"
+# the experiment's folder, as when it runs as a script: its modules import each other by name
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+
+import bidirectionality_infill as infill
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("bidirectionality_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    import bidirectionality
+
+    return bidirectionality
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +60,26 @@ def test_rerun_reuses_finished_runs(experiment, quick_run, capsys):
     assert again["results"] == summary["results"]  # the same numbers, read back from the runs
 
 
-def test_greedy_fill_matches_teacher_forced_scoring(experiment, quick_run):
+def test_greedy_fill_matches_teacher_forced_scoring(quick_run):
     """Greedy decoding's own output, scored teacher-forced, must be an exact match: the padded,
     batched scorer and the one-sequence decoder see the same masks and positions."""
     out, summary = quick_run
     data = TokenShards(out / "data")
     tok = data.tokenizer()
     sentinels = [tok.token_id(f"<|mask_{k}|>") for k in range(4)]
-    pieces = experiment.infill_pieces(data, 32, 4, seed=0)
+    pieces = infill.infill_pieces(data, 32, 4, seed=0)
     for name in ("nxtuni", "mskbi"):
         model = load(summary["results"][name]["checkpoint"])
         bidirectional = OBJECTIVES[name][1]
         examples = []
         for tokens, span in pieces:
             for seq, first, region in (
-                experiment.sentinel_example(tokens, span, sentinels),
-                experiment.prefix_example(tokens, span),
+                infill.sentinel_example(tokens, span, sentinels),
+                infill.prefix_example(tokens, span),
             ):
-                fill = experiment.greedy_fill(
+                fill = infill.greedy_fill(
                     model, seq[:first], len(seq) - first, region, bidirectional
                 )
                 examples.append((seq[:first] + fill, first, region))
-        scores = experiment.teacher_forced(model, examples, bidirectional, batch_size=3)
+        scores = infill.teacher_forced(model, examples, bidirectional, batch_size=3)
         assert scores["exact_match"] == 1.0 and scores["token_accuracy"] == 1.0, name
