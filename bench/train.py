@@ -290,6 +290,8 @@ def summarise(engine: Engine, tokens_per_step: int) -> dict:
         "cpu_ms": [1e3 * s for s in engine.cpu_seconds],
         "sys_ms_median": 1e3 * statistics.median(engine.sys_seconds),
         "page_faults_median": statistics.median(engine.page_faults),
+        "sys_ms": [1e3 * s for s in engine.sys_seconds],
+        "page_faults": engine.page_faults,
     }
 
 

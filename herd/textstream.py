@@ -176,12 +176,13 @@ def trained_objective(checkpoint: Path) -> str | None:
     (RUN/checkpoints/step-N next to RUN/config.toml), else None."""
     from herd.config import load_run_config
 
+    checkpoint = checkpoint.resolve()  # `herd generate .` inside the step folder too
     config = checkpoint.parent.parent / "config.toml"
     if checkpoint.parent.name != "checkpoints" or not config.is_file():
         return None
     try:
         return load_run_config(str(config)).data.objective
-    except HerdError as e:
+    except (HerdError, OSError, UnicodeDecodeError) as e:
         sys.stderr.write(f"[--prompt-attention auto: {e}; the prompt attends causally]\n")
         return None
 
@@ -189,7 +190,9 @@ def trained_objective(checkpoint: Path) -> str | None:
 def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
     """How many leading prompt tokens attend both ways (--prompt-attention): none, or the whole
     prompt (a prefix-LM prefix), or with --infill everything before the appended sentinel, the
-    region training marks as the context."""
+    region training marks as the context. (An mskbi model given a plain prompt gets the whole
+    prompt too: it only ever saw its context attend both ways, though it was trained to predict
+    infilled spans, not continuations.)"""
     from herd.data.objectives import OBJECTIVES
 
     both = args.prompt_attention == "bidirectional"

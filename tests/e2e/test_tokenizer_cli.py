@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -171,7 +172,7 @@ def test_generate_infill(chat_checkpoint):
     )
 
 
-def test_generate_prompt_attention_follows_the_run(chat_checkpoint, tmp_path):
+def test_generate_prompt_attention_follows_the_run(chat_checkpoint, tmp_path, monkeypatch):
     """In a run folder whose config.toml trained with bidirectional attention (mskbi), `--infill`
     prefills its context both ways by default, as training did; elsewhere, or with a causal
     objective, the prompt attends causally unless `--prompt-attention` says otherwise."""
@@ -198,6 +199,9 @@ def test_generate_prompt_attention_follows_the_run(chat_checkpoint, tmp_path):
     assert prefix(runs["nxtuni"], "auto", True) == 0
     assert prefix(chat_checkpoint, "auto", True) == 0  # not in a run folder
     assert prefix(chat_checkpoint, "bidirectional", True) == 8
+    with monkeypatch.context() as m:  # a relative path, as from inside the run's checkpoints/
+        m.chdir(runs["mskbi"].parent)
+        assert prefix(Path(runs["mskbi"].name), "auto", True) == 8
 
     argv = ["--prompt", "x = [<|mask_0|>]", "--infill", "--max-new-tokens", "5"]
     auto = herd_cli("generate", runs["mskbi"], *argv)
