@@ -156,3 +156,15 @@ def test_demo_runs_end_to_end_shortened(tmp_path):
     assert "bits/byte" in proc.stdout and "unigram baseline" in proc.stdout
     assert "def fibonacci(n):" in proc.stdout
     assert (tmp_path / "demo" / "run" / "plots" / "loss.png").exists()
+    # The step count `make demo` plans from a timed probe of the same model on the same shards:
+    # never under the floor of 10, and an hour holds more than that.
+    from herd.demo import _steps_for
+
+    common = {
+        "model.preset": "demo",
+        "data.path": str(tmp_path / "demo" / "data"),
+        "data.seq_len": "256",
+        "data.batch_size": "4",
+    }
+    assert _steps_for(0.0001, common) == 10
+    assert _steps_for(60, common) > 10
