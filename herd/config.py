@@ -321,31 +321,46 @@ def load_run_config(
         except tomllib.TOMLDecodeError as e:
             raise HerdError(f"{path}: not valid TOML ({e})") from None
         source = str(path)
+    valid = ["model", *_SECTIONS]
+    for section, values in data.items():
+        if section not in valid:
+            raise HerdError(f"{source}: unknown section '{section}'{_closest(section, valid)}")
+        if not isinstance(values, dict):
+            raise HerdError(f"{source}: '{section}' is a value, expected a [{section}] table")
+    overridden = set()
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
         if not name:
             raise HerdError(f"--{key}: overrides are SECTION.FIELD, e.g. --train.steps 100")
         data.setdefault(section, {})[name] = value
+        overridden.add(key)
+
+    def where(key: str) -> str:
+        # A mistyped key is reported where the user wrote it: the override or the file.
+        return f"--{key}" if key in overridden else source
+
     run = RunConfig()
     for section, values in data.items():
         if section == "model":
-            if not isinstance(values, dict):
-                raise HerdError(f"{source}: [model] must be a table")
             known = ["preset", *(f.name for f in dataclasses.fields(ModelConfig))]
             for k, v in values.items():
                 if k not in known:
-                    raise HerdError(f"{source}: unknown key 'model.{k}'{_closest(k, known)}")
+                    raise HerdError(
+                        f"{where('model.' + k)}: unknown key 'model.{k}'{_closest(k, known)}"
+                    )
                 current = getattr(ModelConfig, k, None) if k != "preset" else "demo"
                 run.model[k] = _coerce(v, current if current is not None else 0, f"model.{k}")
             continue
-        if section not in _SECTIONS:
-            valid = ["model", *_SECTIONS]
-            raise HerdError(f"{source}: unknown section '{section}'{_closest(section, valid)}")
+        if section not in _SECTIONS:  # the file's sections are checked above: an override's
+            first = f"{section}.{next(iter(values))}"
+            raise HerdError(f"--{first}: unknown section '{section}'{_closest(section, valid)}")
         target = getattr(run, section)
         names = [f.name for f in dataclasses.fields(target)]
         for k, v in values.items():
             if k not in names:
-                raise HerdError(f"{source}: unknown key '{section}.{k}'{_closest(k, names)}")
+                raise HerdError(
+                    f"{where(section + '.' + k)}: unknown key '{section}.{k}'{_closest(k, names)}"
+                )
             setattr(target, k, _coerce(v, getattr(target, k), f"{section}.{k}"))
     return run
 

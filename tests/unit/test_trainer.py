@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,8 +182,24 @@ def test_damaged_checkpoint_is_skipped(tmp_path, data):
 def test_bad_configs(tmp_path, data):
     with pytest.raises(HerdError, match="did you mean 'seq_len'"):
         load_run_config(None, {"data.seq_lne": "8"})
-    with pytest.raises(HerdError, match=r"unknown section 'optimizer'.*'optim'"):
+    with pytest.raises(HerdError, match=r"^--optimizer.lr: unknown section 'optimizer'.*'optim'"):
         load_run_config(None, {"optimizer.lr": "1"})
+    # A mistyped key is reported where it was written: the override, or the file.
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\npreset = "demo"\n[optim]\nwarmup_step = 3\n')
+    with pytest.raises(
+        HerdError, match=rf"^{re.escape(str(config))}: unknown key 'optim.warmup_step'"
+    ):
+        load_run_config(str(config))
+    config.write_text('[model]\npreset = "demo"\n')
+    with pytest.raises(HerdError, match=r"^--optim.warmup_step: .*did you mean 'warmup_steps'"):
+        load_run_config(str(config), {"optim.warmup_step": "3"})
+    # A section written as a value is an error naming it, not a crash.
+    config.write_text("train = 1\n")
+    with pytest.raises(
+        HerdError, match=rf"^{re.escape(str(config))}: 'train' is a value, expected a \[train\]"
+    ):
+        load_run_config(str(config), {"train.steps": "3"})
     with pytest.raises(HerdError, match="does not fit the model's context 64"):
         Trainer(_config(data, tmp_path / "r", **{"data.seq_len": "128"}), tmp_path / "r")
     with pytest.raises(HerdError, match="fewer than one batch"):
