@@ -287,27 +287,40 @@ def _closest(key: str, valid: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else f" (expected one of: {', '.join(valid)})"
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """A dotted override's string value in the type of the field it replaces."""
-    if not isinstance(value, str) or isinstance(current, str):
+def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
+    """A config value in the type of the field it sets: an override's string is parsed, a TOML
+    value is checked (an integer-valued float such as 1e3 counts as an integer)."""
+    kind = type(current)
+    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if kind not in wanted:  # a field without a typed default: taken as written
         return value
+    raw = value
     try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return value.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(float(value)) if float(value).is_integer() else int(value)
-        if isinstance(current, float):
+        if isinstance(value, str) and kind is not str:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            value = (
+                float(value) if kind is float or not value.lstrip("+-").isdigit() else int(value)
+            )
+        if isinstance(value, bool) != (kind is bool):
+            raise ValueError
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if kind is float and isinstance(value, int):
             return float(value)
+        if not isinstance(value, kind):
+            raise ValueError
     except ValueError:
-        raise HerdError(f"--{key} {value!r}: expected {type(current).__name__}") from None
+        if where.startswith("--"):
+            raise HerdError(f"{where} {raw}: expected {wanted[kind]}") from None
+        shown = json.dumps(raw)  # as TOML writes it: true, 2.5, "abc"
+        raise HerdError(f"{where}: {key} = {shown}, expected {wanted[kind]}") from None
     return value
 
 
-def load_run_config(
-    path: str | None, overrides: dict[str, str] | None = None, source: str = "config"
-) -> RunConfig:
+def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -> RunConfig:
     """Read a TOML run config and apply dotted overrides ({"train.steps": "100"})."""
     import tomllib
 
@@ -320,13 +333,12 @@ def load_run_config(
             raise HerdError(f"{path}: file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise HerdError(f"{path}: not valid TOML ({e})") from None
-        source = str(path)
     valid = ["model", *_SECTIONS]
     for section, values in data.items():
         if section not in valid:
-            raise HerdError(f"{source}: unknown section '{section}'{_closest(section, valid)}")
+            raise HerdError(f"{path}: unknown section '{section}'{_closest(section, valid)}")
         if not isinstance(values, dict):
-            raise HerdError(f"{source}: '{section}' is a value, expected a [{section}] table")
+            raise HerdError(f"{path}: '{section}' is a value, expected a [{section}] table")
     overridden = set()
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
@@ -337,19 +349,22 @@ def load_run_config(
 
     def where(key: str) -> str:
         # A mistyped key is reported where the user wrote it: the override or the file.
-        return f"--{key}" if key in overridden else source
+        return f"--{key}" if key in overridden else str(path)
 
     run = RunConfig()
     for section, values in data.items():
         if section == "model":
-            known = ["preset", *(f.name for f in dataclasses.fields(ModelConfig))]
+            # A value of each field's type stands in for the default _coerce reads the type from
+            # (the shape fields have none); rope_scaling, a table, is checked by ModelConfig.
+            samples = {"int": 0, "float": 0.0, "bool": False}
+            typed = {f.name: samples.get(str(f.type)) for f in dataclasses.fields(ModelConfig)}
+            typed["preset"] = "demo"
             for k, v in values.items():
-                if k not in known:
+                if k not in typed:
                     raise HerdError(
-                        f"{where('model.' + k)}: unknown key 'model.{k}'{_closest(k, known)}"
+                        f"{where('model.' + k)}: unknown key 'model.{k}'{_closest(k, [*typed])}"
                     )
-                current = getattr(ModelConfig, k, None) if k != "preset" else "demo"
-                run.model[k] = _coerce(v, current if current is not None else 0, f"model.{k}")
+                run.model[k] = _coerce(v, typed[k], f"model.{k}", where(f"model.{k}"))
             continue
         if section not in _SECTIONS:  # the file's sections are checked above: an override's
             first = f"{section}.{next(iter(values))}"
@@ -361,7 +376,9 @@ def load_run_config(
                 raise HerdError(
                     f"{where(section + '.' + k)}: unknown key '{section}.{k}'{_closest(k, names)}"
                 )
-            setattr(target, k, _coerce(v, getattr(target, k), f"{section}.{k}"))
+            setattr(
+                target, k, _coerce(v, getattr(target, k), f"{section}.{k}", where(f"{section}.{k}"))
+            )
     return run
 
 

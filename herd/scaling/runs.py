@@ -217,6 +217,6 @@ def sweep(
                 "optim.warmup_steps": str(max(1, e["steps"] // 20)),
             }
         )
-        run = load_run_config(None, overrides, source="sweep")
+        run = load_run_config(None, overrides)
         Trainer(run, run_dir, resume=resume).fit(show_progress=show_progress)
     return [read_run(out / "runs" / e["name"]) for e in entries]

@@ -194,6 +194,23 @@ def test_bad_configs(tmp_path, data):
     config.write_text('[model]\npreset = "demo"\n')
     with pytest.raises(HerdError, match=r"^--optim.warmup_step: .*did you mean 'warmup_steps'"):
         load_run_config(str(config), {"optim.warmup_step": "3"})
+    # Values are checked against each field's type, in the file as on the command line.
+    config.write_text("[model]\ndim = 64.0\n[train]\nsteps = 1e3\ncompile = true\n")
+    run = load_run_config(str(config), {"optim.lr": "1", "model.n_layers": "2"})
+    assert (run.model["dim"], run.model["n_layers"], run.train.steps) == (64, 2, 1000)
+    assert run.train.compile is True and run.optim.lr == 1.0
+    for text, error in [
+        ("[train]\nsteps = 2.5\n", "train.steps = 2.5, expected an integer"),
+        ("[train]\nsteps = true\n", "train.steps = true, expected an integer"),
+        ('[train]\ncompile = "yes"\n', 'train.compile = "yes", expected true or false'),
+        ("[data]\npath = 3\n", "data.path = 3, expected a string"),
+        ("[model]\ndim = 6.5\n", "model.dim = 6.5, expected an integer"),
+    ]:
+        config.write_text(text)
+        with pytest.raises(HerdError, match=rf"^{re.escape(f'{config}: {error}')}$"):
+            load_run_config(str(config))
+    with pytest.raises(HerdError, match=r"^--model.dim 6.5: expected an integer$"):
+        load_run_config(None, {"model.dim": "6.5"})
     # A section written as a value is an error naming it, not a crash.
     config.write_text("train = 1\n")
     with pytest.raises(
