@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -89,8 +90,11 @@ class Trainer:
         self.train_batches = PackedBatches(self.data, "train", d.batch_size, d.seq_len, d.seed)
         try:
             self.val_batches = PackedBatches(self.data, "val", d.batch_size, d.seq_len, d.seed)
-        except HerdError:
+        except HerdError as e:
+            # Training goes on without validation lines; the user is told why once.
             self.val_batches = None
+            if self.rank == 0:
+                print(f"warning: no validation: {e}", file=sys.stderr)
         self.model = build_model(self.model_config, self.device, torch.float32, run.train.seed)
         self.model.train()
         if run.train.activation_checkpointing:

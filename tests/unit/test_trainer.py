@@ -223,6 +223,21 @@ def test_bad_configs(tmp_path, data):
         Trainer(_config(data, tmp_path / "r", **{"data.batch_size": "100000"}), tmp_path / "r")
 
 
+def test_a_validation_split_too_small_is_reported_not_silent(tmp_path, data, capsys):
+    from herd.data.batches import PackedBatches
+    from herd.data.shards import TokenShards
+
+    val = PackedBatches(TokenShards(data), "val", 1, 32).n_windows
+    assert PackedBatches(TokenShards(data), "train", val + 1, 32).n_windows > val
+    run = _config(data, tmp_path / "r", **{"data.batch_size": str(val + 1), "train.steps": "2"})
+    Trainer(run, tmp_path / "r").fit(show_progress=False)
+    assert (
+        f"warning: no validation: {data}: split 'val' has {val} windows" in capsys.readouterr().err
+    )
+    lines = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").open()]
+    assert lines and not any("val_loss" in x for x in lines)
+
+
 def test_activation_checkpointing_and_accumulation(tmp_path, data):
     """Recomputing blocks changes memory, not numbers; accumulation runs micro-batches."""
     plain = _config(data, tmp_path / "a", **{"train.steps": "4"})
