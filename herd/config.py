@@ -344,12 +344,10 @@ def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -
         section, _, name = key.partition(".")
         if not name:
             raise HerdError(f"--{key}: overrides are SECTION.FIELD, e.g. --train.steps 100")
+        if section not in valid:
+            raise HerdError(f"--{key}: unknown section '{section}'{_closest(section, valid)}")
         data.setdefault(section, {})[name] = value
         overridden.add(key)
-
-    def where(key: str) -> str:
-        # A mistyped key is reported where the user wrote it: the override or the file.
-        return f"--{key}" if key in overridden else str(path)
 
     run = RunConfig()
     for section, values in data.items():
@@ -357,28 +355,22 @@ def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -
             # A value of each field's type stands in for the default _coerce reads the type from
             # (the shape fields have none); rope_scaling, a table, is checked by ModelConfig.
             samples = {"int": 0, "float": 0.0, "bool": False}
-            typed = {f.name: samples.get(str(f.type)) for f in dataclasses.fields(ModelConfig)}
-            typed["preset"] = "demo"
-            for k, v in values.items():
-                if k not in typed:
-                    raise HerdError(
-                        f"{where('model.' + k)}: unknown key 'model.{k}'{_closest(k, [*typed])}"
-                    )
-                run.model[k] = _coerce(v, typed[k], f"model.{k}", where(f"model.{k}"))
-            continue
-        if section not in _SECTIONS:  # the file's sections are checked above: an override's
-            first = f"{section}.{next(iter(values))}"
-            raise HerdError(f"--{first}: unknown section '{section}'{_closest(section, valid)}")
-        target = getattr(run, section)
-        names = [f.name for f in dataclasses.fields(target)]
+            defaults = {f.name: samples.get(str(f.type)) for f in dataclasses.fields(ModelConfig)}
+            defaults["preset"] = "demo"
+        else:
+            target = getattr(run, section)
+            defaults = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
         for k, v in values.items():
-            if k not in names:
-                raise HerdError(
-                    f"{where(section + '.' + k)}: unknown key '{section}.{k}'{_closest(k, names)}"
-                )
-            setattr(
-                target, k, _coerce(v, getattr(target, k), f"{section}.{k}", where(f"{section}.{k}"))
-            )
+            key = f"{section}.{k}"
+            # A mistake is reported where the user wrote it: the override or the file.
+            where = f"--{key}" if key in overridden else str(path)
+            if k not in defaults:
+                raise HerdError(f"{where}: unknown key '{key}'{_closest(k, [*defaults])}")
+            value = _coerce(v, defaults[k], key, where)
+            if section == "model":
+                run.model[k] = value
+            else:
+                setattr(target, k, value)
     return run
 
 

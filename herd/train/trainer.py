@@ -91,7 +91,7 @@ class Trainer:
         try:
             self.val_batches = PackedBatches(self.data, "val", d.batch_size, d.seq_len, d.seed)
         except HerdError as e:
-            # Training goes on without validation lines; the user is told why once.
+            # Training goes on without validation lines; the user is told why.
             self.val_batches = None
             if self.rank == 0:
                 print(f"warning: no validation: {e}", file=sys.stderr)
