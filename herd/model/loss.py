@@ -97,7 +97,7 @@ def _softmax_rows_(logits, safe, keep, hidden, weight):
     loss = -prob.log()  # rows not kept have prob 0 here: loss inf, zeroed by the mask below
     tiny = keep & (prob < _TINY_PROB)
     if bool(tiny.any()):  # target logit and logsumexp from the same recomputed product
-        exact = torch.mm(hidden[tiny], weight.t()).float()
+        exact = torch.mm(hidden[tiny], weight.t()).to(logits.dtype)
         target = exact.gather(1, safe[tiny][:, None]).squeeze(1)
         loss[tiny] = torch.logsumexp(exact, dim=1) - target
     return logits, torch.where(keep, loss, 0.0)
@@ -122,12 +122,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         dtype = compute if autocast else hidden.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
         grad_h = torch.empty_like(hidden)
-        # float32 accumulator; the first chunk writes it, so it needs no zero-filling
-        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        full = dtype == torch.float32
+        # Logits, loss and gradients in at least float32 (float64 stays float64: exactness
+        # tests); the weight-gradient accumulator is written by the first chunk, not zero-filled.
+        wide = torch.promote_types(dtype, torch.float32)
+        grad_w = torch.empty(weight.shape, dtype=wide, device=weight.device)
+        total = torch.zeros((), dtype=wide, device=hidden.device)
+        full = dtype == wide
         rows_max = min(chunk, h.shape[0])
-        if not full or torch.compiler.is_compiling():
+        if dtype != torch.float32 or torch.compiler.is_compiling():
             buffer = None
         elif h.device.type == "cpu":
             buffer = _workspace.get(rows_max, w.shape[0])
@@ -138,7 +140,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 rows = slice(start, start + chunk)
                 hc, tc = h[rows], targets[rows]
                 if buffer is None:
-                    logits = torch.mm(hc, w.t()).float()  # .float(): a no-op in float32
+                    logits = torch.mm(hc, w.t()).to(wide)  # a no-op in float32 and float64
                 else:
                     logits = torch.mm(hc, w.t(), out=buffer[: hc.shape[0]])
                 keep = tc != IGNORE
@@ -158,7 +160,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 else:  # low-precision contractions, float32 accumulation across chunks
                     grad = grad.to(dtype)
                     grad_h[rows] = (grad @ w).to(hidden.dtype)
-                    part = (grad.t() @ hc).float()
+                    part = (grad.t() @ hc).to(wide)
                     if start == 0:
                         grad_w.copy_(part)
                     else:
@@ -226,7 +228,8 @@ def linear_cross_entropy(
     out = []
     for start in range(0, flat_h.shape[0], chunk):
         rows = slice(start, start + chunk)
-        logits = torch.nn.functional.linear(flat_h[rows], weight).float()
+        logits = torch.nn.functional.linear(flat_h[rows], weight)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         out.append(
             torch.nn.functional.cross_entropy(
                 logits, flat_t[rows], ignore_index=IGNORE, reduction="none"

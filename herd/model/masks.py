@@ -6,13 +6,22 @@ query token i may attend key token j when both belong to the same document and e
 part of a masked-infilling example). Positions restart at 0 for every document, so a document's
 logits do not depend on what was packed before it.
 
-On CUDA the rule becomes a FlexAttention block mask (blocks that are fully masked are skipped);
-elsewhere it is a dense boolean mask for scaled_dot_product_attention with identical semantics.
+Two forms of the rule with identical semantics:
+- a FlexAttention BlockMask (`with_block_mask`), which lets the attention kernel skip fully masked
+  blocks and never materialises a T x T matrix. It is built once per batch, outside the model, by
+  the compiled `create_block_mask`, and every layer (and validation) reuses it. Both the builder
+  and `flex_attention` itself run compiled: PyTorch's eager FlexAttention is a reference that
+  builds the whole T x T score matrix, which at 8K context runs out of memory or crawls.
+- a dense boolean mask [B, 1, T, T] for scaled_dot_product_attention (`dense`), used where
+  FlexAttention cannot train: torch has no FlexAttention backward on CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,10 +32,13 @@ class PackedAttention:
 
     doc_ids: LongTensor [B, T], non-decreasing along T within a row (a pack of documents).
     bidirectional: BoolTensor [B, T] or None (plain causal attention within documents).
+    flex: the same rule as a FlexAttention BlockMask, once `with_block_mask` has built it; the
+    model uses it when present.
     """
 
     doc_ids: torch.Tensor
     bidirectional: torch.Tensor | None = None
+    flex: Any = None
 
     def positions(self) -> torch.Tensor:
         """Position of every token within its own document: LongTensor [B, T]."""
@@ -49,10 +61,8 @@ class PackedAttention:
             allowed = allowed | both
         return (same_doc & allowed)[:, None]
 
-    def block_mask(self, n_heads: int):
-        """FlexAttention BlockMask with the same rule (CUDA)."""
-        from torch.nn.attention.flex_attention import create_block_mask
-
+    def with_block_mask(self) -> PackedAttention:
+        """This rule with its FlexAttention BlockMask built (by the compiled builder)."""
         doc, bidir = self.doc_ids, self.bidirectional
         B, T = doc.shape
 
@@ -62,4 +72,27 @@ class PackedAttention:
                 allowed = allowed | (bidir[b, q] & bidir[b, k])
             return (doc[b, q] == doc[b, k]) & allowed
 
-        return create_block_mask(rule, B, None, T, T, device=doc.device)
+        mask = _compiled("create_block_mask")(rule, B, None, T, T, device=doc.device)
+        return dataclasses.replace(self, flex=mask)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> PackedAttention:
+        """On `device` (a block mask is built there, after the move)."""
+
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return PackedAttention(move(self.doc_ids), move(self.bidirectional))
+
+
+@functools.cache
+def _compiled(name: str):
+    """torch.compile'd FlexAttention functions, compiled once per process and reused."""
+    from torch.nn.attention import flex_attention as flex
+
+    return torch.compile(getattr(flex, name), dynamic=False)
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+    """FlexAttention through the compiled kernel (inside an already compiled block, Dynamo
+    traces through to the same kernel)."""
+    return _compiled("flex_attention")(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)

@@ -26,7 +26,7 @@ from herd.config import ModelConfig
 from herd.model.cache import KVCache
 from herd.model.linear import Linear
 from herd.model.loss import linear_cross_entropy
-from herd.model.masks import PackedAttention
+from herd.model.masks import PackedAttention, flex_attention
 from herd.model.rope import apply_rope, rope_table
 
 INIT_STD = 0.02
@@ -35,7 +35,7 @@ _eager_loss = torch.compiler.disable(linear_cross_entropy)
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * g, computed in float32 for stability and cast back to the input dtype."""
+    """x / rms(x) * g, computed in at least float32 for stability, cast back to the input dtype."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -43,7 +43,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = F.rms_norm(wide, (x.shape[-1],), eps=self.eps).type_as(x)
         return normed * self.weight
 
 
@@ -79,8 +80,6 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, input_pos, k, v)
         gqa = self.n_kv_heads != self.n_heads
         if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention BlockMask
-            from torch.nn.attention.flex_attention import flex_attention
-
             out = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
         elif T == 1 and mask is not None:
             out = _single_query_attention(q, k, v, mask)
@@ -181,8 +180,11 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         if packed is not None:
             rope = self.rope[packed.positions()]
-            # FlexAttention skips fully masked blocks on CUDA; elsewhere a dense boolean mask.
-            mask = packed.block_mask(self.config.n_heads) if tokens.is_cuda else packed.dense()
+            # The caller's block mask (built once per batch); on CUDA one is built here if the
+            # caller gave none; elsewhere a dense boolean mask (no FlexAttention backward on CPU).
+            if packed.flex is None and tokens.is_cuda:
+                packed = packed.with_block_mask()
+            mask = packed.flex if packed.flex is not None else packed.dense()
         elif cache is None:
             rope = self.rope[:T] if input_pos is None else self.rope[input_pos]
             mask = None

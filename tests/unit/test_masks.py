@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 
 import herd
@@ -70,25 +73,39 @@ def test_bidirectional_prefix_sees_the_future():
     torch.testing.assert_close(cx[0, :3], cy[0, :3])  # causal: it does not
 
 
-def test_flex_attention_block_mask_matches_the_dense_mask():
-    # CUDA runs FlexAttention with `block_mask` (fully masked blocks skipped) where the CPU runs
-    # SDPA with `dense`: both must attend the same keys. FlexAttention also runs on CPU.
-    import warnings
+def _memory_kib() -> tuple[int, int]:
+    """(peak, current) resident memory of this process, KiB (Linux /proc)."""
+    status = Path("/proc/self/status").read_text()
+    return tuple(int(re.search(rf"{k}:\s+(\d+)", status).group(1)) for k in ("VmHWM", "VmRSS"))
 
-    import torch.nn.functional as F
-    from torch.nn.attention.flex_attention import flex_attention
 
-    B, H, T, D = 2, 2, 256, 16  # blocks of 128: whole blocks masked and partial ones
-    doc = torch.tensor([[0] * 100 + [1] * 60 + [2] * 96, [0] * 30 + [1] * 226])
-    bidirectional = torch.zeros(B, T, dtype=torch.bool)
-    bidirectional[0, 100:130] = True  # a prefix inside the second document
-    bidirectional[1, :10] = True
+def test_compiled_flex_attention_matches_the_dense_mask_in_little_memory():
+    """The block-mask path (compiled FlexAttention, the mask built once per batch by the compiled
+    builder) gives the dense-mask path's losses, and at T = 8192 it needs a small share of the
+    memory of one head's T x T score matrix (256 MiB in float32). Forward only: torch has no
+    FlexAttention backward on CPU."""
+    T = 8192
+    config = CONFIG.replace(n_layers=1, max_seq_len=T)
+    model = herd.build_model(config, seed=0).eval()
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
-    for bidir in (None, bidirectional):
-        packed = PackedAttention(doc, bidir)
-        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.dense())
-        with warnings.catch_warnings():  # eager FlexAttention warns that it is unfused
-            warnings.simplefilter("ignore")
-            got = flex_attention(q, k, v, block_mask=packed.block_mask(H))
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    tokens = torch.randint(0, 64, (2, T), generator=gen)
+    targets = torch.randint(0, 64, (2, T), generator=gen)
+    # Documents that end inside 128-token blocks and span several, a prefix that attends both
+    # ways inside the second document, and a row that is one long document.
+    doc = torch.tensor([[0] * 100 + [1] * 5000 + [2] * (T - 5100), [0] * T])
+    bidirectional = torch.zeros(2, T, dtype=torch.bool)
+    bidirectional[0, 100:700] = True
+    bidirectional[1, :50] = True
+    packed = PackedAttention(doc, bidirectional)
+    with torch.no_grad():
+        flex = packed.with_block_mask()
+        model(tokens, packed=flex, targets=targets, reduction="none")  # compiles
+        Path("/proc/self/clear_refs").write_text("5")  # restart the peak from here
+        _, before = _memory_kib()
+        fast = model(tokens, packed=flex, targets=targets, reduction="none")
+        peak, _ = _memory_kib()
+        dense = model(tokens, packed=packed, targets=targets, reduction="none")
+    torch.testing.assert_close(fast, dense, rtol=1e-5, atol=1e-5)
+    # 2 rows x 4 heads of such matrices: 2 GiB for an attention that builds them
+    score_matrix_kib = T * T * 4 // 1024
+    assert peak - before < score_matrix_kib / 4, (peak - before, score_matrix_kib)
