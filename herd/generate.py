@@ -174,7 +174,10 @@ def stream_generate(
 
     greedy = temperature <= 0.0
     cache.bidirectional = bidirectional_prefix
-    logits = model(prompt, torch.arange(prompt_len, device=device), cache)[:, -1]
+    # Only the last position's logits: the output layer is the widest (an 8K prompt at a 128K
+    # vocabulary would be 4 GiB of float32 logits per row).
+    last = torch.full((batch,), prompt_len - 1, device=device)
+    logits = model(prompt, torch.arange(prompt_len, device=device), cache, last=last)
     cache.bidirectional = 0  # decode steps are causal (and a compiled step stays one graph)
     token = sample(logits, temperature, top_k, top_p, generator)
     pos = torch.tensor([prompt_len], device=device)

@@ -52,6 +52,21 @@ def test_batched_and_tensor_inputs(model):
     assert herd.generate(model, prompts[0], max_new_tokens=3).shape == (3,)
 
 
+def test_prefill_computes_only_the_last_positions_logits(model):
+    """The output layer (the widest) sees one row per prompt in the prefill, not every position:
+    at an 8K prompt and a 128K vocabulary the full logits are 4 GiB of float32 per row."""
+    seen = []
+    hook = model.output.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        prompts = torch.tensor([[5, 17, 3, 88, 41, 2, 7], [9, 9, 1, 0, 4, 4, 4]])
+        out = herd.generate(model, prompts, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert seen[0] == (2, CONFIG.dim)  # the prefill: [B, dim], not [B, 7, dim]
+    for row, prompt in zip(out, prompts, strict=True):
+        assert row.tolist() == _greedy_by_recompute(model, prompt.tolist(), 3)
+
+
 def test_greedy_is_deterministic_and_seeded_sampling_reproducible(model):
     prompt = [1, 2, 3]
     assert herd.generate(model, prompt, 20) == herd.generate(model, prompt, 20)
