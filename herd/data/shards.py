@@ -10,15 +10,23 @@ Layout of a prepared folder:
 Each document is stored as BOS + tokens + EOS. A document goes to the validation split when a hash
 of its stable id falls below `val_fraction`, so the split never depends on order or machine.
 Documents are grouped into shards by a character budget before tokenizing, so a rerun recognises
-finished shards (same documents, same tokenizer, checksums intact) and skips them; each shard file
-and the manifest are written to a temporary name and renamed, so a killed run leaves no half shard.
+finished shards (same documents, same tokenizer, checksums intact) and skips them.
+
+A prepared folder is never left inconsistent: a shard's file name carries a hash of its tokens
+(train-00000-<hash>.bin), so a rerun never overwrites a file the current manifest names with
+different content; the manifest is replaced (atomically) only once every shard it names is
+written, and only then are the files it no longer names deleted. A run that fails half-way (a
+bad file under `on_bad_file = "fail"`, a kill) leaves the old manifest and its shards as they
+were, deletes what it wrote, and leaves no tokenizer/ folder in a folder it created.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +40,8 @@ from herd.tokenizer import Tokenizer, load_tokenizer
 FORMAT = "herd-tokens"
 VERSION = 1
 SPLITS = ("train", "val")
+# Shard files herd writes (the unhashed names are those of folders prepared before the hash).
+SHARD_FILE = re.compile(r"^(train|val)-\d{5}(-[0-9a-f]{12})?\.(bin|idx\.npy)$")
 
 
 def _is_val(doc_id: str, val_fraction: float) -> bool:
@@ -54,6 +64,8 @@ class _ShardWriter:
         self.previous = {s["name"]: s for split in SPLITS for s in manifest["splits"][split]}
         self.fresh = {split: [] for split in SPLITS}
         self.skipped = 0
+        self.written: list[Path] = []  # files this run created (removed if it fails)
+        self.warnings: list[str] = []  # files skipped under on_bad_file = "skip"
 
     def _still_valid(self, entry: dict | None, digest: str) -> bool:
         if entry is None or entry.get("digest") != digest:
@@ -75,9 +87,17 @@ class _ShardWriter:
             offsets = np.zeros(len(docs) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
             tokens = np.concatenate([np.asarray(ids, dtype=self.dtype) for ids in encoded])
-            bin_path, idx_path = self.out / f"{name}.bin", self.out / f"{name}.idx.npy"
-            write_file_atomically(bin_path, lambda f: f.write(tokens.tobytes()))
-            write_file_atomically(idx_path, lambda f: np.save(f, offsets))
+            data = tokens.tobytes()
+            sha = hashlib.sha256(data).hexdigest()
+            stem = f"{name}-{sha[:12]}"  # new content never takes a name the manifest uses
+            bin_path, idx_path = self.out / f"{stem}.bin", self.out / f"{stem}.idx.npy"
+            for path, write in (
+                (bin_path, lambda f: f.write(data)),
+                (idx_path, lambda f: np.save(f, offsets)),
+            ):
+                if not path.exists():
+                    self.written.append(path)
+                write_file_atomically(path, write)
             entry = {
                 "name": name,
                 "file": bin_path.name,
@@ -86,7 +106,7 @@ class _ShardWriter:
                 "tokens": int(offsets[-1]),
                 "bytes": sum(len(d.text.encode("utf-8", "replace")) for d in docs),
                 "digest": digest,
-                "sha256": file_sha256(bin_path),
+                "sha256": sha,
             }
         self.fresh[split].append(entry)
         return entry
@@ -114,6 +134,7 @@ def prepare(
         raise HerdError(f"--shard-chars {shard_chars}: expected a positive number")
     tok = load_tokenizer(tokenizer)
     out = Path(out)
+    created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     settings = {
@@ -136,12 +157,52 @@ def prepare(
                 f"{out}: holds shards prepared with a different {changed[0]}; use another --out"
             )
         manifest = old
-    tok_dir = out / "tokenizer"
-    tok_dir.mkdir(exist_ok=True)
-    for f in tok.files():
-        shutil.copy2(f, tok_dir / f.name)
-
+    for stale in out.glob(".tokenizer.tmp-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     writer = _ShardWriter(out, tok, manifest, num_threads)
+    staged = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=out))
+    try:
+        for f in tok.files():
+            shutil.copy2(f, staged / f.name)
+        _write_shards(sources, field, on_bad_file, val_fraction, shard_chars, writer, show_progress)
+        tok_dir = out / "tokenizer"
+        if tok_dir.exists():  # same tokenizer (checked above): its files are the same
+            shutil.rmtree(staged)
+        else:
+            staged.rename(tok_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        for path in writer.written:  # nothing the old manifest names: their names are new
+            path.unlink(missing_ok=True)
+        if created_out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    manifest.update(
+        splits=writer.fresh,
+        dtype=np.dtype(writer.dtype).name,
+        tokenizer={**tok.describe(), "path": "tokenizer/" + tok.path.name},
+        sources=describe_sources(sources),
+        skipped_files=writer.warnings,
+        totals={
+            split: {
+                k: sum(s[k] for s in writer.fresh[split]) for k in ("documents", "tokens", "bytes")
+            }
+            for split in SPLITS
+        },
+    )
+    write_file_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    # Only now that the new manifest is in place: the shards no manifest names any more.
+    named = {s[k] for split in SPLITS for s in writer.fresh[split] for k in ("file", "index")}
+    for path in out.iterdir():
+        if SHARD_FILE.match(path.name) and path.name not in named:
+            path.unlink()
+    return manifest_path
+
+
+def _write_shards(
+    sources, field, on_bad_file, val_fraction, shard_chars, writer: _ShardWriter, show_progress
+) -> None:
+    """Tokenize every document into `writer`'s shards, split by `val_fraction`."""
     pending: dict[str, list[Document]] = {split: [] for split in SPLITS}
     chars = dict.fromkeys(SPLITS, 0)
     warnings: list[str] = []
@@ -160,29 +221,9 @@ def prepare(
     bar.close()
     for w in warnings:
         tqdm.write(f"warning: {w}")
+    writer.warnings = warnings
     if not writer.fresh["train"]:
         raise HerdError(f"sources {', '.join(sources)}: no documents with text found")
-    stale = {s["name"] for split in SPLITS for s in manifest["splits"][split]} - {
-        s["name"] for split in SPLITS for s in writer.fresh[split]
-    }
-    for name in stale:  # shards of a previous, longer run of different inputs
-        for suffix in (".bin", ".idx.npy"):
-            (out / f"{name}{suffix}").unlink(missing_ok=True)
-    manifest.update(
-        splits=writer.fresh,
-        dtype=np.dtype(writer.dtype).name,
-        tokenizer={**tok.describe(), "path": "tokenizer/" + tok.path.name},
-        sources=describe_sources(sources),
-        skipped_files=warnings,
-        totals={
-            split: {
-                k: sum(s[k] for s in writer.fresh[split]) for k in ("documents", "tokens", "bytes")
-            }
-            for split in SPLITS
-        },
-    )
-    write_file_atomically(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
-    return manifest_path
 
 
 class TokenShards:

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from herd import HerdError, load_tokenizer
+from herd.data import shards
 from herd.data.shards import TokenShards, prepare
 from herd.data.sources import iter_documents, stdlib_files
 from herd.tokenizer.train import train_bpe
@@ -81,6 +82,51 @@ def test_rerun_skips_and_repairs(tmp_path, corpus, tokenizer):
     assert json.loads((out / "manifest.json").read_text())["splits"] == first["splits"]
     with pytest.raises(HerdError, match="different val_fraction"):
         prepare([str(root)], tokenizer, out, val_fraction=0.5, show_progress=False)
+
+
+def _files(folder):
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+def test_a_failed_rerun_leaves_the_prepared_folder_as_it_was(tmp_path, corpus, tokenizer):
+    root, _ = corpus
+    out = tmp_path / "out"
+    prepare([str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False)
+    before = _files(out)
+    # The corpus changes early on (the first shards come out different and are written), then
+    # holds a file that is not UTF-8, read last.
+    (root / "more.jsonl").write_text(json.dumps({"text": "changed " * 40}), encoding="utf-8")
+    (root / "zz-bad.txt").write_bytes("caf\xe9".encode("latin-1"))
+    written = []
+    real_flush = shards._ShardWriter.flush
+
+    def flush(self, split, docs):
+        entry = real_flush(self, split, docs)
+        written.extend(self.written)
+        return entry
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(shards._ShardWriter, "flush", flush)
+        with pytest.raises(HerdError, match=r"zz-bad.txt: invalid UTF-8"):
+            prepare(
+                [str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False
+            )
+    assert written  # new shards were written before the bad file was reached
+    assert _files(out) == before  # manifest, shards and tokenizer exactly as they were
+    TokenShards(out).shards("train")  # and they still read
+    # A folder the failed run created is not left behind (no half-made tokenizer/).
+    with pytest.raises(HerdError, match=r"zz-bad.txt"):
+        prepare([str(root)], tokenizer, tmp_path / "new", show_progress=False)
+    assert not (tmp_path / "new").exists()
+    # Once the corpus is fixed, the rerun replaces the changed shards and drops the old ones.
+    (root / "zz-bad.txt").unlink()
+    prepare([str(root)], tokenizer, out, val_fraction=0.2, shard_chars=300, show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    named = {
+        s[k] for split in manifest["splits"].values() for s in split for k in ("file", "index")
+    }
+    on_disk = {f.name for f in out.iterdir() if f.suffix in (".bin", ".npy")}
+    assert on_disk == named
 
 
 def test_split_is_deterministic(tmp_path, corpus, tokenizer):
