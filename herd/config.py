@@ -202,13 +202,29 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the initialisation"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     dtype: str = field(default="auto", metadata={"help": "autocast dtype: auto (bf16 on GPU)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    param_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the weights, gradients and AdamW moments: float32, or float64 "
+            "for numerical checks on CPU"
+        },
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile every Transformer block (before FSDP2)"}
+    )
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute blocks"})
     log_every: int = field(default=10, metadata={"help": "steps between metrics lines"})
     eval_every: int = field(default=100, metadata={"help": "steps between validations"})
     eval_batches: int = field(default=20, metadata={"help": "validation batches"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=3, metadata={"help": "checkpoints to keep"})
+    peak_flops: float = field(
+        default=0.0,
+        metadata={
+            "help": "peak FLOP/s of one device for MFU; 0: from herd's table of bf16 dense peaks "
+            "by device name (MFU is left empty for devices not in it)"
+        },
+    )
     checkpoint_format: str = field(
         default="auto",
         metadata={"help": "full (gathered), sharded (DCP per process) or auto (sharded if >1)"},
@@ -245,6 +261,13 @@ class StabilityConfig:
     eps_factor: float = field(default=10.0, metadata={"help": "eps: multiplier of Adam's eps"})
     max_rewinds: int = field(
         default=5, metadata={"help": "rewind: at most this many, then spikes are skipped"}
+    )
+    max_skips: int = field(
+        default=10,
+        metadata={
+            "help": "skip, rewind: after this many consecutive spiking steps, updates apply again "
+            "and the detector's window takes in the new loss level"
+        },
     )
 
 

@@ -4,7 +4,8 @@ The token stream of a split (documents stored back to back as BOS + tokens + EOS
 windows of `seq_len + 1` tokens with stride `seq_len` (a window's last token is the next window's
 first, so every token is a target exactly once per epoch). Each epoch visits the windows in a
 permutation seeded by (seed, epoch); the cursor (epoch, index) is the whole state, so a resumed
-run draws exactly the batches the uninterrupted run would have drawn.
+run draws exactly the batches the uninterrupted run would have drawn. Every drawn window also gets
+a row seed from (seed, epoch, index), from which the objective draws that row's randomness.
 """
 
 from __future__ import annotations
@@ -50,32 +51,44 @@ class PackedBatches:
         docs = np.searchsorted(offsets, positions, side="right") - 1
         return torch.from_numpy(ids), torch.from_numpy(docs.astype(np.int64))
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(windows [B, T+1], doc_ids [B, T+1]) and advance the cursor."""
-        rows, docs = [], []
-        for _ in range(self.batch_size):
-            if self.index == self.n_windows:
-                self.epoch += 1
-                self.index = 0
-                self._order = self._permutation(self.epoch)
-            ids, doc = self.window(int(self._order[self.index]))
-            rows.append(ids)
-            docs.append(doc)
-            self.index += 1
-        return torch.stack(rows), torch.stack(docs)
+    def _advance(self) -> tuple[int, int]:
+        """The next window of the order and its row seed; moves the cursor one window on."""
+        if self.index == self.n_windows:
+            self.epoch += 1
+            self.index = 0
+            self._order = self._permutation(self.epoch)
+        w = int(self._order[self.index])
+        # A function of the run's seed and the draw's place (epoch, index): the seed of this row's
+        # objective randomness, the same whichever process or micro-batch builds the row.
+        seed = ((self.seed * 1_000_003 + self.epoch) << 32 | self.index) & (2**63 - 1)
+        self.index += 1
+        return w, seed
+
+    def next_batch(self, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(windows [b, T+1], doc_ids [b, T+1], row seeds [b]) of the next batch's `rows` (all
+        by default), advancing the cursor past the whole batch; only those rows are read, so
+        each process of a multi-process run reads just its own share."""
+        rows = rows or slice(None)
+        keep = range(self.batch_size)[rows]
+        ids, docs, seeds = [], [], []
+        for r in range(self.batch_size):
+            w, seed = self._advance()
+            if r in keep:
+                tokens, doc = self.window(w)
+                ids.append(tokens)
+                docs.append(doc)
+                seeds.append(seed)
+        return torch.stack(ids), torch.stack(docs), seeds
 
     def skip(self, n_batches: int) -> None:
         """Advance the cursor past `n_batches` batches exactly as `next_batch` would, reading
         nothing (loss-spike recovery skips the data that follows a rewind)."""
         for _ in range(n_batches * self.batch_size):
-            if self.index == self.n_windows:
-                self.epoch += 1
-                self.index = 0
-                self._order = self._permutation(self.epoch)
-            self.index += 1
+            self._advance()
 
-    def sequential(self, max_batches: int | None = None):
-        """Evaluation batches: (windows, doc_ids), the same ones on every call.
+    def sequential(self, max_batches: int | None = None, rows: slice | None = None):
+        """Evaluation batches: (windows, doc_ids) of each batch's `rows` (all by default), the
+        same ones on every call.
 
         With `max_batches` the windows are a fixed random sample of the whole split (seeded by
         the run's seed), not its first windows: shards are stored in source order, so the first
@@ -91,9 +104,8 @@ class PackedBatches:
             )
             n = max_batches
         for b in range(n):
-            pairs = [
-                self.window(int(w)) for w in order[b * self.batch_size : (b + 1) * self.batch_size]
-            ]
+            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+            pairs = [self.window(int(w)) for w in batch[rows or slice(None)]]
             yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def state_dict(self) -> dict:

@@ -37,7 +37,9 @@ Choices the papers leave open, fixed here:
   a model meant for infilling generation should be trained with one.
 - Next-token targets never cross a document boundary; prefix lengths are uniform on [1, len - 1].
 Everything random is drawn from the caller's torch.Generator (a CPU generator), in row order then
-document order, so a batch is a pure function of (window, doc_ids, objective, generator state).
+document order, so a batch is a pure function of (window, doc_ids, objective, generator state). The
+trainer (`make_batch`) gives every row its own generator, seeded by the row's place in the data
+order, so a row comes out the same in any process and any micro-batch.
 """
 
 from __future__ import annotations
@@ -313,11 +315,26 @@ def tokenizer_sentinels(tokenizer) -> list[int]:
     return [i for i in reserved if i is not None]
 
 
-def make_batch(window, docs, data: DataConfig, generator, sentinels):
-    """(inputs, targets, packed) for one micro-batch of windows [B, T+1]."""
+def make_batch(
+    window: torch.Tensor,
+    docs: torch.Tensor,
+    data: DataConfig,
+    row_seeds: Sequence[int],
+    sentinels: Sequence[int],
+):
+    """(inputs, targets, packed) for windows [B, T+1] under the run's objective.
+
+    Each row draws its randomness (prefix lengths, masked spans) from its own generator seeded
+    with `row_seeds[i]` (PackedBatches gives every drawn window one), so a row's example is the
+    same whichever process builds it and however the step is split into micro-batches.
+    """
     if data.objective not in OBJECTIVES:
         raise HerdError(
             f"data.objective '{data.objective}': expected one of {', '.join(OBJECTIVES)}"
+        )
+    if len(row_seeds) != window.shape[0]:
+        raise HerdError(
+            f"make_batch needs one seed per row: {len(row_seeds)} for {window.shape[0]}"
         )
     cfg = ObjectiveConfig(
         name=data.objective,
@@ -325,6 +342,27 @@ def make_batch(window, docs, data: DataConfig, generator, sentinels):
         mask_fraction=data.mask_fraction,
         end_marker=data.end_marker,
     )
-    batch = build_batch(window, docs, cfg, generator, sentinels)
+    if cfg.bidirectional_context or cfg.bidirectional_attention:
+        rows = [
+            build_batch(
+                window[i : i + 1],
+                docs[i : i + 1],
+                cfg,
+                torch.Generator().manual_seed(int(seed)),
+                sentinels,
+            )
+            for i, seed in enumerate(row_seeds)
+        ]
+        bidir = [r.packed.bidirectional for r in rows]
+        batch = TrainBatch(
+            torch.cat([r.inputs for r in rows]),
+            torch.cat([r.targets for r in rows]),
+            PackedAttention(
+                torch.cat([r.packed.doc_ids for r in rows]),
+                None if bidir[0] is None else torch.cat(bidir),
+            ),
+        )
+    else:  # next-token prediction draws nothing: the whole batch at once
+        batch = build_batch(window, docs, cfg, torch.Generator(), sentinels)
     packed = batch.packed if data.document_mask or cfg.bidirectional_attention else None
     return batch.inputs, batch.targets, packed

@@ -5,8 +5,10 @@ Two layouts (`train.checkpoint_format`: full, sharded, or auto = sharded with se
   checkpoints/step-00000100/                        full: one process writes everything
     config.json, model.safetensors, tokenizer files   a herd checkpoint (`herd.load` reads it)
     train_state/optimizer.pt                          AdamW moments (tensors only)
-    train_state/rng.pt                                torch CPU/CUDA and objective generator states
-    train_state/state.json                            step, tokens seen, data cursor
+    train_state/rng.pt                                torch CPU/CUDA generator states
+    train_state/state.json                            step, tokens seen, data cursor, stability
+    train_state/monitor.safetensors                   the stability monitor's kept gradients
+                                                      (when a monitored step follows)
     checksums.json                                    sha256 of every file above
 
   checkpoints/step-00000100/                        sharded: every process writes its shards
@@ -18,19 +20,22 @@ Two layouts (`train.checkpoint_format`: full, sharded, or auto = sharded with se
                                                       process R, the offsets of its pieces in
                                                       the header, no pickled .metadata
     train_state/rng-rank{R}.pt                        each process's RNG states (tensors only)
-    train_state/state.json, checksums.json            as above
+    train_state/state.json, monitor.safetensors,      as above (the monitor's gradients are rank
+    checksums.json                                    0's shards: rank 0 writes the records)
 
 The sharded optimizer files hold `<parameter>.exp_avg`, `.exp_avg_sq` and `.step`; param_groups
 are rebuilt from the run config. Each process keeps its own RNG file because processes' torch RNG
-states differ (the objective generator, the one that shapes batches, is the same on all of them);
-a run resumed on more processes than wrote the checkpoint gives the extra ones rank 0's states.
+states differ (batches draw from per-row seeds, not from a generator state); a run resumed on
+more processes than wrote the checkpoint gives the extra ones rank 0's states.
 `herd.load` reads a sharded folder too (herd.checkpoint.io stitches the model shards together).
 
 Folders are written to a temporary sibling and renamed (complete or absent); in the sharded case
 all processes write into one sibling with a fixed name on the shared filesystem, and rank 0 renames
 it after a barrier. On resume the newest folder whose checksums all match is used; a damaged or
 partial one is skipped and reported, so a run killed mid-write, or a disk that flipped a bit, never
-loads a bad state. Everything is loaded with `weights_only=True` or from safetensors.
+loads a bad state. Everything is loaded with `weights_only=True` or from safetensors. A write
+killed half-way leaves its hidden temporary sibling behind; the next start removes it
+(`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from herd.checkpoint.io import (
@@ -57,6 +63,7 @@ from herd.train import distributed
 
 PREFIX = "step-"
 FORMATS = ("auto", "full", "sharded")
+MONITOR_FILE = "monitor.safetensors"
 
 
 def resolve_format(name: str, world_size: int) -> str:
@@ -83,6 +90,7 @@ def save_training_checkpoint(
     rng: dict,
     tokenizer_files: list[Path],
     keep: int,
+    monitor: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoints/step-NNNNNNNN atomically, then drop all but the newest `keep`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +102,8 @@ def save_training_checkpoint(
         torch.save(optimizer_state, ts / "optimizer.pt")
         torch.save(rng, ts / "rng.pt")
         (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        if monitor:
+            save_file(monitor, ts / MONITOR_FILE)
         sums = {
             str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
@@ -115,8 +125,10 @@ def save_sharded_checkpoint(
     tokenizer_files: list[Path],
     keep: int,
     device: torch.device,
+    monitor: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """The sharded layout; a collective: every process calls it with its own `rng`."""
+    """The sharded layout; a collective: every process calls it with its own `rng` (rank 0's
+    `monitor` tensors are the ones written)."""
     rank, world = distributed.world()
     dst = folder / f"{PREFIX}{step:08d}"
     # A name every process can compute without communicating; hidden, so never listed as a
@@ -128,6 +140,8 @@ def save_sharded_checkpoint(
         ts.mkdir(parents=True)
         write_herd_config(tmp, config, model.parameters(), tokenizer_files)
         (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        if monitor:
+            save_file(monitor, ts / MONITOR_FILE)
     distributed.barrier()
     distributed.save_sharded_state(model, optimizer, ts, config.tie_embeddings)
     torch.save(rng, ts / f"rng-rank{rank}.pt")
@@ -164,6 +178,34 @@ def _checksums(tmp: Path, rank: int, world: int, device: torch.device) -> dict[s
     return {
         f: bytes(int(b) for b in digests[32 * i : 32 * (i + 1)]).hex() for i, f in enumerate(files)
     }
+
+
+def check_same_model(path: Path, saved: ModelConfig, current: ModelConfig) -> None:
+    """A one-line error naming every model field in which a checkpoint differs from the run."""
+    a, b = saved.to_dict(), current.to_dict()
+    changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in a | b if a.get(k) != b.get(k)]
+    if changed:
+        raise HerdError(
+            f"{path}: the checkpoint's model differs from this run's config "
+            f"({'; '.join(changed)}); resume with the run's own config.toml"
+        )
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden siblings a killed checkpoint write left behind (`.step-N.tmp-*`, and
+    `.step-N.old-*` from a replace); returns what was removed. Call before any write starts."""
+    if not folder.is_dir():
+        return []
+    stale = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name.startswith(f".{PREFIX}")
+        and (".tmp-" in p.name or ".old-" in p.name)
+    ]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def checkpoint_step(path: Path) -> int:
@@ -218,6 +260,7 @@ def load_latest(
             continue
         ts = path / "train_state"
         state = json.loads((ts / "state.json").read_text())
+        monitor = load_file(ts / MONITOR_FILE) if (ts / MONITOR_FILE).is_file() else {}
         if (ts / "model").is_dir():
             rng = ts / f"rng-rank{rank}.pt"
             rng = rng if rng.is_file() else ts / "rng-rank0.pt"
@@ -226,6 +269,7 @@ def load_latest(
                 "config": read_herd_config(path),
                 "rng": torch.load(rng, weights_only=True),
                 "state": state,
+                "monitor": monitor,
             }
         config, weights = read_herd_folder(path)
         return path, {
@@ -235,5 +279,6 @@ def load_latest(
             "optimizer": torch.load(ts / "optimizer.pt", weights_only=True),
             "rng": torch.load(ts / "rng.pt", weights_only=True),
             "state": state,
+            "monitor": monitor,
         }
     return None

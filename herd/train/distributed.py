@@ -45,6 +45,25 @@ def world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def place(device: str, batch_size: int) -> tuple[int, int, torch.device, slice]:
+    """(rank, world size, this process's device, its rows of each global batch) for
+    `train.device` (auto: the local GPU under torchrun, else cuda if there is one, else cpu)."""
+    rank, world_size = world()
+    if world_size > 1 and device == "auto":
+        here = local_device()
+    elif device == "auto":
+        here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        here = torch.device(device)
+    if batch_size % world_size:
+        raise HerdError(
+            f"data.batch_size {batch_size} (the global batch) is not divisible by "
+            f"the {world_size} processes"
+        )
+    share = batch_size // world_size
+    return rank, world_size, here, slice(rank * share, (rank + 1) * share)
+
+
 def local_device() -> torch.device:
     if torch.cuda.is_available():
         index = int(os.environ.get("LOCAL_RANK", "0"))

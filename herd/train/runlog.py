@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Events that record the resume history itself: kept when a resume drops the steps after its
 # checkpoint, since the resumed run does not log them again.
-_HISTORY = ("resume", "checkpoint_skipped")
+_HISTORY = ("resume", "checkpoint_skipped", "stale_checkpoint_removed")
 
 
 def _kept(line: str, step: int) -> bool:

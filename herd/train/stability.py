@@ -1,35 +1,38 @@
-"""Training stability: the Adam-instability monitor, a loss-spike detector and the responses.
+"""Training stability: the Adam-instability monitor, the loss-spike responses and their state.
 
 Monitor (`[stability] every`): on every `every`-th step the trainer keeps the previous step's
 gradients and the weights before the update, then records per layer (and, under `tensors`, per
 weight matrix) the statistics of herd/train/stability_stats.py (gradient RMS against eps, share
 of components at eps scale, gradient correlation across the two steps, bimodality of Adam's
 normalised update, update/gradient cosine, update/weight ratio) and a histogram of the normalised
-update, as one line of
-`stability.jsonl`. Other steps do no extra work and no host synchronisation. Under FSDP the
-statistics are those of each process's shards (rank 0's are written).
+update, as one line of `stability.jsonl`. Other steps do no extra work and no host
+synchronisation. Under FSDP the statistics are those of each process's shards (rank 0's are
+written). The gradient snapshot is part of a checkpoint, so a resumed run writes the records the
+uninterrupted one would.
 
-Detector: the loss of every step (already on the host for the progress bar) is compared with the
+Detector (herd/train/spikes.py, on the device): the loss of every step is compared with the
 median and the median absolute deviation of the previous `window` accepted losses; a spike is a
-robust z-score above `threshold` that also exceeds the median by `min_rise` (so a flat window
-with a tiny MAD does not fire on noise). Early warning (`instability_warning` events): a monitored
-layer or matrix whose normalised update turns bimodal near +-1 (Sarle's coefficient above 5/9, the
-uniform distribution's, with mean |u| above 0.3) while its gradients lose their step-to-step
-correlation (below 0.2) — the precursor the theory names.
+robust z-score above `threshold` that also exceeds the median by `min_rise`. Early warning
+(`instability_warning` events): a monitored layer or matrix whose normalised update turns bimodal
+near +-1 (Sarle's coefficient above 5/9, the uniform distribution's, with mean |u| above 0.3)
+while its gradients lose their step-to-step correlation (below 0.2) — the precursor the theory
+names.
 
 Responses (`response`, each logged in events.jsonl): `log` only records; `skip` drops the step's
-update (PaLM's remedy, one batch at a time); `rewind` restores the newest intact checkpoint from
-before the spike and skips the next `skip_batches` batches (k times as many on the k-th rewind,
-since the replay from a checkpoint is deterministic) (PaLM restarted ~100 steps before a
-spike and skipped 200-500 batches); `lower_lr` multiplies the learning rate by `lr_factor` for
-`lr_steps` steps; `eps` multiplies Adam's eps by `eps_factor` (the theory's fix: an eps above
-the gradients' scale keeps the update unimodal). The multipliers are part of the checkpoint, so
-resume stays exact.
+update (PaLM's remedy, one batch at a time; at most `max_skips` spiking steps in a row, then the
+updates apply and the detector's window follows the loss); `rewind` restores the newest intact
+checkpoint from before the spike and skips the next `skip_batches` batches (k times as many on the
+k-th rewind, since the replay from a checkpoint is deterministic) (PaLM restarted ~100 steps
+before a spike and skipped 200-500 batches); `lower_lr` multiplies the learning rate by
+`lr_factor` for `lr_steps` steps; `eps` multiplies Adam's eps by `eps_factor` (the theory's fix:
+an eps above the gradients' scale keeps the update unimodal). `log`, `skip` and `rewind` cost no
+host sync: the skip is decided on the device, and a rewind happens when the trainer next reads
+the verdicts (a log, monitor or checkpoint step, so never after a checkpoint taken past the
+spike). `lower_lr` and `eps` change the optimizer from the host, so the trainer reads every
+step's verdict under them. The multipliers are part of the checkpoint, so resume stays exact.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 
@@ -65,10 +68,11 @@ class Stability:
             raise HerdError(
                 f"stability.response '{config.response}': expected one of {', '.join(RESPONSES)}"
             )
-        if config.every < 2 or config.window < 5:
-            raise HerdError("stability.every must be >= 2 and stability.window >= 5")
+        if config.every < 2 or config.window < 5 or config.max_skips < 1:
+            raise HerdError(
+                "stability.every must be >= 2, stability.window >= 5 and stability.max_skips >= 1"
+            )
         self.config = config
-        self.losses: list[float] = []
         self.lr_multiplier, self.lr_until = 1.0, -1
         self.eps_multiplier = 1.0
         self.rewinds = 0
@@ -149,12 +153,39 @@ class Stability:
             record["update_histogram"] = stats.update_histogram(all_updates)
         return record
 
-    def warnings(self, record: dict) -> list[str]:
+    def drop_gradients(self) -> None:
+        """Forget the kept gradients (their step's update was skipped)."""
+        self._previous = None
+
+    def gradient_snapshot(self) -> dict[str, torch.Tensor]:
+        """The kept gradients as flat tensors ("group/i"), for a checkpoint; {} when none."""
+        return {
+            f"{k}/{i}": t.detach().cpu().contiguous()
+            for k, ts in (self._previous or {}).items()
+            for i, t in enumerate(ts)
+        }
+
+    def load_gradient_snapshot(self, tensors: dict[str, torch.Tensor], groups) -> None:
+        """Restore `gradient_snapshot` if it fits this process's parameters (as many processes
+        as the run that wrote it); otherwise the next record has no gradient correlation."""
+        self._previous = None
+        previous = {}
+        for key, ps in groups.items():
+            live = [_local(p) for _, p in ps if p.requires_grad]
+            kept = [tensors.get(f"{key}/{i}") for i in range(len(live))]
+            if all(t is None for t in kept):
+                continue
+            if any(t is None or t.shape != p.shape for t, p in zip(kept, live, strict=True)):
+                return
+            previous[key] = [t.to(p.device, p.dtype) for t, p in zip(kept, live, strict=True)]
+        self._previous = previous or None
+
+    def warnings(self, record: dict, window_full: bool) -> list[str]:
         """Layers and matrices showing the instability's precursor in a monitored record.
 
         Silent until the detector's window has filled, like the detector: Adam's first updates
         are sign-like by construction (at step 1, u = g / |g|), which is not the instability."""
-        if len(self.losses) < self.config.window:
+        if not window_full:
             return []
         out = []
         for key, g in [*record["groups"].items(), *record.get("tensors", {}).items()]:
@@ -163,29 +194,20 @@ class Stability:
                 out.append(key)
         return out
 
-    # --- spikes ---------------------------------------------------------------------------
+    # --- responses ------------------------------------------------------------------------
 
-    def check(self, loss: float) -> dict | None:
-        """{'median', 'mad', 'z'} when `loss` is a spike against the trailing window."""
-        cfg = self.config
-        if not cfg.enabled or len(self.losses) < cfg.window:
-            return None
-        window = self.losses[-cfg.window :]
-        median = statistics.median(window)
-        mad = statistics.median(abs(x - median) for x in window) * 1.4826
-        z = (loss - median) / mad if mad > 0 else (float("inf") if loss > median else 0.0)
-        if z > cfg.threshold and loss > median * (1 + cfg.min_rise):
-            return {"median": median, "mad": mad, "z": z}
-        return None
+    @property
+    def drops_spikes(self) -> bool:
+        """Whether a spiking step's update is skipped on the device (skip, rewind)."""
+        return self.config.response in ("skip", "rewind")
 
-    def accept(self, loss: float) -> None:
-        """A step whose loss enters the window (spikes that were skipped or rewound do not)."""
-        self.losses.append(loss)
-        del self.losses[: -4 * self.config.window]
+    @property
+    def acts_from_host(self) -> bool:
+        """Whether the response changes the optimizer from the host after a spike."""
+        return self.config.enabled and self.config.response in ("lower_lr", "eps")
 
-    def response_for(self, spike: dict | None) -> str | None:
-        if spike is None:
-            return None
+    def response_for(self) -> str:
+        """What to do about a spike now (rewind turns into skip after max_rewinds)."""
         response = self.config.response
         if response == "rewind" and self.rewinds >= self.config.max_rewinds:
             return "skip"
@@ -211,7 +233,6 @@ class Stability:
 
     def state_dict(self) -> dict:
         return {
-            "losses": self.losses,
             "lr_multiplier": self.lr_multiplier,
             "lr_until": self.lr_until,
             "eps_multiplier": self.eps_multiplier,
@@ -219,7 +240,6 @@ class Stability:
         }
 
     def load_state_dict(self, state: dict, optimizer, base_eps: float) -> None:
-        self.losses = list(state.get("losses", []))
         self.lr_multiplier = float(state.get("lr_multiplier", 1.0))
         self.lr_until = int(state.get("lr_until", -1))
         self.rewinds = int(state.get("rewinds", 0))

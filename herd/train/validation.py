@@ -19,9 +19,12 @@ from herd.train import distributed
 
 
 def loss_sums(nll: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor):
-    """(sum of nats, targets counted, UTF-8 bytes of the targets) for bits-per-byte."""
+    """float64 [nats, targets counted, UTF-8 bytes of the targets] for bits-per-byte, on the
+    device (no boolean indexing, which would wait for the device to size its result)."""
     keep = targets != -100
-    return nll[keep].sum(), int(keep.sum()), int(token_bytes[targets[keep]].sum())
+    nats = torch.where(keep, nll, 0).sum(dtype=torch.float64)
+    nbytes = (token_bytes[targets.clamp(min=0)] * keep).sum(dtype=torch.float64)
+    return torch.stack([nats, keep.sum(dtype=torch.float64), nbytes])
 
 
 @torch.no_grad()
@@ -35,25 +38,27 @@ def validate(
     document_mask: bool,
     token_bytes: torch.Tensor,
     autocast: Callable[[], AbstractContextManager],
+    block_masks: bool = False,
 ) -> dict | None:
     """{'val_loss', 'val_bpb'} over `max_batches` batches in order (this process's `rows` of
-    each, summed over processes), or None when the split has no targets."""
+    each, summed over processes), or None when the split has no targets. `block_masks`: attend
+    through FlexAttention block masks, as training does on that device."""
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(device)
-    nats, count, nbytes = 0.0, 0, 0
-    for window, docs in batches.sequential(max_batches):
-        window, docs = window[rows], docs[rows]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for window, docs in batches.sequential(max_batches, rows):
         inputs, targets = window[:, :-1], window[:, 1:].clone()
         targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
         packed = PackedAttention(docs[:, :-1].to(device)) if document_mask else None
+        if packed is not None and block_masks:
+            packed = packed.with_block_mask()
         targets = targets.to(device)
         with autocast():
             nll = model(inputs.to(device), packed=packed, targets=targets, reduction="none")
-        s, c, b = loss_sums(nll, targets, token_bytes)
-        nats, count, nbytes = nats + float(s), count + c, nbytes + b
+        sums += loss_sums(nll, targets, token_bytes)
     model.train(was_training)
-    nats, count, nbytes = distributed.all_reduce_sum([nats, count, nbytes], device)
+    nats, count, nbytes = distributed.all_reduce_sum(sums.tolist(), device)  # the one read
     if count == 0:
         return None
     return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}

@@ -62,15 +62,31 @@ def _args(data: Path, out: Path, steps: int) -> list[str]:
     return [token for k, v in _values(data, out, steps).items() for token in (f"--{k}", v)]
 
 
+def first_per_token(run: Path) -> float:
+    """FLOPs per token implied by the single-process run's first MFU figure."""
+    r = next(json.loads(x) for x in (run / "metrics.jsonl").open() if '"mfu"' in x)
+    return r["mfu"] * 1e9 / r["tokens_per_s"]
+
+
 def _losses(run: Path) -> list[float]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [r.get("loss", r.get("val_loss")) for r in rows]
 
 
 def test_two_gloo_processes_match_one(tmp_path, data):
+    """Each process builds only its rows of a masked objective's batches (per-row seeds), with
+    accumulation; MFU counts each device's own tokens."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = [
+        "--data.objective",
+        "mskbi",
+        "--train.grad_accum",
+        "2",
+        "--train.peak_flops",
+        "1e9",
+    ]
     subprocess.run(
-        [sys.executable, "-m", "herd", "train", *_args(data, tmp_path / "one", 6)],
+        [sys.executable, "-m", "herd", "train", *_args(data, tmp_path / "one", 6), *extra],
         check=True,
         capture_output=True,
         env=env,
@@ -89,7 +105,7 @@ def test_two_gloo_processes_match_one(tmp_path, data):
         "train",
     ]
     proc = subprocess.run(
-        [*torchrun, *_args(data, tmp_path / "two", 6)],
+        [*torchrun, *_args(data, tmp_path / "two", 6), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -99,6 +115,12 @@ def test_two_gloo_processes_match_one(tmp_path, data):
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) > 6
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5
+    for run, processes in (("one", 1), ("two", 2)):
+        for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if "mfu" in r:  # tokens/s is the run's; each device did its share
+                per_token = r["mfu"] * 1e9 / (r["tokens_per_s"] / processes)
+                assert per_token == pytest.approx(first_per_token(tmp_path / "one"))
 
     # the two-process run's checkpoint (sharded by default) resumes in one process
     subprocess.run(

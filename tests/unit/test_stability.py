@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 
 import pytest
 import torch
 
 from herd.config import StabilityConfig
 from herd.train import stability_stats as stats
+from herd.train.spikes import FIELDS, SpikeDetector
 from herd.train.stability import Stability
 from herd.train.trainer import Trainer
 from tests.unit.test_trainer import _config, data  # noqa: F401 - shared prepared shards
@@ -111,15 +113,57 @@ def test_group_stats_from_per_tensor_sums_equal_the_direct_computation():
     assert out["update_bimodality"] > 5 / 9  # the +-0.9 sample is bimodal
 
 
+def _observe(det: SpikeDetector, loss: float, norm: float = 1.0) -> dict:
+    loss_t = torch.tensor(loss, dtype=torch.float64)
+    skip, row = det.observe(loss_t, loss_t, torch.tensor(norm))
+    record = dict(zip(FIELDS, row.tolist(), strict=True))
+    assert float(skip) == record["skipped"]
+    return record
+
+
 def test_detector_fires_on_a_spike_not_on_noise():
-    det = Stability(StabilityConfig(window=20, threshold=6.0))
+    # The reference: Python's statistics module over the same trailing window.
+    det = SpikeDetector(StabilityConfig(window=20, threshold=6.0), False, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    for x in (2.0 + 0.05 * torch.randn(40, generator=gen)).tolist():
-        assert det.check(x) is None
-        det.accept(x)
-    spike = det.check(3.0)
-    assert spike is not None and spike["z"] > 6
-    assert det.check(2.08) is None
+    seen = []
+    for x in (2.0 + 0.05 * torch.randn(40, generator=gen, dtype=torch.float64)).tolist():
+        record = _observe(det, x)
+        assert not record["spike"] and not record["skipped"]
+        if len(seen) >= 20:
+            median = statistics.median(seen[-20:])
+            mad = statistics.median(abs(v - median) for v in seen[-20:]) * 1.4826
+            assert record["median"] == pytest.approx(median, abs=1e-12)
+            assert record["mad"] == pytest.approx(mad, abs=1e-12)
+            assert record["z"] == pytest.approx((x - median) / mad)
+        seen.append(x)
+    spike = _observe(det, 3.0)
+    assert spike["spike"] and spike["z"] > 6 and not spike["skipped"]  # `log` keeps the update
+    assert not _observe(det, 2.08)["spike"]
+    # A non-finite gradient is skipped, and its loss does not enter the window.
+    before = det.state_dict()["losses"]
+    record = _observe(det, 2.0, norm=float("inf"))
+    assert record["skipped"] and record["nonfinite"] and not record["spike"]
+    assert det.state_dict()["losses"] == before
+
+
+def test_skips_are_bounded_and_the_window_follows_a_new_level():
+    """A loss that rises for good is not skipped for ever: after max_skips spiking steps the
+    updates apply again and the window takes in the new level until it no longer spikes."""
+    config = StabilityConfig(window=10, max_skips=3)
+    det = SpikeDetector(config, True, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    noise = (0.01 * torch.randn(60, generator=gen, dtype=torch.float64)).tolist()
+    for x in noise[:20]:
+        assert not _observe(det, 2.0 + x)["skipped"]
+    after = [_observe(det, 5.0 + x) for x in noise[20:]]
+    assert [r["skipped"] for r in after[:4]] == [True, True, True, False]
+    assert not any(r["skipped"] for r in after[3:])
+    assert after[3]["limited"] and not after[-1]["spike"]  # the window has caught up
+    # The state (window, run of spikes) comes back from a checkpoint exactly.
+    twin = SpikeDetector(config, True, torch.device("cpu"))
+    twin.load_state_dict(det.state_dict())
+    for x in (5.0, 9.0, 5.01):
+        assert _observe(twin, x) == _observe(det, x)
 
 
 def _record(**tensors):
@@ -132,15 +176,14 @@ def test_warning_needs_a_bimodal_update_near_one_and_decorrelated_gradients():
 
     monitor = Stability(StabilityConfig())
     near_one = {"update_bimodality": 0.7, "update_abs_mean": 0.6, "grad_time_corr": -0.1}
-    assert monitor.warnings(_record(**{"layers.0.attn.wq": near_one})) == []  # window not full
-    for _ in range(monitor.config.window):
-        monitor.accept(1.0)
-    assert monitor.warnings(_record(**{"layers.0.attn.wq": near_one})) == ["layers.0.attn.wq"]
+    record = _record(**{"layers.0.attn.wq": near_one})
+    assert monitor.warnings(record, window_full=False) == []
+    assert monitor.warnings(record, window_full=True) == ["layers.0.attn.wq"]
     tiny = {**near_one, "update_abs_mean": 0.03}  # two humps of tiny updates: not the theory's
     correlated = {**near_one, "grad_time_corr": 0.6}
     flat = {**near_one, "update_bimodality": 0.4}
     for calm in (tiny, correlated, flat):
-        assert monitor.warnings(_record(**{"layers.0.attn.wq": calm})) == []
+        assert monitor.warnings(_record(**{"layers.0.attn.wq": calm}), True) == []
 
     # The onset before a spike: the first record of the unbroken bimodal run ending at the spike.
     records = [
@@ -161,17 +204,18 @@ def _losses(run):
 
 
 def _force_spike(monkeypatch, at_step):
-    """Make the detector fire once, at the step whose loss is the `at_step`-th checked."""
+    """Make the detector fire once, at the step whose loss is the `at_step`-th scored."""
     seen = {"n": 0}
-    original = Stability.check
+    original = SpikeDetector.score
 
-    def check(self, loss):
+    def score(self, loss):
         seen["n"] += 1
+        spike, z, median, mad = original(self, loss)
         if seen["n"] == at_step:
-            return {"median": loss, "mad": 0.0, "z": 99.0}
-        return original(self, loss)
+            return torch.ones_like(spike), torch.full_like(z, 99.0), loss, torch.zeros_like(mad)
+        return spike, z, median, mad
 
-    monkeypatch.setattr(Stability, "check", check)
+    monkeypatch.setattr(SpikeDetector, "score", score)
 
 
 def test_split_undone_keeps_the_path_the_weights_took():
@@ -238,7 +282,7 @@ def test_monitor_records_and_rewind_is_exact(tmp_path, data, monkeypatch):  # no
         _config(data, fresh, **{**over, "stability.response": "log"}), fresh, resume=True
     )
     assert trainer.step == 8
-    trainer.train_batches.skip(3)
+    trainer.loader.skip(3)
     trainer.fit(show_progress=False)
     after_rewind = _losses(run)[-8:]  # steps 9..16 of the rewound run
     assert after_rewind == _losses(fresh)[-8:]
@@ -282,3 +326,39 @@ def test_skip_lower_lr_and_eps_responses(tmp_path, data, monkeypatch):  # noqa: 
         plain.train_step()
         base.append(plain.optimizer.param_groups[0]["lr"])
     assert lrs[3:6] == pytest.approx([x * 0.1 for x in base[3:6]]) and lrs[7] == base[7]
+
+
+def test_a_loss_that_rises_for_good_does_not_freeze_training(tmp_path, data, monkeypatch, capsys):  # noqa: F811
+    """`skip` skips at most max_skips spiking steps in a row, then says so (an event and a line
+    on stderr), applies the updates and lets the detector's window follow the new level."""
+    import herd.train.trainer as trainer_module
+
+    real = trainer_module.accumulate_gradients
+    calls = {"n": 0}
+
+    def shifted(*args, **kwargs):  # from step 12 on, every loss reads 10 nats higher
+        calls["n"] += 1
+        loss, worst = real(*args, **kwargs)
+        return (loss + 10, worst + 10) if calls["n"] >= 12 else (loss, worst)
+
+    monkeypatch.setattr(trainer_module, "accumulate_gradients", shifted)
+    over = {
+        "train.steps": "24",
+        "train.log_every": "6",
+        "stability.window": "5",
+        "stability.response": "skip",
+        "stability.max_skips": "3",
+    }
+    run = tmp_path / "run"
+    trainer = Trainer(_config(data, run, **over), run)
+    trainer.fit(show_progress=False)
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+
+    def steps(name):
+        return [e["step"] for e in events if e["event"] == name]
+
+    assert steps("update_skipped") == [12, 13, 14]
+    assert steps("skip_limit") == [15]
+    assert steps("loss_spike") == [12, 13, 14, 15, 16, 17]  # the window has caught up at 18
+    assert all(int(s["step"]) == 24 - 3 for s in trainer.optimizer.state.values())
+    assert "warning: step 15: 3 consecutive loss spikes skipped" in capsys.readouterr().err

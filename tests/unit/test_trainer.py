@@ -97,29 +97,43 @@ def test_loss_decreases_and_run_folder(tmp_path, data):
     assert events.count("checkpoint") == 6
 
 
+# What differs between an interrupted run and an uninterrupted one: clocks, and where it is.
+_UNREPRODUCIBLE = ("time", "tokens_per_s", "mfu", "memory_gib", "path", "checkpoint")
+
+
+def _lines(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in _UNREPRODUCIBLE} for r in _records(path)]
+
+
 def test_resume_is_bitwise_exact(tmp_path, data):
-    full = _config(data, tmp_path / "full")
+    # Monitored every 5 steps: the snapshot of step 4's gradients is in the step-4 checkpoint,
+    # so the record of step 5 after the resume has its gradient correlation too.
+    over = {"stability.every": "5"}
+    full = _config(data, tmp_path / "full", **over)
     Trainer(full, tmp_path / "full").fit(show_progress=False)
-    part = _config(data, tmp_path / "part")
+    part = _config(data, tmp_path / "part", **over)
     Trainer(part, tmp_path / "part").fit(show_progress=False, stop_at=10)  # newest ckpt: 8
     # Damage the newest checkpoint: the resume falls back to step 4, behind logged lines
     # (metrics up to 10, the checkpoint event of 8) that the resumed run logs again.
     newest = tmp_path / "part/checkpoints/step-00000008/model.safetensors"
     newest.write_bytes(newest.read_bytes()[:-10] + b"0123456789")
-    resumed = _config(data, tmp_path / "part")
+    resumed = _config(data, tmp_path / "part", **over)
     assert Trainer(resumed, tmp_path / "part", resume=True).fit(show_progress=False)["step"] == 24
     a = load_file(tmp_path / "full/checkpoints/step-00000024/model.safetensors")
     b = load_file(tmp_path / "part/checkpoints/step-00000024/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
-    # The run folder reads as if uninterrupted, plus the resume history.
+    # The run folder reads as if uninterrupted, line for line, plus the resume history.
     for name in ("metrics.jsonl", "stability.jsonl"):
-        assert _steps(tmp_path / "full" / name) == _steps(tmp_path / "part" / name)
-    events = [(e["step"], e["event"]) for e in _records(tmp_path / "part/events.jsonl")]
-    history = [e for e in events if e[1] in ("resume", "checkpoint_skipped")]
-    assert history == [(0, "checkpoint_skipped"), (4, "resume")]
+        assert _lines(tmp_path / "full" / name) == _lines(tmp_path / "part" / name), name
+    records = _records(tmp_path / "part/stability.jsonl")
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert records[0]["groups"]["layers.0"]["grad_time_corr"] is not None
+    events = _lines(tmp_path / "part/events.jsonl")
+    history = [e for e in events if e["event"] in ("resume", "checkpoint_skipped")]
+    assert [(e["step"], e["event"]) for e in history] == [(0, "checkpoint_skipped"), (4, "resume")]
     replayed = [e for e in events if e not in history]
-    assert replayed == [(e["step"], e["event"]) for e in _records(tmp_path / "full/events.jsonl")]
+    assert replayed == _lines(tmp_path / "full/events.jsonl")
     # Resuming a finished run trains nothing and reports what the run logged last.
     again = Trainer(_config(data, tmp_path / "part"), tmp_path / "part", resume=True)
     last = again.fit(show_progress=False)
@@ -165,6 +179,44 @@ def test_resume_after_sigkill(tmp_path, data):
     b = load_file(run_dir / "checkpoints/step-00000024/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "ref") == _losses(run_dir)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path, data):
+    over = {"train.steps": "8", "train.log_every": "1"}
+    Trainer(_config(data, tmp_path / "ref", **over), tmp_path / "ref").fit(show_progress=False)
+    run = tmp_path / "run"
+    Trainer(_config(data, run, **over), run).fit(show_progress=False, stop_at=3)  # no checkpoint
+    # A write killed half-way left its temporary folder behind; the next start removes it.
+    stale = run / "checkpoints" / ".step-00000004.tmp-x1y2"
+    (stale / "train_state").mkdir(parents=True)
+    trainer = Trainer(_config(data, run, **over), run, resume=True)
+    assert trainer.step == 0 and not stale.exists()
+    trainer.fit(show_progress=False)
+    assert _lines(run / "metrics.jsonl") == _lines(tmp_path / "ref" / "metrics.jsonl")
+    events = [(e["step"], e["event"]) for e in _records(run / "events.jsonl")]
+    assert events[:2] == [(0, "stale_checkpoint_removed"), (0, "resume")]
+
+
+def test_resume_with_a_changed_model_says_which_fields(tmp_path, data):
+    run = tmp_path / "run"
+    Trainer(_config(data, run, **{"train.steps": "4"}), run).fit(show_progress=False)
+    written = (run / "config.toml").read_text()
+    changed = _config(data, run, **{"model.dim": "96", "model.n_heads": "6", "train.steps": "8"})
+    with pytest.raises(HerdError) as e:
+        Trainer(changed, run, resume=True)
+    message = str(e.value)
+    assert "step-00000004: the checkpoint's model differs" in message and "\n" not in message
+    assert "dim: 64 -> 96" in message and "n_heads: 4 -> 6" in message
+    assert (run / "config.toml").read_text() == written  # nothing already written is lost
+    # On the command line: one line on stderr, exit code 2.
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", "train", "--resume", str(run), "--model.dim", "96"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "dim: 64 -> 96" in proc.stderr
 
 
 def test_damaged_checkpoint_is_skipped(tmp_path, data):
