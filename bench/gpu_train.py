@@ -17,13 +17,22 @@ MFU = tokens/s * FLOPs per token / peak FLOP/s, with (PaLM, Chowdhery et al. 202
     L layers, d model width, T sequence length (the attention term is not halved for causality)
     peak = --peak-tflops (989 dense BF16 TFLOP/s: H100 SXM and H200)
 
+Packed stages (what `herd train` runs with its defaults): herd's own trainer step
+(herd/train/step.py: exact accumulation, the fused cross-entropy, clipping, the guarded fused
+AdamW step) with every block compiled as `train.compile` does, on packed windows of random-length
+documents (`--doc-len` tokens on average) with `document_mask = true`, so attention goes through
+compiled FlexAttention and block masks built once per batch: `herd_docmask` (next token) and
+`herd_docmask_mskuni` (the causal-masked objective, about 15% of tokens carrying loss; optional).
+MFU there counts every token of the window, as the trainer does.
+
 Timing: `--warmup` untimed steps (the compiled engines compile during the first), then `--steps`
 timed steps, each ended by a device synchronisation; tokens/s uses the median step, best is
 reported too. Results go to --json (bench/gpu.sh passes $OUT/gpu_train.json), rewritten after
 every stage so a timeout keeps what finished. An engine that runs out of memory is retried once
 with activation checkpointing (then not comparable with the others; the JSON says so).
 `--device cpu --preset demo --batch 2 --seq 64 --steps 2` is a quick dry run of every code path on
-a CPU (its MFU figures are meaningless).
+a CPU (its MFU figures are meaningless; on CPU the packed stages attend through dense masks, since
+torch has no FlexAttention backward there).
 """
 
 from __future__ import annotations
@@ -108,6 +117,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     p.add_argument(
+        "--doc-len",
+        type=int,
+        default=512,
+        help="mean document length of the packed (document-masked) stages",
+    )
+    p.add_argument(
+        "--packed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time herd's trainer step on packed, document-masked batches (FlexAttention "
+        "on CUDA): next token, then the masked objective mskuni if time allows",
+    )
+    p.add_argument(
         "--budget-s",
         type=float,
         default=150.0,
@@ -150,13 +172,17 @@ def flops_per_token(config: ModelConfig, seq: int) -> int:
 
 
 class Engine:
-    """A model to train, its optimizer and a function from token ids to logits [B, T, V]."""
+    """A model to train, its optimizer and a function from token ids to logits [B, T, V]; or,
+    for herd's trainer step, `step(i)` running one step on the i-th batch and returning the loss."""
 
-    def __init__(self, name: str, model: torch.nn.Module, optimizer, logits: Callable):
+    def __init__(
+        self, name: str, model: torch.nn.Module, optimizer, logits: Callable | None, step=None
+    ):
         self.name = name
         self.model = model
         self.optimizer = optimizer
         self.logits = logits
+        self.step = step
 
 
 def hf_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device):
@@ -184,6 +210,64 @@ def herd_engine(config, args, device, compile: bool, checkpointing: bool) -> Eng
     forward = torch.compile(model) if compile else model
     optimizer = build_optimizer(model, OptimConfig())
     return Engine("herd", model, optimizer, lambda tokens: forward(tokens))
+
+
+def packed_batches(config: ModelConfig, args, objective: str, count: int) -> list:
+    """herd StepBatches (one micro-batch each) of random documents packed into windows, shaped
+    by herd's objectives exactly as the trainer's loader shapes them."""
+    from herd.config import DataConfig
+    from herd.data.loader import MicroBatch, StepBatch
+    from herd.data.objectives import IGNORE_INDEX, make_batch
+
+    data = DataConfig(seq_len=args.seq, batch_size=args.batch, objective=objective)
+    sentinels = list(range(config.vocab_size - 4, config.vocab_size))
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    out = []
+    for b in range(count):
+        window = torch.randint(0, config.vocab_size - 4, (args.batch, args.seq + 1), generator=gen)
+        # document lengths uniform on [16, 2 * mean - 16], at least 4 documents per window
+        mean = min(args.doc_len, args.seq // 4)
+        shape = (args.batch, args.seq + 1)
+        lengths = torch.randint(16, max(17, 2 * mean - 16), shape, generator=gen)
+        starts = torch.zeros(args.batch, args.seq + 1, dtype=torch.bool)
+        for row in range(args.batch):
+            at = torch.cumsum(lengths[row], 0)
+            starts[row, at[at < args.seq + 1]] = True
+        docs = torch.cumsum(starts.long(), dim=1)
+        seeds = [b * args.batch + row for row in range(args.batch)]
+        inputs, targets, packed = make_batch(window, docs, data, seeds, sentinels)
+        micro = MicroBatch(inputs, targets, packed)
+        counts = torch.tensor([int((targets != IGNORE_INDEX).sum())])
+        out.append(StepBatch([micro], counts))
+    return out
+
+
+def herd_trainer_engine(config, args, device, checkpointing: bool, batches: list) -> Engine:
+    """herd's trainer step: blocks compiled in place, fused loss, block masks on CUDA."""
+    from herd.train.parallel import apply_compile
+    from herd.train.step import accumulate_gradients, clip_gradients, guarded_update
+
+    model = herd.build_model(config, device=device, dtype=torch.float32, seed=args.seed).train()
+    if checkpointing:
+        apply_activation_checkpointing(model)
+    if args.compile:
+        apply_compile(model)
+    optimizer = build_optimizer(model, OptimConfig())
+    amp = None if args.amp_dtype == "none" else getattr(torch, args.amp_dtype)
+    keep = torch.zeros((), device=device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def step(i: int) -> torch.Tensor:
+        batch = batches[i % len(batches)]
+        loss, _ = accumulate_gradients(model, batch, device, autocast, device.type == "cuda")
+        clip_gradients(model, 1.0)
+        guarded_update(optimizer, keep)
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return Engine("herd", model, optimizer, None, step)
 
 
 def hf_engine(folder: Path, args, device, compile: bool, checkpointing: bool) -> Engine:
@@ -224,10 +308,13 @@ def measure(engine: Engine, batches, args, device, amp_dtype, flops: int) -> dic
     tokens = args.batch * args.seq
     warm_s, losses, seconds = [], [], []
     for i in range(args.warmup + args.steps):
-        inputs, targets = batches[i % len(batches)]
         sync(device)
         start = time.perf_counter()
-        loss = train_step(engine, inputs, targets, device, amp_dtype)
+        if engine.step is not None:
+            loss = engine.step(i)
+        else:
+            inputs, targets = batches[i % len(batches)]
+            loss = train_step(engine, inputs, targets, device, amp_dtype)
         sync(device)
         elapsed = time.perf_counter() - start
         (warm_s if i < args.warmup else seconds).append(elapsed)
@@ -364,6 +451,19 @@ def main(argv: list[str] | None = None) -> int:
     hf_ready = (args.hf or args.hf_compile) and prepare_hf()
     herd_label = "herd_compiled" if args.compile else "herd_eager"
     run(herd_label, lambda ckpt: herd_engine(config, args, device, args.compile, ckpt))
+    count = min(args.warmup + args.steps, 4)
+    if args.packed:
+        docmask = packed_batches(config, args, "nxtuni", count)
+        run("herd_docmask", lambda ckpt: herd_trainer_engine(config, args, device, ckpt, docmask))
+    if args.packed and results.within_budget("herd_docmask_mskuni", args.budget_s):
+        masked = packed_batches(config, args, "mskuni", count)
+        results["mskuni_loss_share"] = sum(int(b.counts.sum()) for b in masked) / (
+            count * args.batch * args.seq
+        )
+        run(
+            "herd_docmask_mskuni",
+            lambda ckpt: herd_trainer_engine(config, args, device, ckpt, masked),
+        )
     if hf_ready and args.hf:
         run("transformers_eager", lambda ckpt: hf_engine(hf_folder, args, device, False, ckpt))
     if args.compile and args.herd_eager and results.within_budget("herd_eager", args.budget_s):
@@ -388,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{h}/{t}"] = engines[h]["tok_s_median"] / engines[t]["tok_s_median"]
     results["ratios"] = ratios
     # Same seed, same first batch, nothing updated yet: first-step losses should agree up to
-    # bf16 rounding (the compiled and eager graphs round differently too).
+    # bf16 rounding (the compiled and eager graphs round differently too). The packed stages
+    # train on other batches.
+    engines = {k: r for k, r in engines.items() if not k.startswith("herd_docmask")}
     first = {k: r["first_loss"] for k, r in engines.items()}
     if len(first) > 1:
         results["first_loss_spread"] = max(first.values()) - min(first.values())
@@ -409,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'engine':<24}{'tok/s':>10}{'MFU':>8}{'best':>8}{'step ms':>10}{'1st step':>10}{'GiB':>7}"
     )
-    for k, r in engines.items():
+    for k, r in results["engines"].items():
         mem = f"{r['peak_memory_GiB']:.1f}" if "peak_memory_GiB" in r else "-"
         ckpt = " (act. ckpt)" if r["activation_checkpointing"] else ""
         print(
