@@ -87,6 +87,7 @@ def main(argv=None) -> int:
             trainers[name] = Trainer(load_run_config(None, overrides), Path(tmp) / name)
             for _ in range(5):  # warm-up
                 trainers[name].train_step()
+                trainers[name].verdicts.read()
         done = 0
         while done < args.steps:
             n = min(args.block, args.steps - done)
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
                 for _ in range(n):
                     start = time.perf_counter()
                     trainer.train_step()
+                    trainer.verdicts.read()  # waits for the device (a step only queues work)
                     times[name].append(time.perf_counter() - start)
             done += n
     mean = {k: statistics.fmean(v) for k, v in times.items()}

@@ -63,6 +63,7 @@ def _steps_for(minutes: float, run_overrides: dict) -> int:
         for _ in range(5):
             start = time.perf_counter()
             trainer.train_step()
+            trainer.verdicts.read()  # waits for the device: a step queues its work, no more
             times.append(time.perf_counter() - start)
         per_step = statistics.median(times)
     return max(10, int(minutes * 60 / per_step))

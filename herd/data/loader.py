@@ -88,7 +88,14 @@ class StepLoader:
         for _ in range(self.grad_accum):
             window, docs, seeds = self.batches.next_batch(self.rows)
             inputs, targets, packed = make_batch(window, docs, self.data, seeds, self.sentinels)
-            mb = MicroBatch(inputs, targets, packed)
+            # Contiguous before pinning: a strided view (next-token inputs are window[:, :-1])
+            # would be copied to the device through an unpinned temporary, synchronously.
+            if packed is not None:
+                bidir = packed.bidirectional
+                packed = PackedAttention(
+                    packed.doc_ids.contiguous(), None if bidir is None else bidir.contiguous()
+                )
+            mb = MicroBatch(inputs.contiguous(), targets.contiguous(), packed)
             micro.append(mb.pin_memory() if self.pin else mb)
             counts.append(int((targets != IGNORE_INDEX).sum()))
         counts = torch.tensor(counts, dtype=torch.int64)

@@ -159,6 +159,9 @@ def prepare(
         manifest = old
     for stale in out.glob(".tokenizer.tmp-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.glob("*.tmp"):  # a shard write that was killed
+        if SHARD_FILE.match(stale.name.removesuffix(".tmp")):
+            stale.unlink()
     writer = _ShardWriter(out, tok, manifest, num_threads)
     staged = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=out))
     try:
@@ -166,9 +169,10 @@ def prepare(
             shutil.copy2(f, staged / f.name)
         _write_shards(sources, field, on_bad_file, val_fraction, shard_chars, writer, show_progress)
         tok_dir = out / "tokenizer"
-        if tok_dir.exists():  # same tokenizer (checked above): its files are the same
+        if manifest_path.exists():  # the same tokenizer (checked above): the same files
             shutil.rmtree(staged)
-        else:
+        else:  # a folder no manifest describes: whatever tokenizer/ it holds is replaced
+            shutil.rmtree(tok_dir, ignore_errors=True)
             staged.rename(tok_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -93,6 +93,10 @@ def _compiled(name: str):
 
 
 def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
-    """FlexAttention through the compiled kernel (inside an already compiled block, Dynamo
-    traces through to the same kernel)."""
+    """FlexAttention through the compiled kernel (inside a block being compiled, the plain
+    function: the block's graph compiles it)."""
+    if torch.compiler.is_compiling():
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        return flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
     return _compiled("flex_attention")(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)

@@ -193,7 +193,9 @@ def check_same_model(path: Path, saved: ModelConfig, current: ModelConfig) -> No
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the hidden siblings a killed checkpoint write left behind (`.step-N.tmp-*`, and
-    `.step-N.old-*` from a replace); returns what was removed. Call before any write starts."""
+    `.step-N.old-*` from a replace); returns what was removed. A replace killed between its two
+    renames leaves `step-N` only inside `.step-N.old-*`: that copy is put back first. Call
+    before any write starts."""
     if not folder.is_dir():
         return []
     stale = [
@@ -204,6 +206,9 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
         and (".tmp-" in p.name or ".old-" in p.name)
     ]
     for p in stale:
+        name = p.name[1:].split(".", 1)[0]  # .step-00000008.old-x1y2 -> step-00000008
+        if ".old-" in p.name and (p / name).is_dir() and not (folder / name).exists():
+            (p / name).rename(folder / name)
         shutil.rmtree(p, ignore_errors=True)
     return stale
 

@@ -46,7 +46,7 @@ def accumulate_gradients(
     world = dist.get_world_size() if dist.is_initialized() else 1
     # FSDP2 averages gradients over processes; scaled by the world size, each process's summed
     # loss over the step's global count gives the single-process gradient of the mean loss.
-    scale = (world / total).float()
+    scale = world / total
     sums = []
     for micro in batch.micro:
         micro = micro.to(device, non_blocking=True)

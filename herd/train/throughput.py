@@ -23,6 +23,7 @@ BF16_DENSE_PEAKS: list[tuple[tuple[str, ...], float]] = [
     (("h200",), 989e12),  # SXM
     (("gh200",), 989e12),
     (("a100",), 312e12),  # SXM and PCIe alike
+    (("gb200",), 2500e12),  # GB200 NVL72: 360 PFLOP/s sparse over 72 GPUs, halved
     (("b200",), 2250e12),
     (("l40s",), 362e12),
     (("mi300x",), 1307e12),

@@ -255,21 +255,21 @@ class Trainer:
         skip, row = self.spikes.observe(loss, worst, norm)
         self.verdicts.add(self.step + 1, row)
         monitored = self.stability.monitor_step(self.step)
+        skipped = False  # as far as the host knows
         if monitored or self.stability.acts_from_host:
-            rewind_to = self.verdicts.read()
-            if rewind_to is not None:
+            if self._read_verdicts():  # rewound: this step is undone too
                 self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self._rewind(rewind_to)
                 return
-        monitored = monitored and not self.verdicts.last["skipped"]
+            skipped = self.verdicts.last["skipped"]
+        monitored = monitored and not skipped
         if monitored:
             self.stability.keep_weights(self.param_groups)
         guarded_update(self.optimizer, skip)
         if monitored:
             self._record_monitor()
-        if self.stability.snapshot_step(self.step):
-            self.stability.keep_gradients(self.param_groups)  # dropped if this step was skipped
+        if self.stability.snapshot_step(self.step) and not skipped:
+            # (dropped when its verdict, read later, says it was skipped)
+            self.stability.keep_gradients(self.param_groups)
         self.optimizer.zero_grad(set_to_none=True)
         for action in self.verdicts.responses:
             if action == "lower_lr":
@@ -294,13 +294,22 @@ class Trainer:
         if layers:
             self.log.event(self.step + 1, "instability_warning", layers=layers)
 
-    def _rewind(self, spike_step: int) -> None:
-        """Restore the newest checkpoint from before the spike and skip the batches after it."""
+    def _read_verdicts(self) -> bool:
+        """Read the pending verdicts and carry out the rewinds they call for; True when the run
+        was rewound (to an earlier step)."""
+        while (spike := self.verdicts.read()) is not None:
+            if self._rewind(spike):
+                return True
+        return False
+
+    def _rewind(self, spike_step: int) -> bool:
+        """Restore the newest checkpoint from before the spike and skip the batches after it;
+        False when there is none (the spike's update stays skipped, training goes on)."""
         rewinds = self.stability.rewinds + 1  # counted across restores, not restored
         path = self._restore(before=spike_step)
         if path is None:
             self.log.event(spike_step, "rewind_failed", reason="no checkpoint before the spike")
-            return
+            return False
         self.stability.rewinds = rewinds
         cursor = self.loader.state_dict()
         # The run from the checkpoint is deterministic: skipping the same batches again would
@@ -316,6 +325,7 @@ class Trainer:
             cursor_from=cursor,
             cursor_to=self.loader.state_dict(),
         )
+        return True
 
     def evaluate(self) -> dict | None:
         """Next-token validation loss and bits per byte on the held-out split."""
@@ -364,9 +374,7 @@ class Trainer:
                     "checkpoint": self.step % cfg.checkpoint_every == 0 or final,
                 }
                 if self.step > before and any(due.values()):
-                    rewind_to = self.verdicts.read()  # before anything is logged or saved
-                    if rewind_to is not None:
-                        self._rewind(rewind_to)
+                    self._read_verdicts()  # before anything is logged or saved
                 if self.step <= before:  # rewound to an earlier checkpoint: nothing to log or save
                     bar.n = self.step
                     bar.refresh()

@@ -37,20 +37,22 @@ class Verdicts:
 
     def read(self) -> int | None:
         """Read the pending rows (one transfer), log their events in order, and return the step
-        of a spike to rewind from, if any (the steps after it are undone, and not read)."""
+        of a spike to rewind from, if any. The rows after that spike stay pending: a rewind
+        undoes their steps (`clear`); if there is nothing to rewind to, `read` goes on."""
         if not self.pending:
             return None
         steps = [s for s, _ in self.pending]
         rows = torch.stack([r for _, r in self.pending]).tolist()
-        self.pending.clear()
-        for step, values in zip(steps, rows, strict=True):
+        for i, (step, values) in enumerate(zip(steps, rows, strict=True)):
             v = self.last = {"step": step, **dict(zip(FIELDS, values, strict=True))}
             v.update({flag: bool(v[flag]) for flag in FLAGS})
             action = self._log_events(step, v)
             if action == "rewind":
+                del self.pending[: i + 1]
                 return step
             if action in ("lower_lr", "eps"):
                 self.responses.append(action)
+        self.pending.clear()
         return None
 
     def _log_events(self, step: int, v: dict) -> str | None:

@@ -58,6 +58,16 @@ def test_a_process_builds_exactly_its_rows(data, objective, monkeypatch):  # noq
         assert 3 * 2 * 2 <= own <= 4 * 2 * 2
 
 
+@pytest.mark.parametrize("objective", ["nxtuni", "mskbi"])
+def test_batches_are_contiguous(data, objective):  # noqa: F811
+    """Pinned and copied asynchronously only if contiguous: a strided view (next-token inputs
+    are window[:, :-1]) would go to the device through an unpinned temporary, synchronously."""
+    loader = _loader(data, objective, slice(0, 2))
+    for micro in loader.next().micro:
+        assert all(t.is_contiguous() for t in _fields(micro) if t is not None)
+    loader.close()
+
+
 def test_prefetching_does_not_move_the_resume_point(data):  # noqa: F811
     loader = _loader(data, "mskuni", slice(0, 4))
     loader.next()

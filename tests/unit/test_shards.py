@@ -114,6 +114,12 @@ def test_a_failed_rerun_leaves_the_prepared_folder_as_it_was(tmp_path, corpus, t
     assert written  # new shards were written before the bad file was reached
     assert _files(out) == before  # manifest, shards and tokenizer exactly as they were
     TokenShards(out).shards("train")  # and they still read
+    # A folder no manifest describes gets its tokenizer/ replaced, whatever it held.
+    other = tmp_path / "other"
+    (other / "tokenizer").mkdir(parents=True)
+    (other / "tokenizer" / "tokenizer.json").write_text("{}")
+    prepare([str(root / "sub")], tokenizer, other, show_progress=False)
+    assert TokenShards(other).tokenizer().vocab_size == load_tokenizer(tokenizer).vocab_size
     # A folder the failed run created is not left behind (no half-made tokenizer/).
     with pytest.raises(HerdError, match=r"zz-bad.txt"):
         prepare([str(root)], tokenizer, tmp_path / "new", show_progress=False)

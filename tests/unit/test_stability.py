@@ -362,3 +362,32 @@ def test_a_loss_that_rises_for_good_does_not_freeze_training(tmp_path, data, mon
     assert steps("loss_spike") == [12, 13, 14, 15, 16, 17]  # the window has caught up at 18
     assert all(int(s["step"]) == 24 - 3 for s in trainer.optimizer.state.values())
     assert "warning: step 15: 3 consecutive loss spikes skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("read_on", ["log", "monitor"])
+def test_rewind_without_a_checkpoint_skips_the_spike(tmp_path, data, monkeypatch, read_on):  # noqa: F811
+    """A spike before the first checkpoint cannot be rewound: the spike's update stays skipped
+    and training goes on as under `skip`, whether the verdicts are read on a log step (after
+    the spike) or on a monitor step."""
+    over = {
+        "train.steps": "8",
+        "train.log_every": "4" if read_on == "log" else "8",
+        "train.checkpoint_every": "100",
+        "stability.every": "4" if read_on == "monitor" else "1000",
+    }
+    runs = {}
+    for response in ("rewind", "skip"):
+        monkeypatch.undo()
+        _force_spike(monkeypatch, 2)
+        run = tmp_path / response
+        trainer = Trainer(_config(data, run, **{**over, "stability.response": response}), run)
+        trainer.fit(show_progress=False)
+        assert all(int(s["step"]) == 7 for s in trainer.optimizer.state.values())
+        runs[response] = run
+    events = [json.loads(x) for x in (runs["rewind"] / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["event"]) for e in events if e["event"] != "checkpoint"] == [
+        (2, "loss_spike"),
+        (2, "update_skipped"),
+        (2, "rewind_failed"),
+    ]
+    assert _losses(runs["rewind"]) == _losses(runs["skip"])

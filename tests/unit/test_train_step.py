@@ -114,7 +114,7 @@ def test_no_host_reads_between_log_steps(tmp_path, data, monkeypatch):  # noqa: 
     }
     trainer = Trainer(_config(data, run, **over), run)
     reads = []
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy"):
         original = getattr(torch.Tensor, name)
 
         def spy(self, *args, _original=original, _name=name, **kwargs):

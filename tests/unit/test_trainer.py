@@ -197,6 +197,17 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     assert events[:2] == [(0, "stale_checkpoint_removed"), (0, "resume")]
 
 
+def test_a_replace_killed_half_way_puts_the_old_checkpoint_back(tmp_path, data):
+    run = tmp_path / "run"
+    Trainer(_config(data, run, **{"train.steps": "4"}), run).fit(show_progress=False)
+    # publish_folder renames step-N aside before renaming the new one in; killed in between:
+    aside = run / "checkpoints" / ".step-00000004.old-a1b2"
+    aside.mkdir()
+    (run / "checkpoints" / "step-00000004").rename(aside / "step-00000004")
+    trainer = Trainer(_config(data, run, **{"train.steps": "8"}), run, resume=True)
+    assert trainer.step == 4 and not aside.exists()
+
+
 def test_resume_with_a_changed_model_says_which_fields(tmp_path, data):
     run = tmp_path / "run"
     Trainer(_config(data, run, **{"train.steps": "4"}), run).fit(show_progress=False)
