@@ -3,39 +3,19 @@ gradients and loss of one process at batch 8 (float64, within 1e-6), for every o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.dist.launch import ROOT, torchrun
 from tests.unit.test_train_step import OBJECTIVES, _gradients, _trainer
 from tests.unit.test_trainer import data  # noqa: F401 - the shared prepared shards
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, data):  # noqa: F811
     out = tmp_path_factory.mktemp("two")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29523",
-        str(ROOT / "tests" / "dist" / "accumulation_worker.py"),
-        str(data),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    worker = ROOT / "tests" / "dist" / "accumulation_worker.py"
+    torchrun(29523, str(worker), str(data), str(out), timeout=600)
     return load_file(out / "grads.safetensors")
 
 

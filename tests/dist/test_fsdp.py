@@ -20,6 +20,7 @@ from herd import HerdError
 from herd.config import load_run_config
 from herd.data.shards import prepare
 from herd.tokenizer.train import train_bpe
+from tests.dist.launch import torchrun
 from tests.tokenizer_corpus import CORPUS
 
 
@@ -92,26 +93,7 @@ def test_two_gloo_processes_match_one(tmp_path, data):
         env=env,
         timeout=300,
     )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29517",
-        "-m",
-        "herd",
-        "train",
-    ]
-    proc = subprocess.run(
-        [*torchrun, *_args(data, tmp_path / "two", 6), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    torchrun(29517, "-m", "herd", "train", *_args(data, tmp_path / "two", 6), *extra)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) > 6
     assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-5
@@ -142,25 +124,8 @@ def test_two_gloo_processes_match_one(tmp_path, data):
     assert (tmp_path / "two" / "checkpoints" / "step-00000009").is_dir()
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
 def _torchrun(port: int, *args: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(port),
-        "-m",
-        "herd",
-        "train",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(port, "-m", "herd", "train", *args)
 
 
 def _events(run: Path) -> list[dict]:
