@@ -230,3 +230,16 @@ def test_sharded_format_in_one_process_and_bad_value(tmp_path, data):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(HerdError, match=r"train.checkpoint_format 'zip': expected auto, full"):
         Trainer(load_run_config(None, {**values, "train.checkpoint_format": "zip"}), tmp_path / "c")
+
+
+def test_blocks_compiled_before_sharding(tmp_path, data):
+    """train.compile under FSDP2: each block is compiled, then sharded (torchtitan's order), and
+    two processes train as one eager process does."""
+    from herd.train.trainer import Trainer
+
+    values = _values(data, tmp_path / "eager", 3)
+    Trainer(load_run_config(None, values), tmp_path / "eager").fit(show_progress=False)
+    _torchrun(29524, *_args(data, tmp_path / "compiled", 3), "--train.compile", "true")
+    a, b = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert len(a) == len(b) > 3
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
