@@ -261,7 +261,7 @@ def herd_trainer_engine(config, args, device, checkpointing: bool, batches: list
 
     def step(i: int) -> torch.Tensor:
         batch = batches[i % len(batches)]
-        loss, _ = accumulate_gradients(model, batch, device, autocast, device.type == "cuda")
+        loss, _ = accumulate_gradients(model, batch, device, autocast)
         clip_gradients(model, 1.0)
         guarded_update(optimizer, keep)
         optimizer.zero_grad(set_to_none=True)

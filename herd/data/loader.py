@@ -39,22 +39,13 @@ class MicroBatch:
     targets: torch.Tensor
     packed: PackedAttention | None
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> MicroBatch:
-        packed = None if self.packed is None else self.packed.to(device, non_blocking)
-        return MicroBatch(
-            self.inputs.to(device, non_blocking=non_blocking),
-            self.targets.to(device, non_blocking=non_blocking),
-            packed,
-        )
+    def map(self, fn) -> MicroBatch:
+        """`fn` applied to each tensor."""
+        packed = None if self.packed is None else self.packed.map(fn)
+        return MicroBatch(fn(self.inputs), fn(self.targets), packed)
 
-    def pin_memory(self) -> MicroBatch:
-        packed = self.packed
-        if packed is not None:
-            bidir = packed.bidirectional
-            packed = PackedAttention(
-                packed.doc_ids.pin_memory(), None if bidir is None else bidir.pin_memory()
-            )
-        return MicroBatch(self.inputs.pin_memory(), self.targets.pin_memory(), packed)
+    def to(self, device: torch.device, non_blocking: bool = False) -> MicroBatch:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 @dataclass
@@ -90,13 +81,8 @@ class StepLoader:
             inputs, targets, packed = make_batch(window, docs, self.data, seeds, self.sentinels)
             # Contiguous before pinning: a strided view (next-token inputs are window[:, :-1])
             # would be copied to the device through an unpinned temporary, synchronously.
-            if packed is not None:
-                bidir = packed.bidirectional
-                packed = PackedAttention(
-                    packed.doc_ids.contiguous(), None if bidir is None else bidir.contiguous()
-                )
-            mb = MicroBatch(inputs.contiguous(), targets.contiguous(), packed)
-            micro.append(mb.pin_memory() if self.pin else mb)
+            mb = MicroBatch(inputs, targets, packed).map(torch.Tensor.contiguous)
+            micro.append(mb.map(torch.Tensor.pin_memory) if self.pin else mb)
             counts.append(int((targets != IGNORE_INDEX).sum()))
         counts = torch.tensor(counts, dtype=torch.int64)
         return StepBatch(micro, counts.pin_memory() if self.pin else counts)
@@ -107,8 +93,8 @@ class StepLoader:
         self._ahead = (self.batches.state_dict(), self._pool.submit(self._build))
         return step
 
-    def _discard_ahead(self) -> dict:
-        """Drop the step built ahead, putting the cursor back before it; returns that cursor."""
+    def _discard_ahead(self) -> None:
+        """Drop the step built ahead, putting the cursor back before it."""
         if self._ahead is not None:
             cursor, future = self._ahead
             self._ahead = None
@@ -118,7 +104,6 @@ class StepLoader:
             with contextlib.suppress(Exception):
                 future.result()
             self.batches.load_state_dict(cursor)
-        return self.batches.state_dict()
 
     def state_dict(self) -> dict:
         """The cursor before the first step not yet handed out."""

@@ -75,13 +75,20 @@ class PackedAttention:
         mask = _compiled("create_block_mask")(rule, B, None, T, T, device=doc.device)
         return dataclasses.replace(self, flex=mask)
 
+    def for_attention(self) -> PackedAttention:
+        """The form the attention takes on this device: with its block mask where FlexAttention
+        trains (CUDA), as it is elsewhere (the model makes the dense mask)."""
+        if self.flex is None and self.doc_ids.is_cuda:
+            return self.with_block_mask()
+        return self
+
+    def map(self, fn) -> PackedAttention:
+        """`fn` applied to each tensor (a block mask is not carried: build it after a move)."""
+        bidir = self.bidirectional
+        return PackedAttention(fn(self.doc_ids), None if bidir is None else fn(bidir))
+
     def to(self, device: torch.device, non_blocking: bool = False) -> PackedAttention:
-        """On `device` (a block mask is built there, after the move)."""
-
-        def move(t):
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return PackedAttention(move(self.doc_ids), move(self.bidirectional))
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 @functools.cache

@@ -180,10 +180,10 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         if packed is not None:
             rope = self.rope[packed.positions()]
-            # The caller's block mask (built once per batch); on CUDA one is built here if the
-            # caller gave none; elsewhere a dense boolean mask (no FlexAttention backward on CPU).
-            if packed.flex is None and tokens.is_cuda:
-                packed = packed.with_block_mask()
+            # The caller's block mask (the trainer builds one per batch); on CUDA one is built
+            # here if the caller gave none; elsewhere a dense boolean mask (no FlexAttention
+            # backward on CPU).
+            packed = packed.for_attention()
             mask = packed.flex if packed.flex is not None else packed.dense()
         elif cache is None:
             rope = self.rope[:T] if input_pos is None else self.rope[input_pos]

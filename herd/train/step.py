@@ -37,10 +37,10 @@ def accumulate_gradients(
     batch: StepBatch,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
-    block_masks: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward through every micro-batch of `batch`; returns (the step's mean loss, the largest
-    micro-batch mean loss), both over all processes, as device tensors."""
+    micro-batch mean loss), both over all processes, as device tensors. A micro-batch's block
+    mask (on CUDA) is built here, once for all layers."""
     counts = global_counts(batch.counts, device)
     total = counts.sum().clamp(min=1)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -50,9 +50,7 @@ def accumulate_gradients(
     sums = []
     for micro in batch.micro:
         micro = micro.to(device, non_blocking=True)
-        packed = micro.packed
-        if packed is not None and block_masks:
-            packed = packed.with_block_mask()
+        packed = None if micro.packed is None else micro.packed.for_attention()
         with autocast():  # summed float32 cross-entropy, fused with the output layer
             nll = forward(micro.inputs, packed=packed, targets=micro.targets)
         (nll * scale.to(nll.dtype)).backward()

@@ -96,8 +96,6 @@ class Trainer:
             self.val_batches = None
             if self.rank == 0:
                 print(f"warning: no validation: {e}", file=sys.stderr)
-        # FlexAttention block masks where it can train (torch has no CPU backward for it).
-        self.block_masks = self.device.type == "cuda"
         self.loader = StepLoader(
             self.train_batches,
             d,
@@ -248,9 +246,7 @@ class Trainer:
                 group["lr"] *= factor
         batch = self.loader.next()
         self.tokens += run.data.batch_size * run.data.seq_len * run.train.grad_accum
-        loss, worst = accumulate_gradients(
-            self.model, batch, self.device, self._autocast, self.block_masks
-        )
+        loss, worst = accumulate_gradients(self.model, batch, self.device, self._autocast)
         norm = clip_gradients(self.model, run.optim.grad_clip)
         skip, row = self.spikes.observe(loss, worst, norm)
         self.verdicts.add(self.step + 1, row)
@@ -290,7 +286,7 @@ class Trainer:
             last["grad_norm"],
         )
         self.log.stability(record)
-        layers = self.stability.warnings(record, bool(last["window_full"]))
+        layers = self.stability.warnings(record, last["window_full"])
         if layers:
             self.log.event(self.step + 1, "instability_warning", layers=layers)
 
@@ -340,7 +336,6 @@ class Trainer:
             document_mask=self.run.data.document_mask,
             token_bytes=self.token_bytes,
             autocast=self._autocast,
-            block_masks=self.block_masks,
         )
 
     def _memory(self) -> float:

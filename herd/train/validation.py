@@ -38,11 +38,10 @@ def validate(
     document_mask: bool,
     token_bytes: torch.Tensor,
     autocast: Callable[[], AbstractContextManager],
-    block_masks: bool = False,
 ) -> dict | None:
     """{'val_loss', 'val_bpb'} over `max_batches` batches in order (this process's `rows` of
-    each, summed over processes), or None when the split has no targets. `block_masks`: attend
-    through FlexAttention block masks, as training does on that device."""
+    each, summed over processes), or None when the split has no targets. Attention takes the
+    form training takes on the device (block masks on CUDA)."""
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(device)
@@ -50,9 +49,7 @@ def validate(
     for window, docs in batches.sequential(max_batches, rows):
         inputs, targets = window[:, :-1], window[:, 1:].clone()
         targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
-        packed = PackedAttention(docs[:, :-1].to(device)) if document_mask else None
-        if packed is not None and block_masks:
-            packed = packed.with_block_mask()
+        packed = PackedAttention(docs[:, :-1].to(device)).for_attention() if document_mask else None
         targets = targets.to(device)
         with autocast():
             nll = model(inputs.to(device), packed=packed, targets=targets, reduction="none")

@@ -31,9 +31,7 @@ def _trainer(data, out: Path, objective: str, batch: int, accum: int, **over) ->
 
 def _gradients(trainer: Trainer) -> tuple[float, dict[str, torch.Tensor], list]:
     batch = trainer.loader.next()
-    loss, _ = accumulate_gradients(
-        trainer.model, batch, trainer.device, trainer._autocast, trainer.block_masks
-    )
+    loss, _ = accumulate_gradients(trainer.model, batch, trainer.device, trainer._autocast)
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
     trainer.model.zero_grad(set_to_none=True)
     return float(loss), grads, batch
