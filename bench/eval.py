@@ -141,10 +141,10 @@ def main(argv=None) -> int:
 
     import herd
     from herd.checkpoint.hf import write_hf_folder
-    from herd.config import ModelConfig
     from herd.eval.mc_data import load_items
     from herd.eval.multiple_choice import evaluate_items
-    from herd.tokenizer.train import train_bpe
+    from herd.model.config import ModelConfig
+    from herd.vocab.bpe import train_bpe
 
     hf_logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp(prefix="herd-eval-bench-"))

@@ -48,7 +48,7 @@ from llama2c_peer import (
 import herd
 from herd.checkpoint import io
 from herd.checkpoint.convert import convert, read_checkpoint
-from herd.config import ModelConfig
+from herd.model.config import ModelConfig
 from herd.model.transformer import Transformer
 
 # "Once upon a time" in the Llama 2 sentencepiece vocabulary (32000 tokens), after BOS (1). llama2.c's

@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     roofline = bandwidth / wbytes
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(2, config.vocab_size, (args.prompt_len,), generator=gen).tolist()
-    from herd.generate import cache_length
+    from herd.generation import cache_length
 
     cache_len = cache_length(args.prompt_len + args.tokens, config.max_seq_len)
     kv = kv_bytes_per_token(config, cache_len, dtype)

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from common import Results, log, quiet, sync
 
 import herd
-from herd.config import ModelConfig, OptimConfig
+from herd.model.config import ModelConfig
+from herd.train.config import OptimConfig
 from herd.train.optim import build_optimizer
 from herd.train.parallel import apply_activation_checkpointing
 
@@ -162,10 +163,8 @@ def free_memory(device: torch.device) -> None:
 
 
 def flops_per_token(config: ModelConfig, seq: int) -> int:
-    """herd's one FLOP count (herd/scaling/flops.py), also behind the trainer's MFU."""
-    from herd.scaling.flops import flops_per_token as count
-
-    return int(count(config, seq))
+    """herd's one FLOP count (`ModelConfig.flops_per_token`), also behind the trainer's MFU."""
+    return int(config.flops_per_token(seq))
 
 
 # --- engines ------------------------------------------------------------------------------------
@@ -215,8 +214,8 @@ def herd_engine(config, args, device, compile: bool, checkpointing: bool) -> Eng
 def packed_batches(config: ModelConfig, args, objective: str, count: int) -> list:
     """herd StepBatches (one micro-batch each) of random documents packed into windows, shaped
     by herd's objectives exactly as the trainer's loader shapes them."""
-    from herd.config import DataConfig
-    from herd.data.loader import MicroBatch, StepBatch
+    from herd.data.config import DataConfig
+    from herd.data.loader import StepBatch
     from herd.data.objectives import IGNORE_INDEX, make_batch
 
     data = DataConfig(seq_len=args.seq, batch_size=args.batch, objective=objective)
@@ -235,9 +234,8 @@ def packed_batches(config: ModelConfig, args, objective: str, count: int) -> lis
             starts[row, at[at < args.seq + 1]] = True
         docs = torch.cumsum(starts.long(), dim=1)
         seeds = [b * args.batch + row for row in range(args.batch)]
-        inputs, targets, packed = make_batch(window, docs, data, seeds, sentinels)
-        micro = MicroBatch(inputs, targets, packed)
-        counts = torch.tensor([int((targets != IGNORE_INDEX).sum())])
+        micro = make_batch(window, docs, data, seeds, sentinels)
+        counts = torch.tensor([int((micro.targets != IGNORE_INDEX).sum())])
         out.append(StepBatch([micro], counts))
     return out
 
@@ -347,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     amp_dtype = None if args.amp_dtype == "none" else getattr(torch, args.amp_dtype)
     config = herd.preset(args.preset).replace(max_seq_len=args.seq)
-    from herd.scaling.flops import dense_params
-
-    n_matmul = dense_params(config)
+    n_matmul = config.dense_params()
     flops = flops_per_token(config, args.seq)
     results = Results(
         args.json,

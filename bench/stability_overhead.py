@@ -29,7 +29,7 @@ def prepare_stdlib(folder: Path) -> str:
     """Shards of 300 standard-library files with a 4,096-token BPE, when `herd demo` has not run."""
     from herd.data.shards import prepare
     from herd.data.sources import stdlib_files
-    from herd.tokenizer.train import train_bpe
+    from herd.vocab.bpe import train_bpe
 
     print(f"no prepared shards: tokenizing 300 standard-library files into {folder}")
     files = stdlib_files()[:300]
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     elif not (Path(args.data) / "manifest.json").is_file():
         p.error(f"--data {args.data}: no manifest.json (not a `herd data prepare` folder)")
 
-    from herd.config import StabilityConfig, load_run_config
+    from herd.train.config import StabilityConfig, load_run_config
     from herd.train.trainer import Trainer
 
     every = args.every or StabilityConfig().every

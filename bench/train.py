@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 
 import herd
-from herd.config import ModelConfig, OptimConfig
+from herd.model.config import ModelConfig
+from herd.train.config import OptimConfig
 from herd.train.optim import build_optimizer
 
 

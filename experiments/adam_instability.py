@@ -58,7 +58,7 @@ SENTENCES = (
 def prepare_data(root: Path) -> Path:
     """The repetitive corpus, tokenized with a small BPE trained on it."""
     from herd.data.shards import prepare
-    from herd.tokenizer.train import train_bpe
+    from herd.vocab.bpe import train_bpe
 
     corpus = root / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ LR = "1e-2"
 
 
 def config(data: Path, out: Path, steps: int, response: str, skip_batches: int):
-    from herd.config import load_run_config
+    from herd.train.config import load_run_config
 
     overrides = {
         "model.preset": "demo",

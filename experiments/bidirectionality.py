@@ -59,15 +59,15 @@ import torch
 from bidirectionality_infill import evaluate_infilling, greedy_fill, infill_pieces, sentinel_example
 from bidirectionality_report import plot, sample, table, verdict, verdict_lines
 
-from herd.config import RunConfig, dump_toml, load_run_config
 from herd.data.objectives import OBJECTIVES
 from herd.data.shards import TokenShards, prepare
 from herd.data.sources import stdlib_files
 from herd.errors import HerdError
-from herd.tokenizer.train import train_bpe
 from herd.train.checkpoint import list_checkpoints
+from herd.train.config import RunConfig, dump_toml, load_run_config
 from herd.train.plots import read_metrics
 from herd.train.trainer import Trainer
+from herd.vocab.bpe import train_bpe
 
 # The sizes --quick substitutes: a model and corpus small enough for a test that finishes in well
 # under a minute on two cores; the numbers it gives mean nothing.

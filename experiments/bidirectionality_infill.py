@@ -17,7 +17,7 @@ from herd.checkpoint.convert import load
 from herd.data.objectives import OBJECTIVES, ObjectiveConfig, infill_prompt, sample_spans
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
-from herd.generate import generate
+from herd.generation import generate
 from herd.model.masks import PackedAttention
 
 

@@ -6,15 +6,30 @@ Public API (see DESIGN.md):
     logits = model(tokens)                       # LongTensor [B, T] -> FloatTensor [B, T, vocab]
     new_ids = herd.generate(model, prompt_ids, max_new_tokens=64, temperature=0.0, top_p=1.0)
     cfg = herd.preset("llama3-8b"); cfg.num_params()
+
+The names are imported on first use (module `__getattr__`, PEP 562): `import herd`, and so every
+`herd` command's `--help`, loads no torch.
 """
 
-from herd.checkpoint.convert import load
-from herd.config import ModelConfig, RopeScaling
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from herd.errors import HerdError
-from herd.generate import generate, stream_generate
-from herd.model.transformer import Transformer, build_model
-from herd.presets import preset
-from herd.tokenizer import load_tokenizer
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "ModelConfig": "herd.model.config",
+    "RopeScaling": "herd.model.config",
+    "Transformer": "herd.model.transformer",
+    "build_model": "herd.model.transformer",
+    "generate": "herd.generation",
+    "stream_generate": "herd.generation",
+    "load": "herd.checkpoint.convert",
+    "load_tokenizer": "herd.tokenizer",
+    "preset": "herd.model.presets",
+}
 
 __all__ = [
     "HerdError",
@@ -28,3 +43,23 @@ __all__ = [
     "preset",
     "stream_generate",
 ]
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on demand
+    from herd.checkpoint.convert import load
+    from herd.generation import generate, stream_generate
+    from herd.model.config import ModelConfig, RopeScaling
+    from herd.model.presets import preset
+    from herd.model.transformer import Transformer, build_model
+    from herd.tokenizer import load_tokenizer
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'herd' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from herd import options
 from herd.errors import HerdError
 
 
@@ -29,7 +30,7 @@ def _add_info(p: argparse.ArgumentParser) -> None:
         "llama2.c .bin file",
         nargs="?",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    options.add_json(p, "the architecture and counts")
     p.add_argument("--list", action="store_true", help="list the preset names and exit")
 
 
@@ -100,15 +101,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
         "end-of-sequence and end-of-turn tokens always stop",
     )
     p.add_argument("--system", help="system prompt (with --chat, and in `herd chat`)")
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)"
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)",
-    )
+    options.add_device(p)
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
@@ -123,7 +116,11 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (needs a tokenizer file in the checkpoint)")
     src.add_argument(
-        "--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,450,4996 (no tokenizer)"
+        "--prompt-ids",
+        type=options.token_ids,
+        metavar="IDS",
+        help="the prompt as token ids, separated by commas or spaces (e.g. 1,450,4996); needs no "
+        "tokenizer, and is used as given (no BOS added)",
     )
     p.add_argument(
         "--chat",
@@ -136,7 +133,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         help="fill the one <|mask_0|> in --prompt (models trained with data.objective mskuni or "
         "mskbi); prints the prompt with the generated span in place",
     )
-    p.add_argument("--no-bos", action="store_true", help="do not prepend the BOS token to --prompt")
+    options.add_bos(p, default=True, what="--prompt")
     p.add_argument(
         "--prompt-attention",
         choices=["auto", "causal", "bidirectional"],
@@ -207,19 +204,21 @@ def _config_fields_help() -> str:
     """Every run-config field with its default and meaning (from the dataclass metadata)."""
     import dataclasses
 
-    from herd.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from herd.model.config import ModelConfig
+    from herd.train.config import SECTIONS
 
     lines = [
-        "Override any config field as --SECTION.FIELD VALUE (e.g. --train.steps 200).",
+        "Every field of every section, with its default. Set them in CONFIG.toml ([train] steps",
+        "= 200) or override them as --SECTION.FIELD VALUE (e.g. --train.steps 200).",
         "",
-        "model: preset = demo (a preset name), then any of:",
+        "[model]: preset = demo (a name from `herd info --list`), then any of these to change it:",
     ]
     for f in dataclasses.fields(ModelConfig):
-        lines.append(f"  model.{f.name:<22}{f.metadata.get('help', '')}")
-    for section, cls in (("data", DataConfig), ("optim", OptimConfig), ("train", TrainConfig)):
-        lines.append(f"{section}:")
+        lines.append(f"  model.{f.name:<24} {f.metadata.get('help', '')}")
+    for section, cls in SECTIONS.items():
+        lines += ["", f"[{section}]: {cls.__doc__.strip().splitlines()[0]}"]
         for f in dataclasses.fields(cls):
-            lines.append(f"  {section}.{f.name:<22}{f.metadata.get('help', '')} ({f.default})")
+            lines.append(f"  {section}.{f.name:<24} {f.metadata.get('help', '')} ({f.default})")
     return "\n".join(lines)
 
 
@@ -376,27 +375,6 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
-def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Take `herd train`'s dotted --SECTION.FIELD VALUE overrides out before argparse sees them."""
-    if not argv or argv[0] != "train":
-        return argv, []
-    rest, overrides = [argv[0]], []
-    i = 1
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith("--") and "." in token.partition("=")[0]:
-            if "=" in token or i + 1 == len(argv):
-                overrides.append(token)
-                i += 1
-            else:
-                overrides += [token, argv[i + 1]]
-                i += 2
-        else:
-            rest.append(token)
-            i += 1
-    return rest, overrides
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="herd",
@@ -418,7 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         # lm-eval parses its own options (argparse.REMAINDER would stop at the first --flag)
         args = argparse.Namespace(command="lm-eval", handler=_run_lm_eval, lm_eval_args=argv[1:])
     else:
-        argv, overrides = _split_overrides(argv)
+        overrides = {}
+        if argv[:1] == ["train"]:
+            from herd.train.config import split_overrides
+
+            try:
+                argv, overrides = split_overrides(argv)
+            except HerdError as e:
+                sys.stderr.write(f"herd train: error: {e}\n")
+                return 2
         args = parser.parse_args(argv)
         args.overrides = overrides
     if args.command is None:

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from herd.checkpoint.convert import load
-from herd.config import load_run_config
 from herd.data.shards import TokenShards, prepare
-from herd.generate import generate
+from herd.generation import generate
 from herd.tokenizer import load_tokenizer
-from herd.tokenizer.train import train_bpe
+from herd.train.config import load_run_config
 from herd.train.trainer import Trainer
+from herd.vocab.bpe import train_bpe
 
 PROMPTS = ["def fibonacci(n):", "import os\n\n\ndef ", "class Stack:\n    def "]
 

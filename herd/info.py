@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from herd.config import ModelConfig
 from herd.errors import HerdError
-from herd.presets import PRESETS, preset
+from herd.model.config import ModelConfig
+from herd.model.presets import PRESETS, preset
 
 
 def resolve_config(target: str) -> ModelConfig:

@@ -14,12 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from herd.checkpoint.convert import load
+from herd.checkpoint.loading import load_for_command
 from herd.errors import HerdError
-from herd.generate import stream_generate
-from herd.tokenizer import find_tokenizer, load_tokenizer
+from herd.generation import stream_generate
 
 
 class TextStreamer:
@@ -67,16 +64,6 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise HerdError(f"--prompt-ids '{text}': expected comma-separated integers") from None
-    if not ids:
-        raise HerdError("--prompt-ids is empty: expected at least one token id")
-    return ids
-
-
 def _check_sampling(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise HerdError(f"--max-new-tokens {args.max_new_tokens}: expected at least 1")
@@ -86,25 +73,6 @@ def _check_sampling(args: argparse.Namespace) -> None:
         raise HerdError(f"--top-p {args.top_p}: expected a value in (0, 1]")
     if args.top_k < 0:
         raise HerdError(f"--top-k {args.top_k}: expected >= 0")
-
-
-def _device_and_dtype(args: argparse.Namespace) -> tuple[torch.device, str]:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise HerdError(f"--device '{args.device}': not a torch device") from None
-    return device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-
-
-def _load(args: argparse.Namespace, need_tokenizer: bool):
-    checkpoint = Path(args.checkpoint)
-    device, dtype = _device_and_dtype(args)
-    tokenizer_file = find_tokenizer(checkpoint) if checkpoint.exists() else None
-    if need_tokenizer and tokenizer_file is None and checkpoint.exists():
-        raise HerdError(f"{checkpoint}: carries no tokenizer file; pass --prompt-ids instead")
-    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
-    return load(checkpoint, device, dtype), tokenizer, device
 
 
 def stream_reply(
@@ -174,7 +142,7 @@ def _infill_prompt(tokenizer, text: str) -> tuple[list[int], str, str]:
 def trained_objective(checkpoint: Path) -> str | None:
     """data.objective of the run that wrote `checkpoint` when it sits in a herd run folder
     (RUN/checkpoints/step-N next to RUN/config.toml), else None."""
-    from herd.config import load_run_config
+    from herd.train.config import load_run_config
 
     checkpoint = checkpoint.resolve()  # `herd generate .` inside the step folder too
     config = checkpoint.parent.parent / "config.toml"
@@ -211,10 +179,11 @@ def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
 
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
-    model, tokenizer, device = _load(args, need_tokenizer=args.prompt is not None)
+    needed = "to encode --prompt (or pass the prompt as --prompt-ids)" if args.prompt else None
+    model, tokenizer, device = load_for_command(args.checkpoint, args.device, args.dtype, needed)
     stop_strings = list(args.stop)
     if args.prompt is None:
-        prompt = _parse_ids(args.prompt_ids)
+        prompt = args.prompt_ids
     elif args.infill:
         prompt, prefix, suffix = _infill_prompt(tokenizer, args.prompt)
         sys.stdout.write(prefix)
@@ -223,7 +192,7 @@ def run_generate(args: argparse.Namespace) -> None:
         messages.append({"role": "user", "content": args.prompt})
         prompt = tokenizer.encode_dialog(messages).ids
     else:
-        prompt = tokenizer.encode(args.prompt, bos=not args.no_bos)
+        prompt = tokenizer.encode(args.prompt, bos=args.bos)
     start = time.perf_counter()
     if args.infill:
         # the span ends where the model opens the next sentinel
@@ -239,7 +208,9 @@ def run_generate(args: argparse.Namespace) -> None:
 def run_chat(args: argparse.Namespace) -> None:
     """A read-eval-print loop over a growing conversation; /reset clears it, /exit or EOF ends."""
     _check_sampling(args)
-    model, tokenizer, _ = _load(args, need_tokenizer=True)
+    model, tokenizer, _ = load_for_command(
+        args.checkpoint, args.device, args.dtype, "to read and write the conversation"
+    )
     if tokenizer is None:
         raise HerdError(f"{args.checkpoint}: carries no tokenizer file")
     if tokenizer.chat_format is None:

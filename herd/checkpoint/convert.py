@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from herd.checkpoint import hf, io, llama2c, meta
-from herd.config import ModelConfig
 from herd.errors import HerdError
+from herd.model.config import ModelConfig
 from herd.model.transformer import Transformer
 
 FORMATS = ("herd", "hf", "meta", "llama2c")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from herd.atomic_files import write_folder_atomically
 from herd.checkpoint.io import (
     DEFAULT_SHARD_BYTES,
     INDEX_NAME,
@@ -24,10 +25,9 @@ from herd.checkpoint.io import (
     load_safetensors,
     read_json,
     save_safetensors,
-    write_folder_atomically,
 )
-from herd.config import ModelConfig, RopeScaling
 from herd.errors import HerdError
+from herd.model.config import ModelConfig, RopeScaling
 
 # herd name -> HF name; "{i}" is the layer index.
 _LAYER_KEYS = {

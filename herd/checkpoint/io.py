@@ -18,12 +18,9 @@ unless the caller asks to overwrite, and then only after the new folder is compl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,8 +29,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from herd.config import ModelConfig
+from herd.atomic_files import write_folder_atomically
 from herd.errors import HerdError
+from herd.model.config import ModelConfig
 from herd.model.transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -76,71 +74,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise HerdError(f"{path}: expected a JSON object")
     return data
-
-
-# --- atomic folder writing --------------------------------------------------------------------
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomically(path: Path, write) -> Path:
-    """`write(f)` into a temporary sibling of `path` (binary), fsync it, rename it into place:
-    the file is complete or absent, and an older version stays until the new one is whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in blocks (checkpoint and shard checksums)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_folder_atomically(
-    dst: Path, fill: Callable[[Path], None], overwrite: bool = False
-) -> Path:
-    """Call fill(tmp_dir) to populate a temporary sibling of `dst`, then move it into place."""
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise HerdError(f"{dst}: already exists (pass --overwrite to replace it)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        fill(tmp)
-        publish_folder(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
-
-
-def publish_folder(tmp: Path, dst: Path) -> None:
-    """fsync every file and folder under the complete `tmp`, then rename it to `dst` (replacing
-    an existing `dst` only once the new one is in place)."""
-    for f in tmp.rglob("*"):
-        fsync_path(f)  # files and sub-folders (their entries) alike
-    fsync_path(tmp)
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.rename(dst, old / dst.name)
-        os.rename(tmp, dst)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, dst)
-    fsync_path(dst.parent)
 
 
 # --- safetensors with sharding ----------------------------------------------------------------

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from herd.config import ModelConfig
 from herd.errors import HerdError
+from herd.model.config import ModelConfig
 from herd.model.rope import interleaved_to_half
 
 MAGIC = 0x616B3432

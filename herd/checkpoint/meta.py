@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from herd.checkpoint.io import read_json
-from herd.config import ModelConfig, llama_ffn_dim
 from herd.errors import HerdError
+from herd.model.config import ModelConfig, llama_ffn_dim
+from herd.model.presets import LLAMA31_SCALING
 from herd.model.rope import interleaved_to_half
-from herd.presets import LLAMA31_SCALING
 
 _ROW_SPLIT = (
     "attention.wq.weight",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from herd import options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=type(p))
@@ -40,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a file that is not UTF-8: stop with an error naming it (fail), or skip it with a "
         "warning (skip)",
     )
-    prep.add_argument("--threads", type=int, default=None, help="tokenizer threads (all CPUs)")
-    prep.add_argument("--json", action="store_true", help="print the manifest's totals as JSON")
+    options.add_threads(prep, "tokenizing")
+    options.add_json(prep, "the manifest's totals")
 
 
 def run(args: argparse.Namespace) -> None:

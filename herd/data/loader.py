@@ -4,7 +4,7 @@ A step is `grad_accum` micro-batches of the global batch. Each process reads and
 its own rows of every micro-batch (for the masked objectives that is a Python loop per document,
 which would otherwise cost every process the whole global batch), on a background thread while
 the device runs the previous step, into pinned memory on CUDA so that the copies to the device
-are asynchronous (`MicroBatch.to(..., non_blocking=True)`).
+are asynchronous (`TrainBatch.to(..., non_blocking=True)`).
 
 Exactness: every row draws its objective randomness from its own seed (PackedBatches), so the
 rows do not depend on which process builds them or on how the step is split into micro-batches.
@@ -25,27 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from herd.config import DataConfig
 from herd.data.batches import PackedBatches
-from herd.data.objectives import IGNORE_INDEX, make_batch
-from herd.model.masks import PackedAttention
-
-
-@dataclass
-class MicroBatch:
-    """One micro-batch of this process's rows: inputs and targets [b, T], the attention rule."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    packed: PackedAttention | None
-
-    def map(self, fn) -> MicroBatch:
-        """`fn` applied to each tensor."""
-        packed = None if self.packed is None else self.packed.map(fn)
-        return MicroBatch(fn(self.inputs), fn(self.targets), packed)
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> MicroBatch:
-        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+from herd.data.config import DataConfig
+from herd.data.objectives import IGNORE_INDEX, TrainBatch, make_batch
 
 
 @dataclass
@@ -53,7 +35,7 @@ class StepBatch:
     """A step's micro-batches and their loss-target counts (int64 [grad_accum], this process's
     rows only: the trainer sums them over processes)."""
 
-    micro: list[MicroBatch]
+    micro: list[TrainBatch]
     counts: torch.Tensor
 
 
@@ -78,12 +60,12 @@ class StepLoader:
         micro, counts = [], []
         for _ in range(self.grad_accum):
             window, docs, seeds = self.batches.next_batch(self.rows)
-            inputs, targets, packed = make_batch(window, docs, self.data, seeds, self.sentinels)
+            batch = make_batch(window, docs, self.data, seeds, self.sentinels)
             # Contiguous before pinning: a strided view (next-token inputs are window[:, :-1])
             # would be copied to the device through an unpinned temporary, synchronously.
-            mb = MicroBatch(inputs, targets, packed).map(torch.Tensor.contiguous)
+            mb = batch.map(torch.Tensor.contiguous)
             micro.append(mb.map(torch.Tensor.pin_memory) if self.pin else mb)
-            counts.append(int((targets != IGNORE_INDEX).sum()))
+            counts.append(int((batch.targets != IGNORE_INDEX).sum()))
         counts = torch.tensor(counts, dtype=torch.int64)
         return StepBatch(micro, counts.pin_memory() if self.pin else counts)
 

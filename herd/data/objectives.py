@@ -1,4 +1,4 @@
-"""Pre-training objectives: turn packed windows of token ids into (inputs, targets, attention).
+"""Pre-training objectives: turn packed windows of token ids into (inputs, targets, documents).
 
 Artetxe et al. 2022 ("On the Role of Bidirectionality in Language Model Pre-Training", Figure 1)
 separate two notions of bidirectionality that GPT, BERT, prefix LMs and CM3 mix up:
@@ -14,7 +14,8 @@ The two knobs span four objectives, which herd names as the paper does:
   mskbi    yes      yes        [BOS a <s0> d EOS] <s0> b c                 tokens after <s0> at the end
 
 The paper moves single masked tokens together with their positional embeddings. In herd a token's
-position follows from the packing (it counts tokens within its document, `PackedAttention.positions`),
+position follows from the packing (it counts tokens within its document, as the model's
+`PackedAttention.positions` does),
 so a moved token cannot keep its old one; herd moves whole spans marked by sentinel tokens instead,
 as CM3 does (Aghajanyan et al. 2022, "causal masking"), which is also the form an infilling prompt
 takes at inference (`infill_prompt`).
@@ -49,9 +50,8 @@ from dataclasses import dataclass
 
 import torch
 
-from herd.config import DataConfig
+from herd.data.config import DataConfig
 from herd.errors import HerdError
-from herd.model.masks import PackedAttention
 
 IGNORE_INDEX = -100
 # name -> (bidirectional_context, bidirectional_attention)
@@ -77,9 +77,10 @@ class ObjectiveConfig:
     name: str | None = None
     bidirectional_context: bool | None = None
     bidirectional_attention: bool | None = None
-    n_spans: int = 1  # masked spans per document (bidirectional context only)
-    mask_fraction: float = 0.15  # share of each document's maskable tokens, over all its spans
-    end_marker: bool = False  # close the last span with sentinel_ids[n_spans] (T5-style)
+    # The span settings default to the run config's (one declaration of each, in DataConfig).
+    n_spans: int = DataConfig.n_spans  # masked spans per document (bidirectional context only)
+    mask_fraction: float = DataConfig.mask_fraction  # share of each document's maskable tokens
+    end_marker: bool = DataConfig.end_marker  # close the last span with sentinel_ids[n_spans]
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -115,11 +116,30 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainBatch:
-    """What a training step consumes: loss = cross_entropy(model(inputs, packed=packed), targets)."""
+    """What a training step consumes: the inputs, their targets, and the documents they lie in.
+
+    The batch describes documents; the model turns that into attention masks
+    (`herd.model.masks.PackedAttention`). `doc_ids` is None when attention is plain causal over the
+    whole row (no document mask and no bidirectional region).
+    """
 
     inputs: torch.Tensor  # LongTensor [B, T]
     targets: torch.Tensor  # LongTensor [B, T], IGNORE_INDEX where there is no loss
-    packed: PackedAttention  # doc_ids [B, T] (+ bidirectional [B, T] or None)
+    doc_ids: torch.Tensor | None  # LongTensor [B, T]: the document of every token
+    bidirectional: torch.Tensor | None = None  # BoolTensor [B, T]: tokens that see both ways
+
+    def map(self, fn) -> TrainBatch:
+        """`fn` applied to each tensor (a pin, a move, a copy)."""
+        doc_ids, bidir = self.doc_ids, self.bidirectional
+        return TrainBatch(
+            fn(self.inputs),
+            fn(self.targets),
+            None if doc_ids is None else fn(doc_ids),
+            None if bidir is None else fn(bidir),
+        )
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> TrainBatch:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def build_batch(
@@ -157,21 +177,25 @@ def _next_token_batch(
     same_doc = doc_ids[:, 1:] == doc_ids[:, :-1]
     targets = torch.where(same_doc, following, IGNORE_INDEX)
     if not prefix_lm:
-        return TrainBatch(inputs, targets, PackedAttention(doc_ids[:, :-1]))
+        return TrainBatch(inputs, targets, doc_ids[:, :-1])
     # Prefix LM (Raffel et al. 2020, section 3.2): per document piece, the first p tokens see each
     # other both ways and only tokens p.. are predicted, p uniform on [1, n - 1] so that at least
     # one token is predicted. The whole window's pieces count, since the window's last token is a
     # target, and a prefix never reaches it.
     B, width = window.shape
-    position = PackedAttention(doc_ids).positions()
-    piece = (position == 0).flatten().cumsum(0).view(B, width) - 1  # piece index over the batch
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)  # a row's first token starts a piece
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    piece = starts.flatten().cumsum(0) - 1  # piece index over the batch, row-major
+    first = starts.flatten().nonzero().squeeze(1)  # flat index of every piece's first token
+    position = (torch.arange(B * width, device=window.device) - first[piece]).view(B, width)
+    piece = piece.view(B, width)
     lengths = torch.bincount(piece.flatten()).cpu()
     draws = torch.rand(lengths.shape[0], generator=generator, dtype=torch.float64)
     prefix_lengths = 1 + (draws * (lengths - 1).clamp(min=0)).long()
     prefix = prefix_lengths.to(window.device)[piece]  # [B, T + 1]: its piece's prefix length
     bidirectional = (position < prefix)[:, :-1]
     targets = targets.masked_fill(position[:, 1:] < prefix[:, 1:], IGNORE_INDEX)
-    return TrainBatch(inputs, targets, PackedAttention(doc_ids[:, :-1], bidirectional))
+    return TrainBatch(inputs, targets, doc_ids[:, :-1], bidirectional)
 
 
 def _masked_batch(
@@ -217,7 +241,7 @@ def _masked_batch(
     keep = predicted[:, 1:] & (seq_docs[:, 1:] == seq_docs[:, :-1])
     targets = torch.where(keep, seq[:, 1:], IGNORE_INDEX)
     bidirectional = both_ways[:, :-1] if objective.bidirectional_attention else None
-    return TrainBatch(seq[:, :-1], targets, PackedAttention(seq_docs[:, :-1], bidirectional))
+    return TrainBatch(seq[:, :-1], targets, seq_docs[:, :-1], bidirectional)
 
 
 def _document_pieces(docs: list[int]) -> list[tuple[int, int]]:
@@ -322,7 +346,7 @@ def make_batch(
     row_seeds: Sequence[int],
     sentinels: Sequence[int],
 ):
-    """(inputs, targets, packed) for windows [B, T+1] under the run's objective.
+    """The TrainBatch for windows [B, T+1] under the run's objective.
 
     Each row draws its randomness (prefix lengths, masked spans) from its own generator seeded
     with `row_seeds[i]` (PackedBatches gives every drawn window one), so a row's example is the
@@ -353,16 +377,15 @@ def make_batch(
             )
             for i, seed in enumerate(row_seeds)
         ]
-        bidir = [r.packed.bidirectional for r in rows]
+        bidir = [r.bidirectional for r in rows]
         batch = TrainBatch(
             torch.cat([r.inputs for r in rows]),
             torch.cat([r.targets for r in rows]),
-            PackedAttention(
-                torch.cat([r.packed.doc_ids for r in rows]),
-                None if bidir[0] is None else torch.cat(bidir),
-            ),
+            torch.cat([r.doc_ids for r in rows]),
+            None if bidir[0] is None else torch.cat(bidir),
         )
     else:  # next-token prediction draws nothing: the whole batch at once
         batch = build_batch(window, docs, cfg, torch.Generator(), sentinels)
-    packed = batch.packed if data.document_mask or cfg.bidirectional_attention else None
-    return batch.inputs, batch.targets, packed
+    if not (data.document_mask or cfg.bidirectional_attention):
+        batch.doc_ids = None  # plain causal attention over the whole row
+    return batch

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from herd.checkpoint.io import file_sha256, write_file_atomically
+from herd.atomic_files import file_sha256, write_file_atomically
 from herd.data.sources import Document, describe_sources, iter_documents
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer, load_tokenizer

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from herd import options
 from herd.errors import HerdError
 
 TASKS = ("belebele", "mc", "perplexity")
@@ -66,52 +67,49 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="a malformed row is fatal (default: reported with file and line, skipped and counted)",
     )
     p.add_argument(
-        "--json",
+        "--out",
         type=Path,
         default=None,
-        metavar="OUT",
-        help="write the results, with every item's choice and scores, to this file",
+        metavar="RESULTS.json",
+        help="write the results, with every item's choice and scores, to this JSON file",
     )
+    options.add_json(p, "the results (with every item's choice and scores; no table)")
     p.add_argument(
         "--plot",
         type=Path,
         default=None,
         metavar="PNG",
-        help="accuracy bar chart across languages (default: next to --json)",
+        help="accuracy bar chart across languages (default: next to --out, as .png)",
     )
     p.add_argument(
         "--split", default="val", help="perplexity on a `herd data prepare` folder: which split"
     )
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward pass")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: bfloat16 on GPU, float32 on CPU)",
-    )
-    p.add_argument("--no-bos", action="store_true", help="do not start prompts with BOS")
+    options.add_device(p)
+    options.add_bos(p, default=True, what="every prompt")
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from herd.textstream import _load
+    from herd.checkpoint.loading import load_for_command
 
     if args.limit is not None and args.limit < 1:
         raise HerdError(f"--limit {args.limit}: expected a positive number")
-    model, tokenizer, device = _load(args, need_tokenizer=True)
-    if tokenizer is None:
-        raise HerdError(f"{args.checkpoint}: no tokenizer found; evaluation needs text")
+    model, tokenizer, device = load_for_command(
+        args.checkpoint, args.device, args.dtype, "to encode the evaluation text"
+    )
+    # With --json, stdout carries the one JSON object; the human-readable lines go to stderr.
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     start = time.perf_counter()
     if args.task == "perplexity":
         from herd.eval.perplexity import perplexity
 
         result = perplexity(model, tokenizer, args.data, args.split, args.limit)
-        print(
+        say(
             f"loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.3f}, "
             f"{result['bits_per_byte']:.4f} bits/byte over {result['tokens']:,} tokens "
             f"({result['documents']} documents, {result['bytes']:,} bytes)"
         )
-        _write_json(args.json, {"task": "perplexity", "checkpoint": args.checkpoint, **result})
+        _report(args, {"task": "perplexity", "checkpoint": args.checkpoint, **result}, say)
         return
     from herd.eval.mc_data import load_items
     from herd.eval.multiple_choice import evaluate_items, summarise
@@ -131,15 +129,15 @@ def run_eval(args: argparse.Namespace) -> None:
         args.scoring,
         args.shots,
         args.batch_size,
-        bos=not args.no_bos,
+        bos=args.bos,
     )
     seconds = time.perf_counter() - start
     summary = summarise(results)
-    print(f"{'language':<14}{'items':>7}{'accuracy':>10}   95% interval")
+    say(f"{'language':<14}{'items':>7}{'accuracy':>10}   95% interval")
     for lang, row in sorted(summary["languages"].items(), key=lambda kv: -kv[1]["accuracy"]):
         low, high = row["ci95"]
-        print(f"{lang:<14}{row['items']:>7}{row['accuracy']:>10.3f}   [{low:.3f}, {high:.3f}]")
-    print(
+        say(f"{lang:<14}{row['items']:>7}{row['accuracy']:>10.3f}   [{low:.3f}, {high:.3f}]")
+    say(
         f"macro average {summary['macro_accuracy']:.3f} over {len(summary['languages'])} "
         f"languages; {summary['items']} items in {seconds:.1f} s "
         f"({summary['items'] / seconds:.1f} items/s on {device}); "
@@ -167,22 +165,25 @@ def run_eval(args: argparse.Namespace) -> None:
             for r in results
         ],
     }
-    _write_json(args.json, record)
-    plot = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    _report(args, record, say)
+    plot = args.plot or (args.out.with_suffix(".png") if args.out else None)
     if plot is not None and len(summary["languages"]) >= 1:
         from herd.eval.plots import plot_accuracy
 
         plot_accuracy(summary, plot, title=f"{args.task} ({args.scoring}, {args.shots}-shot)")
-        print(f"wrote {plot}")
+        say(f"wrote {plot}")
 
 
-def _write_json(path: Path | None, record: dict) -> None:
-    if path is None:
-        return
-    from herd.checkpoint.io import write_file_atomically
+def _report(args: argparse.Namespace, record: dict, say) -> None:
+    """The record as JSON on stdout (--json) and/or in the --out file (written atomically)."""
+    text = json.dumps(record, indent=1) + "\n"
+    if args.json:
+        sys.stdout.write(text)
+    if args.out is not None:
+        from herd.atomic_files import write_file_atomically
 
-    write_file_atomically(path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
-    print(f"wrote {path}")
+        write_file_atomically(args.out, lambda f: f.write(text.encode()))
+        say(f"wrote {args.out}")
 
 
 def run_lm_eval(argv: list[str]) -> int:

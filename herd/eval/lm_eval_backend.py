@@ -100,7 +100,7 @@ class HerdLM(LM):
         ]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from herd.generate import stream_generate
+        from herd.generation import stream_generate
 
         out = []
         for r in requests:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from herd.config import ModelConfig
+from herd.model.config import ModelConfig
 
 
 class KVCache:
@@ -31,7 +31,7 @@ class KVCache:
         self.max_len = max_len
         self.positions = torch.arange(max_len, device=device)
         # The first `bidirectional` positions attend each other both ways: a prefix-LM prefix or
-        # an infilling prompt's context, as nxtpre and mskbi models are trained. herd.generate sets
+        # an infilling prompt's context, as nxtpre and mskbi models are trained. herd.generation sets
         # it for the prefill only (later positions are causal either way), so a compiled decode
         # step never depends on it.
         self.bidirectional = 0

@@ -40,6 +40,14 @@ class PackedAttention:
     bidirectional: torch.Tensor | None = None
     flex: Any = None
 
+    @classmethod
+    def of(
+        cls, doc_ids: torch.Tensor | None, bidirectional: torch.Tensor | None = None
+    ) -> PackedAttention | None:
+        """The attention rule for a batch's documents, in the form attention takes on their
+        device (`for_attention`); None (plain causal) for a batch without documents."""
+        return None if doc_ids is None else cls(doc_ids, bidirectional).for_attention()
+
     def positions(self) -> torch.Tensor:
         """Position of every token within its own document: LongTensor [B, T]."""
         B, T = self.doc_ids.shape

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from herd.config import ModelConfig, RopeScaling
+from herd.model.config import ModelConfig, RopeScaling
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from herd.config import ModelConfig
 from herd.model.cache import KVCache
+from herd.model.config import ModelConfig
 from herd.model.linear import Linear
 from herd.model.loss import linear_cross_entropy
 from herd.model.masks import PackedAttention, flex_attention

@@ -59,6 +59,12 @@ class ChinchillaLaw:
         return asdict(self)
 
 
+def chinchilla_flops(params: float, tokens: float) -> float:
+    """C = 6 N D: the compute of N parameters trained on D tokens, in scaling-law fits and plots
+    (numbers or numpy arrays). Runs report their exact count (`ModelConfig.flops_per_token`)."""
+    return 6.0 * params * tokens
+
+
 def published() -> ChinchillaLaw:
     return ChinchillaLaw(**PUBLISHED)
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from herd.errors import HerdError
-from herd.scaling.flops import chinchilla_flops
 
 LAWS = ("chinchilla", "isoflop", "mixed-modal", "downstream")
 
@@ -33,7 +32,7 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
         help="fit a scaling law to runs or a CSV",
         description="Fit a scaling law. RUNS are herd run folders, sweep folders or "
         "CSV files (params,tokens,loss[,modality][,flops]; downstream: "
-        "flops,nll,accuracy, or `herd eval --json` files of training checkpoints).",
+        "flops,nll,accuracy, or `herd eval --out` files of training checkpoints).",
     )
     f.add_argument("runs", nargs="+", metavar="RUNS")
     f.add_argument(
@@ -130,6 +129,7 @@ def fit_and_report(
     import numpy as np
 
     from herd.scaling import chinchilla, fits, plots
+    from herd.scaling.chinchilla import chinchilla_flops
 
     def arr(key):
         return [p[key] for p in points]

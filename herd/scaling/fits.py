@@ -28,7 +28,7 @@ from scipy.optimize import curve_fit, least_squares
 
 from herd.errors import HerdError
 from herd.scaling import chinchilla
-from herd.scaling.flops import chinchilla_flops
+from herd.scaling.chinchilla import chinchilla_flops
 
 # C_ij, log A_ij, alpha_ij, log B_ij, beta_ij: exponents non-negative, the rest in a range wide
 # enough for any loss in nats (an unbounded fit can trade a huge C against huge A and B)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 
-from herd.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, dump_toml
+from herd.data.config import DataConfig
 from herd.errors import HerdError
+from herd.model.config import ModelConfig
 from herd.scaling.chinchilla import ChinchillaLaw
+from herd.train.config import OptimConfig, RunConfig, TrainConfig, dump_toml
 
 
 def llama_shape(dim: int, n_layers: int, vocab_size: int, max_seq_len: int) -> ModelConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from herd.scaling.flops import chinchilla_flops
+from herd.scaling.chinchilla import chinchilla_flops
 
 
 def _plt():

@@ -2,9 +2,9 @@
 
 A run folder gives one point: parameters (the resolved config, the vocabulary from the data's
 tokenizer, counted as `herd info` does), tokens trained and final validation loss (the last
-`val_loss` in metrics.jsonl), and FLOPs from herd.scaling.flops. A CSV has a header with
+`val_loss` in metrics.jsonl), and FLOPs from `ModelConfig.flops_per_token`. A CSV has a header with
 `params,tokens,loss` and optionally `modality`, `flops`, `tokens_i`, `tokens_j`; downstream fits read
-`flops,nll,accuracy` from a CSV or from `herd eval --json` files of training checkpoints.
+`flops,nll,accuracy` from a CSV or from `herd eval --out` files of training checkpoints.
 
 `sweep` trains, for every compute budget C and model size N, a herd model on D = C / (6 N) tokens,
 one run folder each under OUT/runs/; a finished run (its metrics reach the planned step with a
@@ -55,9 +55,8 @@ def read_csv(path: Path, required: tuple[str, ...] = ("params", "tokens", "loss"
 
 def read_run(folder: Path) -> dict:
     """{'params', 'tokens', 'loss', 'flops', 'run'} of a finished herd run folder."""
-    from herd.config import load_run_config
     from herd.data.shards import TokenShards
-    from herd.scaling.flops import flops_per_token
+    from herd.train.config import load_run_config
 
     config_path = folder / "config.toml"
     metrics_path = folder / "metrics.jsonl"
@@ -78,25 +77,24 @@ def read_run(folder: Path) -> dict:
         "params": float(model.num_params()),
         "tokens": tokens,
         "loss": float(last["val_loss"]),
-        "flops": flops_per_token(model, run.data.seq_len) * tokens,
+        "flops": model.flops_per_token(run.data.seq_len) * tokens,
         "run": str(folder),
     }
 
 
 def read_eval(path: Path) -> dict:
-    """A downstream point from a `herd eval --json` file of a training checkpoint: the compute
+    """A downstream point from a `herd eval --out` file of a training checkpoint: the compute
     that produced the checkpoint, the mean normalised NLL of the correct answer (letter scoring:
     -log p of its letter; answer scoring: per UTF-8 byte), and the accuracy."""
-    from herd.config import load_run_config
     from herd.data.shards import TokenShards
-    from herd.scaling.flops import flops_per_token
+    from herd.train.config import load_run_config
 
     try:
         record = json.loads(path.read_text())
         checkpoint = Path(record["checkpoint"])
         items = record["results"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise HerdError(f"{path}: not a `herd eval --json` multiple-choice result") from None
+        raise HerdError(f"{path}: not a `herd eval --out` multiple-choice result") from None
     state = checkpoint / "train_state" / "state.json"
     config = checkpoint.parent.parent / "config.toml"
     if not state.is_file() or not config.is_file():
@@ -107,7 +105,7 @@ def read_eval(path: Path) -> dict:
     run = load_run_config(str(config))
     vocab = TokenShards(run.data.path).manifest["tokenizer"]["vocab_size"]
     tokens = json.loads(state.read_text())["tokens"]
-    flops = flops_per_token(run.model_config(vocab_size=vocab), run.data.seq_len) * tokens
+    flops = run.model_config(vocab_size=vocab).flops_per_token(run.data.seq_len) * tokens
     nll = [-(r["scores"][r["answer"]]) for r in items]
     return {
         "flops": float(flops),
@@ -179,8 +177,8 @@ def sweep(
     show_progress: bool = True,
 ) -> list[dict]:
     """Run (or resume, or skip) every planned run; returns the points."""
-    from herd.config import load_run_config
     from herd.data.shards import TokenShards
+    from herd.train.config import load_run_config
     from herd.train.trainer import Trainer
 
     vocab = TokenShards(data).manifest["tokenizer"]["vocab_size"]

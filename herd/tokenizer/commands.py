@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from herd import options
 from herd.errors import HerdError
 
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="encode a chat: a JSON list of {role, content} messages, in the tokenizer's chat "
         "format; prints ids and the assistant-token loss mask",
     )
-    enc.add_argument("--bos", action="store_true", help="prepend the BOS token")
+    options.add_bos(enc, default=False)
     enc.add_argument("--eos", action="store_true", help="append the EOS token")
     enc.add_argument(
         "--allow-special",
@@ -37,11 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --dialog: do not end with the assistant header the model continues from",
     )
-    enc.add_argument("--json", action="store_true", help="print a JSON object")
+    options.add_json(enc, "the ids (and with --dialog the loss mask)")
 
     dec = sub.add_parser("decode", help="token ids to text")
     dec.add_argument("tokenizer", metavar="TOKENIZER", help=tok_help)
-    dec.add_argument("ids", metavar="IDS", help="comma- or space-separated token ids")
+    dec.add_argument(
+        "ids",
+        type=options.token_ids,
+        metavar="IDS",
+        help="token ids separated by commas or spaces (e.g. 1,450,4996; quote a list with spaces)",
+    )
     dec.add_argument("--skip-special", action="store_true", help="leave special tokens out")
 
     train = sub.add_parser("train", help="train a byte-level BPE tokenizer on a corpus")
@@ -57,14 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser("info", help="kind, vocabulary size, special ids and chat format")
     info.add_argument("tokenizer", metavar="TOKENIZER", help=tok_help)
-    info.add_argument("--json", action="store_true", help="print a JSON object")
-
-
-def _parse_ids(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise HerdError(f"ids '{text}': expected integers separated by commas or spaces") from None
+    options.add_json(info, "the description")
 
 
 def _read(path: str) -> str:
@@ -109,14 +108,14 @@ def run(args: argparse.Namespace) -> None:
         from herd.tokenizer import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
-        ids = _parse_ids(args.ids)
+        ids = args.ids
         bad = [i for i in ids if not 0 <= i < tok.vocab_size]
         if bad:
             raise HerdError(f"token id {bad[0]} is outside the vocabulary [0, {tok.vocab_size})")
         print(tok.decode(ids, skip_special=args.skip_special))
     elif args.action == "train":
         from herd.tokenizer import load_tokenizer
-        from herd.tokenizer.train import train_bpe
+        from herd.vocab.bpe import train_bpe
 
         out = train_bpe(args.corpus, args.vocab_size, args.out, args.min_frequency, args.overwrite)
         size = load_tokenizer(out).vocab_size

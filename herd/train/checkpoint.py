@@ -48,17 +48,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from herd.atomic_files import file_sha256, fsync_path, publish_folder
 from herd.checkpoint.io import (
-    file_sha256,
-    fsync_path,
-    publish_folder,
     read_herd_config,
     read_herd_folder,
     save_herd_folder,
     write_herd_config,
 )
-from herd.config import ModelConfig
 from herd.errors import HerdError
+from herd.model.config import ModelConfig
 from herd.train import distributed
 
 PREFIX = "step-"

@@ -8,32 +8,11 @@ from pathlib import Path
 from herd.errors import HerdError
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, str]:
-    """["--train.steps", "100", "--optim.lr=1e-3"] -> {"train.steps": "100", "optim.lr": "1e-3"}"""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or "." not in token:
-            raise HerdError(
-                f"unexpected argument '{token}' (overrides look like --train.steps 100)"
-            )
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(tokens):
-                raise HerdError(f"--{key} needs a value")
-            value = tokens[i + 1]
-            i += 1
-        out[key] = value
-        i += 1
-    return out
-
-
 def run_train(args: argparse.Namespace) -> None:
-    from herd.config import load_run_config
+    from herd.train.config import load_run_config
     from herd.train.trainer import Trainer
 
-    overrides = parse_overrides(getattr(args, "overrides", []))
+    overrides = getattr(args, "overrides", {})
     if args.resume:
         run_dir = Path(args.resume)
         config = args.config or run_dir / "config.toml"

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from herd.config import OptimConfig
+from herd.train.config import OptimConfig
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-from herd.config import TrainConfig
+from herd.train.config import TrainConfig
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from herd.config import StabilityConfig
+from herd.train.config import StabilityConfig
 
 # One float per field and step; the host reads a stack of these rows in one transfer.
 FIELDS = (

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import torch
 
-from herd.config import StabilityConfig
 from herd.errors import HerdError
 from herd.train import stability_stats as stats
+from herd.train.config import StabilityConfig
 
 RESPONSES = ("log", "skip", "rewind", "lower_lr", "eps")
 

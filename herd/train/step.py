@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from herd.data.loader import StepBatch
+from herd.model.masks import PackedAttention
 
 
 def global_counts(counts: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -50,7 +51,7 @@ def accumulate_gradients(
     sums = []
     for micro in batch.micro:
         micro = micro.to(device, non_blocking=True)
-        packed = None if micro.packed is None else micro.packed.for_attention()
+        packed = PackedAttention.of(micro.doc_ids, micro.bidirectional)
         with autocast():  # summed float32 cross-entropy, fused with the output layer
             nll = forward(micro.inputs, packed=packed, targets=micro.targets)
         (nll * scale.to(nll.dtype)).backward()

@@ -1,6 +1,6 @@
 """Model FLOPs utilisation: the peak FLOP/s of a device, and MFU from one device's token rate.
 
-MFU = (tokens per second on one device) x (training FLOPs per token, herd/scaling/flops.py) /
+MFU = (tokens per second on one device) x (training FLOPs per token, `ModelConfig.flops_per_token`) /
 (that device's peak). The peaks are the vendors' dense bf16 tensor-core figures (no 2:4 sparsity),
 looked up by the name torch reports for the device. A device not in the table gets no MFU: a
 guessed peak would make the number meaningless, so the metric stays empty and the run says once

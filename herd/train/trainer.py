@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from herd.config import RunConfig, dump_toml
 from herd.data.batches import PackedBatches
 from herd.data.loader import StepLoader
 from herd.data.objectives import tokenizer_sentinels
@@ -37,7 +36,6 @@ from herd.data.shards import TokenShards
 from herd.errors import HerdError
 from herd.model.loss import release_workspace
 from herd.model.transformer import build_model
-from herd.scaling.flops import flops_per_token
 from herd.train import distributed, throughput
 from herd.train.checkpoint import (
     check_same_model,
@@ -47,6 +45,7 @@ from herd.train.checkpoint import (
     save_sharded_checkpoint,
     save_training_checkpoint,
 )
+from herd.train.config import RunConfig, dump_toml
 from herd.train.optim import build_optimizer, set_lr
 from herd.train.parallel import parallelize
 from herd.train.runlog import RunLog
@@ -113,7 +112,7 @@ class Trainer:
         self.stability = Stability(run.stability)
         self.spikes = SpikeDetector(run.stability, self.stability.drops_spikes, self.device)
         self.param_groups = layer_groups(self.model)
-        self.flops_per_token = flops_per_token(self.model_config, d.seq_len)
+        self.flops_per_token = self.model_config.flops_per_token(d.seq_len)
         self.peak_flops = throughput.resolve_peak(self.device, t.peak_flops, self.rank == 0)
         self.verdicts = Verdicts(self.log, self.stability, self.rank)
         self._prepare_run_dir(resume)

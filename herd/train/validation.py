@@ -49,7 +49,7 @@ def validate(
     for window, docs in batches.sequential(max_batches, rows):
         inputs, targets = window[:, :-1], window[:, 1:].clone()
         targets[docs[:, 1:] != docs[:, :-1]] = -100  # never across a document boundary
-        packed = PackedAttention(docs[:, :-1].to(device)).for_attention() if document_mask else None
+        packed = PackedAttention.of(docs[:, :-1].to(device)) if document_mask else None
         targets = targets.to(device)
         with autocast():
             nll = model(inputs.to(device), packed=packed, targets=targets, reduction="none")

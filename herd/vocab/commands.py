@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from herd import options
 from herd.errors import HerdError
 
 
@@ -56,12 +57,7 @@ def add_vocab_arguments(p: argparse.ArgumentParser) -> None:
         help="when the corpus supports fewer pieces than --size, keep the smaller "
         "vocabulary with a warning instead of failing",
     )
-    b.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="parallel sentencepiece trainings (default: CPU count)",
-    )
+    options.add_threads(b, "the sentencepiece trainings, run in parallel processes")
     b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c = sub.add_parser(
         "compare",
@@ -113,10 +109,10 @@ def _run_build(args: argparse.Namespace) -> None:
         },
     }
     if args.baseline == "joint":
-        model = build_joint(corpus, args.size, threads=args.workers)
+        model = build_joint(corpus, args.size, threads=args.threads)
         report["method"] = "joint (alpha 0.3)"
     else:
-        result = build(corpus, args.size, args.clusters, args.per_language_size, args.workers)
+        result = build(corpus, args.size, args.clusters, args.per_language_size, args.threads)
         model = result["model"]
         clusters = [
             {

@@ -124,6 +124,6 @@ def learned_size(proto: pb.ModelProto) -> int:
 
 
 def save(proto: pb.ModelProto, path: Path) -> Path:
-    from herd.checkpoint.io import write_file_atomically
+    from herd.atomic_files import write_file_atomically
 
     return write_file_atomically(path, lambda f: f.write(proto.SerializeToString()))

@@ -116,7 +116,7 @@ def test_bad_input_one_line_exit_2(checkpoint, tmp_path):
     )
     one_line_error(
         herd_cli_inprocess("generate", checkpoint, "--prompt-ids", "1,x", check=False),
-        "expected comma-separated integers",
+        "not a token-id list",
     )
     one_line_error(
         herd_cli_inprocess("convert", checkpoint, tmp_path / "o", "--to", "gguf", check=False),
@@ -168,3 +168,94 @@ def test_demo_runs_end_to_end_shortened(tmp_path):
     }
     assert _steps_for(0.0001, common) == 10
     assert _steps_for(60, common) > 10
+
+
+HELP_IMPORTS_NO_TORCH = """
+import argparse, contextlib, io, sys
+from herd.cli import build_parser, main
+
+def commands(parser, prefix):
+    yield prefix
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from commands(sub, [*prefix, name])
+
+paths = list(commands(build_parser(), []))
+for path in paths:
+    if path[:1] == ["lm-eval"]:
+        continue  # lm-eval's own parser, imported only when it runs
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*path, "--help"])
+heavy = sorted(m for m in ("torch", "scipy", "transformers") if m in sys.modules)
+print(len(paths), ",".join(heavy) or "none")
+"""
+
+
+def test_help_imports_no_torch():
+    """`herd --help` and every `herd SUB [ACTION] --help` build their parsers without importing
+    torch (or scipy, transformers): importing herd is lazy, handlers import what they need when they run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS_NO_TORCH], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, heavy = proc.stdout.split()
+    assert int(count) > 15 and heavy == "none", proc.stdout
+
+
+def test_train_help_lists_every_section_and_field():
+    import dataclasses
+
+    from herd.train.config import SECTIONS
+
+    text = herd_cli_inprocess("train", "--help").stdout
+    for section, cls in SECTIONS.items():
+        assert f"[{section}]" in text
+        for f in dataclasses.fields(cls):
+            assert f"{section}.{f.name} " in text
+    assert "[model]" in text and "model.rope_theta" in text
+
+
+def test_one_meaning_per_flag(checkpoint):
+    """The shared options parse the same way in every subcommand that has them."""
+    encode = herd_cli_inprocess("tokenizer", "encode", checkpoint, "the fox", "--json").stdout
+    ids = json.loads(encode)["ids"]
+    for written in (",".join(map(str, ids)), " ".join(map(str, ids))):
+        assert herd_cli_inprocess("tokenizer", "decode", checkpoint, written).stdout == "the fox\n"
+    with_bos = json.loads(
+        herd_cli_inprocess("tokenizer", "encode", checkpoint, "the fox", "--bos", "--json").stdout
+    )["ids"]
+    assert len(with_bos) == len(ids) + 1
+    one_line_error(
+        herd_cli_inprocess("tokenizer", "decode", checkpoint, "1,x", check=False),
+        "not a token-id list",
+    )
+    for sub in (["generate", checkpoint, "--prompt", "a"], ["eval", checkpoint]):
+        text = herd_cli_inprocess(*sub[:2], "--help").stdout
+        assert "--bos, --no-bos" in text and "--device" in text and "--dtype" in text
+
+
+def test_a_folder_without_a_model_says_so(checkpoint, tmp_path):
+    """generate and eval on a folder that holds no model name what is missing (not the
+    tokenizer); a model without a tokenizer says what the tokenizer is needed for."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for command in (
+        ["generate", empty, "--prompt", "hi"],
+        ["eval", empty, "--task", "mc", "--data", empty],
+    ):
+        one_line_error(herd_cli_inprocess(*command, check=False), "not a checkpoint folder")
+    bare = tmp_path / "bare"
+    herd_cli_inprocess("convert", checkpoint, bare)
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    one_line_error(
+        herd_cli_inprocess("generate", bare, "--prompt", "hi", check=False),
+        "no tokenizer file (tokenizer.json or tokenizer.model), which is needed to encode --prompt",
+    )
+    proc = herd_cli_inprocess("eval", bare, "--task", "mc", "--data", empty, check=False)
+    one_line_error(proc, "needed to encode the evaluation text")
+    assert "--prompt-ids" not in proc.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from herd.config import load_run_config
 from herd.scaling.chinchilla import ChinchillaLaw, published
+from herd.train.config import load_run_config
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.unit.test_trainer import data  # noqa: F401 - prepared shards with a 300-token BPE
 
@@ -104,7 +104,7 @@ def test_tiny_sweep_end_to_end_and_resumable(tmp_path, data):  # noqa: F811
     refit = herd_cli("scaling", "fit", out, "--law", "isoflop", check=False)
     assert refit.returncode in (0, 2)  # 3 sizes per budget may not bracket the optimum
 
-    # downstream points straight from `herd eval --json` of the runs' checkpoints
+    # downstream points straight from `herd eval --out` of the runs' checkpoints
     mc = tmp_path / "mc.jsonl"
     mc.write_text(
         "".join(
@@ -123,7 +123,7 @@ def test_tiny_sweep_end_to_end_and_resumable(tmp_path, data):  # noqa: F811
             "mc",
             "--data",
             mc,
-            "--json",
+            "--out",
             tmp_path / f"e{k}.json",
             "--device",
             "cpu",

@@ -11,7 +11,7 @@ import pytest
 
 import herd
 from herd.checkpoint.io import save_herd_folder
-from herd.tokenizer.train import train_bpe
+from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.tokenizer_corpus import CORPUS
 

@@ -18,7 +18,7 @@ from tests.multilingual_corpus import LANGUAGES, LOW_RESOURCE, write_corpus
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("vocab")
     corpus = write_corpus(root / "corpus", chars_per_unit=30_000)
-    common = ["--size", "9000", "--workers", "2"]
+    common = ["--size", "9000", "--threads", "2"]
     herd_cli(
         "vocab",
         "build",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import herd
 from herd.checkpoint.io import save_herd_folder
-from herd.config import ModelConfig
-from herd.tokenizer.train import train_bpe
+from herd.model.config import ModelConfig
+from herd.vocab.bpe import train_bpe
 
 # (language, passages); each passage is (text, [(question, answers, correct 1-4), ...])
 PASSAGES = {

@@ -106,7 +106,7 @@ def test_herd_eval_belebele_end_to_end(bele, checkpoint, tmp_path):
         "belebele",
         "--data",
         bele,
-        "--json",
+        "--out",
         out,
         "--device",
         "cpu",
@@ -165,7 +165,7 @@ def test_herd_eval_generic_mc_and_perplexity(checkpoint, tmp_path):
     path = tmp_path / "mc.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "mc.json"
-    herd_cli("eval", checkpoint, "--task", "mc", "--data", path, "--json", out, "--device", "cpu")
+    herd_cli("eval", checkpoint, "--task", "mc", "--data", path, "--out", out, "--device", "cpu")
     record = json.loads(out.read_text())
     assert [len(r["logprobs"]) for r in record["results"]] == [2, 3]
     text = tmp_path / "t.txt"
@@ -174,8 +174,7 @@ def test_herd_eval_generic_mc_and_perplexity(checkpoint, tmp_path):
     assert "bits/byte" in proc.stdout
     # the same text as prepared shards: every token after BOS predicted, EOS included (0 bytes)
     prepare([str(text)], checkpoint, tmp_path / "shards", val_fraction=0.0, show_progress=False)
-    out = tmp_path / "ppl.json"
-    herd_cli(
+    proc = herd_cli(
         "eval",
         checkpoint,
         "--task",
@@ -185,11 +184,10 @@ def test_herd_eval_generic_mc_and_perplexity(checkpoint, tmp_path):
         "--split",
         "train",
         "--json",
-        out,
         "--device",
         "cpu",
     )
-    shards = json.loads(out.read_text())
+    shards = json.loads(proc.stdout)  # --json: the one JSON object on stdout, nothing else
     from_text = perplexity(
         herd.load(checkpoint), herd.load_tokenizer(checkpoint), str(text), progress=False
     )

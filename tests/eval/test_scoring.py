@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import herd
-from herd.config import ModelConfig
 from herd.eval.perplexity import perplexity
 from herd.eval.scoring import Request, rolling_windows, score_requests, truncate_left
+from herd.model.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import herd
-from herd.checkpoint.io import save_herd_folder, write_folder_atomically
+from herd.atomic_files import write_folder_atomically
+from herd.checkpoint.io import save_herd_folder
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, ffn_dim=64, max_seq_len=64

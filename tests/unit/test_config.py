@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import herd
 from herd import HerdError, ModelConfig
-from herd.config import llama_ffn_dim
+from herd.model.config import llama_ffn_dim
 
 GOOD = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=100, ffn_dim=128)
 
@@ -50,10 +51,26 @@ def test_llama_ffn_dim_matches_released_models():
 def test_example_configs_parse():
     from pathlib import Path
 
-    from herd.config import load_run_config
+    from herd.train.config import load_run_config
 
     configs = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
     assert configs
     for path in configs:
         run = load_run_config(str(path))
         run.model_config(vocab_size=1000).validate()
+
+
+@pytest.mark.parametrize("name", ["demo", "llama2-70b", "llama3-8b", "llama3.2-1b"])
+def test_counted_parameters_are_the_built_models(name):
+    """num_params counts from the shapes; the module tree Transformer builds (on the meta device,
+    no memory) has exactly that many, tied and untied, MHA and GQA."""
+    import torch
+
+    from herd.model.transformer import Transformer
+
+    config = herd.preset(name)
+    with torch.device("meta"):
+        built = sum(p.numel() for p in Transformer(config).parameters())
+    assert config.num_params() == built
+    dense = built - (0 if config.tie_embeddings else config.vocab_size * config.dim)
+    assert config.dense_params() == dense

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from herd.config import DataConfig
 from herd.data.batches import PackedBatches
+from herd.data.config import DataConfig
 from herd.data.loader import StepLoader
 from herd.data.objectives import tokenizer_sentinels
 from herd.data.shards import TokenShards
@@ -23,11 +23,7 @@ def _loader(data, objective: str, rows: slice, batch: int = 4, accum: int = 2): 
 
 
 def _fields(micro):
-    packed = micro.packed
-    out = [micro.inputs, micro.targets]
-    if packed is not None:
-        out += [packed.doc_ids, packed.bidirectional]
-    return out
+    return [micro.inputs, micro.targets, micro.doc_ids, micro.bidirectional]
 
 
 @pytest.mark.parametrize("objective", ["nxtuni", "nxtpre", "mskuni", "mskbi"])

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import herd
-from herd.config import ModelConfig
 from herd.model import linear, transformer
+from herd.model.config import ModelConfig
 from herd.model.loss import linear_cross_entropy
 
 

@@ -18,6 +18,7 @@ from herd.data.objectives import (
     move_spans_to_end,
     sample_spans,
 )
+from herd.model.masks import PackedAttention
 
 BOS, EOS = 1, 2
 S0, S1, S2 = 60, 61, 62
@@ -27,9 +28,12 @@ WINDOW = torch.tensor([[1, 5, 6, 7, 8, 2, 1, 9, 10, 11, 12, 2, 1, 13, 14, 15, 16
 DOCS = torch.tensor([[0] * 6 + [1] * 6 + [2] * 8])
 
 
-def batch(name, window=WINDOW, docs=DOCS, seed=0, sentinels=(S0, S1, S2), **options):
+def batch(name, window=WINDOW, docs=DOCS, seed=0, sentinels=(S0, S1, S2), end_marker=False, **kw):
+    """A batch under objective `name`; without an end marker unless asked (the exact layouts
+    below are written for spans closed only by the next span's sentinel)."""
     generator = torch.Generator().manual_seed(seed)
-    return build_batch(window, docs, ObjectiveConfig(name=name, **options), generator, sentinels)
+    config = ObjectiveConfig(name=name, end_marker=end_marker, **kw)
+    return build_batch(window, docs, config, generator, sentinels)
 
 
 def random_window(seed: int, batch_size: int = 3, width: int = 65):
@@ -56,8 +60,8 @@ def test_nxtuni_exact():
     # no target across a document boundary: EOS never predicts the next BOS
     expected = [5, 6, 7, 8, 2, X, 9, 10, 11, 12, 2, X, 13, 14, 15, 16, 17, 18, 19]
     assert b.targets.tolist() == [expected]
-    assert b.packed.doc_ids.tolist() == [[0] * 6 + [1] * 6 + [2] * 7]
-    assert b.packed.bidirectional is None
+    assert b.doc_ids.tolist() == [[0] * 6 + [1] * 6 + [2] * 7]
+    assert b.bidirectional is None
 
 
 def test_nxtpre_exact():
@@ -65,9 +69,9 @@ def test_nxtpre_exact():
     b = batch("nxtpre")
     assert b.inputs.tolist() == [WINDOW[0, :-1].tolist()]
     assert b.targets.tolist() == [[X, X, X, X, 2, X, X, X, X, 12, 2, X, X, X, X, 16, 17, 18, 19]]
-    assert b.packed.doc_ids.tolist() == [[0] * 6 + [1] * 6 + [2] * 7]
+    assert b.doc_ids.tolist() == [[0] * 6 + [1] * 6 + [2] * 7]
     bidirectional = [1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0]
-    assert b.packed.bidirectional.int().tolist() == [bidirectional]
+    assert b.bidirectional.int().tolist() == [bidirectional]
 
 
 def test_nxtpre_prefix_is_uniform_and_never_in_the_loss():
@@ -76,7 +80,7 @@ def test_nxtpre_prefix_is_uniform_and_never_in_the_loss():
     seen = set()
     for seed in range(200):
         b = batch("nxtpre", window, docs, seed)
-        bidirectional = b.packed.bidirectional[0].tolist()
+        bidirectional = b.bidirectional[0].tolist()
         prefix = sum(bidirectional[:5])
         seen.add(prefix)
         assert bidirectional[:5] == [True] * prefix + [False] * (5 - prefix)
@@ -95,17 +99,17 @@ def test_mskuni_exact():
     doc1 = [BOS, S0, 10, 11, 12, EOS, S0, 9]
     assert b.inputs.tolist() == [[*doc0, *doc1, BOS, 13, S0]]
     assert b.targets.tolist() == [[X] * 6 + [5, X] + [X] * 6 + [9, X] + [X] * 3]
-    assert b.packed.doc_ids.tolist() == [[0] * 8 + [1] * 8 + [2] * 3]
-    assert b.packed.bidirectional is None
+    assert b.doc_ids.tolist() == [[0] * 8 + [1] * 8 + [2] * 3]
+    assert b.bidirectional is None
 
 
 def test_mskbi_is_mskuni_with_a_bidirectional_context():
     uni, bi = batch("mskuni"), batch("mskbi")
     assert torch.equal(uni.inputs, bi.inputs) and torch.equal(uni.targets, bi.targets)
-    assert torch.equal(uni.packed.doc_ids, bi.packed.doc_ids)
+    assert torch.equal(uni.doc_ids, bi.doc_ids)
     # the context, up to the first appended sentinel, of every document; the cut-off third
     # document is all context
-    assert bi.packed.bidirectional.int().tolist() == [[1] * 6 + [0, 0] + [1] * 6 + [0, 0] + [1] * 3]
+    assert bi.bidirectional.int().tolist() == [[1] * 6 + [0, 0] + [1] * 6 + [0, 0] + [1] * 3]
 
 
 def test_several_spans_with_an_end_marker_exact():
@@ -116,7 +120,7 @@ def test_several_spans_with_an_end_marker_exact():
     assert b.inputs.tolist() == [[1, S0, 7, 8, 9, 10, S1, 2, S0, 5, 6, S1, 11, 12, S2, 1]]
     # each span's tokens are predicted, and so is the token that closes it (S1, then the marker)
     assert b.targets.tolist() == [[X] * 8 + [5, 6, S1, 11, 12, S2, X, X]]
-    assert b.packed.doc_ids.tolist() == [[0] * 15 + [1]]
+    assert b.doc_ids.tolist() == [[0] * 15 + [1]]
 
 
 def put_spans_back(seq: list[int], context: int) -> list[int]:
@@ -137,10 +141,10 @@ def test_masked_structure_on_random_windows(name, n_spans):
     for seed in range(5):
         window, docs = random_window(seed)
         b = batch(name, window, docs, seed, n_spans=n_spans, mask_fraction=0.3)
-        assert b.inputs.shape == b.targets.shape == b.packed.doc_ids.shape == (3, 64)
+        assert b.inputs.shape == b.targets.shape == b.doc_ids.shape == (3, 64)
         for row in range(3):
             tokens = [*b.inputs[row].tolist(), None]  # the row's last target is not an input
-            targets, ids = b.targets[row].tolist(), b.packed.doc_ids[row].tolist()
+            targets, ids = b.targets[row].tolist(), b.doc_ids[row].tolist()
             original, original_ids = window[row].tolist(), docs[row].tolist()
             for doc in sorted(set(ids)):
                 where = [i for i, d in enumerate(ids) if d == doc]
@@ -161,7 +165,7 @@ def test_masked_structure_on_random_windows(name, n_spans):
                 if hi < len(ids):  # not cut by the row end: putting the spans back restores it
                     piece = [t for t, d in zip(original, original_ids, strict=True) if d == doc]
                     assert put_spans_back(seq, context) == piece
-                bidirectional = b.packed.bidirectional
+                bidirectional = b.bidirectional
                 if name == "mskbi":
                     assert bidirectional[row, lo:hi].tolist()[:context] == [True] * context
                     assert not any(bidirectional[row, lo + context : hi].tolist())
@@ -219,7 +223,7 @@ def test_no_target_crosses_a_document(name):
     for seed in range(5):
         window, docs = random_window(seed)
         b = batch(name, window, docs, seed)
-        ids = b.packed.doc_ids
+        ids = b.doc_ids
         assert ((b.targets[:, :-1] == X) | (ids[:, 1:] == ids[:, :-1])).all()
         if name.startswith("nxt"):
             crossing = docs[:, 1:] != docs[:, :-1]
@@ -247,10 +251,10 @@ def test_the_knobs_are_the_objectives():
         assert by_knobs.name == name
         assert by_name.bidirectional_context == context
         assert by_name.bidirectional_attention == attention
-        a = build_batch(window, docs, by_name, torch.Generator().manual_seed(3), (S0,))
-        b = build_batch(window, docs, by_knobs, torch.Generator().manual_seed(3), (S0,))
+        a = build_batch(window, docs, by_name, torch.Generator().manual_seed(3), (S0, S1))
+        b = build_batch(window, docs, by_knobs, torch.Generator().manual_seed(3), (S0, S1))
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
-        assert (a.packed.bidirectional is None) == (not attention)
+        assert (a.bidirectional is None) == (not attention)
         # bidirectional context is what moves tokens: the inputs are the window only without it
         assert torch.equal(a.inputs, window[:, :-1]) == (not context)
     assert ObjectiveConfig().name == "nxtuni"
@@ -293,7 +297,7 @@ def test_tiny_model_trains_on_every_objective(name):
     window, docs = random_window(4, width=49)
     b = batch(name, window, docs, n_spans=2, mask_fraction=0.3)
     assert (b.targets != X).any()
-    logits = model(b.inputs, packed=b.packed)
+    logits = model(b.inputs, packed=PackedAttention.of(b.doc_ids, b.bidirectional))
     loss = F.cross_entropy(logits.flatten(0, 1), b.targets.flatten(), ignore_index=X)
     loss.backward()
     assert torch.isfinite(loss)

@@ -11,9 +11,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from herd import HerdError
-from herd.presets import preset
+from herd.model.presets import preset
 from herd.scaling import chinchilla, fits
-from herd.scaling.flops import flops_per_token
 from herd.scaling.plan import _count, llama_shape, plan
 
 LAW = chinchilla.published()
@@ -137,9 +136,9 @@ def test_bad_points_are_refused():
 def test_flops_per_token_counts():
     config = preset("llama3-8b")
     dense = 8_030_261_248 - 128_256 * 4096  # untied: the embedding table is a lookup
-    assert flops_per_token(config, 8192) == 6 * dense + 12 * 32 * 4096 * 8192
+    assert config.flops_per_token(8192) == 6 * dense + 12 * 32 * 4096 * 8192
     tied = preset("llama3.2-1b")  # tied: the table is also the output projection, counted once
-    assert flops_per_token(tied, 2048) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 2048
+    assert tied.flops_per_token(2048) == 6 * 1_235_814_400 + 12 * 16 * 2048 * 2048
 
 
 def test_plan_parameter_count_is_the_models():

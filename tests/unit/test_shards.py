@@ -14,7 +14,7 @@ from herd import HerdError, load_tokenizer
 from herd.data import shards
 from herd.data.shards import TokenShards, prepare
 from herd.data.sources import iter_documents, stdlib_files
-from herd.tokenizer.train import train_bpe
+from herd.vocab.bpe import train_bpe
 from tests.tokenizer_corpus import CORPUS
 
 

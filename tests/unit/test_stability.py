@@ -10,8 +10,8 @@ import statistics
 import pytest
 import torch
 
-from herd.config import StabilityConfig
 from herd.train import stability_stats as stats
+from herd.train.config import StabilityConfig
 from herd.train.spikes import FIELDS, SpikeDetector
 from herd.train.stability import Stability
 from herd.train.trainer import Trainer

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from herd.config import DataConfig
 from herd.data.batches import PackedBatches
+from herd.data.config import DataConfig
 from herd.data.objectives import IGNORE_INDEX, make_batch
 from herd.data.shards import TokenShards
 from tests.unit.test_trainer import data  # noqa: F401 - the shared prepared-shards fixture
@@ -25,18 +25,17 @@ def test_span_settings_reach_the_objective():
     tokens, docs = _window()
     seeds = [0]  # one row, one seed
     one = DataConfig(objective="mskuni", n_spans=1, mask_fraction=0.2, end_marker=True)
-    inputs, targets, packed = make_batch(tokens, docs, one, seeds, SENTINELS)
-    kept = targets[targets != IGNORE_INDEX].tolist()
+    batch = make_batch(tokens, docs, one, seeds, SENTINELS)
+    kept = batch.targets[batch.targets != IGNORE_INDEX].tolist()
     assert SENTINELS[1] in kept  # the end marker closes the span, so it is predicted
-    assert packed is not None and packed.bidirectional is None
+    assert batch.doc_ids is not None and batch.bidirectional is None
     two = DataConfig(objective="mskuni", n_spans=2, mask_fraction=0.3, end_marker=False)
-    inputs, targets, _ = make_batch(tokens, docs, two, seeds, SENTINELS)
-    row = inputs[0].tolist()
+    row = make_batch(tokens, docs, two, seeds, SENTINELS).inputs[0].tolist()
     assert row.count(SENTINELS[0]) >= 1 and row.count(SENTINELS[1]) >= 1
     assert SENTINELS[2] not in row  # no end marker asked for
     plain = DataConfig(objective="nxtuni", document_mask=False)
-    inputs, targets, packed = make_batch(tokens, docs, plain, seeds, SENTINELS)
-    assert packed is None and torch.equal(inputs, tokens[:, :-1])
+    batch = make_batch(tokens, docs, plain, seeds, SENTINELS)
+    assert batch.doc_ids is None and torch.equal(batch.inputs, tokens[:, :-1])
 
 
 def test_validation_sample_is_fixed_and_spread(data):  # noqa: F811

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from herd.model.masks import PackedAttention
 from herd.train.step import accumulate_gradients
 from herd.train.trainer import Trainer
 from tests.unit.test_trainer import _config, data  # noqa: F401 - the shared prepared shards
@@ -55,7 +56,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(tmp_path, data, objecti
         means = []
         model = small.model
         for micro in batch.micro:
-            packed = micro.packed
+            packed = PackedAttention.of(micro.doc_ids, micro.bidirectional)
             nll = model(micro.inputs, packed=packed, targets=micro.targets)
             means.append(float(nll.detach()))
         mean_of_means = sum(m / c for m, c in zip(means, counts.tolist(), strict=True)) / 4

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import load_file
 
 from herd import HerdError
-from herd.config import load_run_config
 from herd.data.shards import prepare
 from herd.model import loss as loss_module
-from herd.tokenizer.train import train_bpe
+from herd.train.config import load_run_config
 from herd.train.trainer import Trainer
+from herd.vocab.bpe import train_bpe
 from tests.tokenizer_corpus import CORPUS
 
 MODEL = {

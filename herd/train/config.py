@@ -1,182 +1,22 @@
-"""Dataclass configs: the model architecture, with validation and exact parameter counting.
+"""Run configs: the TOML a training run reads, its sections, and dotted command-line overrides.
 
-A `ModelConfig` fully describes a Llama-family decoder (LLaMA, Llama 2, Llama 3.x): every preset,
-checkpoint folder and converter goes through it. Field help strings double as documentation for the
-CLI. Unknown keys and impossible shapes are rejected with a `HerdError` naming the source and field,
-so a typo in a config never silently becomes a default.
+A run config has five sections: [model] (a preset name plus field overrides, see
+`herd.model.config.ModelConfig`), [data] (`herd.data.config.DataConfig`), [optim], [train] and
+[stability]. Every field's help string is what `herd train --help` prints. A value given on the
+command line as `--SECTION.FIELD VALUE` (or `--SECTION.FIELD=VALUE`) overrides the file, and a
+mistake is reported where the user wrote it: the override or the file, with the closest valid name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from herd.data.config import DataConfig
 from herd.errors import HerdError
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama 3.1 RoPE frequency scaling (long-context extension, Llama 3 paper section 3.4).
-
-    Wavelengths longer than `original_max_seq_len / low_freq_factor` are divided by `factor`; shorter
-    than `original_max_seq_len / high_freq_factor` are kept; in between they are interpolated smoothly.
-    """
-
-    factor: float = field(default=8.0, metadata={"help": "divisor for low frequencies"})
-    low_freq_factor: float = field(default=1.0, metadata={"help": "low-frequency cutoff factor"})
-    high_freq_factor: float = field(default=4.0, metadata={"help": "high-frequency cutoff factor"})
-    original_max_seq_len: int = field(
-        default=8192, metadata={"help": "context length the base model was trained at"}
-    )
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a Llama-family decoder-only Transformer."""
-
-    dim: int = field(metadata={"help": "model (residual stream) width"})
-    n_layers: int = field(metadata={"help": "number of Transformer blocks"})
-    n_heads: int = field(metadata={"help": "number of query heads"})
-    n_kv_heads: int = field(metadata={"help": "number of key/value heads (GQA; = n_heads for MHA)"})
-    vocab_size: int = field(metadata={"help": "number of token embeddings"})
-    ffn_dim: int = field(metadata={"help": "SwiGLU hidden width"})
-    norm_eps: float = field(default=1e-5, metadata={"help": "RMSNorm epsilon"})
-    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base frequency"})
-    rope_scaling: RopeScaling | None = field(
-        default=None, metadata={"help": "Llama 3.1 RoPE frequency scaling, or none"}
-    )
-    max_seq_len: int = field(default=2048, metadata={"help": "maximum context length"})
-    tie_embeddings: bool = field(
-        default=False, metadata={"help": "share the output projection with the token embeddings"}
-    )
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def validate(self, source: str = "config") -> None:
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise HerdError(
-                    f"{source}: field '{name}' is {value!r}, expected a positive integer"
-                )
-        if self.dim % self.n_heads:
-            raise HerdError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise HerdError(
-                f"{source}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}"
-            )
-        if self.head_dim % 2:
-            raise HerdError(f"{source}: head_dim {self.head_dim} must be even for RoPE")
-        if self.max_seq_len <= 0:
-            raise HerdError(f"{source}: field 'max_seq_len' must be positive")
-        if not self.norm_eps > 0 or not self.rope_theta > 0:
-            raise HerdError(f"{source}: 'norm_eps' and 'rope_theta' must be positive")
-
-    def num_params(self) -> int:
-        """Exact parameter count, computed by building the model on the meta device (no memory)."""
-        import torch
-
-        from herd.model.transformer import Transformer  # local: config must not import torch code
-
-        with torch.device("meta"):
-            model = Transformer(self)
-        return sum(p.numel() for p in model.parameters())
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        """Build from a plain dict (as stored in config.json), rejecting unknown or missing keys."""
-        if not isinstance(data, dict):
-            raise HerdError(f"{source}: expected a JSON object for the model config")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise HerdError(
-                f"{source}: unknown key '{unknown[0]}' (expected one of: {', '.join(known)})"
-            )
-        required = [n for n, f in known.items() if f.default is dataclasses.MISSING]
-        missing = [n for n in required if n not in data]
-        if missing:
-            raise HerdError(f"{source}: missing key '{missing[0]}'")
-        values = dict(data)
-        scaling = values.get("rope_scaling")
-        if scaling is not None:
-            if not isinstance(scaling, dict):
-                raise HerdError(f"{source}: 'rope_scaling' must be an object or null")
-            fields = {f.name for f in dataclasses.fields(RopeScaling)}
-            bad = sorted(set(scaling) - fields)
-            if bad:
-                raise HerdError(
-                    f"{source}: unknown key 'rope_scaling.{bad[0]}' "
-                    f"(expected one of: {', '.join(sorted(fields))})"
-                )
-            values["rope_scaling"] = RopeScaling(**scaling)
-        for name, f in known.items():
-            if name in values and f.type in ("int", int) and isinstance(values[name], float):
-                if not values[name].is_integer():
-                    raise HerdError(f"{source}: field '{name}' is {values[name]}, expected integer")
-                values[name] = int(values[name])
-        try:
-            config = cls(**values)
-        except HerdError as e:
-            raise HerdError(str(e).replace("config:", f"{source}:", 1)) from None
-        except TypeError as e:
-            raise HerdError(f"{source}: {e}") from None
-        return config
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def llama_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
-    """SwiGLU width as Meta's reference code derives it: 2/3 of 4*dim, scaled, rounded up."""
-    hidden = int(2 * (4 * dim) / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * math.ceil(hidden / multiple_of)
-
-
-# --- run configs: TOML files with dotted command-line overrides ----------------------------------
-
-
-@dataclass
-class DataConfig:
-    """What to train on."""
-
-    path: str = field(default="", metadata={"help": "folder written by `herd data prepare`"})
-    seq_len: int = field(default=256, metadata={"help": "tokens per training sequence"})
-    batch_size: int = field(
-        default=8, metadata={"help": "sequences per micro-batch, summed over all processes"}
-    )
-    objective: str = field(
-        default="nxtuni", metadata={"help": "nxtuni, nxtpre, mskuni or mskbi (Artetxe et al.)"}
-    )
-    document_mask: bool = field(
-        default=True, metadata={"help": "attend within documents only (Llama 3); else causal"}
-    )
-    n_spans: int = field(default=1, metadata={"help": "masked spans per document (mskuni, mskbi)"})
-    mask_fraction: float = field(
-        default=0.15,
-        metadata={"help": "share of each document's tokens masked, over all its spans (msk*)"},
-    )
-    end_marker: bool = field(
-        default=True,
-        metadata={
-            "help": "close the last span with a sentinel so an infilling model learns to stop "
-            "(msk*)"
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the window order and objectives"})
+from herd.model.config import ModelConfig
 
 
 @dataclass
@@ -283,7 +123,7 @@ class RunConfig:
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The preset with overrides; vocab_size follows the tokenizer unless set explicitly."""
-        from herd.presets import preset
+        from herd.model.presets import preset
 
         values = dict(self.model)
         base = preset(values.pop("preset", "demo")).to_dict()
@@ -295,7 +135,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {
+SECTIONS = {
     "data": DataConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
@@ -356,7 +196,7 @@ def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -
             raise HerdError(f"{path}: file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise HerdError(f"{path}: not valid TOML ({e})") from None
-    valid = ["model", *_SECTIONS]
+    valid = ["model", *SECTIONS]
     for section, values in data.items():
         if section not in valid:
             raise HerdError(f"{path}: unknown section '{section}'{_closest(section, valid)}")
@@ -415,3 +255,28 @@ def dump_toml(run: RunConfig) -> str:
         lines += [f"{k} = {value(v)}" for k, v in values.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take the dotted overrides out of a command line before argparse sees the rest:
+    ["c.toml", "--train.steps", "100", "--optim.lr=1e-3"] -> (["c.toml"],
+    {"train.steps": "100", "optim.lr": "1e-3"}). A dotted option is an override; its value is
+    after "=" or the next argument."""
+    rest: list[str] = []
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        key, eq, value = token[2:].partition("=")
+        if not (token.startswith("--") and "." in key):
+            rest.append(token)
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                raise HerdError(f"--{key} needs a value (overrides look like --train.steps 100)")
+            value = argv[i + 1]
+            i += 1
+        overrides[key] = value
+        i += 1
+    return rest, overrides

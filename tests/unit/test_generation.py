@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import herd
-from herd.generate import cache_length, sample
+from herd.generation import cache_length, sample
 
 CONFIG = herd.ModelConfig(
     dim=64,

@@ -1,4 +1,4 @@
-"""`herd tokenizer train`: a byte-level BPE tokenizer trained on a corpus with `tokenizers`.
+"""Byte-level BPE training with `tokenizers` (`herd tokenizer train`, `herd demo`).
 
 The result splits text with the Llama 3 pattern, maps bytes to BPE symbols as GPT-2 does (so every
 string round-trips exactly, with no unknown token), and carries the Llama 3 special tokens, so
@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from herd.checkpoint.io import write_folder_atomically
+from herd.atomic_files import write_folder_atomically
 from herd.data.sources import iter_documents
 from herd.errors import HerdError
 from herd.tokenizer.llama3 import PATTERN

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from herd.config import ModelConfig, RopeScaling, llama_ffn_dim
 from herd.errors import HerdError
+from herd.model.config import ModelConfig, RopeScaling, llama_ffn_dim
 
 # Llama 3.1 long-context scaling as released (params.json use_scaled_rope=true).
 LLAMA31_SCALING = RopeScaling(

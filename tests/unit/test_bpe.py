@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from herd import HerdError, load_tokenizer
 from herd.tokenizer.hf import HFTokenizer
-from herd.tokenizer.train import SPECIAL_TOKENS, train_bpe
+from herd.vocab.bpe import SPECIAL_TOKENS, train_bpe
 from tests.tokenizer_corpus import CORPUS
 
 

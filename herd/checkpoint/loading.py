@@ -1,0 +1,58 @@
+"""A checkpoint ready for a command: the model on the chosen device and dtype, and its tokenizer.
+
+`herd generate`, `herd chat` and `herd eval` (and later serving) open checkpoints the same way, so
+they pick the same device, read every format `herd.load` reads, and say the same thing when
+something is missing: a path that does not exist, a folder that holds no model, or a model with no
+tokenizer where the command needs text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from herd.checkpoint.convert import detect_format, load
+from herd.errors import HerdError
+from herd.tokenizer import TOKENIZER_FILE_NAMES, Tokenizer, find_tokenizer, load_tokenizer
+
+
+def choose_device(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
+    """(device, dtype name): CUDA when present unless `device` says otherwise; bfloat16 on GPU,
+    float32 on CPU unless `dtype` says otherwise."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        raise HerdError(
+            f"--device '{device}': not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise HerdError(f"--device '{device}': CUDA is not available on this machine")
+    return chosen, dtype or ("bfloat16" if chosen.type == "cuda" else "float32")
+
+
+def load_for_command(
+    path: str | Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    tokenizer_needed: str | None = None,
+) -> tuple[torch.nn.Module, Tokenizer | None, torch.device]:
+    """(model, tokenizer or None, device) for the checkpoint at `path`.
+
+    `tokenizer_needed` is what the command needs a tokenizer for (e.g. "to encode --prompt; pass
+    --prompt-ids instead"); given, a checkpoint without a tokenizer file is an error saying so.
+    The model's presence is checked first, so a folder with neither says that it holds no model.
+    """
+    path = Path(path)
+    detect_format(path)  # no such path, or a folder that holds no model: one clear error
+    chosen, dtype_name = choose_device(device, dtype)
+    tokenizer_file = find_tokenizer(path)
+    if tokenizer_file is None and tokenizer_needed:
+        folder = path if path.is_dir() else path.parent
+        raise HerdError(
+            f"{folder}: has a model but no tokenizer file ({' or '.join(TOKENIZER_FILE_NAMES)}), "
+            f"which is needed {tokenizer_needed}"
+        )
+    tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
+    return load(path, chosen, dtype_name), tokenizer, chosen
