@@ -68,9 +68,22 @@ from pathlib import Path
 
 from sample_text import corpus_docs, join_docs, synthetic_docs, utf8_bytes
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_LLAMA3 = SHARED_DATA / "llama3-tokenizer.model"
-DEFAULT_LLAMA2 = SHARED_DATA / "llama2-tokenizer.model"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.references
+
+from tests.references import LLAMA2_TOKENIZER, ReferenceFileError, llama3_tokenizer_location
+
+
+def _default_llama3() -> Path:
+    """The tests' Llama 3 reference (inside the installed llama-models dev dependency)."""
+    try:
+        return llama3_tokenizer_location()
+    except ReferenceFileError:  # not installed: main() reports the missing file
+        return Path("llama_models/llama3/tokenizer.model")
+
+
+# The same files the tests use (tests/references.py).
+DEFAULT_LLAMA3 = _default_llama3()
+DEFAULT_LLAMA2 = LLAMA2_TOKENIZER
 
 TARGET_SINGLE = 0.9  # herd / library, one thread
 TARGET_THREADS = 1.6  # herd encode_batch at N threads / at 1 thread

@@ -1,14 +1,14 @@
-"""Shared fixtures: tiny configs of every preset family and the shared-data folder."""
+"""Shared test set-up: each xdist worker's share of the cores, and a fixed seed per test.
+
+Reference tokenizer files come from tests/references.py (inside the repository or a dev
+dependency), never from outside the checkout."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _share_cores_between_workers() -> None:
@@ -36,10 +36,3 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def _deterministic():
     torch.manual_seed(0)
     yield
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    return SHARED_DATA

@@ -12,8 +12,10 @@ import dataclasses
 import json
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +30,9 @@ from herd.checkpoint.io import (
 )
 from herd.errors import HerdError
 from herd.model.config import ModelConfig, RopeScaling
+
+if TYPE_CHECKING:
+    from herd.tokenizer.base import Tokenizer
 
 # herd name -> HF name; "{i}" is the layer index.
 _LAYER_KEYS = {
@@ -134,20 +139,25 @@ def read_hf_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_dict(values, source=str(path))
 
 
-def _special_ids(tokenizer_files: list[Path]) -> dict:
+def _carried_tokenizer(tokenizer_files: list[Path]) -> Tokenizer | None:
+    """The tokenizer the carried files make up (tokenizer.json first, as herd.load_tokenizer)."""
+    from herd.tokenizer import TOKENIZER_FILE_NAMES, load_tokenizer
+
+    by_name = {Path(f).name: Path(f) for f in tokenizer_files}
+    for name in TOKENIZER_FILE_NAMES:
+        if name in by_name:
+            return load_tokenizer(by_name[name])
+    return None
+
+
+def _special_ids(tok: Tokenizer) -> dict:
     """bos_token_id / eos_token_id from the tokenizer being carried (transformers would otherwise
     assume Llama 2's 1 and 2); eos lists every stop id, as Meta's Llama 3 configs do."""
-    from herd.tokenizer import load_tokenizer
-
-    for f in tokenizer_files:
-        if Path(f).name in ("tokenizer.json", "tokenizer.model"):
-            tok = load_tokenizer(f)
-            stops = tok.stop_ids or ([tok.eos_id] if tok.eos_id is not None else [])
-            out = {"bos_token_id": tok.bos_id}
-            if stops:
-                out["eos_token_id"] = stops[0] if len(stops) == 1 else list(stops)
-            return out
-    return {}
+    stops = tok.stop_ids or ([tok.eos_id] if tok.eos_id is not None else [])
+    out = {"bos_token_id": tok.bos_id}
+    if stops:
+        out["eos_token_id"] = stops[0] if len(stops) == 1 else list(stops)
+    return out
 
 
 def hf_config_dict(config: ModelConfig, dtype: torch.dtype) -> dict:
@@ -229,19 +239,34 @@ def write_hf_folder(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """Write a folder that transformers' LlamaForCausalLM.from_pretrained loads."""
+    """Write a folder that transformers' LlamaForCausalLM.from_pretrained and AutoTokenizer load.
+
+    The carried tokenizer is rewritten as the files transformers reads (herd/tokenizer/hf_export.py)
+    so that it encodes as herd does; a `tokenizer.model` is copied beside them as well."""
+    from herd.tokenizer.hf_export import UnsupportedTokenizer, hf_tokenizer_files, write_text_files
+
     tensors = {herd_to_hf_name(k): v for k, v in state_dict.items()}
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)
     dtype = state_dict["embed.weight"].dtype
     tokenizer = list(tokenizer)
+    tok = _carried_tokenizer(tokenizer)
+    tokenizer_texts: dict[str, str] = {}
+    if tok is not None:
+        try:  # built before the folder is started: a Llama 3 vocabulary takes a few seconds
+            tokenizer_texts = hf_tokenizer_files(tok, model_max_length=config.max_seq_len)
+        except UnsupportedTokenizer as e:  # the weights are still worth converting
+            print(f"warning: {e}; its files are copied as they are", file=sys.stderr)
 
     def fill(tmp: Path) -> None:
         cfg = hf_config_dict(config, dtype)
-        cfg.update(_special_ids(tokenizer))
+        if tok is not None:
+            cfg.update(_special_ids(tok))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         save_safetensors(tensors, tmp, max_shard_bytes)
         for f in tokenizer:
-            shutil.copy2(f, tmp / Path(f).name)
+            if Path(f).name not in tokenizer_texts:  # those are rewritten for transformers
+                shutil.copy2(f, tmp / Path(f).name)
+        write_text_files(tmp, tokenizer_texts)
 
     return write_folder_atomically(Path(dst), fill, overwrite)

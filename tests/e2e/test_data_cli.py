@@ -6,17 +6,13 @@ import json
 
 import pytest
 
+from tests import references
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
 
 @pytest.fixture(scope="module")
 def llama3_path():
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "llama3-tokenizer.model"
-    if not path.is_file():
-        pytest.skip(f"Llama 3 tokenizer not found at {path}")
-    return path
+    return references.llama3_tokenizer()
 
 
 def test_prepare_stdlib(tmp_path, llama3_path):

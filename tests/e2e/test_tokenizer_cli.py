@@ -12,6 +12,7 @@ import pytest
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.vocab.bpe import train_bpe
+from tests import references
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 from tests.tokenizer_corpus import CORPUS
 
@@ -22,12 +23,7 @@ CONFIG = herd.ModelConfig(
 
 @pytest.fixture(scope="module")
 def llama3_path():
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "llama3-tokenizer.model"
-    if not path.is_file():
-        pytest.skip(f"Llama 3 tokenizer not found at {path}")
-    return path
+    return references.llama3_tokenizer()
 
 
 @pytest.fixture(scope="module")

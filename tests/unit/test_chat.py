@@ -12,6 +12,7 @@ import json
 import pytest
 
 from herd import HerdError, load_tokenizer
+from tests import references
 
 DIALOG = [
     {"role": "system", "content": "Environment: ipython\nTools: brave_search, wolfram_alpha\n"},
@@ -51,29 +52,19 @@ DIALOG = [
 
 
 @pytest.fixture(scope="module")
-def llama3(request):
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "llama3-tokenizer.model"
-    if not path.is_file():
-        pytest.skip(f"Llama 3 tokenizer not found at {path}")
-    return load_tokenizer(path)
+def llama3():
+    return load_tokenizer(references.llama3_tokenizer())
 
 
 @pytest.fixture(scope="module")
 def llama2():
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "llama2-tokenizer.model"
-    if not path.is_file():
-        pytest.skip(f"Llama 2 tokenizer not found at {path}")
-    return load_tokenizer(path)
+    return load_tokenizer(references.llama2_tokenizer())
 
 
 def _meta_llama3(tok_path, messages, builtin_eom=True):
     """The same dialog through llama-models' ChatFormat."""
-    chat_format = pytest.importorskip("llama_models.llama3.chat_format")
     from llama_models.datatypes import RawMessage, StopReason, ToolCall, ToolPromptFormat
+    from llama_models.llama3 import chat_format  # the reference: a dev dependency
     from llama_models.llama3.tokenizer import Tokenizer
 
     raw = []

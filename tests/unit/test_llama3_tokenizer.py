@@ -11,19 +11,15 @@ from hypothesis import strategies as st
 
 from herd import HerdError, load_tokenizer
 from herd.tokenizer.llama3 import PATTERN, Llama3Tokenizer, split_long_runs
+from tests import references
 from tests.tokenizer_corpus import CORPUS
 
 tiktoken = pytest.importorskip("tiktoken")
 
 
 @pytest.fixture(scope="module")
-def files(request):
-    from tests.conftest import SHARED_DATA
-
-    path = SHARED_DATA / "llama3-tokenizer.model"
-    if not path.is_file():
-        pytest.skip(f"Llama 3 tokenizer not found at {path}")
-    return path
+def files():
+    return references.llama3_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,8 @@ def reference(files):
 
 @pytest.fixture(scope="module")
 def meta(files):
-    llama = pytest.importorskip("llama_models.llama3.tokenizer")
+    from llama_models.llama3 import tokenizer as llama  # the reference: a dev dependency
+
     return llama.Tokenizer(files)
 
 

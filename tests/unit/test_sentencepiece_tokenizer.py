@@ -6,6 +6,7 @@ import pytest
 
 from herd import load_tokenizer
 from herd.tokenizer.sentencepiece_model import SentencePieceTokenizer
+from tests import references
 from tests.tokenizer_corpus import CORPUS
 
 sentencepiece = pytest.importorskip("sentencepiece")
@@ -13,12 +14,7 @@ sentencepiece = pytest.importorskip("sentencepiece")
 
 @pytest.fixture(scope="module")
 def path():
-    from tests.conftest import SHARED_DATA
-
-    p = SHARED_DATA / "llama2-tokenizer.model"
-    if not p.is_file():
-        pytest.skip(f"Llama 2 tokenizer not found at {p}")
-    return p
+    return references.llama2_tokenizer()
 
 
 @pytest.fixture(scope="module")
