@@ -10,7 +10,7 @@ log-likelihoods; the script checks that every item gets the same choice (equal a
 reports the largest log-likelihood difference.
 
     .venv/bin/python bench/eval.py                 # 96 items, batch 8
-    .venv/bin/python bench/eval.py --items 200 --json /tmp/eval.json
+    .venv/bin/python bench/eval.py --items 200 --out /tmp/eval.json
 
 items/s = items / wall seconds of the scoring call (tokenisation included for both; model
 loading excluded for both). The target is herd >= 2x lm-eval.
@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=32000, help="model vocabulary (Llama 2 size)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the items")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     return p.parse_args(argv)
 
 
@@ -257,8 +257,8 @@ def main(argv=None) -> int:
         f"ratio herd/lm-eval {result['ratio']:.2f}x (target >= 2x); same choice on {same}/"
         f"{result['items']} items; max |logprob diff| {diff:.2e}"
     )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     ok = same == result["items"]
     if not ok:
         print("error: the engines disagree on some choices")

@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="llama2.c tokenizer.bin (None: tokenizer.bin next to the run binary)",
     )
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -475,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < args.tokens for n in agreement.values()):
         print("(random weights give near-tied logits, so greedy paths may part; not an error)")
 
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 

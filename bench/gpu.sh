@@ -113,7 +113,7 @@ train_rc=0
 case " $BENCHES " in
 *" decode "*)
     ARGS=()
-    [ -n "${OUT:-}" ] && ARGS+=(--json "$OUT/gpu.json")
+    [ -n "${OUT:-}" ] && ARGS+=(--out "$OUT/gpu.json")
     case " $still_missing " in
     *" transformers "*) ARGS+=(--no-hf --no-hf-static) ;;
     esac
@@ -133,7 +133,7 @@ esac
 case " $BENCHES " in
 *" train "*)
     ARGS=()
-    [ -n "${OUT:-}" ] && ARGS+=(--json "$OUT/gpu_train.json")
+    [ -n "${OUT:-}" ] && ARGS+=(--out "$OUT/gpu_train.json")
     case " $still_missing " in
     *" transformers "*) ARGS+=(--no-hf --no-hf-compile) ;;
     esac

@@ -13,7 +13,7 @@ cache_implementation="static", which transformers compiles itself on CUDA.
 Two rates per engine: end to end (new tokens / wall time of one call, prefill and set-up included)
 and steady decode (tokens after the first / time between them; herd only, from per-step
 timestamps of `herd.stream_generate`). The roofline fraction uses the steady rate where there is
-one. Results go to --json (bench/gpu.sh passes $OUT/gpu.json), rewritten after every stage so a
+one. Results go to --out (bench/gpu.sh passes $OUT/gpu.json), rewritten after every stage so a
 timeout keeps what finished. Run by bench/gpu.sh on a lent H100/H200; `--device cpu --preset demo
 --tokens 16` is a quick dry run of every code path on a CPU.
 """
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     default_json = Path(os.environ["OUT"]) / "gpu.json" if os.environ.get("OUT") else None
     p.add_argument(
-        "--json",
+        "--out",
         type=Path,
         default=default_json,
         help="write results here ($OUT/gpu.json when OUT is set)",
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     results = Results(
-        args.json,
+        args.out,
         device,
         preset=args.preset,
         max_seq_len=args.max_seq_len,
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{herd_key} {'meets' if met else 'misses'} the 70% roofline target")
     if herd_key and engines[herd_key].get("dynamo_graphs_compiled_while_timed", 0) > 0:
         print("warning: herd recompiled during the timed runs")
-    print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
+    print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.out}" if args.out else ""))
     return 1 if "herd" in results["errors"] else 0
 
 

@@ -27,7 +27,7 @@ MFU there counts every token of the window, as the trainer does.
 
 Timing: `--warmup` untimed steps (the compiled engines compile during the first), then `--steps`
 timed steps, each ended by a device synchronisation; tokens/s uses the median step, best is
-reported too. Results go to --json (bench/gpu.sh passes $OUT/gpu_train.json), rewritten after
+reported too. Results go to --out (bench/gpu.sh passes $OUT/gpu_train.json), rewritten after
 every stage so a timeout keeps what finished. An engine that runs out of memory is retried once
 with activation checkpointing (then not comparable with the others; the JSON says so).
 `--device cpu --preset demo --batch 2 --seq 64 --steps 2` is a quick dry run of every code path on
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     default_json = Path(os.environ["OUT"]) / "gpu_train.json" if os.environ.get("OUT") else None
     p.add_argument(
-        "--json",
+        "--out",
         type=Path,
         default=default_json,
         help="write results here ($OUT/gpu_train.json when OUT is set)",
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     n_matmul = config.dense_params()
     flops = flops_per_token(config, args.seq)
     results = Results(
-        args.json,
+        args.out,
         device,
         preset=args.preset,
         batch=args.batch,
@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for k, e in results["errors"].items():
         print(f"error in {k}: {e}")
-    print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
+    print(f"total {results['total_s']:.0f} s" + (f"; wrote {args.out}" if args.out else ""))
     return 1 if herd_label in results["errors"] else 0
 
 

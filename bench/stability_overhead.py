@@ -2,7 +2,7 @@
 its default cadence against the same run with it disabled, in one process.
 
     .venv/bin/python bench/stability_overhead.py                 # 300 steps each, 2 rounds
-    .venv/bin/python bench/stability_overhead.py --steps 200 --json /tmp/overhead.json
+    .venv/bin/python bench/stability_overhead.py --steps 200 --out /tmp/overhead.json
 
 Both trainers run the same data, seed and schedule on the stdlib corpus prepared by `herd demo`
 (or any `herd data prepare` folder given with --data; without either, it prepares 300
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--every", type=int, default=None, help="monitor cadence (default: the config default)"
     )
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
     scratch = tempfile.TemporaryDirectory()
     if args.data is None:
@@ -130,8 +130,8 @@ def main(argv=None) -> int:
             f"{result['snapshot_step_ms']:.0f} ms -> their extra work costs {100 * extra:+.2f}% "
             f"of training time at this cadence (the estimate machine noise moves least)"
         )
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -3,7 +3,7 @@ they wrap (tiktoken and sentencepiece, called directly), in one process on the s
 
     .venv/bin/python bench/tokenizer_speed.py
     .venv/bin/python bench/tokenizer_speed.py --megabytes 2 --repeats 1 --no-all --no-long   # quick look
-    .venv/bin/python bench/tokenizer_speed.py --corpus some.txt --json /tmp/tokenize.json
+    .venv/bin/python bench/tokenizer_speed.py --corpus some.txt --out /tmp/tokenize.json
 
 Input: ~10 MB (`--megabytes`) of mixed text built deterministically (`--seed`) by
 bench/sample_text.py from sample sentences and code snippets, shuffled, repeated and varied at
@@ -317,7 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"~{LONG_TEXT_CHARS:,} characters (herd scans texts over 25,000 characters for long runs)",
     )
     p.add_argument(
-        "--json", type=Path, default=None, metavar="OUT", help="write all figures to OUT as JSON"
+        "--out", type=Path, default=None, metavar="OUT", help="write all figures to OUT as JSON"
     )
     args = p.parse_args(argv)
     if min(args.repeats, args.threads, args.slices) < 1:
@@ -657,10 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     results["engines"] = {k: e.record() for k, e in engines.items()}
     results["ratios"] = {r.key: r.record() for r in ratios}
     results["ids_identical"] = bad == 0
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 1 if bad else 0
 
 

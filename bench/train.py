@@ -7,7 +7,7 @@ the transformers model is loaded from a Hugging Face folder that herd writes fro
 dict, so the weights are identical, and every step of both engines sees the same random batch.
 
     .venv/bin/python bench/train.py                      # threads: what torch sees
-    .venv/bin/python bench/train.py --threads 1 2 --json /tmp/train.json
+    .venv/bin/python bench/train.py --threads 1 2 --out /tmp/train.json
     .venv/bin/python bench/train.py --profile            # also where each engine's time goes
 
 Optimizers: herd uses its own `build_optimizer` (torch's fused AdamW, lr 3e-4, betas 0.9/0.95,
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile-rows", type=int, default=25, help="operator rows printed per engine (--profile)"
     )
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 2 or args.block < 1:
         p.error("--steps, --batch and --block must be >= 1, --warmup >= 0, --seq >= 2")
@@ -527,10 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["losses_agree"] for r in results["runs"])
     if not ok:
         print(f"error: first-batch losses differ by more than --loss-tol {args.loss_tol:g}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0 if ok else 1
 
 
