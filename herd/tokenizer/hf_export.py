@@ -79,7 +79,7 @@ def hf_tokenizer_files(tok: Tokenizer, model_max_length: int | None = None) -> d
 
 
 def write_text_files(folder: Path, contents: dict[str, str]) -> list[Path]:
-    """Write each named text into `folder`, each file atomically (herd.checkpoint.io)."""
+    """Write each named text into `folder`, each file atomically (herd.atomic_files)."""
     folder = Path(folder)
     for name, text in contents.items():
         write_file_atomically(folder / name, lambda f, text=text: f.write(text.encode("utf-8")))
