@@ -11,10 +11,12 @@ lm-eval 0.4 discovers models only through its registry, not through package entr
 bare `lm_eval` command cannot see a third-party model. From Python:
 `import herd.eval.lm_eval_backend` then `lm_eval.simple_evaluate(model="herd", ...)`.
 
-Requests are tokenised with lm-eval's own context/continuation split (herd.eval.scoring), and
-loglikelihood requests that share a context (the choices of one question) are scored together
-from one KV-cached prefix. `loglikelihood_rolling` uses lm-eval's rolling windows; `generate_until`
-samples (greedy unless `do_sample`) until a stop string or `max_gen_toks`.
+Requests are tokenised exactly as lm-eval's TemplateLM does: all trailing whitespace of a context
+(spaces, newlines, tabs: `str.rstrip()`) moves to the continuation, the pair is encoded whole and
+split where the context's own encoding ends. Loglikelihood requests that share a context (the
+choices of one question) are scored together from one KV-cached prefix. `loglikelihood_rolling`
+uses lm-eval's rolling windows after one BOS; `generate_until` samples (greedy unless `do_sample`
+or a temperature) until a stop string, a stop token or `max_gen_toks`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,30 @@ from herd.eval.scoring import (
     Request,
     rolling_nll,
     score_requests,
-    split_continuation,
     truncate_left,
 )
+
+
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: int):
+    """(context ids, continuation ids) exactly as lm-eval's TemplateLM.loglikelihood and
+    _encode_pair make them (lm_eval/api/model.py).
+
+    An empty context becomes the prefix token (BOS). Otherwise all trailing whitespace of the
+    context moves to the continuation (`str.rstrip()`: " ", "\\n", "\\t", ...); the context
+    ids are the context's own encoding and the continuation ids are what follows as many ids in
+    the encoding of the whole. Where the tokenizer merges across the boundary ("?" + "\\nA" ->
+    "?\\n", "A") the continuation ids are then not what the context ids are followed by in
+    the whole; lm-eval scores them after the context's own ids all the same, and so does herd.
+    """
+    if context == "":
+        ids = tokenizer.encode(continuation)
+        return ([prefix], ids) if not ids or ids[0] != prefix else (ids[:1], ids[1:])
+    moved = len(context) - len(context.rstrip())
+    if moved:
+        context, continuation = context[:-moved], context[-moved:] + continuation
+    whole = tokenizer.encode(context + continuation, bos=bos)
+    context_ids = tokenizer.encode(context, bos=bos)
+    return context_ids, whole[len(context_ids) :]
 
 
 @register_model("herd")
@@ -63,11 +86,14 @@ class HerdLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.limit = self.model.config.max_seq_len
 
-    def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        if context == "":  # lm-eval scores an empty context after the prefix (BOS) token
-            prefix = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
-            return [prefix], self.tokenizer.encode(continuation)
-        return split_continuation(self.tokenizer, context, continuation, self.add_bos)
+    @property
+    def prefix_token_id(self) -> int:
+        """What an empty context or the first rolling window is conditioned on (lm-eval's HF
+        model: BOS, else EOS)."""
+        for token in (self.tokenizer.bos_id, self.tokenizer.eos_id):
+            if token is not None:
+                return token
+        return 0
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         from tqdm import tqdm
@@ -75,7 +101,7 @@ class HerdLM(LM):
         grouped: dict[tuple[int, ...], Request] = {}
         where: list[tuple[tuple[int, ...], int]] = []
         for r in requests:
-            ctx, cont = self._pair(*r.args)
+            ctx, cont = encode_pair(self.tokenizer, *r.args, self.add_bos, self.prefix_token_id)
             cont = cont[-self.limit :]
             key = tuple(truncate_left(ctx, len(cont), self.limit))
             group = grouped.setdefault(key, Request(list(key), []))
@@ -94,38 +120,47 @@ class HerdLM(LM):
         return [(scored[k][i].logprob, scored[k][i].greedy) for k, i in where]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        prefix = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
+        # The text is scored after one prefix token (BOS). lm-eval's HF model with a tokenizer
+        # that adds BOS itself also scores that BOS after the prefix BOS (lm-eval issue #3333);
+        # herd does not copy the doubled BOS, and equals the HF model with add_bos_token=False.
+        prefix = self.prefix_token_id
         return [
             -rolling_nll(self.model, self.tokenizer.encode(r.args[0]), prefix) for r in requests
         ]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from lm_eval.models.utils import normalize_gen_kwargs
+
         from herd.generate import stream_generate
 
         out = []
         for r in requests:
             context, kwargs = r.args
-            kwargs = dict(kwargs or {})
-            until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            budget = int(kwargs.get("max_gen_toks", self.max_gen_toks))
-            sample = bool(kwargs.get("do_sample", False))
-            temperature = (
-                float(kwargs.get("temperature", 1.0 if sample else 0.0)) if sample else 0.0
-            )
+            # lm-eval's own reading of a task's generation kwargs: max_gen_toks and its aliases,
+            # greedy unless do_sample or a temperature above 0
+            kwargs = normalize_gen_kwargs(dict(kwargs or {}), self.max_gen_toks)
+            until = kwargs["until"]
+            budget = kwargs["max_gen_toks"]
+            temperature = float(kwargs["temperature"]) if kwargs["do_sample"] else 0.0
             ids = self.tokenizer.encode(context, bos=self.add_bos)
             ids = ids[-(self.limit - budget) :] if budget < self.limit else ids[-1:]
             new: list[int] = []
             text = ""
             for step in stream_generate(
-                self.model, ids, budget, temperature, stop_ids=self.tokenizer.stop_ids
+                self.model,
+                ids,
+                budget,
+                temperature,
+                top_p=float(kwargs.get("top_p") or 1.0),
+                stop_ids=self.tokenizer.stop_ids,
             ):
                 if step[0] in self.tokenizer.stop_ids:
                     break
                 new.append(step[0])
-                text = self.tokenizer.decode(new)
-                if any(s in text for s in until):
+                # lm-eval's HF model decodes without special tokens before cutting at a stop
+                text = self.tokenizer.decode(new, skip_special=True)
+                if any(s and s in text for s in until):
                     break
-            cut = min((text.index(s) for s in until if s in text), default=len(text))
+            cut = min((text.index(s) for s in until if s and s in text), default=len(text))
             out.append(text[:cut])
         return out
