@@ -11,6 +11,13 @@ lm-eval 0.4 discovers models only through its registry, not through package entr
 bare `lm_eval` command cannot see a third-party model. From Python:
 `import herd.eval.lm_eval_backend` then `lm_eval.simple_evaluate(model="herd", ...)`.
 
+Model args (`--model_args k=v,...`): checkpoint (required), device, dtype, batch_size,
+max_batch_size, add_bos_token, max_gen_toks; trust_remote_code is accepted and ignored (lm-eval's
+`--trust_remote_code` adds it; herd runs no remote code). Anything else is a `HerdError` naming the
+closest valid name. lm-eval's own `--device`, `--batch_size` and `--max_batch_size` reach the
+model too; where both give one, the model arg wins, because lm-eval always passes its defaults
+(device cuda:0, batch_size 1) and a default cannot be told apart from a typed option.
+
 Requests are tokenised exactly as lm-eval's TemplateLM does: all trailing whitespace of a context
 (spaces, newlines, tabs: `str.rstrip()`) moves to the continuation, the pair is encoded whole and
 split where the context's own encoding ends. Loglikelihood requests that share a context (the
@@ -21,16 +28,59 @@ or a temperature) until a stop string, a stop token or `max_gen_toks`.
 
 from __future__ import annotations
 
+import difflib
+import logging
+
 import lm_eval.models  # noqa: F401 - fills lm-eval's registry first: registering into an empty
 from lm_eval.api.model import LM  # one would hide the built-in models (lm-eval 0.4.13)
 from lm_eval.api.registry import register_model
+from lm_eval.utils import simple_parse_args_string
 
+from herd.errors import HerdError
 from herd.eval.scoring import (
     Request,
     rolling_nll,
     score_requests,
     truncate_left,
 )
+
+# A child of lm-eval's logger, so messages show in `herd lm-eval`'s output next to lm-eval's own
+# (lm-eval configures the "lm_eval" logger and stops it propagating to the root).
+log = logging.getLogger("lm_eval.models.herd")
+
+MODEL_ARGS = (
+    "checkpoint",
+    "device",
+    "dtype",
+    "batch_size",
+    "max_batch_size",
+    "add_bos_token",
+    "max_gen_toks",
+    "trust_remote_code",
+)
+
+
+def merge_model_args(model_args: dict, lm_eval_options: dict | None) -> dict:
+    """One set of constructor arguments from `--model_args` and lm-eval's own options.
+
+    lm-eval's `create_from_arg_*` calls `cls(**model_args, **options)`, a TypeError when both
+    name one key (`device=cpu` in model args, lm-eval's default `device="cuda:0"`). Options that
+    are None are unset (lm-eval drops them too); for a key given both ways the model arg wins.
+    """
+    unknown = [k for k in model_args if k not in MODEL_ARGS]
+    if unknown:
+        name = unknown[0]
+        closest = difflib.get_close_matches(name, MODEL_ARGS, n=1, cutoff=0.0)[0]
+        raise HerdError(
+            f"model_args: unknown argument '{name}' (did you mean '{closest}'?); the herd model "
+            f"takes {', '.join(MODEL_ARGS)}"
+        )
+    merged = {k: v for k, v in (lm_eval_options or {}).items() if v is not None}
+    for key, value in model_args.items():
+        if key in merged and merged[key] != value:
+            log.info("model_args %s=%s overrides lm-eval's %s=%s", key, value, key, merged[key])
+        merged[key] = value
+    return merged
 
 
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: int):
@@ -59,15 +109,24 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: i
 class HerdLM(LM):
     """lm-eval's LM interface over a herd `Transformer` and its tokenizer."""
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        return cls(**merge_model_args(simple_parse_args_string(arg_string), additional_config))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        return cls(**merge_model_args(dict(arg_dict), additional_config))
+
     def __init__(
         self,
-        checkpoint: str,
-        batch_size: int | str = 8,
+        checkpoint: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        batch_size: int | str = 8,
+        max_batch_size: int | None = None,
         add_bos_token: bool = True,
         max_gen_toks: int = 256,
-        **_ignored,  # lm-eval passes max_batch_size and others meant for its HF backend
+        trust_remote_code: bool = False,  # accepted for lm-eval's --trust_remote_code; unused
     ) -> None:
         super().__init__()
         import torch
@@ -75,11 +134,15 @@ class HerdLM(LM):
         from herd.checkpoint.convert import load
         from herd.tokenizer import find_tokenizer, load_tokenizer
 
+        if checkpoint is None:
+            raise HerdError("model_args: checkpoint=PATH is required (a herd, HF or Meta folder)")
+        checkpoint = str(checkpoint)
+        self.max_batch_size = max_batch_size
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load(checkpoint, device, dtype)
         found = find_tokenizer(checkpoint)
         if found is None:
-            raise ValueError(f"{checkpoint}: carries no tokenizer file; lm-eval needs text")
+            raise HerdError(f"{checkpoint}: carries no tokenizer file; lm-eval needs text")
         self.tokenizer = load_tokenizer(found)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.add_bos = str(add_bos_token).lower() not in ("false", "0")
