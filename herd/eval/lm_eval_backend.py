@@ -18,6 +18,9 @@ closest valid name. lm-eval's own `--device`, `--batch_size` and `--max_batch_si
 model too; where both give one, the model arg wins, because lm-eval always passes its defaults
 (device cuda:0, batch_size 1) and a default cannot be told apart from a typed option.
 
+Device: a CUDA device that is absent (no CUDA, or cuda:3 on a two-GPU machine) falls back to cuda
+or, without CUDA, to cpu, with a warning, as lm-eval's HF model does.
+
 Requests are tokenised exactly as lm-eval's TemplateLM does: all trailing whitespace of a context
 (spaces, newlines, tabs: `str.rstrip()`) moves to the continuation, the pair is encoded whole and
 split where the context's own encoding ends. Loglikelihood requests that share a context (the
@@ -83,6 +86,34 @@ def merge_model_args(model_args: dict, lm_eval_options: dict | None) -> dict:
     return merged
 
 
+def resolve_device(requested: str | None):
+    """The torch device to load on: `requested`, unless it names CUDA that is not there."""
+    import torch
+
+    fallback = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested is None or str(requested) == "":
+        return fallback
+    try:
+        device = torch.device(str(requested))
+    except RuntimeError:
+        raise HerdError(
+            f"device '{requested}': not a torch device (cpu, cuda, cuda:1 ...)"
+        ) from None
+    if device.type == "cuda":
+        present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= present:
+            # lm-eval's CLI passes device="cuda:0" unless told otherwise; its HF model then uses
+            # cuda if there is any, else cpu (lm_eval/models/huggingface.py, single-device case)
+            log.warning(
+                "device '%s' is not available (%d CUDA devices); using %s",
+                requested,
+                present,
+                fallback,
+            )
+            return fallback
+    return device
+
+
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: int):
     """(context ids, continuation ids) exactly as lm-eval's TemplateLM.loglikelihood and
     _encode_pair make them (lm_eval/api/model.py).
@@ -129,8 +160,6 @@ class HerdLM(LM):
         trust_remote_code: bool = False,  # accepted for lm-eval's --trust_remote_code; unused
     ) -> None:
         super().__init__()
-        import torch
-
         from herd.checkpoint.convert import load
         from herd.tokenizer import find_tokenizer, load_tokenizer
 
@@ -138,8 +167,7 @@ class HerdLM(LM):
             raise HerdError("model_args: checkpoint=PATH is required (a herd, HF or Meta folder)")
         checkpoint = str(checkpoint)
         self.max_batch_size = max_batch_size
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load(checkpoint, device, dtype)
+        self.model = load(checkpoint, resolve_device(device), dtype)
         found = find_tokenizer(checkpoint)
         if found is None:
             raise HerdError(f"{checkpoint}: carries no tokenizer file; lm-eval needs text")

@@ -11,6 +11,7 @@ import sys
 
 import lm_eval.utils
 import pytest
+import torch
 
 import herd.eval.lm_eval_backend as backend
 from herd.cli import main
@@ -24,6 +25,23 @@ CLI_DEFAULTS = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("backend"))
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture
+def herd_log(caplog):
+    """Records of the bridge's logger (a child of "lm_eval", which lm-eval's CLI stops from
+    propagating to the root logger where caplog listens)."""
+    logger = logging.getLogger("lm_eval.models.herd")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="lm_eval.models.herd")
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 # --- model args and lm-eval's options -----------------------------------------------------------
@@ -64,6 +82,23 @@ def test_trust_remote_code_is_accepted(checkpoint):
 def test_missing_checkpoint_is_a_herd_error():
     with pytest.raises(HerdError, match="checkpoint=PATH"):
         backend.HerdLM.create_from_arg_string("device=cpu", CLI_DEFAULTS)
+
+
+# --- device -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda", "cuda:3"])
+def test_absent_cuda_falls_back_to_cpu_and_says_so(checkpoint, no_cuda, herd_log, device):
+    lm = backend.HerdLM.create_from_arg_obj(
+        {"checkpoint": str(checkpoint)}, {**CLI_DEFAULTS, "device": device}
+    )
+    assert lm.model.embed.weight.device.type == "cpu"
+    assert any(f"device '{device}' is not available" in r.message for r in herd_log.records)
+
+
+def test_not_a_device_is_a_herd_error(checkpoint):
+    with pytest.raises(HerdError, match="'gpu0': not a torch device"):
+        backend.HerdLM(checkpoint=str(checkpoint), device="gpu0")
 
 
 # --- herd lm-eval -------------------------------------------------------------------------------
