@@ -21,6 +21,17 @@ model too; where both give one, the model arg wins, because lm-eval always passe
 Device: a CUDA device that is absent (no CUDA, or cuda:3 on a two-GPU machine) falls back to cuda
 or, without CUDA, to cpu, with a warning, as lm-eval's HF model does.
 
+Batch size: an integer, `auto` or `auto:N`. It sizes the batches of single-token loglikelihood
+requests (multiple-choice letters), which run as right-padded batches of contexts; longer
+continuations share one cached prefix per context (herd.eval.scoring) and rolling windows and
+generation run one sequence at a time, so the batch size does not apply to them. `auto` finds
+the largest batch that fits, as lm-eval's HF model does: accelerate's find_executable_batch_size
+runs the longest context at max_batch_size (default 64) and shrinks by 10% on each out-of-memory
+error. `auto:N` re-detects N times as the (longest-first) requests get shorter. On CPU, where
+running out of memory means being killed rather than an exception, `auto` picks the largest batch
+of at most CPU_TOKENS_PER_BATCH tokens (and max_batch_size): CPU matrix products reach their
+speed well below that size, and memory grows with batch x length.
+
 Requests are tokenised exactly as lm-eval's TemplateLM does: all trailing whitespace of a context
 (spaces, newlines, tabs: `str.rstrip()`) moves to the continuation, the pair is encoded whole and
 split where the context's own encoding ends. Loglikelihood requests that share a context (the
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Sequence
 
 import lm_eval.models  # noqa: F401 - fills lm-eval's registry first: registering into an empty
 from lm_eval.api.model import LM  # one would hide the built-in models (lm-eval 0.4.13)
@@ -61,6 +73,8 @@ MODEL_ARGS = (
     "max_gen_toks",
     "trust_remote_code",
 )
+DEFAULT_MAX_BATCH_SIZE = 64  # lm-eval's HF model starts its search here too
+CPU_TOKENS_PER_BATCH = 2048
 
 
 def merge_model_args(model_args: dict, lm_eval_options: dict | None) -> dict:
@@ -112,6 +126,53 @@ def resolve_device(requested: str | None):
             )
             return fallback
     return device
+
+
+def parse_batch_size(value) -> tuple[int | None, int]:
+    """(fixed batch size, or None for auto; how many times auto re-detects)."""
+    text = str(value).strip()
+    if text == "auto" or text.startswith("auto:"):
+        times = text.removeprefix("auto").removeprefix(":") or "1"
+        if not times.isdigit() or int(times) < 1:
+            raise HerdError(f"batch_size '{value}': expected auto:N with N a positive integer")
+        return None, int(times)
+    if not text.isdigit() or int(text) < 1:
+        raise HerdError(f"batch_size '{value}': expected a positive integer, 'auto' or 'auto:N'")
+    return int(text), 1
+
+
+def probe_batch_size(model, length: int, ceiling: int) -> int:
+    """The largest batch of `length`-token contexts that runs on the model's device, searched
+    as lm-eval's HF model does: accelerate's find_executable_batch_size from `ceiling`, 10% less
+    after each out-of-memory error, 1 when nothing fits."""
+    import torch
+    from accelerate.utils import find_executable_batch_size
+
+    device = model.embed.weight.device
+
+    @find_executable_batch_size(starting_batch_size=ceiling)
+    def run(batch_size: int) -> int:
+        # the call herd.eval.scoring makes for a batch of single-token requests
+        tokens = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+        last = torch.full((batch_size,), length - 1, device=device)
+        for _ in range(2):  # the second pass meets the allocator as the real batches will
+            torch.log_softmax(model(tokens, last=last).float(), dim=-1)
+        return batch_size
+
+    try:
+        with torch.no_grad():
+            return run()
+    except RuntimeError as e:
+        if "No executable batch size found" in str(e):
+            return 1
+        raise
+
+
+def largest_batch_size(model, length: int, ceiling: int) -> int:
+    """`auto`'s batch size for contexts of up to `length` tokens (see the module docstring)."""
+    if model.embed.weight.device.type == "cpu":
+        return max(1, min(ceiling, CPU_TOKENS_PER_BATCH // length))
+    return probe_batch_size(model, length, ceiling)
 
 
 def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: int):
@@ -166,13 +227,17 @@ class HerdLM(LM):
         if checkpoint is None:
             raise HerdError("model_args: checkpoint=PATH is required (a herd, HF or Meta folder)")
         checkpoint = str(checkpoint)
-        self.max_batch_size = max_batch_size
+        self.fixed_batch_size, self.batch_schedule = parse_batch_size(batch_size)
+        self.batch_size = batch_size if self.fixed_batch_size is None else self.fixed_batch_size
+        self.max_batch_size, _ = parse_batch_size(max_batch_size or DEFAULT_MAX_BATCH_SIZE)
+        if self.max_batch_size is None:
+            raise HerdError(f"max_batch_size '{max_batch_size}': expected a positive integer")
+        self.batch_sizes: dict[int, int] = {}  # auto's choices; lm-eval reports them
         self.model = load(checkpoint, resolve_device(device), dtype)
         found = find_tokenizer(checkpoint)
         if found is None:
             raise HerdError(f"{checkpoint}: carries no tokenizer file; lm-eval needs text")
         self.tokenizer = load_tokenizer(found)
-        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.add_bos = str(add_bos_token).lower() not in ("false", "0")
         self.max_gen_toks = int(max_gen_toks)
         self.limit = self.model.config.max_seq_len
@@ -198,17 +263,32 @@ class HerdLM(LM):
             group = grouped.setdefault(key, Request(list(key), []))
             where.append((key, len(group.continuations)))
             group.continuations.append(cont)
-        order = list(grouped)
+        # longest context first, so auto sizes each part of the schedule on its longest context
+        order = sorted(grouped, key=len, reverse=True)
         bar = tqdm(total=len(order), desc="loglikelihood", disable=disable_tqdm or None)
-        scored = dict(
-            zip(
-                order,
-                score_requests(self.model, [grouped[k] for k in order], self.batch_size, bar),
-                strict=True,
-            )
-        )
+        scored: dict[tuple[int, ...], list] = {}
+        self.batch_sizes = {}
+        for part, keys in enumerate(_split(order, self.batch_schedule)):
+            batch = self._batch_size(part, [grouped[k] for k in keys])
+            scores = score_requests(self.model, [grouped[k] for k in keys], batch, bar)
+            scored.update(zip(keys, scores, strict=True))
         bar.close()
         return [(scored[k][i].logprob, scored[k][i].greedy) for k, i in where]
+
+    def _batch_size(self, part: int, requests: Sequence[Request]) -> int:
+        """The fixed batch size, or auto's for this part of the schedule."""
+        if self.fixed_batch_size is not None:
+            return self.fixed_batch_size
+        batched = [len(r.context) for r in requests if all(len(c) == 1 for c in r.continuations)]
+        if not batched:
+            return 1  # nothing here runs as a batch of contexts
+        if self.batch_sizes and self.batch_sizes[max(self.batch_sizes)] == self.max_batch_size:
+            size = self.max_batch_size  # shorter contexts fit what longer ones did
+        else:
+            size = largest_batch_size(self.model, max(batched), self.max_batch_size)
+            log.info("batch_size auto: %d for contexts of %d tokens", size, max(batched))
+        self.batch_sizes[part] = size
+        return size
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         # The text is scored after one prefix token (BOS). lm-eval's HF model with a tokenizer
@@ -255,3 +335,15 @@ class HerdLM(LM):
             cut = min((text.index(s) for s in until if s and s in text), default=len(text))
             out.append(text[:cut])
         return out
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """`items` in `parts` consecutive runs of (nearly) equal length, none empty."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        runs.append(items[start:end])
+        start = end
+    return runs

@@ -12,7 +12,9 @@ import sys
 import lm_eval.utils
 import pytest
 import torch
+from lm_eval.api.instance import Instance
 
+import herd
 import herd.eval.lm_eval_backend as backend
 from herd.cli import main
 from herd.errors import HerdError
@@ -42,6 +44,17 @@ def herd_log(caplog):
     caplog.set_level(logging.INFO, logger="lm_eval.models.herd")
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+def _logprobs(results: list[tuple[float, bool]]) -> list[float]:
+    return [logprob for logprob, _ in results]
+
+
+def _requests(contexts: list[str]) -> list[Instance]:
+    return [
+        Instance("loglikelihood", {}, (c, x), i)
+        for i, (c, x) in enumerate((c, x) for c in contexts for x in (" A", " B", " C", " D"))
+    ]
 
 
 # --- model args and lm-eval's options -----------------------------------------------------------
@@ -99,6 +112,88 @@ def test_absent_cuda_falls_back_to_cpu_and_says_so(checkpoint, no_cuda, herd_log
 def test_not_a_device_is_a_herd_error(checkpoint):
     with pytest.raises(HerdError, match="'gpu0': not a torch device"):
         backend.HerdLM(checkpoint=str(checkpoint), device="gpu0")
+
+
+# --- batch_size auto ----------------------------------------------------------------------------
+
+
+def test_batch_size_is_an_integer_auto_or_auto_n(checkpoint):
+    for bad in ("eight", "0", "auto:0", "auto:x"):
+        with pytest.raises(HerdError, match="batch_size"):
+            backend.HerdLM(checkpoint=str(checkpoint), device="cpu", batch_size=bad)
+    with pytest.raises(HerdError, match="max_batch_size"):
+        backend.HerdLM(checkpoint=str(checkpoint), device="cpu", max_batch_size="auto")
+
+
+def test_auto_on_cpu_bounds_tokens_per_batch_and_max_batch_size(checkpoint):
+    contexts = [
+        f"P: {r['flores_passage']}\nQ: {r['question']}\nAnswer:" for r in belebele_rows("eng_Latn")
+    ]
+    fixed = backend.HerdLM(checkpoint=str(checkpoint), device="cpu", batch_size=1)
+    expected = _logprobs(fixed.loglikelihood(_requests(contexts)))
+    longest = max(len(fixed.tokenizer.encode(c, bos=True)) for c in contexts)
+
+    auto = backend.HerdLM(checkpoint=str(checkpoint), device="cpu", batch_size="auto")
+    assert _logprobs(auto.loglikelihood(_requests(contexts))) == pytest.approx(expected, abs=1e-5)
+    assert auto.batch_sizes == {0: min(64, backend.CPU_TOKENS_PER_BATCH // longest)}
+
+    capped = backend.HerdLM(
+        checkpoint=str(checkpoint), device="cpu", batch_size="auto", max_batch_size=3
+    )
+    assert _logprobs(capped.loglikelihood(_requests(contexts))) == pytest.approx(expected, abs=1e-5)
+    assert capped.batch_sizes == {0: 3}
+
+
+def test_auto_n_detects_again_as_contexts_get_shorter(checkpoint, monkeypatch):
+    seen = []
+
+    def largest(model, length, ceiling):
+        seen.append(length)
+        return 2
+
+    monkeypatch.setattr(backend, "largest_batch_size", largest)
+    lm = backend.HerdLM(checkpoint=str(checkpoint), device="cpu", batch_size="auto:3")
+    contexts = ["Q: " + "le train part " * n + "?\nAnswer:" for n in (1, 2, 3, 4, 5, 6)]
+    lm.loglikelihood(_requests(contexts))
+    assert lm.batch_sizes == {0: 2, 1: 2, 2: 2}
+    assert seen == sorted(seen, reverse=True) and len(set(seen)) == 3  # longest of each part
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """A model that runs out of memory (as CUDA reports it) for batches above `limit`."""
+
+    def __init__(self, model, limit: int):
+        super().__init__()
+        self.model, self.limit, self.embed, self.tried = model, limit, model.embed, []
+
+    def forward(self, tokens, **kwargs):
+        self.tried.append(tokens.shape[0])
+        if tokens.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(tokens, **kwargs)
+
+
+def test_probe_finds_the_largest_batch_that_fits_as_hflm_does(checkpoint):
+    """accelerate's search as lm-eval's HF model runs it: start at max_batch_size, 10% less after
+    each out-of-memory error (64, 57, 51, 45, 40, 36, 32, 28, 25, 22, 19)."""
+    model = herd.load(checkpoint)
+    oom = _OutOfMemoryAbove(model, limit=20)
+    assert backend.probe_batch_size(oom, 40, 64) == 19
+    assert sorted(set(oom.tried), reverse=True) == [64, 57, 51, 45, 40, 36, 32, 28, 25, 22, 19]
+    assert backend.probe_batch_size(_OutOfMemoryAbove(model, limit=100), 40, 8) == 8
+    assert backend.probe_batch_size(_OutOfMemoryAbove(model, limit=0), 40, 8) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_on_cuda_probes_and_scores_as_a_fixed_batch(checkpoint):
+    contexts = [f"P: {r['flores_passage']}\nAnswer:" for r in belebele_rows("fra_Latn")]
+    fixed = backend.HerdLM(checkpoint=str(checkpoint), device="cuda", batch_size=1)
+    auto = backend.HerdLM(
+        checkpoint=str(checkpoint), device="cuda", batch_size="auto", max_batch_size=16
+    )
+    expected = _logprobs(fixed.loglikelihood(_requests(contexts)))
+    assert _logprobs(auto.loglikelihood(_requests(contexts))) == pytest.approx(expected, abs=1e-4)
+    assert auto.batch_sizes == {0: 16}
 
 
 # --- herd lm-eval -------------------------------------------------------------------------------
