@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from herd.eval.mc_data import Dataset, Item
-from herd.eval.scoring import Request, score_requests, split_continuation, truncate_left
+from herd.eval.scoring import Request, encode_pair, score_requests, truncate_left
 
 LETTERS = ("A", "B", "C", "D")
 TARGET_DELIMITER = " "
@@ -121,7 +121,7 @@ def evaluate_items(
     for index, item in enumerate(data.items):
         prompt = full_prompt(item, examples, task, scoring, shots)
         pairs = [
-            split_continuation(tokenizer, prompt, TARGET_DELIMITER + c, bos)
+            encode_pair(tokenizer, prompt, TARGET_DELIMITER + c, bos, tokenizer.bos_id)
             for c in choices_of(item, task, scoring)
         ]
         contexts = {tuple(ctx) for ctx, _ in pairs}

@@ -41,16 +41,26 @@ class Score:
     tokens: int
 
 
-def split_continuation(tokenizer, context: str, continuation: str, bos: bool) -> tuple[list, list]:
-    """(context ids, continuation ids) as lm-evaluation-harness makes them: trailing spaces move
-    from the context to the continuation, the pair is encoded whole, and the continuation is what
-    follows the context's own encoding (tokenizers merge across the boundary otherwise)."""
-    spaces = len(context) - len(context.rstrip(" "))
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool, prefix: int):
+    """(context ids, continuation ids) exactly as lm-eval's TemplateLM.loglikelihood and
+    _encode_pair make them (lm_eval/api/model.py).
+
+    An empty context becomes the prefix token (BOS). Otherwise all trailing whitespace of the
+    context moves to the continuation (`str.rstrip()`: " ", "\\n", "\\t", ...); the context
+    ids are the context's own encoding and the continuation ids are what follows as many ids in
+    the encoding of the whole. Where the tokenizer merges across the boundary ("?" + "\\nA" ->
+    "?\\n", "A") the continuation ids are then not what the context ids are followed by in
+    the whole; lm-eval scores them after the context's own ids all the same, and so does herd.
+    """
+    if context == "":
+        ids = tokenizer.encode(continuation)
+        return ([prefix], ids) if not ids or ids[0] != prefix else (ids[:1], ids[1:])
+    moved = len(context) - len(context.rstrip())
+    if moved:
+        context, continuation = context[:-moved], context[-moved:] + continuation
     whole = tokenizer.encode(context + continuation, bos=bos)
-    ctx = tokenizer.encode(context, bos=bos)
-    return whole[: len(ctx)], whole[len(ctx) :]
+    context_ids = tokenizer.encode(context, bos=bos)
+    return context_ids, whole[len(context_ids) :]
 
 
 def _device(model: Transformer) -> torch.device:

@@ -56,13 +56,13 @@ def setup(tmp_path_factory):
     return checkpoint, data, hf_dir
 
 
-def test_letter_scoring_matches_lm_eval_hf_backend(setup):
+def _hf_lm(checkpoint, hf_dir, add_bos_token: bool = True):
+    """lm-eval's HF model (HFLM) on the HF export of `checkpoint`, with its tokenizer."""
     from lm_eval.models.huggingface import HFLM
     from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    checkpoint, data, hf_dir = setup
     tokenizer = herd.load_tokenizer(checkpoint)
     names = {i: t for t, i in tokenizer.special_tokens.items()}
     bos, eos = names[tokenizer.bos_id], names[tokenizer.eos_id]
@@ -78,7 +78,13 @@ def test_letter_scoring_matches_lm_eval_hf_backend(setup):
     assert hf_model.config.bos_token_id == tokenizer.bos_id
     eos = hf_model.config.eos_token_id
     assert (eos if isinstance(eos, list) else [eos]) == tokenizer.stop_ids
-    lm = HFLM(pretrained=hf_model, tokenizer=hf_tok, batch_size=4, add_bos_token=True)
+    return HFLM(pretrained=hf_model, tokenizer=hf_tok, batch_size=4, add_bos_token=add_bos_token)
+
+
+def test_letter_scoring_matches_lm_eval_hf_backend(setup):
+    checkpoint, data, hf_dir = setup
+    tokenizer = herd.load_tokenizer(checkpoint)
+    lm = _hf_lm(checkpoint, hf_dir)
     reference = _lm_eval_scores(
         lm_eval.simple_evaluate(
             model=lm, tasks=[_task(data)], num_fewshot=0, log_samples=True, bootstrap_iters=0
@@ -131,3 +137,75 @@ def test_lm_eval_runs_herd_models(setup):
         ]
     )
     assert isinstance(generated, str) and "\n" not in generated
+
+
+# Contexts ending in every kind of trailing whitespace: lm-eval moves all of it (str.rstrip())
+# into the continuation before encoding, which changes the continuation's tokens.
+ENDINGS = ["", " ", "\n", "\t", "\n\n", " \n"]
+CONTINUATIONS = ["A", " B", "Lyon", " la gare centrale.", "Answer: C"]
+
+
+def _instances(kind: str, args: list[tuple]):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
+
+
+@pytest.fixture(scope="module")
+def pair(setup):
+    """herd's bridge and lm-eval's HF model (add_bos_token=True) on the same weights."""
+    import herd.eval.lm_eval_backend  # noqa: F401 - registers "herd"
+
+    checkpoint, _, hf_dir = setup
+    ours = lm_eval.api.registry.get_model("herd")(checkpoint=str(checkpoint), device="cpu")
+    return ours, _hf_lm(checkpoint, hf_dir)
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=repr)
+def test_loglikelihood_matches_hf_model_whatever_the_context_ends_with(pair, ending):
+    ours, reference = pair
+    context = "P: Le train pour Lyon part à huit heures.\nQ: Où va le train ?" + ending
+    requests = _instances("loglikelihood", [(context, c) for c in CONTINUATIONS])
+    got, expected = ours.loglikelihood(requests), reference.loglikelihood(requests)
+    for c, (logprob, greedy), (want, want_greedy) in zip(CONTINUATIONS, got, expected, strict=True):
+        assert logprob == pytest.approx(want, abs=1e-4), (ending, c)
+        assert greedy == want_greedy, (ending, c)
+
+
+def test_loglikelihood_of_an_empty_context_matches_hf_model(pair):
+    ours, reference = pair
+    requests = _instances("loglikelihood", [("", c) for c in CONTINUATIONS])
+    got, expected = ours.loglikelihood(requests), reference.loglikelihood(requests)
+    assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-4)
+
+
+def test_loglikelihood_rolling_matches_hf_model_across_windows(setup, pair):
+    """Texts longer than the model's 256 positions take several rolling windows. herd scores a
+    text after one BOS, which is lm-eval's HF model with add_bos_token=False; with True, that
+    model also scores a second BOS (a token of the text to it) after the prefix BOS."""
+    checkpoint, _, hf_dir = setup
+    ours, _ = pair
+    short = "P: Le train pour Lyon part à huit heures depuis la gare centrale."
+    long = " ".join(p for passages in PASSAGES.values() for p, _ in passages) * 4
+    assert len(ours.tokenizer.encode(long)) > 2 * ours.limit
+    requests = _instances("loglikelihood_rolling", [(short,), (long,), ("\n\t x \n",)])
+    reference = _hf_lm(checkpoint, hf_dir, add_bos_token=False)
+    got, expected = ours.loglikelihood_rolling(requests), reference.loglikelihood_rolling(requests)
+    assert got == pytest.approx(expected, abs=1e-3)
+
+
+def test_generate_until_matches_hf_model(pair):
+    ours, reference = pair
+    prompts = ["Q: Où va le train ?\nA:", "P: Зимой в этом городе\n", "Answer:\t"]
+    free = _instances("generate_until", [(p, {"until": [], "max_gen_toks": 12}) for p in prompts])
+    expected = reference.generate_until(free)
+    assert ours.generate_until(free) == expected
+    # a stop string taken from the middle of each free run, so the cut happens
+    stops = [text[len(text) // 2 : len(text) // 2 + 2] or "\n" for text in expected]
+    cut = _instances(
+        "generate_until",
+        [(p, {"until": [s], "max_gen_toks": 12}) for p, s in zip(prompts, stops, strict=True)],
+    )
+    expected_cut = reference.generate_until(cut)
+    assert any(len(a) < len(b) for a, b in zip(expected_cut, expected, strict=True))
+    assert ours.generate_until(cut) == expected_cut

@@ -103,3 +103,30 @@ def test_perplexity_matches_direct_computation(model, tmp_path):
     assert got["loss"] == pytest.approx(nats / len(ids), rel=1e-5)
     assert got["bits_per_byte"] == pytest.approx(nats / math.log(2) / len(text.encode()), rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(got["loss"]))
+
+
+@pytest.mark.parametrize("ending", ["", " ", "\n", "\t", "\n\n", " \n", "  "])
+def test_pairs_split_as_lm_eval_splits_them(ending):
+    """`herd eval` and the lm-eval bridge split (context, continuation) with encode_pair; lm-eval's
+    own TemplateLM._encode_pair, driven by the same tokenizer, is the reference: all trailing
+    whitespace moves to the continuation, not just spaces."""
+    from lm_eval.api.model import TemplateLM
+
+    from herd.eval.scoring import encode_pair
+    from tests import references
+
+    tok = herd.load_tokenizer(references.llama3_tokenizer())
+
+    class Reference(TemplateLM):
+        backend = "causal"
+        eot_token_id = tok.eos_id
+
+        def tok_encode(self, string, **kwargs):
+            return tok.encode(string, bos=True)
+
+        _loglikelihood_tokens = loglikelihood_rolling = generate_until = None
+
+    context = "Passage: the train leaves at eight.\nQuestion: when?" + ending
+    for continuation in (" A", "\nB", "eight", " at eight"):
+        ours = encode_pair(tok, context, continuation, bos=True, prefix=tok.bos_id)
+        assert ours == Reference._encode_pair(Reference.__new__(Reference), context, continuation)
