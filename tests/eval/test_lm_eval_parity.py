@@ -59,20 +59,12 @@ def setup(tmp_path_factory):
 def _hf_lm(checkpoint, hf_dir, add_bos_token: bool = True):
     """lm-eval's HF model (HFLM) on the HF export of `checkpoint`, with its tokenizer."""
     from lm_eval.models.huggingface import HFLM
-    from tokenizers import Tokenizer
-    from tokenizers.processors import TemplateProcessing
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = herd.load_tokenizer(checkpoint)
-    names = {i: t for t, i in tokenizer.special_tokens.items()}
-    bos, eos = names[tokenizer.bos_id], names[tokenizer.eos_id]
-    # As Meta's HF Llama tokenizers do: the post-processor puts BOS in front, which is how
-    # lm-eval's HF backend adds it (add_special_tokens=True).
-    raw = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
-    raw.post_processor = TemplateProcessing(
-        single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_id)]
-    )
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos)
+    # The export's own tokenizer files (herd convert --to hf), as a user's `lm_eval --model hf`
+    # loads them: BOS from the post-processor, as Meta's HF Llama folders do.
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir)
     hf_model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     # the exported config carries the tokenizer's own special ids, not Llama 2's 1 / 2
     assert hf_model.config.bos_token_id == tokenizer.bos_id
