@@ -37,15 +37,6 @@ def llama_shape(dim: int, n_layers: int, vocab_size: int, max_seq_len: int) -> M
     )
 
 
-def _count(config: ModelConfig) -> int:
-    """Exact parameter count without building modules (fast enough to search thousands)."""
-    d, f, hd = config.dim, config.ffn_dim, config.head_dim
-    attn = d * (config.n_heads * hd) * 2 + d * (config.n_kv_heads * hd) * 2
-    block = attn + 3 * d * f + 2 * d
-    embed = config.vocab_size * d * (1 if config.tie_embeddings else 2)
-    return config.n_layers * block + embed + d
-
-
 def nearest_architecture(params: float, vocab_size: int = 32000, max_seq_len: int = 2048):
     """(ModelConfig, its parameter count) closest to `params` in log space."""
     if not params > 0:
@@ -57,11 +48,11 @@ def nearest_architecture(params: float, vocab_size: int = 32000, max_seq_len: in
         widest, narrowest = (32, 128) if dim < 1024 else (64, 136)  # dim / n_layers
         for n_layers in range(max(1, dim // narrowest), max(2, dim // widest) + 1):
             config = llama_shape(dim, n_layers, vocab_size, max_seq_len)
-            count = _count(config)
+            count = config.num_params()  # counted from the shapes: cheap
             gap = abs(math.log(count / params))
             if best is None or gap < best[0]:
                 best = (gap, config, count)
-        if _count(llama_shape(dim, max(1, dim // 136), vocab_size, max_seq_len)) > 4 * params:
+        if llama_shape(dim, max(1, dim // 136), vocab_size, max_seq_len).num_params() > 4 * params:
             break
     return best[1], best[2]
 
