@@ -45,6 +45,7 @@ def test_clusters_are_the_language_families(built):
     assert found == sorted(sorted(v) for v in families.values())
     report = json.loads((root / "xlmv" / "report.json").read_text())
     assert report["size_reached"] == 9000 and (root / "xlmv" / "languages.png").is_file()
+    assert report["kmeans"]["restarts"] == 256 and report["kmeans"]["inertia"] > 0
 
 
 def test_xlmv_beats_joint_on_low_resource_languages(built):
@@ -146,6 +147,21 @@ def test_bad_input(tmp_path, built):
             check=False,
         ),
         "--clusters 99: expected 1..12",
+    )
+    one_line_error(
+        herd_cli_inprocess(
+            "vocab",
+            "build",
+            corpus,
+            "--size",
+            "9000",
+            "--kmeans-restarts",
+            "0",
+            "--out",
+            tmp_path / "p",
+            check=False,
+        ),
+        "--kmeans-restarts 0: expected at least 1",
     )
 
 

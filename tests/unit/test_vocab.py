@@ -1,14 +1,15 @@
-"""Pieces of the XLM-V builder with known answers: ALP, smoothed sampling, greedy capacity
-allocation, pruning and merging unigram models."""
+"""Pieces of the XLM-V builder with known answers: ALP, smoothed sampling, k-means restarts,
+greedy capacity allocation, pruning and merging unigram models."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from herd.vocab import unigram
-from herd.vocab.build import allocate, size_grid, smoothed_sample
+from herd.vocab.build import allocate, cluster_languages, size_grid, smoothed_sample
 from herd.vocab.corpus import Language, alp
 
 
@@ -53,3 +54,52 @@ def test_prune_keeps_characters_and_merge_keeps_best_scores():
     assert sp.decode(sp.encode("the flat cat")) == "the flat cat"
     merged = unigram.with_pieces(model, [("xyz", -1.0), ("xyz", -3.0), ("cat", -2.0)])
     assert dict(unigram.learned_pieces(merged)) == {"xyz": -1.0, "cat": -2.0}
+
+
+# Ten languages' lexical fingerprints, L2-normalised: five Latin-script languages (the first
+# three columns are Latin pieces), two Greek, two Cyrillic and one Georgian, each with its own
+# script's columns plus some Latin pieces (product names, options, URLs), as in UI strings.
+FINGERPRINTS = [
+    [0.43, 0.015, 0.903, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0.011, 0.011, 1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0.026, 0.026, 0.999, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0.21, 0.805, 0.554, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0.304, 0.612, 0.731, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [0.278, 0.527, 0.271, 0.377, 0.648, 0.099, 0, 0, 0, 0, 0, 0],
+    [0.226, 0.068, 0.002, 0.512, 0.347, 0.749, 0, 0, 0, 0, 0, 0],
+    [0.005, 0.139, 0.321, 0, 0, 0, 0.294, 0.888, 0.045, 0, 0, 0],
+    [0.287, 0.538, 0.175, 0, 0, 0, 0.724, 0.266, 0.05, 0, 0, 0],
+    [0.096, 0.403, 0.208, 0, 0, 0, 0, 0, 0, 0.292, 0.542, 0.638],
+]
+SCRIPTS = [0, 0, 0, 0, 0, 1, 1, 2, 2, 3]
+
+
+def _inertia(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Inertia of each row of `labels` ([partitions, points]): per cluster, the summed squared
+    norms less |sum|^2 / count."""
+    total = np.zeros(len(labels))
+    for c in range(labels.max() + 1):
+        member = (labels == c).astype(np.float64)
+        sums, count = member @ x, member.sum(1)
+        total += member @ (x**2).sum(1) - (sums**2).sum(1) / np.maximum(count, 1)
+    return total
+
+
+def test_kmeans_restarts_find_the_script_coherent_optimum():
+    x = np.array(FINGERPRINTS, dtype=np.float64)
+    # every partition into 4 non-empty clusters (the first language's cluster fixed): the
+    # script partition has the lowest inertia
+    rest = np.stack(np.unravel_index(np.arange(4**9), (4,) * 9), axis=1)
+    partitions = np.c_[np.zeros(len(rest), dtype=rest.dtype), rest]
+    partitions = partitions[np.all([(partitions == c).any(1) for c in range(4)], axis=0)]
+    values = _inertia(x, partitions)
+    best = (float(values.min()), partitions[values.argmin()].tolist())
+    assert best[1] == SCRIPTS
+    # but it is hard to reach: most single k-means++ runs stop in a worse local optimum (ten
+    # restarts, the old default, returned Georgian with two Latin-script languages)
+    single = [cluster_languages(x, 4, seed=s, restarts=1)[1] for s in range(40)]
+    assert sum(v > best[0] + 1e-9 for v in single) >= 30
+    labels, inertia = cluster_languages(x, 4, seed=0)
+    assert labels.tolist() == SCRIPTS  # numbered in the languages' order
+    assert inertia == pytest.approx(best[0], abs=1e-9)
+    assert inertia == pytest.approx(_inertia(x, labels[None])[0], abs=1e-9)  # the objective
