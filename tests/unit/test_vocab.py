@@ -1,16 +1,19 @@
 """Pieces of the XLM-V builder with known answers: ALP, smoothed sampling, k-means restarts,
-greedy capacity allocation, pruning and merging unigram models."""
+greedy capacity allocation, pruning and merging unigram models, per-cluster models trained at
+their capacity."""
 
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import numpy as np
 import pytest
 
 from herd.vocab import unigram
-from herd.vocab.build import allocate, cluster_languages, size_grid, smoothed_sample
-from herd.vocab.corpus import Language, alp
+from herd.vocab.build import ALPHA, allocate, build, cluster_languages, size_grid, smoothed_sample
+from herd.vocab.corpus import Language, alp, load_corpus
+from tests.multilingual_corpus import write_corpus
 
 
 def test_alp_known_value():
@@ -38,8 +41,11 @@ def test_greedy_allocation_prefers_the_steeper_curve():
     assert allocate([flat, steep], [1, 1], 1000) == [40, 40]  # everything fits
     # gains are weighted by the cluster's language count: three languages on the flat curve
     # (3 x 0.1 per 10 pieces) beat one language on a curve twice as flat
-    assert allocate([flat, ([10, 20], [-10.0, -9.95])], [3, 1], 40) == [40, 10]
+    assert allocate([flat, ([10, 20], [-10.0, -9.95])], [3, 1], 50) == [40, 10]
     assert allocate([flat, ([10, 20], [-10.0, -9.95])], [1, 1], 30) == [20, 10]
+    # a step larger than the budget left is taken in part: the capacities add up to the budget
+    assert allocate([flat, steep], [1, 1], 45) == [10, 35]
+    assert allocate([flat, ([10, 20], [-10.0, -9.95])], [3, 1], 40) == [30, 10]
     assert size_grid(100, 1000, 4) == [100, 215, 464, 1000]
 
 
@@ -103,3 +109,30 @@ def test_kmeans_restarts_find_the_script_coherent_optimum():
     assert labels.tolist() == SCRIPTS  # numbered in the languages' order
     assert inertia == pytest.approx(best[0], abs=1e-9)
     assert inertia == pytest.approx(_inertia(x, labels[None])[0], abs=1e-9)  # the objective
+
+
+def _script(piece: str) -> str:
+    letters = [unicodedata.name(c).split()[0] for c in piece if c.isalpha()]
+    return letters[0] if letters else ""
+
+
+def test_each_cluster_vocabulary_is_a_model_trained_at_its_capacity(tmp_path):
+    # XLM-V section 3: per-cluster sentencepiece models at the capacities ALP gave them, not the
+    # best-scored pieces of a model of another size. Two languages in two scripts share no
+    # letters, so each one's pieces in the union come from its own cluster's model.
+    folder = write_corpus(tmp_path / "all", chars_per_unit=8_000)
+    (tmp_path / "two").mkdir()
+    for lang in ("ruz_Cyrl", "hna_Deva"):
+        (tmp_path / "two" / f"{lang}.txt").write_bytes((folder / f"{lang}.txt").read_bytes())
+    corpus = load_corpus(tmp_path / "two")
+    result = build(corpus, 1500, 2, per_language_size=500, workers=1, progress=False)
+    assert unigram.learned_size(result["model"]) == 1500 - 259  # the size asked, exactly
+    final = [p for p, _ in unigram.learned_pieces(result["model"]) if len(p) > 1]
+    for code, label in zip(result["codes"], result["labels"], strict=True):
+        mix = smoothed_sample([corpus[code]], ALPHA, seed=0)
+        alone = unigram.train_unigram(mix, result["capacities"][label] + 259)
+        script = {"ruz_Cyrl": "CYRILLIC", "hna_Deva": "DEVANAGARI"}[code]
+        own = {p for p, _ in unigram.learned_pieces(alone) if len(p) > 1 and _script(p) == script}
+        kept = {p for p in final if _script(p) == script}
+        assert kept <= own, code  # nothing from a cut of a model of another size
+        assert len(kept) >= 0.97 * len(own), code  # and an overshoot trims few of them
