@@ -20,8 +20,8 @@
    given to it (XLM-V section 3: per-cluster sentencepiece models at the allocated sizes); the
    cuts of step 4 only estimate the curves. A cut keeps the pieces that are most probable in a
    model of another size, and those are not the pieces a model of the cut's size learns: on real
-   UI text (docs/vocabularies.md) unions of cuts trailed the joint baseline by 2.9-3.8 held-out
-   ALP per language at 4,000-12,000 pieces, unions of trained models by 0.2-1.2.
+   UI text (docs/vocabularies.md) unions of cuts trailed the joint baseline by 2.1-3.8 held-out
+   ALP per language at 4,000-16,000 pieces, unions of trained models by 0.1-1.2.
 6. The final vocabulary is the union of the clusters' models (shared pieces once, with their
    best score), written as one sentencepiece model that herd.load_tokenizer and
    `herd data prepare` read. Shared pieces make a union smaller than the sum of its parts, so the
