@@ -2,7 +2,7 @@
 on this machine, next to one joint sentencepiece training on the same data, in one process.
 
     .venv/bin/python bench/vocab.py                      # 10 x 2 MB, 64,000 pieces, 6 clusters
-    .venv/bin/python bench/vocab.py --mb 0.5 --json /tmp/vocab.json
+    .venv/bin/python bench/vocab.py --mb 0.5 --out /tmp/vocab.json
 
 The target is a complete build (per-language models, clustering, per-cluster models, ALP curves,
 allocation, union) within 5 minutes on 2 cores. The joint baseline trains one unigram model at
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64000, help="vocabulary size")
     p.add_argument("--clusters", type=int, default=6, help="k-means clusters")
     p.add_argument("--per-language-size", type=int, default=8000, help="per-language pieces")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write results as JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="herd-vocab-bench-") as tmp:
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         f"one joint sentencepiece training, same data and size: {joint_s:.0f} s "
         f"({len(joint.pieces):,} pieces); build / joint = {build_s / joint_s:.1f}x"
     )
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -7,16 +7,27 @@
    language's vocabulary; rows are L2-normalised. This is Chung et al.'s (2020) binary vector
    weighted by unigram log-probabilities, as XLM-V does, oriented so that frequent shared
    pieces count most.
-3. k-means (scikit-learn) groups the languages into `clusters`.
+3. k-means (scikit-learn, k-means++ seeding) groups the languages into `clusters`: the lowest
+   inertia of `restarts` seeded runs, reported with the clusters.
 4. Capacity per cluster from ALP: one unigram model per cluster (its languages' text mixed with
    alpha = 0.3 smoothing), cut to a grid of sizes (herd/vocab/unigram.py: unigram vocabularies
    nest by score) to read ALP against size, averaged over the cluster's languages. Capacity is
    then given greedily, step by step, to the cluster whose next step raises the summed ALP of its
    languages most per added piece (Zheng et al. 2021's allocation, with every language weighing
-   the same, so large languages do not take the budget) until the union reaches `size`.
-5. The final vocabulary is the union of the clusters' cut models (shared pieces once, with their
+   the same, so large languages do not take the budget); the last step is taken in part, so the
+   capacities add up to the budget exactly.
+5. Each cluster's vocabulary is a unigram model trained on the cluster's mix at the capacity
+   given to it (XLM-V section 3: per-cluster sentencepiece models at the allocated sizes); the
+   cuts of step 4 only estimate the curves. A cut keeps the pieces that are most probable in a
+   model of another size, and those are not the pieces a model of the cut's size learns: on real
+   UI text (docs/vocabularies.md) unions of cuts trailed the joint baseline by 2.1-3.8 held-out
+   ALP per language at 4,000-16,000 pieces, unions of trained models by 0.1-1.2.
+6. The final vocabulary is the union of the clusters' models (shared pieces once, with their
    best score), written as one sentencepiece model that herd.load_tokenizer and
-   `herd data prepare` read.
+   `herd data prepare` read. Shared pieces make a union smaller than the sum of its parts, so the
+   budget is raised until the union reaches `size`; an overshoot drops the pieces that the
+   languages use least (each language's share of tokens, summed), never by comparing scores of
+   different models.
 
 The baseline is one unigram model on the concatenated corpus with exponentially smoothed language
 sampling (q_l proportional to p_l^0.3, XLM-R / Conneau et al. 2020) at the same size.
@@ -38,6 +49,7 @@ from herd.vocab.corpus import Language, alp
 
 ALPHA = 0.3
 ALP_SAMPLE = 2000  # sentences per language for the ALP curves
+KMEANS_RESTARTS = 256  # k-means++ runs; the lowest inertia wins
 
 
 def smoothed_sample(languages: list[Language], alpha: float, seed: int, total: int | None = None):
@@ -107,10 +119,27 @@ def lexical_vectors(models: list) -> tuple[np.ndarray, list[str]]:
     return vectors, union
 
 
-def cluster_languages(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    from sklearn.cluster import KMeans
+def cluster_languages(
+    vectors: np.ndarray, k: int, seed: int = 0, restarts: int = KMEANS_RESTARTS
+) -> tuple[np.ndarray, float]:
+    """k-means++ labels and their inertia (the summed squared distance of each language to its
+    cluster's centre, which k-means minimises): the best of `restarts` seeded runs.
 
-    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+    Lloyd's iterations stop at a local optimum, and languages' fingerprints have many: on real UI
+    strings in 18 languages (docs/vocabularies.md) ten restarts returned seven different
+    partitions over ten seeds, most of them worse than the best one. Restarts are cheap because
+    k-means runs on each language's coordinates in the span of the vectors (n languages -> n
+    dimensions, distances unchanged) instead of the union of every per-language vocabulary.
+    Cluster numbers follow the languages' order (the first language is in cluster 0)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    u, s, _ = np.linalg.svd(vectors, full_matrices=False)
+    with threadpool_limits(1):  # a few dozen points: starting OpenMP threads per run costs more
+        fit = KMeans(n_clusters=k, init="k-means++", n_init=restarts, random_state=seed)
+        fit.fit(u * s)
+    order = {label: i for i, label in enumerate(dict.fromkeys(fit.labels_.tolist()))}
+    return np.array([order[label] for label in fit.labels_.tolist()]), float(fit.inertia_)
 
 
 def alp_curve(model, languages: list[Language], grid: list[int]) -> list[float]:
@@ -133,9 +162,13 @@ def size_grid(lo: int, hi: int, steps: int = 12) -> list[int]:
 
 def allocate(curves: list[tuple[list[int], list[float]]], weights: list[int], budget: int):
     """Greedy capacity per cluster: start each at its smallest grid size, then repeatedly advance
-    the cluster whose next grid step gains the most weighted ALP per added piece."""
+    the cluster whose next grid step gains the most weighted ALP per added piece. A step larger
+    than the budget left is taken in part (the curve is linear between grid points), so the
+    capacities add up to the budget unless every curve is exhausted: the grid is geometric, and
+    whole steps at the top are a tenth of the size or more."""
     position = [0] * len(curves)
     total = sum(grid[0] for grid, _ in curves)
+    extra = [0] * len(curves)
     while total < budget:
         best, gain = None, -math.inf
         for c, (grid, curve) in enumerate(curves):
@@ -147,9 +180,39 @@ def allocate(curves: list[tuple[list[int], list[float]]], weights: list[int], bu
         if best is None:
             break
         grid = curves[best][0]
-        total += grid[position[best] + 1] - grid[position[best]]
+        step = grid[position[best] + 1] - grid[position[best]]
+        if total + step > budget:
+            extra[best] = budget - total
+            break
+        total += step
         position[best] += 1
-    return [grid[i] for (grid, _), i in zip(curves, position, strict=True)]
+    return [grid[i] + e for (grid, _), i, e in zip(curves, position, extra, strict=True)]
+
+
+def union_of(models: list) -> object:
+    """One model holding every learned piece of `models` (specials, byte pieces and normalizer
+    of the first)."""
+    pieces = [pair for model in models for pair in unigram.learned_pieces(model)]
+    return unigram.with_pieces(models[0], pieces)
+
+
+def trim_least_used(model, size: int, languages: list[Language]):
+    """`model` cut to `size` learned pieces by dropping the multi-character pieces the languages
+    use least: each piece's share of a language's tokens (on up to ALP_SAMPLE of its sentences),
+    summed over languages, so every language weighs the same; ties go to the lower score."""
+    extra = unigram.learned_size(model) - size
+    if extra <= 0:
+        return model
+    sp = unigram.processor(model)
+    share: dict[str, float] = {}
+    for lang in languages:
+        tokens = [p for s in sp.encode(lang.train[:ALP_SAMPLE], out_type=str) for p in s]
+        for piece in tokens:
+            share[piece] = share.get(piece, 0.0) + 1.0 / len(tokens)
+    ranked = unigram.learned_pieces(model)
+    multi = sorted((x for x in ranked if len(x[0]) > 1), key=lambda x: (share.get(x[0], 0.0), x[1]))
+    drop = {piece for piece, _ in multi[:extra]}
+    return unigram.with_pieces(model, [x for x in ranked if x[0] not in drop])
 
 
 def build(
@@ -160,8 +223,9 @@ def build(
     workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    restarts: int = KMEANS_RESTARTS,
 ) -> dict:
-    """The XLM-V vocabulary: {'model', 'clusters', 'vectors', 'pieces_union', ...}."""
+    """The XLM-V vocabulary: {'model', 'labels', 'inertia', 'vectors', 'capacities', ...}."""
     codes = list(corpus)
     if clusters < 1 or clusters > len(codes):
         raise HerdError(
@@ -173,10 +237,11 @@ def build(
         [(lang.train, per_language_size) for lang in languages], workers, "per-language", progress
     )
     vectors, union = lexical_vectors(lang_models)
-    labels = cluster_languages(vectors, clusters, seed)
+    labels, inertia = cluster_languages(vectors, clusters, seed, restarts)
     members = [[languages[i] for i in np.flatnonzero(labels == c)] for c in range(clusters)]
     mixes = [smoothed_sample(m, ALPHA, seed) for m in members]
     cluster_models = train_many([(mix, size) for mix in mixes], workers, "per-cluster", progress)
+    # these full-size models give the ALP curves (cut to a grid of sizes, step 4)
     curves = []
     for model, langs in zip(cluster_models, members, strict=True):
         chars = sum(1 for p, _ in unigram.learned_pieces(model) if len(p) == 1)
@@ -190,28 +255,39 @@ def build(
     if size <= reserved + 1:
         raise HerdError(f"--size {size}: must exceed the {reserved} special and byte pieces")
     size -= reserved
-    budget, capacities, final = size, [], None
-    for _ in range(6):  # shared pieces make the union smaller than the sum: top the budget up
+    largest = [grid[-1] for grid, _ in curves]
+    # The budget whose cuts' union fills `size` (cheap: no training) is the first guess for the
+    # trained models' union, which overlaps about as much.
+    budget = size
+    for _ in range(8):
         capacities = allocate(curves, weights, budget)
-        pieces = [
-            pair
-            for model, cap in zip(cluster_models, capacities, strict=True)
-            for pair in unigram.learned_pieces(unigram.prune(model, cap))
-        ]
-        final = unigram.with_pieces(cluster_models[0], pieces)
-        reached = unigram.learned_size(final)
-        if reached >= size or capacities == [g[-1] for g, _ in curves]:
+        cuts = [unigram.prune(m, c) for m, c in zip(cluster_models, capacities, strict=True)]
+        short = size - unigram.learned_size(union_of(cuts))
+        if short <= 0 or capacities == largest:
             break
-        budget += size - reached
-    if unigram.learned_size(final) > size:  # the last step overshot: drop the lowest-scored
-        ranked = unigram.learned_pieces(final)
-        chars = [x for x in ranked if len(x[0]) == 1]
-        multi = [x for x in ranked if len(x[0]) > 1][: size - len(chars)]
-        final = unigram.with_pieces(cluster_models[0], chars + multi)
+        budget += short
+    trained: dict[tuple[int, int], object] = {
+        (c, largest[c]): model for c, model in enumerate(cluster_models)
+    }
+    for _ in range(4):  # train each cluster at its capacity; top the budget up if still short
+        jobs = [(c, cap) for c, cap in enumerate(capacities) if (c, cap) not in trained]
+        models = train_many(
+            [(mixes[c], cap + reserved) for c, cap in jobs], workers, "per-cluster", progress
+        )
+        trained.update(zip(jobs, models, strict=True))
+        final = union_of([trained[(c, cap)] for c, cap in enumerate(capacities)])
+        short = size - unigram.learned_size(final)
+        if short <= 0 or capacities == largest:
+            break
+        budget += short
+        capacities = allocate(curves, weights, budget)
+    final = trim_least_used(final, size, languages)
     return {
         "model": final,
         "codes": codes,
         "labels": labels.tolist(),
+        "inertia": inertia,
+        "restarts": restarts,
         "vectors": vectors,
         "capacities": capacities,
         "curves": curves,

@@ -37,6 +37,13 @@ def add_vocab_arguments(p: argparse.ArgumentParser) -> None:
         help="total vocabulary size, specials and 256 byte-fallback pieces included",
     )
     b.add_argument("--clusters", type=int, default=8, help="k-means clusters of languages")
+    b.add_argument(
+        "--kmeans-restarts",
+        type=int,
+        default=None,
+        help="k-means++ runs (seeded); the partition with the lowest inertia is kept "
+        "(default: 256)",
+    )
     b.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
     b.add_argument(
         "--per-language-size",
@@ -87,7 +94,7 @@ def run_vocab(args: argparse.Namespace) -> None:
 
 def _run_build(args: argparse.Namespace) -> None:
     from herd.vocab import unigram
-    from herd.vocab.build import build, build_joint
+    from herd.vocab.build import KMEANS_RESTARTS, build, build_joint
     from herd.vocab.compare import plot_languages
     from herd.vocab.corpus import load_corpus
 
@@ -96,6 +103,8 @@ def _run_build(args: argparse.Namespace) -> None:
         raise HerdError(f"{out}: already exists (pass --overwrite to replace it)")
     if args.size < 300:
         raise HerdError(f"--size {args.size}: expected at least 300 (259 pieces are reserved)")
+    if args.kmeans_restarts is not None and args.kmeans_restarts < 1:
+        raise HerdError(f"--kmeans-restarts {args.kmeans_restarts}: expected at least 1")
     start = time.perf_counter()
     corpus = load_corpus(args.corpus)
     tmp = out.with_name(out.name + ".tmp")
@@ -112,7 +121,15 @@ def _run_build(args: argparse.Namespace) -> None:
         model = build_joint(corpus, args.size, threads=args.threads)
         report["method"] = "joint (alpha 0.3)"
     else:
-        result = build(corpus, args.size, args.clusters, args.per_language_size, args.threads)
+        restarts = args.kmeans_restarts or KMEANS_RESTARTS
+        result = build(
+            corpus,
+            args.size,
+            args.clusters,
+            args.per_language_size,
+            args.threads,
+            restarts=restarts,
+        )
         model = result["model"]
         clusters = [
             {
@@ -128,7 +145,11 @@ def _run_build(args: argparse.Namespace) -> None:
         ]
         (tmp / "clusters.json").write_text(json.dumps(clusters, indent=1, ensure_ascii=False))
         plot_languages(result["vectors"], result["codes"], result["labels"], tmp / "languages.png")
-        report.update(method="xlm-v", clusters=clusters)
+        report.update(
+            method="xlm-v",
+            kmeans={"restarts": restarts, "inertia": result["inertia"]},
+            clusters=clusters,
+        )
     reached = len(model.pieces)
     report["size_reached"] = reached
     if reached < args.size:
@@ -150,6 +171,11 @@ def _run_build(args: argparse.Namespace) -> None:
         f"wrote {out / 'tokenizer.model'}: {reached:,} pieces for {len(corpus)} languages "
         f"in {report['seconds']:.0f} s ({report['method']})"
     )
+    if "kmeans" in report:
+        print(
+            f"  k-means++: inertia {report['kmeans']['inertia']:.4f}, "
+            f"the lowest of {report['kmeans']['restarts']} restarts"
+        )
     for k, cluster in enumerate(report.get("clusters", [])):
         print(
             f"  cluster {k}: capacity {cluster['capacity']:>7,}  {', '.join(cluster['languages'])}"

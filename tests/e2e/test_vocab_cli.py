@@ -1,10 +1,14 @@
 """`herd vocab build` / `compare` end to end on the generated 12-language corpus: the clusters are
 the language families, and at equal size the XLM-V vocabulary beats the joint baseline on every
-low-resource language in ALP and tokens per sentence; bad input fails with one line."""
+low-resource language in ALP and tokens per sentence; bad input fails with one line. Also the
+gettext reader of experiments/xlmv_real_text.py on a catalog written here."""
 
 from __future__ import annotations
 
 import json
+import struct
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +49,7 @@ def test_clusters_are_the_language_families(built):
     assert found == sorted(sorted(v) for v in families.values())
     report = json.loads((root / "xlmv" / "report.json").read_text())
     assert report["size_reached"] == 9000 and (root / "xlmv" / "languages.png").is_file()
+    assert report["kmeans"]["restarts"] == 256 and report["kmeans"]["inertia"] > 0
 
 
 def test_xlmv_beats_joint_on_low_resource_languages(built):
@@ -147,6 +152,21 @@ def test_bad_input(tmp_path, built):
         ),
         "--clusters 99: expected 1..12",
     )
+    one_line_error(
+        herd_cli_inprocess(
+            "vocab",
+            "build",
+            corpus,
+            "--size",
+            "9000",
+            "--kmeans-restarts",
+            "0",
+            "--out",
+            tmp_path / "p",
+            check=False,
+        ),
+        "--kmeans-restarts 0: expected at least 1",
+    )
 
 
 def test_jsonl_corpus_matches_the_folder(tmp_path, built):
@@ -172,3 +192,43 @@ def test_jsonl_corpus_matches_the_folder(tmp_path, built):
         herd_cli("vocab", "build", bad, "--size", "1000", "--out", tmp_path / "o", check=False),
         "bad.jsonl:1: expected a JSON object with 'language'",
     )
+
+
+def _mo(messages: list[tuple[bytes, bytes]]) -> bytes:
+    """A little-endian gettext catalog (no hash table), messages sorted as msgfmt sorts them."""
+    messages = sorted(messages)
+    n, ids_at = len(messages), 28
+    strs_at = ids_at + 8 * n
+    data_at = strs_at + 8 * n
+    table, blob = [b"", b""], b""
+    for which in (0, 1):
+        for message in messages:
+            table[which] += struct.pack("<2I", len(message[which]), data_at + len(blob))
+            blob += message[which] + b"\0"
+    head = struct.pack("<7I", 0x950412DE, 0, n, ids_at, strs_at, 0, data_at)
+    return head + table[0] + table[1] + blob
+
+
+def test_real_text_experiment_reads_gettext_catalogs(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+    import xlmv_real_text
+
+    catalog = _mo(
+        [
+            (b"", b"Content-Type: text/plain; charset=ISO-8859-7\n"),
+            (b"Open", "Άνοιγμα".encode("iso-8859-7")),
+            (b"%d file\0%d files", "%d αρχείο\0%d αρχεία".encode("iso-8859-7")),
+            (b"menu\x04Quit", "Έξοδος\nτώρα".encode("iso-8859-7")),
+            (b"GNOME", b"GNOME"),  # untranslated: left out
+            (b"42", b"42"),
+        ]
+    )
+    folder = tmp_path / "locale" / "el" / "LC_MESSAGES"
+    folder.mkdir(parents=True)
+    (folder / "app.mo").write_bytes(catalog)
+    (folder / "iso_639.mo").write_bytes(catalog.replace("Άνοιγμα".encode("iso-8859-7"), b"Xxxxxxx"))
+    pairs = xlmv_real_text.read_mo(folder / "app.mo")
+    assert ("Open", "Άνοιγμα") in pairs and ("Quit", "Έξοδος\nτώρα") in pairs
+    assert ("%d file", "%d αρχεία") in pairs  # every plural form
+    lines = xlmv_real_text.language_lines(tmp_path / "locale", "el")
+    assert lines == sorted(["%d αρχείο", "%d αρχεία", "Άνοιγμα", "Έξοδος", "τώρα"])
