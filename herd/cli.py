@@ -211,7 +211,8 @@ def _config_fields_help() -> str:
         "Every field of every section, with its default. Set them in CONFIG.toml ([train] steps",
         "= 200) or override them as --SECTION.FIELD VALUE (e.g. --train.steps 200).",
         "",
-        "[model]: preset = demo (a name from `herd info --list`), then any of these to change it:",
+        "[model]: preset = demo (a name from `herd info --list`), or checkpoint = FOLDER to start",
+        "from a checkpoint's architecture and weights (fine-tuning); then any of these to change it:",
     ]
     for f in dataclasses.fields(ModelConfig):
         lines.append(f"  model.{f.name:<24} {f.metadata.get('help', '')}")

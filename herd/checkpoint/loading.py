@@ -56,3 +56,27 @@ def load_for_command(
         )
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
     return load(path, chosen, dtype_name), tokenizer, chosen
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights of the checkpoint at `path` (any format `herd.load` reads) into `model`,
+    which was built for the same architecture (fine-tuning starts from a pretrained model)."""
+    from herd.checkpoint.convert import read_checkpoint
+
+    _, state = read_checkpoint(path)
+    own = dict(model.named_parameters())  # a tied output projection is the embedding, once
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise HerdError(f"{path}: has no weight '{missing[0]}' for the model being trained")
+    for name, tensor in state.items():
+        if name not in own:
+            raise HerdError(f"{path}: weight '{name}' is not in the model being trained")
+        # shapes checked for all before any is copied: a failed start changes nothing
+        if tensor.shape != own[name].shape:
+            raise HerdError(
+                f"{path}: weight '{name}' has shape {tuple(tensor.shape)}, the model being "
+                f"trained {tuple(own[name].shape)} ([model] overrides must keep the shapes)"
+            )
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(state[name])

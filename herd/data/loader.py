@@ -11,6 +11,10 @@ rows do not depend on which process builds them or on how the step is split into
 The cursor a checkpoint stores (`state_dict`) is the one before the first step not yet handed
 out, so prefetching never changes what a resumed run sees.
 
+The micro-batches come from a `BatchSource`: pretraining's is `ObjectiveBatches` (packed windows
+shaped by the run's objective); post-training supplies its own (whole dialogues, preference
+pairs), and the loader, the trainer and resume stay the same.
+
 Each step also carries the number of loss targets of every micro-batch: the trainer divides
 every micro-batch's summed loss by the step's total (over all micro-batches and processes), so
 that k accumulated micro-batches give exactly the gradient of one k-times larger batch.
@@ -22,12 +26,49 @@ import contextlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from herd.data.batches import PackedBatches
 from herd.data.config import DataConfig
 from herd.data.objectives import IGNORE_INDEX, TrainBatch, make_batch
+
+
+class BatchSource(Protocol):
+    """An ordered, resumable stream of global micro-batches, of which a process builds its rows."""
+
+    def next_micro_batch(self, rows: slice) -> TrainBatch:
+        """The next global micro-batch's `rows`, advancing the cursor past all of it."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def skip(self, n_batches: int) -> None:
+        """Advance the cursor past `n_batches` global micro-batches, reading nothing."""
+        ...
+
+
+class ObjectiveBatches:
+    """Pretraining's BatchSource: packed windows (PackedBatches) under the run's objective."""
+
+    def __init__(self, packed: PackedBatches, data: DataConfig, sentinels: Sequence[int]) -> None:
+        self.packed, self.data, self.sentinels = packed, data, list(sentinels)
+
+    def next_micro_batch(self, rows: slice) -> TrainBatch:
+        window, docs, seeds = self.packed.next_batch(rows)
+        return make_batch(window, docs, self.data, seeds, self.sentinels)
+
+    def state_dict(self) -> dict:
+        return self.packed.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.packed.load_state_dict(state)
+
+    def skip(self, n_batches: int) -> None:
+        self.packed.skip(n_batches)
 
 
 @dataclass
@@ -43,15 +84,9 @@ class StepLoader:
     """Hands out StepBatches in order, preparing the next one on a background thread."""
 
     def __init__(
-        self,
-        batches: PackedBatches,
-        data: DataConfig,
-        sentinels: Sequence[int],
-        grad_accum: int,
-        rows: slice,
-        pin_memory: bool = False,
+        self, batches: BatchSource, grad_accum: int, rows: slice, pin_memory: bool = False
     ) -> None:
-        self.batches, self.data, self.sentinels = batches, data, list(sentinels)
+        self.batches = batches
         self.grad_accum, self.rows, self.pin = grad_accum, rows, pin_memory
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herd-data")
         self._ahead: tuple[dict, Future] | None = None  # (cursor before it, the step being built)
@@ -59,8 +94,7 @@ class StepLoader:
     def _build(self) -> StepBatch:
         micro, counts = [], []
         for _ in range(self.grad_accum):
-            window, docs, seeds = self.batches.next_batch(self.rows)
-            batch = make_batch(window, docs, self.data, seeds, self.sentinels)
+            batch = self.batches.next_micro_batch(self.rows)
             # Contiguous before pinning: a strided view (next-token inputs are window[:, :-1])
             # would be copied to the device through an unpinned temporary, synchronously.
             mb = batch.map(torch.Tensor.contiguous)

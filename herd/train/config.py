@@ -122,14 +122,27 @@ class RunConfig:
     stability: StabilityConfig = field(default_factory=StabilityConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """The preset with overrides; vocab_size follows the tokenizer unless set explicitly."""
-        from herd.model.presets import preset
-
+        """The architecture with [model]'s field overrides: a preset's, whose vocab_size follows
+        the tokenizer unless set explicitly, or that of the checkpoint training starts from
+        ([model] checkpoint: fine-tuning keeps the checkpoint's shapes and vocabulary)."""
         values = dict(self.model)
-        base = preset(values.pop("preset", "demo")).to_dict()
-        if vocab_size is not None and "vocab_size" not in values:
-            values["vocab_size"] = vocab_size
+        start = values.pop("checkpoint", "")
+        if start:
+            from herd.checkpoint.convert import read_config
+
+            base = read_config(start).to_dict()
+        else:
+            from herd.model.presets import preset
+
+            base = preset(values.pop("preset", "demo")).to_dict()
+            if vocab_size is not None and "vocab_size" not in values:
+                values["vocab_size"] = vocab_size
         return ModelConfig.from_dict({**base, **values}, source="[model]")
+
+    @property
+    def init_checkpoint(self) -> str:
+        """The checkpoint whose weights training starts from ("" for a random initialisation)."""
+        return self.model.get("checkpoint", "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,6 +233,13 @@ def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -
             samples = {"int": 0, "float": 0.0, "bool": False}
             defaults = {f.name: samples.get(str(f.type)) for f in dataclasses.fields(ModelConfig)}
             defaults["preset"] = "demo"
+            defaults["checkpoint"] = ""
+            if "checkpoint" in values and "preset" in values:
+                raise HerdError(
+                    f"{path}: [model] gives both preset and checkpoint; training starts from one"
+                )
+            if "checkpoint" in values:
+                run.model.pop("preset")  # the checkpoint's architecture, not the default preset
         else:
             target = getattr(run, section)
             defaults = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}

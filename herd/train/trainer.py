@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from herd.checkpoint.loading import load_weights
 from herd.data.batches import PackedBatches
-from herd.data.loader import StepLoader
+from herd.data.loader import ObjectiveBatches, StepLoader
 from herd.data.objectives import tokenizer_sentinels
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
@@ -82,6 +83,11 @@ class Trainer:
         self.tokenizer = self.data.tokenizer()
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
         self.model_config = run.model_config(vocab_size=self.tokenizer.vocab_size)
+        if self.tokenizer.vocab_size > self.model_config.vocab_size:
+            raise HerdError(
+                f"{d.path}: the tokenizer has {self.tokenizer.vocab_size} tokens, more than the "
+                f"model's {self.model_config.vocab_size} embeddings"
+            )
         if d.seq_len > self.model_config.max_seq_len:
             raise HerdError(
                 f"data.seq_len {d.seq_len} does not fit the model's context "
@@ -95,16 +101,14 @@ class Trainer:
             self.val_batches = None
             if self.rank == 0:
                 print(f"warning: no validation: {e}", file=sys.stderr)
+        source = ObjectiveBatches(self.train_batches, d, tokenizer_sentinels(self.tokenizer))
         self.loader = StepLoader(
-            self.train_batches,
-            d,
-            tokenizer_sentinels(self.tokenizer),
-            t.grad_accum,
-            self.rows,
-            pin_memory=self.device.type == "cuda",
+            source, t.grad_accum, self.rows, pin_memory=self.device.type == "cuda"
         )
         dtype = PARAM_DTYPES[t.param_dtype]
         self.model = build_model(self.model_config, self.device, dtype, t.seed).train()
+        if run.init_checkpoint:
+            load_weights(self.model, run.init_checkpoint)
         parallelize(self.model, t, self.device, self.world_size)
         self.optimizer = build_optimizer(self.model, run.optim)
         self.step, self.tokens = 0, 0

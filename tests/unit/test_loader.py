@@ -8,7 +8,7 @@ import torch
 
 from herd.data.batches import PackedBatches
 from herd.data.config import DataConfig
-from herd.data.loader import StepLoader
+from herd.data.loader import ObjectiveBatches, StepLoader
 from herd.data.objectives import tokenizer_sentinels
 from herd.data.shards import TokenShards
 from tests.unit.test_trainer import data  # noqa: F401 - the shared prepared shards
@@ -19,7 +19,7 @@ def _loader(data, objective: str, rows: slice, batch: int = 4, accum: int = 2): 
     config = DataConfig(path=str(data), seq_len=32, batch_size=batch, objective=objective)
     batches = PackedBatches(shards, "train", batch, 32, seed=5)
     sentinels = tokenizer_sentinels(shards.tokenizer())
-    return StepLoader(batches, config, sentinels, accum, rows)
+    return StepLoader(ObjectiveBatches(batches, config, sentinels), accum, rows)
 
 
 def _fields(micro):
@@ -50,7 +50,7 @@ def test_a_process_builds_exactly_its_rows(data, objective, monkeypatch):  # noq
         h.close()
         # Its own windows only: at most 4 steps' worth (3 handed out, one ahead) of 2
         # micro-batches of 2 rows; the whole batch would be twice that.
-        own = sum(1 for b in reads if b is h.batches)
+        own = sum(1 for b in reads if b is h.batches.packed)
         assert 3 * 2 * 2 <= own <= 4 * 2 * 2
 
 

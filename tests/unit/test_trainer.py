@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import herd
 from herd import HerdError
 from herd.data.shards import prepare
 from herd.model import loss as loss_module
@@ -314,3 +315,42 @@ def test_activation_checkpointing_and_accumulation(tmp_path, data):
     trainer = Trainer(accum, tmp_path / "c")
     trainer.fit(show_progress=False)
     assert trainer.tokens == 2 * 2 * 4 * 32
+
+
+def test_training_starts_from_a_checkpoint(data, tmp_path):
+    """[model] checkpoint = FOLDER: the architecture and the initial weights are the checkpoint's
+    (what fine-tuning starts from); preset and checkpoint together, or an override that changes a
+    shape, is a one-line error."""
+    base = Trainer(_config(data, tmp_path / "base", **{"train.steps": "4"}), tmp_path / "base")
+    base.fit(show_progress=False)
+    start = sorted((tmp_path / "base" / "checkpoints").glob("step-*"))[-1]
+    expected = herd.load(start).state_dict()
+
+    run = load_run_config(
+        None,
+        {
+            "model.checkpoint": str(start),
+            "data.path": str(data),
+            "data.seq_len": "32",
+            "data.batch_size": "4",
+            "train.steps": "4",
+        },
+    )
+    tuned = Trainer(run, tmp_path / "ft")
+    assert tuned.model_config == herd.load(start).config
+    for name, tensor in tuned.model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+    with pytest.raises(HerdError, match="both preset and checkpoint"):
+        load_run_config(None, {"model.checkpoint": str(start), "model.preset": "demo"})
+    bad = load_run_config(
+        None,
+        {
+            "model.checkpoint": str(start),
+            "model.ffn_dim": "96",
+            "data.path": str(data),
+            "data.seq_len": "32",
+        },
+    )
+    with pytest.raises(HerdError, match="has shape"):
+        Trainer(bad, tmp_path / "bad")
