@@ -1,0 +1,1 @@
+"""Post-training: supervised fine-tuning and preference optimisation data and losses."""
