@@ -14,7 +14,7 @@ random, so the rows are the same on every run and machine.
 
 Each epoch visits the rows in a permutation seeded by (seed, epoch); the cursor (epoch, index) is
 the whole state, so a resumed run draws exactly the batches an uninterrupted one would. As in
-`herd.data.batches.PackedBatches`, `next_batch(rows)` builds only the rows a process owns and moves
+`herd.data.batches.PackedBatches`, `next_micro_batch(rows)` builds only the rows a process owns and moves
 the cursor past the whole batch.
 """
 
@@ -103,7 +103,7 @@ class SFTBatches:
         self.index += 1
         return r
 
-    def next_batch(self, rows: slice | None = None) -> TrainBatch:
+    def next_micro_batch(self, rows: slice | None = None) -> TrainBatch:
         """The next batch's `rows` (all by default) as a TrainBatch [b, seq_len], advancing the
         cursor past the whole batch; only those rows are built."""
         keep = range(self.batch_size)[rows or slice(None)]

@@ -22,7 +22,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -30,10 +29,7 @@ import torch
 from tqdm import tqdm
 
 from herd.checkpoint.loading import load_weights
-from herd.data.batches import PackedBatches
-from herd.data.loader import ObjectiveBatches, StepLoader
-from herd.data.objectives import tokenizer_sentinels
-from herd.data.shards import TokenShards
+from herd.data.loader import StepLoader
 from herd.errors import HerdError
 from herd.model.loss import release_workspace
 from herd.model.transformer import build_model
@@ -54,6 +50,7 @@ from herd.train.spikes import SpikeDetector
 from herd.train.stability import Stability
 from herd.train.stability_stats import layer_groups
 from herd.train.step import accumulate_gradients, clip_gradients, guarded_update
+from herd.train.training_data import TrainingData, pretraining_data
 from herd.train.validation import validate
 from herd.train.verdicts import Verdicts
 
@@ -61,7 +58,13 @@ PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, run_dir: Path, resume: bool = False) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        run_dir: Path,
+        resume: bool = False,
+        data: TrainingData | None = None,
+    ) -> None:
         self.run, self.run_dir = run, Path(run_dir)
         if not run.data.path:
             raise HerdError("data.path is empty: point it at a folder from `herd data prepare`")
@@ -79,8 +82,8 @@ class Trainer:
         if t.param_dtype not in PARAM_DTYPES:
             raise HerdError(f"train.param_dtype '{t.param_dtype}': expected float32 or float64")
         self.checkpoint_format = resolve_format(t.checkpoint_format, self.world_size)
-        self.data = TokenShards(d.path)
-        self.tokenizer = self.data.tokenizer()
+        data = data or pretraining_data(run, self.rank)
+        self.tokenizer, self.val_batches = data.tokenizer, data.val
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
         self.model_config = run.model_config(vocab_size=self.tokenizer.vocab_size)
         if self.tokenizer.vocab_size > self.model_config.vocab_size:
@@ -93,17 +96,8 @@ class Trainer:
                 f"data.seq_len {d.seq_len} does not fit the model's context "
                 f"{self.model_config.max_seq_len} (set model.max_seq_len or lower data.seq_len)"
             )
-        self.train_batches = PackedBatches(self.data, "train", d.batch_size, d.seq_len, d.seed)
-        try:
-            self.val_batches = PackedBatches(self.data, "val", d.batch_size, d.seq_len, d.seed)
-        except HerdError as e:
-            # Training goes on without validation lines; the user is told why.
-            self.val_batches = None
-            if self.rank == 0:
-                print(f"warning: no validation: {e}", file=sys.stderr)
-        source = ObjectiveBatches(self.train_batches, d, tokenizer_sentinels(self.tokenizer))
         self.loader = StepLoader(
-            source, t.grad_accum, self.rows, pin_memory=self.device.type == "cuda"
+            data.source, t.grad_accum, self.rows, pin_memory=self.device.type == "cuda"
         )
         dtype = PARAM_DTYPES[t.param_dtype]
         self.model = build_model(self.model_config, self.device, dtype, t.seed).train()

@@ -327,8 +327,8 @@ def test_packing_never_splits_a_dialogue(sft_examples):
 def test_batches_are_deterministic_resumable_and_split_by_rows(sft_examples):
     a, b = _batches(sft_examples), _batches(sft_examples)
     steps = 3 * a.n_rows // a.batch_size  # crosses epoch boundaries
-    first = [a.next_batch() for _ in range(steps)]
-    again = [b.next_batch() for _ in range(steps)]
+    first = [a.next_micro_batch() for _ in range(steps)]
+    again = [b.next_micro_batch() for _ in range(steps)]
     assert all(torch.equal(x.inputs, y.inputs) for x, y in zip(first, again, strict=True))
 
     resumed = _batches(sft_examples)
@@ -337,15 +337,15 @@ def test_batches_are_deterministic_resumable_and_split_by_rows(sft_examples):
     fresh = _batches(sft_examples)
     fresh.load_state_dict(state)
     for x in first[2:]:
-        y = fresh.next_batch()
+        y = fresh.next_micro_batch()
         assert torch.equal(x.inputs, y.inputs) and torch.equal(x.targets, y.targets)
         assert torch.equal(x.doc_ids, y.doc_ids)
 
     part = _batches(sft_examples)
     for x in first[:4]:
-        y = part.next_batch(slice(1, 3))
+        y = part.next_micro_batch(slice(1, 3))
         assert torch.equal(x.targets[1:3], y.targets)
-    other_seed = _batches(sft_examples, seed=6).next_batch()
+    other_seed = _batches(sft_examples, seed=6).next_micro_batch()
     assert not torch.equal(other_seed.inputs, first[0].inputs)
 
 
@@ -361,7 +361,7 @@ def test_packed_loss_is_the_sum_of_dialogues_alone_on_assistant_tokens(llama2, s
     )
     model = herd.build_model(config, seed=0)
     batches = _batches(sft_examples)
-    batch = batches.next_batch()
+    batch = batches.next_micro_batch()
     order = batches._permutation(0)[: batches.batch_size]
     with torch.no_grad():
         packed = model(
