@@ -15,8 +15,15 @@ peft = pytest.importorskip("peft")
 
 import herd  # noqa: E402
 from herd.checkpoint.convert import convert  # noqa: E402
+from herd.checkpoint.hf import herd_to_hf_name  # noqa: E402
 from herd.checkpoint.io import save_herd_folder  # noqa: E402
-from herd.model.lora import LoraConfig, apply_lora, lora_layers, save_adapter  # noqa: E402
+from herd.model.lora import (  # noqa: E402
+    LoraConfig,
+    apply_lora,
+    lora_layers,
+    merge_lora,
+    save_adapter,
+)
 from herd.model.transformer import build_model  # noqa: E402
 
 GQA = herd.ModelConfig(
@@ -75,3 +82,15 @@ def test_peft_on_the_hf_export_gives_herd_logits(tmp_path, targets):
     from safetensors.torch import load_file
 
     assert saved == set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+
+
+def test_merge_matches_peft_merge_and_unload(tmp_path):
+    model, base_state = _adapted_herd_model(("q_proj", "k_proj", "down_proj"), r=3, alpha=5.0)
+    save_herd_folder(GQA, base_state, tmp_path / "base")
+    convert(tmp_path / "base", tmp_path / "hf", dst_format="hf")
+    save_adapter(model, tmp_path / "adapter", base_path=tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").merge_and_unload()
+    theirs = theirs.state_dict()
+    for name, w in merge_lora(model).items():
+        torch.testing.assert_close(w, theirs[herd_to_hf_name(name)], atol=1e-6, rtol=0)
