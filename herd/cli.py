@@ -41,15 +41,21 @@ def _run_info(args: argparse.Namespace) -> None:
 
 
 def _add_convert(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", metavar="SRC", help="source checkpoint (folder or llama2.c .bin file)")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="source checkpoint (folder or llama2.c .bin file); with --merge-lora, a PEFT LoRA "
+        "adapter folder (adapter_config.json + adapter_model.safetensors)",
+    )
     p.add_argument("dst", metavar="DST", help="destination folder (must not exist)")
     p.add_argument(
         "--from",
         dest="src_format",
         default="auto",
         choices=["auto", "herd", "hf", "meta", "llama2c"],
-        help="source format; auto detects herd (config.json with format=herd), hf (config.json), "
-        "meta (params.json + consolidated.NN.pth) or llama2c (.bin) (default: auto)",
+        help="source format (with --merge-lora: the base's); auto detects herd (config.json "
+        "with format=herd), hf (config.json), meta (params.json + consolidated.NN.pth) or "
+        "llama2c (.bin) (default: auto)",
     )
     p.add_argument(
         "--to",
@@ -70,12 +76,34 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace DST if it exists (only after the new folder is completely written)",
     )
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="SRC is a LoRA adapter: write its base checkpoint with W + (alpha/r) B A merged into "
+        "every adapted projection, and the base's tokenizer files",
+    )
+    p.add_argument(
+        "--base",
+        metavar="BASE",
+        default=None,
+        help="with --merge-lora: the base checkpoint (default: the adapter's "
+        "base_model_name_or_path)",
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> None:
     from herd.checkpoint.convert import convert
 
-    out = convert(args.src, args.dst, args.src_format, args.dst_format, args.dtype, args.overwrite)
+    out = convert(
+        args.src,
+        args.dst,
+        args.src_format,
+        args.dst_format,
+        args.dtype,
+        args.overwrite,
+        merge_lora=args.merge_lora,
+        base=args.base,
+    )
     print(f"wrote {out}")
 
 

@@ -2,7 +2,8 @@
 
 Every reader returns a `ModelConfig` and a state dict in herd's tensor names and RoPE layout; every
 writer takes the same. `load` (the public `herd.load`) reads any format into a ready model;
-`convert` rewrites any readable format as a herd or Hugging Face folder, carrying tokenizer files.
+`convert` rewrites any readable format as a herd or Hugging Face folder, carrying tokenizer files;
+with `merge_lora` its source is a PEFT LoRA adapter folder, merged into its base checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def detect_format(path: Path) -> str:
         raise HerdError(
             f"{path}: a file, but not a llama2.c .bin model (expected a folder or .bin)"
         )
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise HerdError(f"{path}: a LoRA adapter folder, not a checkpoint (pass --merge-lora)")
     if io.is_herd_folder(path):
         return "herd"
     if meta.is_meta_folder(path):
@@ -97,18 +100,57 @@ def convert(
     dst_format: str = "herd",
     dtype: str | None = None,
     overwrite: bool = False,
+    merge_lora: bool = False,
+    base: str | Path | None = None,
 ) -> Path:
-    """Rewrite a checkpoint in another format; validates every tensor before writing anything."""
+    """Rewrite a checkpoint in another format; validates every tensor before writing anything.
+
+    With `merge_lora`, `src` is a PEFT LoRA adapter folder: its base checkpoint (`base`, else the
+    adapter's `base_model_name_or_path`, read as `src_format`) gets W + (alpha / r) B A in every
+    adapted projection, and is written with the base's tokenizer files."""
     src, dst = Path(src), Path(dst)
     if dst_format not in ("herd", "hf"):
         raise HerdError(f"unknown target format '{dst_format}' (expected herd or hf)")
+    if base is not None and not merge_lora:
+        raise HerdError("--base is only meaningful with --merge-lora")
     if dst.exists() and not overwrite:
         raise HerdError(f"{dst}: already exists (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
         raise HerdError(f"{dst}: destination is the source")
     target_dtype = io.parse_dtype(dtype)
-    model = load(src, "cpu", target_dtype, src_format)  # checks names and shapes
-    config = model.config
-    state_dict = {k: v for k, v in model.state_dict().items()}
+    if merge_lora:
+        from herd.model import lora
+
+        base = _adapter_base(src, base)
+        if dst.resolve() == base.resolve():
+            raise HerdError(f"{dst}: destination is the base checkpoint")
+        model = lora.load_adapter(load(base, "cpu", target_dtype, src_format), src)
+        state_dict = lora.merge_lora(model)
+        src = base  # the tokenizer files come from the base
+    else:
+        model = load(src, "cpu", target_dtype, src_format)  # checks names and shapes
+        state_dict = {k: v for k, v in model.state_dict().items()}
     writer = io.save_herd_folder if dst_format == "herd" else hf.write_hf_folder
-    return writer(config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
+    return writer(model.config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
+
+
+def _adapter_base(adapter: Path, base: str | Path | None) -> Path:
+    """The base checkpoint of a LoRA adapter folder: `base` if given, else the one it names."""
+    from herd.model.lora import read_adapter_config
+
+    _, named = read_adapter_config(adapter)  # validates the adapter before any weights are read
+    if base is not None:
+        base = Path(base)
+        if not base.exists():
+            raise HerdError(f"{base}: base checkpoint not found")
+        return base
+    if not named:
+        raise HerdError(
+            f"{adapter}/adapter_config.json names no base_model_name_or_path (pass --base)"
+        )
+    if not Path(named).exists():
+        raise HerdError(
+            f"{named}: base checkpoint named by {adapter}/adapter_config.json not found "
+            "(pass --base with a local copy)"
+        )
+    return Path(named)
