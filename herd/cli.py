@@ -257,6 +257,29 @@ def _run_train(args: argparse.Namespace) -> None:
     run_train(args)
 
 
+def _add_sft(p: argparse.ArgumentParser) -> None:
+    import textwrap
+
+    _add_train(p)
+    p.epilog = (
+        textwrap.fill(
+            "[model] checkpoint = FOLDER names the checkpoint to fine-tune (its tokenizer gives the "
+            "chat format); [data] path names the conversations: JSONL, Parquet, a folder of them or "
+            'a Hugging Face dataset, rows {"messages": [{"role", "content"}, ...]}. Defaults that '
+            "differ from `herd train`: optim.lr 1e-5, optim.warmup_steps 10.",
+            width=90,
+        )
+        + "\n\n"
+        + p.epilog
+    )
+
+
+def _run_sft(args: argparse.Namespace) -> None:
+    from herd.posttrain.sft import run_sft
+
+    run_sft(args)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument(
@@ -376,6 +399,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "tokenizer": ("encode, decode, train and inspect tokenizers", _add_tokenizer, _run_tokenizer),
     "data": ("prepare token shards from text, JSONL, Parquet or the stdlib", _add_data, _run_data),
     "train": ("pretrain a model on prepared token shards", _add_train, _run_train),
+    "sft": (
+        "supervised fine-tuning of a checkpoint on conversations (assistant tokens only)",
+        _add_sft,
+        _run_sft,
+    ),
     "stability": (
         "Adam-instability dashboards and loss-spike summary of a training run",
         _add_stability,
@@ -426,13 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="lm-eval", handler=_run_lm_eval, lm_eval_args=argv[1:])
     else:
         overrides = {}
-        if argv[:1] == ["train"]:
+        if argv[:1] in (["train"], ["sft"]):
             from herd.train.config import split_overrides
 
             try:
                 argv, overrides = split_overrides(argv)
             except HerdError as e:
-                sys.stderr.write(f"herd train: error: {e}\n")
+                sys.stderr.write(f"herd {argv[0]}: error: {e}\n")
                 return 2
         args = parser.parse_args(argv)
         args.overrides = overrides

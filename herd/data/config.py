@@ -37,3 +37,14 @@ class DataConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of the window order and objectives"})
+    too_long: str = field(
+        default="drop",
+        metadata={
+            "help": "sft: a dialogue longer than seq_len is dropped, or truncated (kept to "
+            "seq_len tokens if an assistant token remains); either way counted"
+        },
+    )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "sft, dpo: a malformed row is fatal (default: reported and skipped)"},
+    )

@@ -10,7 +10,6 @@ from herd.errors import HerdError
 
 def run_train(args: argparse.Namespace) -> None:
     from herd.train.config import load_run_config
-    from herd.train.trainer import Trainer
 
     overrides = getattr(args, "overrides", {})
     if args.resume:
@@ -24,7 +23,15 @@ def run_train(args: argparse.Namespace) -> None:
             raise HerdError("give a CONFIG.toml (see configs/) or --SECTION.FIELD overrides")
         run = load_run_config(args.config, overrides)
         run_dir = Path(run.train.out)
-    trainer = Trainer(run, run_dir, resume=bool(args.resume))
+    fit_and_report(run, run_dir, bool(args.resume))
+
+
+def fit_and_report(run, run_dir: Path, resume: bool, data=None) -> None:
+    """Train `run` in `run_dir` (on `data`, default pretraining's shards) and print where it
+    ended: the one loop behind `herd train`, `herd sft` and the later post-training stages."""
+    from herd.train.trainer import Trainer
+
+    trainer = Trainer(run, run_dir, resume=resume, data=data)
     last = trainer.fit()
     parts = [f"step {trainer.step}", f"tokens {trainer.tokens:,}"]
     if "loss" in last:

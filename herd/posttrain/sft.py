@@ -1,0 +1,114 @@
+"""`herd sft CONFIG.toml`: supervised fine-tuning of a checkpoint on conversations.
+
+Llama 2 section 3.1 and Llama 3 section 4.1: the loss is the cross-entropy of the assistant's
+tokens only (system, user and tool turns and the headers carry none), and several dialogues are
+packed per row with attention kept within each dialogue (herd/posttrain/sft_batches.py). It runs on
+the pretraining engine (herd/train/trainer.py): the same run folder, checkpoints, resume, FSDP2,
+metrics, stability monitor and plots; only the data differs.
+
+The run config is a `herd train` config whose [model] names the checkpoint to start from
+(`checkpoint = FOLDER`), whose tokenizer and chat format are used, and whose [data] path names the
+conversations (JSONL, Parquet, a folder of them, or a Hugging Face dataset). Defaults that differ
+from pretraining follow Llama 3's SFT: learning rate 1e-5 (Llama 2: 2e-5), cosine decay to 10%
+after a short warm-up, weight decay 0.1. Validation on held-out conversations is not implemented
+yet: the run says so and trains without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from herd.errors import HerdError
+from herd.train.config import RunConfig, load_run_config
+from herd.train.training_data import TrainingData
+
+# Overrides of pretraining's defaults (a config file and the command line override these).
+SFT_DEFAULTS = {"optim.lr": "1e-5", "optim.warmup_steps": "10"}
+
+
+def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
+    """The checkpoint's tokenizer and the packed conversations of [data] path."""
+    from herd.posttrain.chat_data import load_sft
+    from herd.posttrain.sft_batches import SFTBatches
+    from herd.tokenizer import find_tokenizer, load_tokenizer
+
+    if not run.init_checkpoint:
+        raise HerdError(
+            "[model] checkpoint is empty: fine-tuning starts from a checkpoint "
+            "(set [model] checkpoint = FOLDER or --model.checkpoint FOLDER)"
+        )
+    if find_tokenizer(Path(run.init_checkpoint)) is None:
+        raise HerdError(
+            f"{run.init_checkpoint}: has no tokenizer file, which SFT needs for its chat format"
+        )
+    tokenizer = load_tokenizer(run.init_checkpoint)
+    d = run.data
+    if not d.path:
+        raise HerdError("data.path is empty: point it at conversations (JSONL, Parquet, dataset)")
+    data = load_sft(tokenizer, d.path, d.seq_len, on_long=d.too_long, strict=d.strict)
+    if rank == 0:
+        for problem in data.problems[:5]:
+            print(f"skipped {problem}", file=sys.stderr)
+        if len(data.problems) > 5:
+            print(f"... and {len(data.problems) - 5} more malformed rows", file=sys.stderr)
+        c = data.counts
+        print(
+            f"sft data: {c['kept']} of {c['rows']} conversations kept ({c['malformed']} "
+            f"malformed, {c['too_long']} too long for seq_len {d.seq_len} and dropped, "
+            f"{c['truncated']} truncated)",
+            file=sys.stderr,
+        )
+    if not data.examples:
+        raise HerdError(f"{d.path}: no usable conversation")
+    pad = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
+    batches = SFTBatches(data.examples, d.batch_size, d.seq_len, d.seed, pad_id=pad)
+    if rank == 0:
+        steps = batches.n_rows / d.batch_size
+        print(
+            f"sft data: {batches.n_rows} packed rows of {d.seq_len} positions, one epoch = "
+            f"{steps:.1f} micro-batches of {d.batch_size}; no validation set (not implemented)",
+            file=sys.stderr,
+        )
+    return TrainingData(tokenizer, batches, None)
+
+
+def load_sft_config(path: str | None, overrides: dict[str, str]) -> RunConfig:
+    """A run config with SFT's defaults under the file and the command line."""
+    import tomllib
+
+    given = set(overrides)
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            table = {}  # load_run_config reports the problem with the file
+        given |= {f"{s}.{k}" for s, v in table.items() if isinstance(v, dict) for k in v}
+    defaults = {k: v for k, v in SFT_DEFAULTS.items() if k not in given}
+    return load_run_config(path, {**defaults, **overrides})
+
+
+def run_sft(args: argparse.Namespace) -> None:
+    """`herd sft CONFIG.toml [--SECTION.FIELD VALUE ...]` or `herd sft --resume RUN_DIR`."""
+    from herd.train.commands import fit_and_report
+
+    overrides = getattr(args, "overrides", {})
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = args.config or run_dir / "config.toml"
+        if not Path(config).is_file():
+            raise HerdError(f"{run_dir}: no config.toml to resume from")
+        run = load_run_config(str(config), overrides)  # resolved: the defaults are in it
+    else:
+        if args.config is None and not overrides:
+            raise HerdError(
+                "give a CONFIG.toml (see configs/sft.toml) or --SECTION.FIELD overrides"
+            )
+        run = load_sft_config(args.config, overrides)
+        run_dir = Path(run.train.out)
+    from herd.train import distributed
+
+    rank, _ = distributed.world()
+    fit_and_report(run, run_dir, bool(args.resume), sft_data(run, rank))

@@ -1,0 +1,118 @@
+"""`herd sft`: fine-tuning a checkpoint on conversations through the pretraining engine."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import herd
+from herd.checkpoint.io import save_herd_folder
+from herd.vocab.bpe import train_bpe
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
+
+CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
+
+
+def _dialogues(n: int, seed: int = 0) -> list[dict]:
+    """Arithmetic conversations with exactly checkable answers."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        messages = [
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {"role": "assistant", "content": f"{a + b}"},
+        ]
+        if rng.random() < 0.3:
+            messages.insert(0, {"role": "system", "content": "Answer with a number."})
+        rows.append({"messages": messages})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    corpus = root / "corpus.txt"
+    text = "\n".join(
+        f"What is {a} plus {b}? {a + b}. Answer with a number."
+        for a in range(10)
+        for b in range(10)
+    )
+    corpus.write_text(text * 3, "utf-8")
+    tok_dir = train_bpe([corpus], 400, root / "tok", show_progress=False)
+    tok = herd.load_tokenizer(tok_dir)
+    config = herd.ModelConfig(vocab_size=tok.vocab_size, **CONFIG)
+    base = root / "base"
+    model = herd.build_model(config, seed=0)
+    save_herd_folder(config, model.state_dict(), base, tokenizer=tok.files())
+    data = root / "chats.jsonl"
+    rows = [json.dumps(r) for r in _dialogues(48)]
+    rows.insert(5, json.dumps({"messages": [{"role": "user", "content": "no reply"}]}))
+    data.write_text("\n".join(rows) + "\n", "utf-8")
+    return root, base, data
+
+
+def _args(base, data, out, *extra):
+    return [
+        "--model.checkpoint", base, "--data.path", data, "--data.seq_len", "64",
+        "--data.batch_size", "4", "--train.steps", "12", "--train.log_every", "2",
+        "--train.eval_every", "100", "--train.checkpoint_every", "6", "--train.out", out,
+        "--optim.lr", "3e-3", "--optim.warmup_steps", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_sft_trains_on_assistant_tokens_and_resumes(setup, tmp_path):
+    _, base, data = setup
+    out = tmp_path / "run"
+    proc = herd_cli("sft", *_args(base, data, out))
+    assert "48 of 49 conversations kept (1 malformed" in proc.stderr
+    assert f"{data}:6:" in proc.stderr and "assistant" in proc.stderr  # the row, named
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [x for x in losses if x is not None]
+    assert losses[-1] < losses[0]
+    resolved = (out / "config.toml").read_text()
+    assert f'checkpoint = "{base}"' in resolved and "lr = 0.003" in resolved
+    step = out / "checkpoints" / "step-00000012"
+    assert herd.load(step).config == herd.load(base).config
+    assert herd.load_tokenizer(step).chat_format == herd.load_tokenizer(base).chat_format
+    # the tuned checkpoint chats in its format and stops at the end of its turn
+    reply = herd_cli_inprocess(
+        "generate", step, "--prompt", "What is 2 plus 3?", "--chat", "--temperature", "0",
+        "--max-new-tokens", "8",
+    )  # fmt: skip
+    assert reply.returncode == 0
+
+    # stopped after step 6 (its checkpoint) and resumed: the uninterrupted run's last loss
+    from herd.posttrain.sft import load_sft_config, sft_data
+    from herd.train.trainer import Trainer
+
+    again = tmp_path / "again"
+    flags = _args(base, data, again)
+    run = load_sft_config(
+        None, {k[2:]: str(v) for k, v in zip(flags[::2], flags[1::2], strict=True)}
+    )
+    Trainer(run, again, data=sft_data(run)).fit(show_progress=False, stop_at=6)
+    herd_cli_inprocess("sft", "--resume", again)
+    tail = json.loads((again / "metrics.jsonl").read_text().splitlines()[-1])
+    assert tail["step"] == 12 and tail["loss"] == pytest.approx(losses[-1], rel=1e-5)
+
+
+def test_sft_defaults_and_errors(setup, tmp_path):
+    _, base, data = setup
+    from herd.posttrain.sft import load_sft_config
+
+    run = load_sft_config(None, {"model.checkpoint": str(base)})
+    assert run.optim.lr == 1e-5 and run.optim.warmup_steps == 10
+    toml = tmp_path / "c.toml"
+    toml.write_text("[optim]\nlr = 2e-5\n")
+    assert load_sft_config(str(toml), {}).optim.lr == 2e-5  # the file wins over the default
+    one_line_error(
+        herd_cli_inprocess("sft", "--data.path", data, check=False), "[model] checkpoint is empty"
+    )
+    one_line_error(
+        herd_cli_inprocess("sft", *_args(base, data, tmp_path / "s", "--data.strict", "true"),
+                           check=False),
+        f"{data}:6:",
+    )  # fmt: skip
