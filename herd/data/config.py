@@ -44,6 +44,13 @@ class DataConfig:
             "seq_len tokens if an assistant token remains); either way counted"
         },
     )
+    val_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "sft: share of the conversations held out for validation, chosen by a hash "
+            "of their tokens (pretraining's split is set by `herd data prepare`)"
+        },
+    )
     strict: bool = field(
         default=False,
         metadata={"help": "sft, dpo: a malformed row is fatal (default: reported and skipped)"},

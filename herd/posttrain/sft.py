@@ -10,13 +10,15 @@ The run config is a `herd train` config whose [model] names the checkpoint to st
 (`checkpoint = FOLDER`), whose tokenizer and chat format are used, and whose [data] path names the
 conversations (JSONL, Parquet, a folder of them, or a Hugging Face dataset). Defaults that differ
 from pretraining follow Llama 3's SFT: learning rate 1e-5 (Llama 2: 2e-5), cosine decay to 10%
-after a short warm-up, weight decay 0.1. Validation on held-out conversations is not implemented
-yet: the run says so and trains without it.
+after a short warm-up, weight decay 0.1. A share of the conversations (`data.val_fraction`, by a
+hash of their tokens) is held out: validation reports the loss and bits per byte of their
+assistant tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -63,15 +65,41 @@ def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
     if not data.examples:
         raise HerdError(f"{d.path}: no usable conversation")
     pad = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
-    batches = SFTBatches(data.examples, d.batch_size, d.seq_len, d.seed, pad_id=pad)
+    train, held_out = split_held_out(data.examples, d.val_fraction)
+    batches = SFTBatches(train, d.batch_size, d.seq_len, d.seed, pad_id=pad)
+    val, why = None, f"data.val_fraction {d.val_fraction} holds out {len(held_out)} conversations"
+    try:
+        if held_out:
+            val = SFTBatches(held_out, d.batch_size, d.seq_len, d.seed, pad_id=pad).sequential
+    except HerdError as e:
+        why = f"{why}: {e}"
     if rank == 0:
         steps = batches.n_rows / d.batch_size
         print(
-            f"sft data: {batches.n_rows} packed rows of {d.seq_len} positions, one epoch = "
-            f"{steps:.1f} micro-batches of {d.batch_size}; no validation set (not implemented)",
+            f"sft data: {len(train)} conversations in {batches.n_rows} packed rows of "
+            f"{d.seq_len} positions, one epoch = {steps:.1f} micro-batches of {d.batch_size}; "
+            + (
+                f"validation on {len(held_out)} held-out conversations"
+                if val
+                else f"no validation ({why})"
+            ),
             file=sys.stderr,
         )
-    return TrainingData(tokenizer, batches, None)
+    return TrainingData(tokenizer, batches, val)
+
+
+def split_held_out(examples: list, fraction: float) -> tuple[list, list]:
+    """(training, held-out) conversations: a conversation is held out when a hash of its tokens
+    falls in `fraction`, so the split depends on the data alone (not on order or seed)."""
+    if not 0.0 <= fraction < 1.0:
+        raise HerdError(f"data.val_fraction {fraction}: expected a value in [0, 1)")
+    train, held_out = [], []
+    for example in examples:
+        digest = hashlib.sha256(repr(example.ids).encode()).digest()
+        (held_out if int.from_bytes(digest[:8], "big") < fraction * 2**64 else train).append(
+            example
+        )
+    return train, held_out
 
 
 def load_sft_config(path: str | None, overrides: dict[str, str]) -> RunConfig:

@@ -115,6 +115,18 @@ class SFTBatches:
         inputs, targets, docs = (torch.stack(t) for t in zip(*parts, strict=True))
         return TrainBatch(inputs, targets, docs)
 
+    def sequential(self, max_batches: int | None = None, rows: slice | None = None):
+        """Validation: TrainBatches of the packed rows in order (the first `max_batches`
+        batches), the same on every call; the cursor does not move."""
+        n = self.n_rows // self.batch_size
+        n = n if max_batches is None else min(n, max_batches)
+        for b in range(n):
+            chosen = range(b * self.batch_size, (b + 1) * self.batch_size)[rows or slice(None)]
+            inputs, targets, docs = (
+                torch.stack(t) for t in zip(*map(self.row, chosen), strict=True)
+            )
+            yield TrainBatch(inputs, targets, docs)
+
     def skip(self, n_batches: int) -> None:
         """Advance the cursor past `n_batches` batches, building nothing."""
         for _ in range(n_batches * self.batch_size):

@@ -321,16 +321,13 @@ class Trainer:
         return True
 
     def evaluate(self) -> dict | None:
-        """Next-token validation loss and bits per byte on the held-out split."""
+        """Validation loss and bits per byte on the held-out batches (None without any)."""
         if self.val_batches is None:
             return None
         return validate(
             self.model,
-            self.val_batches,
-            max_batches=self.run.train.eval_batches,
-            rows=self.rows,
+            self.val_batches(self.run.train.eval_batches, self.rows),
             device=self.device,
-            document_mask=self.run.data.document_mask,
             token_bytes=self.token_bytes,
             autocast=self._autocast,
         )

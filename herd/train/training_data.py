@@ -9,26 +9,29 @@ stages (herd/posttrain/) build theirs from conversations and preference pairs. E
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from herd.data.batches import PackedBatches
 from herd.data.loader import BatchSource, ObjectiveBatches
-from herd.data.objectives import tokenizer_sentinels
+from herd.data.objectives import TrainBatch, tokenizer_sentinels
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
 from herd.tokenizer import Tokenizer
 from herd.train.config import RunConfig
+from herd.train.validation import next_token_batches
 
 
 @dataclass
 class TrainingData:
     """What a run trains on: the tokenizer (saved with every checkpoint), the training batches,
-    and validation windows (or None). Pretraining's come from `herd data prepare` shards
-    (`pretraining_data`); post-training stages build their own and hand them to the Trainer."""
+    and the held-out batches: `val(max_batches, rows)` yields this process's rows of the same
+    batches at every evaluation (None: no validation). Pretraining's come from `herd data
+    prepare` shards (`pretraining_data`); post-training stages build their own."""
 
     tokenizer: Tokenizer
     source: BatchSource
-    val: PackedBatches | None
+    val: Callable[[int | None, slice], Iterable[TrainBatch]] | None
 
 
 def pretraining_data(run: RunConfig, rank: int = 0) -> TrainingData:
@@ -45,4 +48,5 @@ def pretraining_data(run: RunConfig, rank: int = 0) -> TrainingData:
         if rank == 0:
             print(f"warning: no validation: {e}", file=sys.stderr)
     source = ObjectiveBatches(train, d, tokenizer_sentinels(tokenizer))
-    return TrainingData(tokenizer, source, val)
+    held_out = None if val is None else next_token_batches(val, d.document_mask)
+    return TrainingData(tokenizer, source, held_out)

@@ -58,7 +58,8 @@ def _args(base, data, out, *extra):
     return [
         "--model.checkpoint", base, "--data.path", data, "--data.seq_len", "64",
         "--data.batch_size", "4", "--train.steps", "12", "--train.log_every", "2",
-        "--train.eval_every", "100", "--train.checkpoint_every", "6", "--train.out", out,
+        "--train.eval_every", "6", "--train.checkpoint_every", "6", "--train.out", out,
+        "--data.val_fraction", "0.3",
         "--optim.lr", "3e-3", "--optim.warmup_steps", "2", *extra,
     ]  # fmt: skip
 
@@ -69,8 +70,11 @@ def test_sft_trains_on_assistant_tokens_and_resumes(setup, tmp_path):
     proc = herd_cli("sft", *_args(base, data, out))
     assert "48 of 49 conversations kept (1 malformed" in proc.stderr
     assert f"{data}:6:" in proc.stderr and "assistant" in proc.stderr  # the row, named
-    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    losses = [x for x in losses if x is not None]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
+    # held-out conversations (a hash of their tokens picks them), masked as in training
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert "validation on" in proc.stderr and len(val) == 2 and val[-1] < val[0]
     assert losses[-1] < losses[0]
     resolved = (out / "config.toml").read_text()
     assert f'checkpoint = "{base}"' in resolved and "lr = 0.003" in resolved
@@ -95,8 +99,10 @@ def test_sft_trains_on_assistant_tokens_and_resumes(setup, tmp_path):
     )
     Trainer(run, again, data=sft_data(run)).fit(show_progress=False, stop_at=6)
     herd_cli_inprocess("sft", "--resume", again)
-    tail = json.loads((again / "metrics.jsonl").read_text().splitlines()[-1])
+    resumed = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    tail = [r for r in resumed if "loss" in r][-1]
     assert tail["step"] == 12 and tail["loss"] == pytest.approx(losses[-1], rel=1e-5)
+    assert [r["val_loss"] for r in resumed if "val_loss" in r][-1] == pytest.approx(val[-1])
 
 
 def test_sft_defaults_and_errors(setup, tmp_path):
