@@ -280,6 +280,31 @@ def _run_sft(args: argparse.Namespace) -> None:
     run_sft(args)
 
 
+def _add_dpo(p: argparse.ArgumentParser) -> None:
+    import textwrap
+
+    _add_train(p)
+    p.epilog = (
+        textwrap.fill(
+            "[model] checkpoint = FOLDER names the checkpoint to train (usually an SFT result; it is "
+            "also the reference, whose log-probabilities are computed once into the run folder); "
+            "[data] path names preference pairs: JSONL, Parquet, a folder of them or a Hugging Face "
+            'dataset, rows {"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
+            "data.seq_len is the longest prompt + response kept; [dpo] beta and alpha. Defaults that "
+            "differ from `herd train`: optim.lr 1e-5, optim.warmup_steps 10.",
+            width=90,
+        )
+        + "\n\n"
+        + p.epilog
+    )
+
+
+def _run_dpo(args: argparse.Namespace) -> None:
+    from herd.posttrain.dpo_run import run_dpo
+
+    run_dpo(args)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument(
@@ -404,6 +429,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _add_sft,
         _run_sft,
     ),
+    "dpo": (
+        "direct preference optimisation of a checkpoint on preference pairs (Llama 3 recipe)",
+        _add_dpo,
+        _run_dpo,
+    ),
     "stability": (
         "Adam-instability dashboards and loss-spike summary of a training run",
         _add_stability,
@@ -454,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="lm-eval", handler=_run_lm_eval, lm_eval_args=argv[1:])
     else:
         overrides = {}
-        if argv[:1] in (["train"], ["sft"]):
+        if argv[:1] in (["train"], ["sft"], ["dpo"]):
             from herd.train.config import split_overrides
 
             try:

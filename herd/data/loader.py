@@ -32,7 +32,7 @@ import torch
 
 from herd.data.batches import PackedBatches
 from herd.data.config import DataConfig
-from herd.data.objectives import IGNORE_INDEX, TrainBatch, make_batch
+from herd.data.objectives import TrainBatch, make_batch
 
 
 class BatchSource(Protocol):
@@ -99,7 +99,7 @@ class StepLoader:
             # would be copied to the device through an unpinned temporary, synchronously.
             mb = batch.map(torch.Tensor.contiguous)
             micro.append(mb.map(torch.Tensor.pin_memory) if self.pin else mb)
-            counts.append(int((batch.targets != IGNORE_INDEX).sum()))
+            counts.append(batch.loss_count())
         counts = torch.tensor(counts, dtype=torch.int64)
         return StepBatch(micro, counts.pin_memory() if self.pin else counts)
 

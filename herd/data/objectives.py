@@ -141,6 +141,10 @@ class TrainBatch:
     def to(self, device: torch.device, non_blocking: bool = False) -> TrainBatch:
         return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
+    def loss_count(self) -> int:
+        """What the step's loss is averaged over: the targets that carry loss."""
+        return int((self.targets != IGNORE_INDEX).sum())
+
 
 def build_batch(
     window: torch.Tensor,

@@ -34,21 +34,9 @@ def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
     """The checkpoint's tokenizer and the packed conversations of [data] path."""
     from herd.posttrain.chat_data import load_sft
     from herd.posttrain.sft_batches import SFTBatches
-    from herd.tokenizer import find_tokenizer, load_tokenizer
 
-    if not run.init_checkpoint:
-        raise HerdError(
-            "[model] checkpoint is empty: fine-tuning starts from a checkpoint "
-            "(set [model] checkpoint = FOLDER or --model.checkpoint FOLDER)"
-        )
-    if find_tokenizer(Path(run.init_checkpoint)) is None:
-        raise HerdError(
-            f"{run.init_checkpoint}: has no tokenizer file, which SFT needs for its chat format"
-        )
-    tokenizer = load_tokenizer(run.init_checkpoint)
+    tokenizer = start_tokenizer(run, "SFT")
     d = run.data
-    if not d.path:
-        raise HerdError("data.path is empty: point it at conversations (JSONL, Parquet, dataset)")
     data = load_sft(tokenizer, d.path, d.seq_len, on_long=d.too_long, strict=d.strict)
     if rank == 0:
         for problem in data.problems[:5]:
@@ -102,8 +90,33 @@ def split_held_out(examples: list, fraction: float) -> tuple[list, list]:
     return train, held_out
 
 
+def start_tokenizer(run: RunConfig, stage: str):
+    """The tokenizer of the checkpoint a post-training run starts from (its chat format)."""
+    from herd.tokenizer import find_tokenizer, load_tokenizer
+
+    if not run.init_checkpoint:
+        raise HerdError(
+            "[model] checkpoint is empty: fine-tuning starts from a checkpoint "
+            "(set [model] checkpoint = FOLDER or --model.checkpoint FOLDER)"
+        )
+    if find_tokenizer(Path(run.init_checkpoint)) is None:
+        raise HerdError(
+            f"{run.init_checkpoint}: has no tokenizer file, which {stage} needs for its chat format"
+        )
+    if not run.data.path:
+        raise HerdError(f"data.path is empty: point it at the {stage} data (JSONL, Parquet, ...)")
+    return load_tokenizer(run.init_checkpoint)
+
+
 def load_sft_config(path: str | None, overrides: dict[str, str]) -> RunConfig:
     """A run config with SFT's defaults under the file and the command line."""
+    return load_stage_config(path, overrides, SFT_DEFAULTS)
+
+
+def load_stage_config(
+    path: str | None, overrides: dict[str, str], stage_defaults: dict[str, str]
+) -> RunConfig:
+    """A run config with a stage's defaults under the file and the command line."""
     import tomllib
 
     given = set(overrides)
@@ -114,7 +127,7 @@ def load_sft_config(path: str | None, overrides: dict[str, str]) -> RunConfig:
         except (OSError, tomllib.TOMLDecodeError):
             table = {}  # load_run_config reports the problem with the file
         given |= {f"{s}.{k}" for s, v in table.items() if isinstance(v, dict) for k in v}
-    defaults = {k: v for k, v in SFT_DEFAULTS.items() if k not in given}
+    defaults = {k: v for k, v in stage_defaults.items() if k not in given}
     return load_run_config(path, {**defaults, **overrides})
 
 

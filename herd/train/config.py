@@ -112,6 +112,19 @@ class StabilityConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimisation (`herd dpo`; Llama 3 section 4.1.4)."""
+
+    beta: float = field(
+        default=0.1, metadata={"help": "scale of the policy/reference log-ratio (DPO's beta)"}
+    )
+    alpha: float = field(
+        default=0.2,
+        metadata={"help": "weight of the chosen responses' NLL term (Llama 3; 0: plain DPO)"},
+    )
+
+
+@dataclass
 class RunConfig:
     """A whole training run: model (a preset plus field overrides), data, optimizer, schedule."""
 
@@ -120,6 +133,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The architecture with [model]'s field overrides: a preset's, whose vocab_size follows
@@ -153,6 +167,7 @@ SECTIONS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "stability": StabilityConfig,
+    "dpo": DPOConfig,
 }
 
 

@@ -33,15 +33,23 @@ def global_counts(counts: torch.Tensor, device: torch.device) -> torch.Tensor:
     return counts.double()
 
 
+def nll_sum(model: Callable, micro) -> torch.Tensor:
+    """The summed cross-entropy of a TrainBatch's targets (pretraining's and SFT's loss). The
+    block mask (on CUDA) is built here, once for all layers."""
+    packed = PackedAttention.of(micro.doc_ids, micro.bidirectional)
+    return model(micro.inputs, packed=packed, targets=micro.targets)
+
+
 def accumulate_gradients(
     forward: Callable,
     batch: StepBatch,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
+    loss_sum: Callable = nll_sum,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward through every micro-batch of `batch`; returns (the step's mean loss, the largest
-    micro-batch mean loss), both over all processes, as device tensors. A micro-batch's block
-    mask (on CUDA) is built here, once for all layers."""
+    micro-batch mean loss), both over all processes, as device tensors. `loss_sum(forward,
+    micro)` is a micro-batch's loss summed over what the loader counts (targets; DPO: pairs)."""
     counts = global_counts(batch.counts, device)
     total = counts.sum().clamp(min=1)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -51,9 +59,8 @@ def accumulate_gradients(
     sums = []
     for micro in batch.micro:
         micro = micro.to(device, non_blocking=True)
-        packed = PackedAttention.of(micro.doc_ids, micro.bidirectional)
-        with autocast():  # summed float32 cross-entropy, fused with the output layer
-            nll = forward(micro.inputs, packed=packed, targets=micro.targets)
+        with autocast():  # summed float32 loss (cross-entropy fused with the output layer)
+            nll = loss_sum(forward, micro)
         (nll * scale.to(nll.dtype)).backward()
         sums.append(nll.detach().double())
     sums = torch.stack(sums)

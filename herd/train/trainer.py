@@ -49,7 +49,7 @@ from herd.train.runlog import RunLog
 from herd.train.spikes import SpikeDetector
 from herd.train.stability import Stability
 from herd.train.stability_stats import layer_groups
-from herd.train.step import accumulate_gradients, clip_gradients, guarded_update
+from herd.train.step import accumulate_gradients, clip_gradients, guarded_update, nll_sum
 from herd.train.training_data import TrainingData, pretraining_data
 from herd.train.validation import validate
 from herd.train.verdicts import Verdicts
@@ -103,6 +103,11 @@ class Trainer:
         self.model = build_model(self.model_config, self.device, dtype, t.seed).train()
         if run.init_checkpoint:
             load_weights(self.model, run.init_checkpoint)
+        self.objective = data.objective
+        if self.objective is not None:  # e.g. DPO's reference log-probs, from the start weights
+            with self._autocast():  # the precision the policy's log-probs will have
+                self.objective.prepare(self.model, self.rank, self.device)
+        self.loss_sum = nll_sum if self.objective is None else self.objective.loss_sum
         parallelize(self.model, t, self.device, self.world_size)
         self.optimizer = build_optimizer(self.model, run.optim)
         self.step, self.tokens = 0, 0
@@ -243,7 +248,9 @@ class Trainer:
                 group["lr"] *= factor
         batch = self.loader.next()
         self.tokens += run.data.batch_size * run.data.seq_len * run.train.grad_accum
-        loss, worst = accumulate_gradients(self.model, batch, self.device, self._autocast)
+        loss, worst = accumulate_gradients(
+            self.model, batch, self.device, self._autocast, self.loss_sum
+        )
         norm = clip_gradients(self.model, run.optim.grad_clip)
         skip, row = self.spikes.observe(loss, worst, norm)
         self.verdicts.add(self.step + 1, row)
@@ -385,6 +392,8 @@ class Trainer:
                         "mfu": throughput.mfu(per_device, self.flops_per_token, self.peak_flops),
                         "memory_gib": self._memory(),
                     }
+                    if self.objective is not None:
+                        last.update(self.objective.read_metrics())
                     self.log.metric(last)
                     bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{rate:,.0f}")
                 if due["eval"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from herd.data.batches import PackedBatches
 from herd.data.loader import BatchSource, ObjectiveBatches
@@ -32,6 +33,9 @@ class TrainingData:
     tokenizer: Tokenizer
     source: BatchSource
     val: Callable[[int | None, slice], Iterable[TrainBatch]] | None
+    # A loss other than the cross-entropy of the batches' targets (DPO): `prepare(model, rank,
+    # device)` before the first step, `loss_sum(model, micro)`, `read_metrics()` at log steps.
+    objective: Any = None
 
 
 def pretraining_data(run: RunConfig, rank: int = 0) -> TrainingData:

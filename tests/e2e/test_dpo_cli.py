@@ -1,0 +1,110 @@
+"""`herd dpo`: preference optimisation of a checkpoint through the pretraining engine."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from safetensors import safe_open
+
+import herd
+from herd.checkpoint.io import save_herd_folder
+from herd.vocab.bpe import train_bpe
+from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
+
+CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
+
+
+def _pairs(n: int, seed: int = 0) -> list[dict]:
+    """Arithmetic questions: the chosen reply is the sum, the rejected one is off by one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                "chosen": [{"role": "assistant", "content": f"{a + b}"}],
+                "rejected": [{"role": "assistant", "content": f"{a + b + 1}"}],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dpo")
+    corpus = root / "corpus.txt"
+    corpus.write_text(
+        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10)) * 3
+    )
+    tok = herd.load_tokenizer(train_bpe([corpus], 400, root / "tok", show_progress=False))
+    config = herd.ModelConfig(vocab_size=tok.vocab_size, **CONFIG)
+    base = root / "base"
+    save_herd_folder(config, herd.build_model(config, seed=0).state_dict(), base, tok.files())
+    data = root / "pairs.jsonl"
+    rows = [json.dumps(r) for r in _pairs(32)]
+    rows.insert(3, json.dumps({"prompt": "hi", "chosen": "", "rejected": "no"}))
+    data.write_text("\n".join(rows) + "\n")
+    return base, data
+
+
+def _args(base, data, out, *extra):
+    return [
+        "--model.checkpoint", base, "--data.path", data, "--data.seq_len", "64",
+        "--data.batch_size", "4", "--train.steps", "8", "--train.log_every", "1",
+        "--train.checkpoint_every", "4", "--train.out", out, "--optim.lr", "3e-3",
+        "--optim.warmup_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def _metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
+    base, data = setup
+    out = tmp_path / "run"
+    proc = herd_cli("dpo", *_args(base, data, out, "--dpo.alpha", "0"))
+    assert "32 of 33 pairs kept (1 malformed" in proc.stderr and f"{data}:4:" in proc.stderr
+    records = [r for r in _metrics(out) if "loss" in r]
+    # the first step's policy is the reference: every log-ratio is 0 and the loss is log 2
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen"):
+        assert name in records[-1]
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert records[-1]["rewards/margins"] > 0
+    with safe_open(out / "reference_logps.safetensors", "pt") as f:
+        assert f.metadata()["complete"] == "true" and f.get_tensor("reference_logps").shape[0] == 32
+
+    # stopped at step 4 and resumed: the reference is read, not recomputed; same last loss
+    from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
+    from herd.posttrain.sft import load_stage_config
+    from herd.train.trainer import Trainer
+
+    again = tmp_path / "again"
+    flags = _args(base, data, again, "--dpo.alpha", "0")
+    pairs = zip(flags[::2], flags[1::2], strict=True)
+    run = load_stage_config(None, {k[2:]: str(v) for k, v in pairs}, DPO_DEFAULTS)
+    Trainer(run, again, data=dpo_data(run, again)).fit(show_progress=False, stop_at=4)
+    reference = again / "reference_logps.safetensors"
+    stamp = reference.stat().st_mtime_ns
+    herd_cli_inprocess("dpo", "--resume", again)
+    assert reference.stat().st_mtime_ns == stamp
+    tail = [r for r in _metrics(again) if "loss" in r][-1]
+    assert tail["step"] == 8 and tail["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
+
+
+def test_dpo_errors(setup, tmp_path):
+    base, data = setup
+    one_line_error(
+        herd_cli_inprocess("dpo", "--data.path", data, check=False), "[model] checkpoint is empty"
+    )
+    one_line_error(
+        herd_cli_inprocess("dpo", *_args(base, data, tmp_path / "s", "--data.strict", "true"),
+                           check=False),
+        f"{data}:4:",
+    )  # fmt: skip
