@@ -13,7 +13,8 @@ file when it lands. Nothing measures DPO until then.
 
 Setup, built in a temporary folder: a byte-level BPE tokenizer (`herd.vocab.bpe.train_bpe`, Llama 3
 chat format) trained on generated text; a randomly initialised Llama-shaped herd checkpoint (dim
-256, 4 layers, 8 heads, SwiGLU 704, vocabulary 2048 by default) saved with `save_herd_folder`; its
+256, 4 layers, 8 heads, SwiGLU 704, vocabulary of 2048 by default, trained on pseudo-words of
+random syllables) saved with `save_herd_folder`; its
 Hugging Face export (`herd.checkpoint.convert.convert(..., dst_format="hf")`, which writes the
 tokenizer files and a chat template transformers reads), loaded as `LlamaForCausalLM` (SDPA
 attention, float32); and a JSONL file of generated conversations (optional system prompt, 1-4
@@ -86,15 +87,19 @@ import torch
 
 from bench.common import log, quiet
 
-VOCABULARY = (
-    "the a model data token learn train we you it is of to and in that for on with as this can "
-    "how why what when where write explain list code python function value error result step "
-    "loss rate layer weight attention memory speed test plan idea story river mountain cloud "
-    "music colour number simple small large fast slow first second next last good better best "
-    "because however therefore then also only each every other more less some many few one two "
-    "three four five six seven eight nine ten hundred question answer example reason"
-)
-WORDS = VOCABULARY.split()
+# fmt: off
+SYLLABLES = [
+    "ka", "ri", "to", "ma", "ne", "su", "lo", "pe", "vi", "da", "gu", "ze", "ho", "fa", "mi",
+    "ru", "sa", "te", "no", "bi", "ya", "ko", "le", "wu", "cha", "shi", "en", "ar", "in", "on",
+    "ul", "os", "at", "it", "ex", "str", "pl", "tr", "gr", "br",
+]
+# fmt: on
+
+
+def vocabulary(rng: random.Random, n: int = 3000) -> list[str]:
+    """`n` pseudo-words of 1-4 syllables, common ones first (`sentence` draws them Zipf-like), so
+    that the BPE vocabulary fills up and words take one to several tokens, as in real text."""
+    return ["".join(rng.choices(SYLLABLES, k=rng.choice((1, 2, 2, 3, 3, 4)))) for _ in range(n)]
 
 
 # herd's Llama 3 chat format for messages without tool calls, with TRL's `{% generation %}`
@@ -153,18 +158,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- data and checkpoints -----------------------------------------------------------------------
 
 
-def sentence(rng: random.Random, lo: int, hi: int) -> str:
-    words = [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+def sentence(rng: random.Random, words: list[str], lo: int, hi: int) -> str:
+    n = len(words)
+    words = [words[min(int(rng.paretovariate(1.0)) - 1, n - 1)] for _ in range(rng.randint(lo, hi))]
     return (" ".join(words) + rng.choice(".?!")).capitalize()
 
 
-def dialogue(rng: random.Random) -> list[dict]:
+def dialogue(rng: random.Random, words: list[str]) -> list[dict]:
     messages = []
     if rng.random() < 0.3:
-        messages.append({"role": "system", "content": sentence(rng, 4, 12)})
+        messages.append({"role": "system", "content": sentence(rng, words, 4, 12)})
     for _ in range(rng.choice((1, 1, 2, 2, 3, 4))):
-        messages.append({"role": "user", "content": sentence(rng, 3, 30)})
-        messages.append({"role": "assistant", "content": sentence(rng, 3, 60)})
+        messages.append({"role": "user", "content": sentence(rng, words, 3, 30)})
+        messages.append({"role": "assistant", "content": sentence(rng, words, 3, 60)})
     return messages
 
 
@@ -177,9 +183,10 @@ def build_setup(args: argparse.Namespace, root: Path) -> dict:
     from herd.vocab.bpe import train_bpe
 
     rng = random.Random(args.seed)
+    words = vocabulary(rng)
     corpus = root / "corpus.txt"
     corpus.write_text(
-        "\n".join(m["content"] for _ in range(400) for m in dialogue(rng)), encoding="utf-8"
+        "\n".join(m["content"] for _ in range(2000) for m in dialogue(rng, words)), encoding="utf-8"
     )
     tok_dir = train_bpe([corpus], args.vocab, root / "tok", show_progress=False)
     tok = herd.load_tokenizer(tok_dir)
@@ -200,7 +207,7 @@ def build_setup(args: argparse.Namespace, root: Path) -> dict:
     # one whole on both sides.
     rows, lengths, too_long = [], [], 0
     while len(rows) < args.dialogues:
-        messages = dialogue(rng)
+        messages = dialogue(rng, words)
         n = len(encode_dialog(tok, messages, add_generation_prompt=False).ids)
         if n > args.seq:
             too_long += 1
