@@ -13,8 +13,8 @@ file when it lands. Nothing measures DPO until then.
 
 Setup, built in a temporary folder: a byte-level BPE tokenizer (`herd.vocab.bpe.train_bpe`, Llama 3
 chat format) trained on generated text; a randomly initialised Llama-shaped herd checkpoint (dim
-256, 4 layers, 8 heads, SwiGLU 704, vocabulary of 2048 by default, trained on pseudo-words of
-random syllables) saved with `save_herd_folder`; its
+256, 4 layers, 8 heads, SwiGLU 704; `--vocab 2048` asked of the BPE trainer, about 1,100 tokens
+reached on the generated pseudo-words of random syllables) saved with `save_herd_folder`; its
 Hugging Face export (`herd.checkpoint.convert.convert(..., dst_format="hf")`, which writes the
 tokenizer files and a chat template transformers reads), loaded as `LlamaForCausalLM` (SDPA
 attention, float32); and a JSONL file of generated conversations (optional system prompt, 1-4
@@ -52,7 +52,8 @@ block-diagonal causal mask, so attention is document-masked: no cross-contaminat
 packed dialogues, the same semantics as herd's, and the two runs train on the same objective.
 The cost differs: TRL's attention runs over one sequence of ~batch x max_length tokens with a
 [T, T] mask (quadratic in the whole batch's tokens, most of it masked out), herd's over `batch`
-rows of `--seq` positions. That is TRL's default path on this hardware, so it is what is timed.
+rows of `--seq` positions. That is TRL's default path on this hardware, so it is what is timed;
+the ratio grows with `--batch` for that reason (at batch 1 the two attentions cost the same).
 
 What is counted: dialogue tokens per second, the tokens of the dialogues a step trains on (a
 dialogue of n tokens counts n on both sides; padding counts on neither) divided by the step's
