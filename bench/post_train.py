@@ -53,7 +53,8 @@ packed dialogues, the same semantics as herd's, and the two runs train on the sa
 The cost differs: TRL's attention runs over one sequence of ~batch x max_length tokens with a
 [T, T] mask (quadratic in the whole batch's tokens, most of it masked out), herd's over `batch`
 rows of `--seq` positions. That is TRL's default path on this hardware, so it is what is timed;
-the ratio grows with `--batch` for that reason (at batch 1 the two attentions cost the same).
+the ratio should grow with `--batch` for that reason (not measured: at batch 1 both attend
+within one row of at most `--seq` positions).
 
 What is counted: dialogue tokens per second, the tokens of the dialogues a step trains on (a
 dialogue of n tokens counts n on both sides; padding counts on neither) divided by the step's
