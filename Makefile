@@ -35,6 +35,7 @@ bench: $(BIN)/herd
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/vocab.py
 	$(BIN)/python bench/stability_overhead.py
+	$(BIN)/python bench/post_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -47,8 +47,8 @@ class DataConfig:
     val_fraction: float = field(
         default=0.05,
         metadata={
-            "help": "sft: share of the conversations held out for validation, chosen by a hash "
-            "of their tokens (pretraining's split is set by `herd data prepare`)"
+            "help": "sft, dpo: share of the conversations (pairs) held out for validation, chosen "
+            "by a hash of their tokens (pretraining's split is set by `herd data prepare`)"
         },
     )
     strict: bool = field(

@@ -16,7 +16,9 @@ pairs) of the DPO term plus alpha times the chosen responses' mean NLL per token
 micro-batch (TRL's `sft` term, which TRL also takes per device batch). Metrics, logged as TRL names
 them (`rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies`,
 `logps/chosen`, `logps/rejected`), are means over the pairs since the previous log line (this
-process's pairs). Validation on held-out pairs is not implemented yet.
+process's pairs). A share of the pairs (`data.val_fraction`, by a hash of their tokens) is held out:
+validation reports their DPO loss (`val_loss`), `val_rewards/accuracies` and `val_rewards/margins`
+against their own reference log-probabilities (`reference_logps_val.safetensors`).
 """
 
 from __future__ import annotations
@@ -41,41 +43,80 @@ REFERENCE_FILE = "reference_logps.safetensors"
 class DPOObjective:
     """The DPO loss of PairBatches against reference log-probs computed once (`prepare`)."""
 
-    def __init__(self, batches: PreferenceBatches, beta: float, alpha: float, path: Path) -> None:
-        self.batches, self.beta, self.alpha, self.path = batches, beta, alpha, Path(path)
+    def __init__(
+        self,
+        batches: PreferenceBatches,
+        held_out: PreferenceBatches | None,
+        beta: float,
+        alpha: float,
+        path: Path,
+    ) -> None:
+        self.batches, self.held_out, self.beta, self.alpha = batches, held_out, beta, alpha
+        self.path = Path(path)
         self.reference: torch.Tensor | None = None  # [pairs, 2] (chosen, rejected)
+        self.held_out_reference: torch.Tensor | None = None
         self._metrics: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     def prepare(self, model: torch.nn.Module, rank: int, device: torch.device) -> None:
         """The reference log-probs of every pair under `model` as it is now (the start)."""
-        if rank == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        table = compute_reference_logps(
-            model,
-            (PreferenceBatch(*b.to(device).tensors()[:4]) for b in self.batches.in_order()),
-            path=self.path if rank == 0 else None,  # one writer; every process computes its own
-            pad_id=self.batches.pad_id,
+        size = self.batches.batch_size
+        self.reference = _reference(model, self.batches, self.path, rank, device, size)
+        if self.held_out is not None:
+            path = self.path.with_name(self.path.stem + "_val" + self.path.suffix)
+            self.held_out_reference = _reference(model, self.held_out, path, rank, device, size)
+
+    def _loss(self, model, micro: PairBatch, reference: torch.Tensor):
+        sides = PreferenceBatch(*micro.tensors()[:4])
+        policy = preference_logps(model, sides, self.batches.pad_id)
+        ref = reference[micro.index]
+        nll = policy.chosen_nll() if self.alpha else None
+        return dpo_loss(
+            policy.chosen, policy.rejected, ref[:, 0], ref[:, 1], self.beta, self.alpha, nll
         )
-        if table.shape[0] != len(self.batches.examples):
-            raise HerdError(
-                f"{self.path}: {table.shape[0]} reference rows for "
-                f"{len(self.batches.examples)} pairs (remove the file to recompute)"
-            )
-        self.reference = table.to(device)
 
     def loss_sum(self, model, micro: PairBatch) -> torch.Tensor:
         """The micro-batch's loss summed over its pairs (the step divides by all its pairs)."""
-        sides = PreferenceBatch(*micro.tensors()[:4])
-        policy = preference_logps(model, sides, self.batches.pad_id)
-        reference = self.reference[micro.index]
-        nll = policy.chosen_nll() if self.alpha else None
-        loss, metrics = dpo_loss(
-            policy.chosen, policy.rejected, reference[:, 0], reference[:, 1],
-            self.beta, self.alpha, nll,
-        )  # fmt: skip
+        loss, metrics = self._loss(model, micro, self.reference)
         pairs = micro.index.numel()
         self._metrics.append((pairs, metrics))
         return loss * pairs
+
+    @torch.no_grad()
+    def validate(self, model, max_batches: int | None, rows: slice, device, autocast) -> dict:
+        """DPO loss, reward accuracy and margin over held-out pairs (summed over processes)."""
+        from herd.train import distributed
+
+        if self.held_out is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        for b, batch in enumerate(self.held_out.in_order(self.batches.batch_size)):
+            if max_batches is not None and b >= max_batches:
+                break
+            micro = batch.map(lambda t: t[rows]).to(device)  # this process's rows
+            if micro.index.numel() == 0:
+                continue
+            with autocast():
+                loss, metrics = self._loss(model, micro, self.held_out_reference)
+            n = float(micro.index.numel())
+            sums += n * torch.stack(
+                [
+                    torch.ones((), dtype=torch.float64, device=device),
+                    loss.double(),
+                    metrics["rewards/accuracies"].double(),
+                    metrics["rewards/margins"].double(),
+                ]
+            )
+        model.train(was_training)
+        pairs, loss, accuracy, margin = distributed.all_reduce_sum(sums.tolist(), device)
+        if pairs == 0:
+            return {}
+        return {
+            "val_loss": loss / pairs,
+            "val_rewards/accuracies": accuracy / pairs,
+            "val_rewards/margins": margin / pairs,
+        }
 
     def read_metrics(self) -> dict[str, float]:
         """TRL's metrics, means over the pairs since the last read (one host read)."""
@@ -91,10 +132,30 @@ class DPOObjective:
         return dict(zip(names, means.tolist(), strict=True))
 
 
+def _reference(
+    model, pairs: PreferenceBatches, path: Path, rank: int, device, batch_size: int
+) -> torch.Tensor:
+    """Reference log-probs of every pair of `pairs` (in data order), stored at `path`."""
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    table = compute_reference_logps(
+        model,
+        (PreferenceBatch(*b.to(device).tensors()[:4]) for b in pairs.in_order(batch_size)),
+        path=path if rank == 0 else None,  # one writer; every process computes its own
+        pad_id=pairs.pad_id,
+    )
+    if table.shape[0] != len(pairs.examples):
+        raise HerdError(
+            f"{path}: {table.shape[0]} reference rows for {len(pairs.examples)} pairs "
+            "(remove the file to recompute)"
+        )
+    return table.to(device)
+
+
 def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:
     """The checkpoint's tokenizer, the preference pairs of [data] path, and the DPO objective."""
     from herd.posttrain.chat_data import load_dpo
-    from herd.posttrain.sft import start_tokenizer
+    from herd.posttrain.sft import split_held_out, start_tokenizer
 
     tokenizer = start_tokenizer(run, "DPO")
     d = run.data
@@ -111,8 +172,20 @@ def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:
     if not data.examples:
         raise HerdError(f"{d.path}: no usable preference pair")
     pad = next((i for i in (tokenizer.pad_id, tokenizer.eos_id) if i is not None), 0)
-    batches = PreferenceBatches(data.examples, d.batch_size, d.seed, pad_id=pad)
-    objective = DPOObjective(batches, run.dpo.beta, run.dpo.alpha, Path(run_dir) / REFERENCE_FILE)
+    train, held_out = split_held_out(
+        data.examples, d.val_fraction, key=lambda e: (e.prompt_ids, e.chosen_ids, e.rejected_ids)
+    )
+    batches = PreferenceBatches(train, d.batch_size, d.seed, pad_id=pad)
+    # read in order only (validate, the reference): any number of held-out pairs will do
+    val = PreferenceBatches(held_out, 1, d.seed, pad_id=pad) if held_out else None
+    if rank == 0:
+        print(
+            f"dpo data: {len(train)} pairs to train on, {len(held_out)} held out "
+            f"(data.val_fraction {d.val_fraction})",
+            file=sys.stderr,
+        )
+    path = Path(run_dir) / REFERENCE_FILE
+    objective = DPOObjective(batches, val, run.dpo.beta, run.dpo.alpha, path)
     return TrainingData(tokenizer, batches, None, objective)
 
 

@@ -76,14 +76,15 @@ def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
     return TrainingData(tokenizer, batches, val)
 
 
-def split_held_out(examples: list, fraction: float) -> tuple[list, list]:
-    """(training, held-out) conversations: a conversation is held out when a hash of its tokens
-    falls in `fraction`, so the split depends on the data alone (not on order or seed)."""
+def split_held_out(examples: list, fraction: float, key=lambda e: e.ids) -> tuple[list, list]:
+    """(training, held-out) examples: an example is held out when a hash of its tokens
+    (`key(example)`) falls in `fraction`, so the split depends on the data alone (not on order
+    or seed)."""
     if not 0.0 <= fraction < 1.0:
         raise HerdError(f"data.val_fraction {fraction}: expected a value in [0, 1)")
     train, held_out = [], []
     for example in examples:
-        digest = hashlib.sha256(repr(example.ids).encode()).digest()
+        digest = hashlib.sha256(repr(key(example)).encode()).digest()
         (held_out if int.from_bytes(digest[:8], "big") < fraction * 2**64 else train).append(
             example
         )

@@ -4,6 +4,7 @@ plots/loss.png: training loss and validation loss against tokens seen; steps tha
                 rewind undid are drawn apart, as faint points, so the line is the path the
                 weights took.
 plots/bpb.png:  validation bits per byte against tokens seen (comparable across tokenizers).
+plots/rewards.png: DPO runs: reward margins and accuracies against steps.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     train_rows, undone = split_undone([r for r in rows if "loss" in r])
     train = [(r["tokens"], r["loss"]) for r in train_rows]
     val_rows, _ = split_undone([r for r in rows if "val_loss" in r])
-    val = [(r["tokens"], r["val_loss"], r["val_bpb"]) for r in val_rows]
+    val = [(r["tokens"], r["val_loss"]) for r in val_rows]
+    bpb = [(r["tokens"], r["val_bpb"]) for r in val_rows if "val_bpb" in r]
     out_dir = Path(run_dir) / "plots"
     out_dir.mkdir(exist_ok=True)
     written = []
@@ -52,16 +54,16 @@ def plot_run(run_dir: Path) -> list[Path]:
         if val:
             ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
         ax.set_xlabel("tokens")
-        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_ylabel("loss (cross-entropy in nats/token; DPO: its loss)")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "loss.png", dpi=120)
         plt.close(fig)
         written.append(out_dir / "loss.png")
-    if val:
+    if bpb:
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([v[0] for v in val], [v[2] for v in val], "o-", color="tab:green")
+        ax.plot(*zip(*bpb, strict=True), "o-", color="tab:green")
         ax.set_xlabel("tokens")
         ax.set_ylabel("validation bits per byte")
         ax.grid(alpha=0.3)
@@ -69,4 +71,32 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig.savefig(out_dir / "bpb.png", dpi=120)
         plt.close(fig)
         written.append(out_dir / "bpb.png")
+    rewards = [r for r in train_rows if "rewards/margins" in r]
+    if rewards:  # DPO (herd/posttrain/dpo_run.py): TRL's reward metrics
+        written.append(_plot_rewards(plt, rewards, val_rows, out_dir / "rewards.png"))
     return written
+
+
+def _plot_rewards(plt, rows: list[dict], val_rows: list[dict], path: Path) -> Path:
+    """plots/rewards.png: DPO's reward margin and reward accuracy against steps, training pairs
+    and (when validated) held-out pairs."""
+    fig, (margins, accuracies) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [r["step"] for r in rows]
+    margins.plot(steps, [r["rewards/margins"] for r in rows], lw=1, label="training pairs")
+    accuracies.plot(steps, [r["rewards/accuracies"] for r in rows], lw=1, label="training pairs")
+    held = [r for r in val_rows if "val_rewards/margins" in r]
+    if held:
+        at = [r["step"] for r in held]
+        margins.plot(at, [r["val_rewards/margins"] for r in held], "o-", label="held out")
+        accuracies.plot(at, [r["val_rewards/accuracies"] for r in held], "o-", label="held out")
+    margins.set_ylabel("reward margin (beta x log-ratio, chosen - rejected)")
+    accuracies.set_ylabel("reward accuracy (chosen reward > rejected)")
+    accuracies.set_ylim(-0.05, 1.05)
+    for ax in (margins, accuracies):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

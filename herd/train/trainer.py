@@ -328,7 +328,12 @@ class Trainer:
         return True
 
     def evaluate(self) -> dict | None:
-        """Validation loss and bits per byte on the held-out batches (None without any)."""
+        """Validation loss and bits per byte on the held-out batches (None without any); with
+        an objective of its own (DPO), what its `validate` reports."""
+        if self.objective is not None and hasattr(self.objective, "validate"):
+            cfg = self.run.train
+            args = (self.model, cfg.eval_batches, self.rows, self.device, self._autocast)
+            return self.objective.validate(*args) or None
         if self.val_batches is None:
             return None
         return validate(

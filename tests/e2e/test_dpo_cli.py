@@ -56,7 +56,8 @@ def _args(base, data, out, *extra):
         "--model.checkpoint", base, "--data.path", data, "--data.seq_len", "64",
         "--data.batch_size", "4", "--train.steps", "8", "--train.log_every", "1",
         "--train.checkpoint_every", "4", "--train.out", out, "--optim.lr", "3e-3",
-        "--optim.warmup_steps", "1", *extra,
+        "--optim.warmup_steps", "1", "--data.val_fraction", "0.25", "--train.eval_every", "4",
+        *extra,
     ]  # fmt: skip
 
 
@@ -69,6 +70,8 @@ def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
     out = tmp_path / "run"
     proc = herd_cli("dpo", *_args(base, data, out, "--dpo.alpha", "0"))
     assert "32 of 33 pairs kept (1 malformed" in proc.stderr and f"{data}:4:" in proc.stderr
+    held_out = int(proc.stderr.split(" held out")[0].rsplit(", ", 1)[1].split()[0])
+    assert 0 < held_out < 32
     records = [r for r in _metrics(out) if "loss" in r]
     # the first step's policy is the reference: every log-ratio is 0 and the loss is log 2
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -78,7 +81,14 @@ def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
     assert records[-1]["loss"] < records[0]["loss"]
     assert records[-1]["rewards/margins"] > 0
     with safe_open(out / "reference_logps.safetensors", "pt") as f:
-        assert f.metadata()["complete"] == "true" and f.get_tensor("reference_logps").shape[0] == 32
+        rows = f.get_tensor("reference_logps").shape[0]
+        assert f.metadata()["complete"] == "true" and rows == 32 - held_out
+    # held-out pairs against their own reference (log 2 at the start): the policy has moved
+    val = [r for r in _metrics(out) if "val_loss" in r]
+    assert [r["step"] for r in val] == [4, 8]
+    assert all(abs(r["val_loss"] - math.log(2)) > 1e-4 for r in val)
+    assert "val_rewards/accuracies" in val[-1] and "val_rewards/margins" in val[-1]
+    assert (out / "plots" / "rewards.png").is_file()
 
     # stopped at step 4 and resumed: the reference is read, not recomputed; same last loss
     from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
