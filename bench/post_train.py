@@ -86,8 +86,7 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from bench.common import log, quiet
+from common import log, quiet  # bench/common.py, beside this script
 
 # fmt: off
 SYLLABLES = [
