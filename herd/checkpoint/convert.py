@@ -68,6 +68,8 @@ def read_checkpoint(
         raise HerdError(f"{path}: --from llama2c expects a .bin file")
     if fmt != "llama2c" and not path.is_dir():
         raise HerdError(f"{path}: --from {fmt} expects a folder")
+    if fmt == "herd" and _holds_adapters_only(path):
+        return _merged_adapter_checkpoint(path)
     readers = {
         "herd": io.read_herd_folder,
         "hf": hf.read_hf_folder,
@@ -132,6 +134,23 @@ def convert(
         state_dict = {k: v for k, v in model.state_dict().items()}
     writer = io.save_herd_folder if dst_format == "herd" else hf.write_hf_folder
     return writer(model.config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
+
+
+def _holds_adapters_only(folder: Path) -> bool:
+    """A LoRA run's training checkpoint: adapters (PEFT's files) and no model weights."""
+    from herd.model.lora import ADAPTER_WEIGHTS
+
+    weights = ("model.safetensors", io.INDEX_NAME, io.SHARDED_MODEL_DIR)
+    return (folder / ADAPTER_WEIGHTS).is_file() and not any((folder / w).exists() for w in weights)
+
+
+def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The base a LoRA checkpoint's adapter_config.json names, with the adapters merged in, so
+    `herd.load`, `herd generate` and `herd chat` take a LoRA run's checkpoints as they are."""
+    from herd.model import lora
+
+    model = lora.load_adapter(load(_adapter_base(folder, None)), folder)
+    return model.config, lora.merge_lora(model)
 
 
 def _adapter_base(adapter: Path, base: str | Path | None) -> Path:

@@ -218,6 +218,17 @@ def _peft_key(path: str, which: str) -> str:
     return f"{_PEFT_PREFIX}{hf}.{which}.weight"
 
 
+def peft_names(herd_names) -> dict[str, str]:
+    """herd parameter name (layers.0.attn.wq.lora_A) -> PEFT key, for every adapter tensor
+    among `herd_names` (the keys of a full state dict, e.g. gathered under FSDP2)."""
+    out = {}
+    for name in herd_names:
+        path, _, which = name.rpartition(".")
+        if which in ("lora_A", "lora_B"):
+            out[name] = _peft_key(path, which)
+    return out
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters under PEFT's key names (without the adapter name, as PEFT saves them)."""
     out = {}

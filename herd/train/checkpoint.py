@@ -23,6 +23,15 @@ Two layouts (`train.checkpoint_format`: full, sharded, or auto = sharded with se
     train_state/state.json, monitor.safetensors,      as above (the monitor's gradients are rank
     checksums.json                                    0's shards: rank 0 writes the records)
 
+  checkpoints/step-00000100/                        LoRA ([lora] r > 0): the adapters alone
+    config.json, tokenizer files                      as above, without model.safetensors
+    adapter_model.safetensors, adapter_config.json    PEFT's layout; adapter_config.json names
+                                                      the base ([model] checkpoint), so
+                                                      `herd.load` merges the two, and PEFT loads
+                                                      the adapter onto the base's HF export
+    train_state/...                                   as in full (the optimizer holds the
+                                                      adapters' moments only)
+
 The sharded optimizer files hold `<parameter>.exp_avg`, `.exp_avg_sq` and `.step`; param_groups
 are rebuilt from the run config. Each process keeps its own RNG file because processes' torch RNG
 states differ (batches draw from per-row seeds, not from a generator state); a run resumed on
@@ -48,7 +57,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from herd.atomic_files import file_sha256, fsync_path, publish_folder
+from herd.atomic_files import file_sha256, fsync_path, publish_folder, write_folder_atomically
 from herd.checkpoint.io import (
     read_herd_config,
     read_herd_folder,
@@ -57,6 +66,7 @@ from herd.checkpoint.io import (
 )
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
+from herd.model.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from herd.train import distributed
 
 PREFIX = "step-"
@@ -64,10 +74,17 @@ FORMATS = ("auto", "full", "sharded")
 MONITOR_FILE = "monitor.safetensors"
 
 
-def resolve_format(name: str, world_size: int) -> str:
-    """'full' or 'sharded' for train.checkpoint_format (auto: sharded with several processes)."""
+def resolve_format(name: str, world_size: int, lora: bool = False) -> str:
+    """'full', 'sharded' or 'adapter' for train.checkpoint_format (auto: sharded with several
+    processes; with LoRA the adapters alone, which are small enough to gather anywhere)."""
     if name not in FORMATS:
         raise HerdError(f"train.checkpoint_format '{name}': expected auto, full or sharded")
+    if lora:
+        if name == "sharded":
+            raise HerdError(
+                "train.checkpoint_format sharded: LoRA runs save the adapters alone (auto or full)"
+            )
+        return "adapter"
     if name == "auto":
         return "sharded" if world_size > 1 else "full"
     return name
@@ -89,8 +106,11 @@ def save_training_checkpoint(
     tokenizer_files: list[Path],
     keep: int,
     monitor: dict[str, torch.Tensor] | None = None,
+    adapter: tuple[dict[str, torch.Tensor], dict] | None = None,
 ) -> Path:
-    """Write checkpoints/step-NNNNNNNN atomically, then drop all but the newest `keep`."""
+    """Write checkpoints/step-NNNNNNNN atomically, then drop all but the newest `keep`. With
+    `adapter` (PEFT-named tensors, adapter_config.json) the folder holds those instead of
+    `weights`."""
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{PREFIX}{step:08d}"
 
@@ -107,7 +127,18 @@ def save_training_checkpoint(
         }
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=2))
 
-    save_herd_folder(config, weights, dst, tokenizer_files, overwrite=True, extra=extra)
+    if adapter is None:
+        save_herd_folder(config, weights, dst, tokenizer_files, overwrite=True, extra=extra)
+    else:  # LoRA: the adapters in PEFT's layout, not the (frozen, known) base weights
+
+        def fill(tmp: Path) -> None:
+            tensors, adapter_config = adapter
+            write_herd_config(tmp, config, tensors.values(), tokenizer_files)
+            save_file(tensors, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
+            extra(tmp)
+
+        write_folder_atomically(dst, fill, overwrite=True)
     _prune(folder, keep)
     return dst
 
@@ -274,9 +305,12 @@ def load_latest(
                 "state": state,
                 "monitor": monitor,
             }
-        config, weights = read_herd_folder(path)
+        if (path / ADAPTER_WEIGHTS).is_file():
+            config, weights = read_herd_config(path), load_file(path / ADAPTER_WEIGHTS)
+        else:
+            config, weights = read_herd_folder(path)
         return path, {
-            "format": "full",
+            "format": "adapter" if (path / ADAPTER_WEIGHTS).is_file() else "full",
             "config": config,
             "model": weights,
             "optimizer": torch.load(ts / "optimizer.pt", weights_only=True),

@@ -112,6 +112,31 @@ class StabilityConfig:
 
 
 @dataclass
+class LoraRunConfig:
+    """LoRA adapters (Hu et al. 2021) on the projections; the base weights stay frozen."""
+
+    r: int = field(default=0, metadata={"help": "adapter rank; 0: no LoRA (full fine-tuning)"})
+    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input"})
+    target_modules: str = field(
+        default="q_proj,v_proj",
+        metadata={
+            "help": "comma-separated projections: q_proj k_proj v_proj o_proj gate_proj up_proj "
+            "down_proj, or all-linear"
+        },
+    )
+
+    def lora_config(self):
+        """herd.model.lora.LoraConfig of this section (None when r is 0)."""
+        if self.r == 0:
+            return None
+        from herd.model.lora import LoraConfig
+
+        targets = tuple(t.strip() for t in self.target_modules.split(",") if t.strip())
+        return LoraConfig(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets)
+
+
+@dataclass
 class DPOConfig:
     """Direct preference optimisation (`herd dpo`; Llama 3 section 4.1.4)."""
 
@@ -134,6 +159,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoraRunConfig = field(default_factory=LoraRunConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The architecture with [model]'s field overrides: a preset's, whose vocab_size follows
@@ -168,6 +194,7 @@ SECTIONS = {
     "train": TrainConfig,
     "stability": StabilityConfig,
     "dpo": DPOConfig,
+    "lora": LoraRunConfig,
 }
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from herd.checkpoint.loading import load_weights
 from herd.data.loader import StepLoader
 from herd.errors import HerdError
+from herd.model.lora import apply_lora, peft_config_dict, peft_names
 from herd.model.loss import release_workspace
 from herd.model.transformer import build_model
 from herd.train import distributed, throughput
@@ -81,7 +82,10 @@ class Trainer:
             raise HerdError(f"train.dtype '{t.dtype}': expected auto, bfloat16 or float32")
         if t.param_dtype not in PARAM_DTYPES:
             raise HerdError(f"train.param_dtype '{t.param_dtype}': expected float32 or float64")
-        self.checkpoint_format = resolve_format(t.checkpoint_format, self.world_size)
+        self.lora = run.lora.lora_config()  # None: every weight trains
+        self.checkpoint_format = resolve_format(
+            t.checkpoint_format, self.world_size, self.lora is not None
+        )
         data = data or pretraining_data(run, self.rank)
         self.tokenizer, self.val_batches = data.tokenizer, data.val
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
@@ -103,6 +107,12 @@ class Trainer:
         self.model = build_model(self.model_config, self.device, dtype, t.seed).train()
         if run.init_checkpoint:
             load_weights(self.model, run.init_checkpoint)
+        if self.lora is not None:  # frozen base, trainable adapters (B = 0: the base's outputs)
+            # A's random start drawn from the run's seed, not from whatever the process drew first
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(t.seed)
+                apply_lora(self.model, self.lora)
         self.objective = data.objective
         if self.objective is not None:  # e.g. DPO's reference log-probs, from the start weights
             with self._autocast():  # the precision the policy's log-probs will have
@@ -165,6 +175,13 @@ class Trainer:
             distributed.load_sharded_state(self.model, self.optimizer, path / "train_state", tied)
         else:
             weights = dict(ckpt["model"])
+            if ckpt["format"] == "adapter":  # the base is [model] checkpoint's, as loaded
+                current, _ = distributed.full_state(self.model, self.optimizer)
+                names = {peft: herd for herd, peft in peft_names(current).items()}
+                unknown = sorted(set(weights) - set(names))
+                if unknown or len(weights) != len(names):
+                    raise HerdError(f"{path}: its adapters do not match [lora] ({unknown[:1]})")
+                weights = {**current, **{names[k]: v for k, v in weights.items()}}
             if tied:
                 weights["output.weight"] = weights["embed.weight"]
             distributed.load_full_state(self.model, self.optimizer, weights, ckpt["optimizer"])
@@ -213,6 +230,11 @@ class Trainer:
             )
         else:
             weights, optim = distributed.full_state(self.model, self.optimizer)
+            adapter = None
+            if self.checkpoint_format == "adapter":  # PEFT's layout, its base named
+                names = peft_names(weights)
+                tensors = {peft: weights[herd].contiguous() for herd, peft in names.items()}
+                adapter = (tensors, peft_config_dict(self.lora, self.run.init_checkpoint or None))
             path = folder
             if self.rank == 0:
                 path = save_training_checkpoint(
@@ -226,6 +248,7 @@ class Trainer:
                     files,
                     keep,
                     monitor,
+                    adapter,
                 )
             distributed.barrier()
         self.log.event(self.step, "checkpoint", path=str(path), format=self.checkpoint_format)

@@ -122,3 +122,63 @@ def test_sft_defaults_and_errors(setup, tmp_path):
                            check=False),
         f"{data}:6:",
     )  # fmt: skip
+
+
+def test_lora_sft_saves_the_adapters_alone(setup, tmp_path):
+    """[lora] r > 0: the base stays frozen, checkpoints hold PEFT's adapter files and no model
+    weights, `herd.load` merges them onto the base they name, PEFT loads them onto the base's HF
+    export with the same logits, and a resumed run continues exactly."""
+    import torch
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    from herd.checkpoint.convert import convert
+    from herd.posttrain.sft import load_sft_config, sft_data
+    from herd.train.trainer import Trainer
+
+    _, base, data = setup
+    out = tmp_path / "lora"
+    lora = ["--lora.r", "4", "--lora.target_modules", "q_proj,k_proj,v_proj,o_proj,down_proj"]
+    herd_cli_inprocess("sft", *_args(base, data, out, *lora))
+    step = out / "checkpoints" / "step-00000012"
+    assert (step / "adapter_model.safetensors").is_file()
+    assert not (step / "model.safetensors").exists()
+    named = json.loads((step / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str(base.resolve())
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
+
+    tuned, start = herd.load(step), herd.load(base)
+    changed = {
+        k for k, v in tuned.state_dict().items() if not torch.equal(v, start.state_dict()[k])
+    }
+    assert changed and all(k.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight",
+                                       "w2.weight")) for k in changed)  # fmt: skip
+    merged = herd_cli_inprocess("convert", step, tmp_path / "merged", "--merge-lora")
+    assert merged.returncode == 0
+    for k, v in herd.load(tmp_path / "merged").state_dict().items():
+        assert torch.equal(v, tuned.state_dict()[k]), k
+
+    hf = convert(base, tmp_path / "hf", dst_format="hf")
+    peft = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(hf), step).eval()
+    tokens = torch.tensor([[1, 5, 9, 13, 40, 77, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(peft(tokens).logits, tuned(tokens), rtol=0, atol=1e-4)
+
+    again = tmp_path / "again"
+    flags = _args(base, data, again, *lora)
+    run = load_sft_config(
+        None, {k[2:]: str(v) for k, v in zip(flags[::2], flags[1::2], strict=True)}
+    )
+    Trainer(run, again, data=sft_data(run)).fit(show_progress=False, stop_at=6)
+    herd_cli_inprocess("sft", "--resume", again)
+    resumed = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in resumed if "loss" in r][-1] == pytest.approx(losses[-1], rel=1e-5)
+
+    sharded = herd_cli_inprocess(
+        "sft", *_args(base, data, tmp_path / "x", *lora, "--train.checkpoint_format", "sharded"),
+        check=False,
+    )  # fmt: skip
+    assert sharded.returncode == 2 and "Traceback" not in sharded.stderr
+    assert "LoRA runs save the adapters alone" in sharded.stderr.splitlines()[-1]
