@@ -92,10 +92,10 @@ loading its reference copy in its constructor, herd reading the checkpoint in it
 
 Timing: after `--warmup` untimed steps per engine, the engines take turns in blocks of `--block`
 steps (the first step of each block untimed: it starts on caches the other engine left). The
-paired ratio of a round is herd's tokens/s (DPO: pairs/s) over its timed steps divided by TRL's in the same
-round; the median and the 10th-90th percentile of the paired ratios are printed, with each
-engine's median tokens/s, the CPU model and the versions. Threads: `torch.set_num_threads`
-(`--threads`), shared by both engines in this one process.
+paired ratio of a round is herd's tokens/s (DPO: pairs/s) over its timed steps divided by TRL's
+in the same round; the median and the 10th-90th percentile of the paired ratios are printed,
+with each engine's median tokens/s (and pairs/s), the CPU model and the versions. Threads:
+`torch.set_num_threads` (`--threads`), shared by both engines in this one process.
 """
 
 from __future__ import annotations
