@@ -401,7 +401,7 @@ def dpo_metrics(run_dir: Path) -> dict:
                 "loss": r["val_loss"],
             }
             for r in val
-        ],  # fmt: skip
+        ],
     }
     reference = run_dir / "reference_logps_val.safetensors"
     if reference.is_file():
