@@ -96,6 +96,7 @@ QUICK = {
     "dpo_steps": 6,
     "batch_size": 4,
     "seq_len": 128,
+    "max_new_tokens": 8,
 }
 
 # The stages, in order: (name, the stage whose checkpoint it starts from; None: the starting
@@ -196,29 +197,30 @@ def _wrong(task: str, item, answer: str, rng: random.Random) -> str:
 
 
 def preference_rows(args: argparse.Namespace, items: dict) -> list[dict]:
-    """DPO pairs on training items, distinct prompts, the tasks in equal shares: chosen is the
-    correct answer, rejected a wrong one of the same kind (`_wrong`)."""
+    """DPO pairs on distinct training items, the tasks in equal shares (a task with fewer items
+    gives all it has): chosen is the correct answer, rejected a wrong one of the same kind."""
     rng = random.Random(args.seed + 4)
-    rows, seen = [], set()
-    tasks = list(TASKS)
-    capacity = sum(len(items[TASKS[t][0]]["train"]) for t in tasks)
-    while len(rows) < min(args.dpo_pairs, capacity):
-        task = tasks[len(rows) % len(tasks)]
-        kind, make = TASKS[task]
-        item = rng.choice(items[kind]["train"])
-        prompt, answer, _ = make(item)
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        wrong = _wrong(task, item, answer, rng)
-        assert wrong != answer
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": prompt}],
-                "chosen": [{"role": "assistant", "content": answer}],
-                "rejected": [{"role": "assistant", "content": wrong}],
-            }
-        )
+    per_task = -(-args.dpo_pairs // len(TASKS))
+    chosen_items = {}
+    for task, (kind, _) in TASKS.items():
+        pool = list(items[kind]["train"])
+        rng.shuffle(pool)
+        chosen_items[task] = pool[:per_task]
+    rows = []
+    for i in range(per_task):
+        for task, (_, make) in TASKS.items():
+            if i >= len(chosen_items[task]) or len(rows) == args.dpo_pairs:
+                continue
+            item = chosen_items[task][i]
+            prompt, answer, _ = make(item)
+            wrong = _wrong(task, item, answer, rng)
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": wrong}],
+                }
+            )
     return rows
 
 
@@ -541,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--starts",
         nargs="+",
-        default=["random_init", "pretrained"],
+        default=["random_init"],
         choices=["random_init", "pretrained"],
         help="starting points the stages run from",
     )
@@ -556,19 +558,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--sft-examples", type=int, default=3000, help="SFT conversations")
     data.add_argument("--vocab-size", type=int, default=320, help="BPE vocabulary size")
     data.add_argument(
-        "--eval-prompts", type=int, default=50, help="prompts per task and split evaluated"
+        "--eval-prompts", type=int, default=30, help="prompts per task and split evaluated"
     )
     data.add_argument("--max-new-tokens", type=int, default=16, help="reply length limit")
-    model = p.add_argument_group("model (the demo preset's shape by default)")
-    model.add_argument("--dim", type=int, default=288, help="residual width")
-    model.add_argument("--n-layers", type=int, default=6, help="Transformer blocks")
-    model.add_argument("--n-heads", type=int, default=6, help="attention heads (no GQA)")
-    model.add_argument("--ffn-dim", type=int, default=768, help="SwiGLU hidden width")
+    model = p.add_argument_group("model (smaller than the demo preset: more steps per parameter)")
+    model.add_argument("--dim", type=int, default=128, help="residual width")
+    model.add_argument("--n-layers", type=int, default=4, help="Transformer blocks")
+    model.add_argument("--n-heads", type=int, default=4, help="attention heads (no GQA)")
+    model.add_argument("--ffn-dim", type=int, default=384, help="SwiGLU hidden width")
     train = p.add_argument_group("training")
     train.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps")
     train.add_argument("--pretrain-lr", type=float, default=2e-3, help="pretraining peak lr")
-    train.add_argument("--sft-steps", type=int, default=120, help="SFT steps")
-    train.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak lr")
+    train.add_argument("--sft-steps", type=int, default=600, help="SFT steps")
+    train.add_argument("--sft-lr", type=float, default=3e-3, help="SFT peak lr")
     train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (all-linear)")
     train.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha")
     train.add_argument("--lora-lr", type=float, default=1e-2, help="LoRA SFT peak lr")
