@@ -1,14 +1,17 @@
-"""Post-training at toy scale, part 1 (SFT): does `herd sft` teach a small model to answer in the
-chat format, correctly and ending its turn, on prompts it never saw?
+"""Post-training at toy scale: does `herd sft` teach a small model to answer in the chat format,
+correctly and ending its turn, on prompts it never saw; does DPO on pairs whose chosen answer is
+correct and rejected one wrong raise that further, and what does Llama 3's NLL term (alpha) do to
+the chosen answers' log-probability; how close does LoRA SFT come to full SFT?
 
-Llama 2 (section 3.1) and Llama 3 (section 4.1) fine-tune a pretrained model on conversations with
-the loss on the assistant's tokens only. This script runs that pipeline end to end through herd's
-own code on a chat set it generates, whose answers are exactly checkable, and measures two things
-on held-out prompts before and after SFT, greedy decoding in the Llama 3 chat format:
+Llama 2 (section 3.1) and Llama 3 (sections 4.1, 4.1.4) fine-tune a pretrained model on
+conversations with the loss on the assistant's tokens only, then run DPO (beta 0.1) with an NLL
+term on the chosen response (alpha 0.2). This script runs that pipeline end to end through herd's
+own code on a chat set it generates, whose answers are exactly checkable, and measures on held-out
+prompts, greedy decoding in the Llama 3 chat format:
 - exact match: the reply (decoded without special tokens, stripped) equals the answer;
 - the share of replies that end with <|eot_id|> within --max-new-tokens (the model ends its turn).
 
-    .venv/bin/python experiments/post_training.py            # 11 minutes on 2 shared CPU cores
+    .venv/bin/python experiments/post_training.py            # about 10 minutes on 2 CPU cores
     .venv/bin/python experiments/post_training.py --quick    # seconds: a smoke test
 
 Steps:
@@ -16,34 +19,30 @@ Steps:
    word kelp." -> "plek") and write a word in capital letters ("Write kelp in capital letters."
    -> "KELP"). Words are random lowercase strings of 3-5 letters and the numbers' pairs are drawn
    from 0..--max-operand; a held-out share of words and pairs (--held-out) appears in no training
-   text, neither the pretraining corpus nor the SFT set, so held-out exact match measures the
+   text (pretraining prose, SFT conversations, DPO pairs), so held-out exact match measures the
    skill, not a memorised fact.
-2. A byte-level BPE (`herd.vocab.bpe.train_bpe`, the Llama 3 special tokens and chat format) on the
-   pretraining corpus: plain prose stating the same three operations on the training words and
-   pairs ("The word kelp reversed is plek."). Its size is small enough that the words and
-   numbers stay split into letters and digits, which the skills need.
-3. Two starting points, both the `demo` preset's shape (dim 288, 6 layers, the tokenizer's
-   vocabulary): a random initialisation, and the same initialisation pretrained on the prose
-   (`herd.data.shards.prepare` + `herd.train.trainer.Trainer`, i.e. `herd data prepare` +
-   `herd train`). The prose never uses the chat format, so a pretrained model knows the
-   operations but not the format; the random one knows neither. Comparing the two says whether
-   pretraining helps SFT at this size.
-4. SFT of each starting point through `herd sft`'s code (`load_sft_config`, `sft_data`, the
-   trainer): the same conversations, steps, batch and learning rate. The learning rate is far
-   above Llama 3's 1e-5: a 6M-parameter model with a few hundred steps needs it.
+2. A byte-level BPE (`herd.vocab.bpe.train_bpe`, the Llama 3 special tokens and chat format) on
+   prose stating the same operations on the training items ("The word kelp reversed is plek.");
+   small enough that words and numbers stay split into letters and digits.
+3. Starting points (--starts): a random initialisation (the default) of a dim-128, 4-layer model,
+   and optionally the same one pretrained on the prose (`herd data prepare` + `herd train`'s
+   code). At the demo preset's size (dim 288, 6 layers, 120 SFT steps) SFT taught the format but
+   not the skills and pretraining did not help (docs/post_training.md), so the default is a
+   smaller model with more SFT steps and no pretraining.
+4. Stages (`STAGES`), each through the herd command's code, from the start or from another stage:
+   - sft: `herd sft` on 3,000 conversations of training items, lr 3e-3 (a small model needs far
+     more than Llama 3's 1e-5);
+   - dpo_a0, dpo_a0.2: `herd dpo` from the SFT result on pairs of distinct training items whose
+     chosen answer is correct and rejected one a wrong answer of the same kind (another sum near
+     the right one, the word unreversed, one letter changed), beta 0.1, alpha 0 and 0.2, the
+     same steps; 10 % of the pairs held out for `val_rewards/*`;
+   - lora_sft: the SFT run with LoRA (r 16, all-linear) on the frozen start at a higher lr.
 5. Evaluation of each checkpoint on the same held-out prompts (and on as many training prompts,
-   to show what is memorised), per task and overall; a table on stdout, OUT/results.json,
+   to show what is memorised), per task and overall; the DPO runs' metrics read from their
+   metrics.jsonl and reference log-probabilities; tables on stdout, OUT/results.json,
    OUT/summary.md.
 
-Measured (2-core AMD EPYC shared with other jobs, torch 2.13, 2026-12-03; docs/post_training.md):
-before SFT no reply ends its turn; after it every reply is one answer of the right kind ending in
-<|eot_id|> (0% -> 100%), from either start, but held-out exact match only goes 0% -> 1.3% (train
-prompts 2%): at this budget the model learns the format, not the operations, and pretraining does
-not change that. A dim-128, 4-layer model with 600 SFT steps (2 minutes) reaches 11% held-out.
-
-Stages are named in `STAGES` and run in order from each starting point, each reading the
-checkpoint the one before wrote and each evaluated on the same prompts; the DPO and LoRA stages
-of the study will be added there once `herd dpo` and the trainer's [lora] section exist.
+Measured: docs/post_training.md.
 """
 
 from __future__ import annotations
