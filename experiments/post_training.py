@@ -1,14 +1,17 @@
-"""Post-training at toy scale, part 1 (SFT): does `herd sft` teach a small model to answer in the
-chat format, correctly and ending its turn, on prompts it never saw?
+"""Post-training at toy scale: does `herd sft` teach a small model to answer in the chat format,
+correctly and ending its turn, on prompts it never saw; does DPO on pairs whose chosen answer is
+correct and rejected one wrong raise that further, and what does Llama 3's NLL term (alpha) do to
+the chosen answers' log-probability; how close does LoRA SFT come to full SFT?
 
-Llama 2 (section 3.1) and Llama 3 (section 4.1) fine-tune a pretrained model on conversations with
-the loss on the assistant's tokens only. This script runs that pipeline end to end through herd's
-own code on a chat set it generates, whose answers are exactly checkable, and measures two things
-on held-out prompts before and after SFT, greedy decoding in the Llama 3 chat format:
+Llama 2 (section 3.1) and Llama 3 (sections 4.1, 4.1.4) fine-tune a pretrained model on
+conversations with the loss on the assistant's tokens only, then run DPO (beta 0.1) with an NLL
+term on the chosen response (alpha 0.2). This script runs that pipeline end to end through herd's
+own code on a chat set it generates, whose answers are exactly checkable, and measures on held-out
+prompts, greedy decoding in the Llama 3 chat format:
 - exact match: the reply (decoded without special tokens, stripped) equals the answer;
 - the share of replies that end with <|eot_id|> within --max-new-tokens (the model ends its turn).
 
-    .venv/bin/python experiments/post_training.py            # 11 minutes on 2 shared CPU cores
+    .venv/bin/python experiments/post_training.py            # about 10 minutes on 2 CPU cores
     .venv/bin/python experiments/post_training.py --quick    # seconds: a smoke test
 
 Steps:
@@ -16,34 +19,30 @@ Steps:
    word kelp." -> "plek") and write a word in capital letters ("Write kelp in capital letters."
    -> "KELP"). Words are random lowercase strings of 3-5 letters and the numbers' pairs are drawn
    from 0..--max-operand; a held-out share of words and pairs (--held-out) appears in no training
-   text, neither the pretraining corpus nor the SFT set, so held-out exact match measures the
+   text (pretraining prose, SFT conversations, DPO pairs), so held-out exact match measures the
    skill, not a memorised fact.
-2. A byte-level BPE (`herd.vocab.bpe.train_bpe`, the Llama 3 special tokens and chat format) on the
-   pretraining corpus: plain prose stating the same three operations on the training words and
-   pairs ("The word kelp reversed is plek."). Its size is small enough that the words and
-   numbers stay split into letters and digits, which the skills need.
-3. Two starting points, both the `demo` preset's shape (dim 288, 6 layers, the tokenizer's
-   vocabulary): a random initialisation, and the same initialisation pretrained on the prose
-   (`herd.data.shards.prepare` + `herd.train.trainer.Trainer`, i.e. `herd data prepare` +
-   `herd train`). The prose never uses the chat format, so a pretrained model knows the
-   operations but not the format; the random one knows neither. Comparing the two says whether
-   pretraining helps SFT at this size.
-4. SFT of each starting point through `herd sft`'s code (`load_sft_config`, `sft_data`, the
-   trainer): the same conversations, steps, batch and learning rate. The learning rate is far
-   above Llama 3's 1e-5: a 6M-parameter model with a few hundred steps needs it.
+2. A byte-level BPE (`herd.vocab.bpe.train_bpe`, the Llama 3 special tokens and chat format) on
+   prose stating the same operations on the training items ("The word kelp reversed is plek.");
+   small enough that words and numbers stay split into letters and digits.
+3. Starting points (--starts): a random initialisation (the default) of a dim-128, 4-layer model,
+   and optionally the same one pretrained on the prose (`herd data prepare` + `herd train`'s
+   code). At the demo preset's size (dim 288, 6 layers, 120 SFT steps) SFT taught the format but
+   not the skills and pretraining did not help (docs/post_training.md), so the default is a
+   smaller model with more SFT steps and no pretraining.
+4. Stages (`STAGES`), each through the herd command's code, from the start or from another stage:
+   - sft: `herd sft` on 3,000 conversations of training items, lr 3e-3 (a small model needs far
+     more than Llama 3's 1e-5);
+   - dpo_a0, dpo_a0.2: `herd dpo` from the SFT result on pairs of distinct training items whose
+     chosen answer is correct and rejected one a wrong answer of the same kind (another sum near
+     the right one, the word unreversed, one letter changed), beta 0.1, alpha 0 and 0.2, the
+     same steps; 10 % of the pairs held out for `val_rewards/*`;
+   - lora_sft: the SFT run with LoRA (r 16, all-linear) on the frozen start at a higher lr.
 5. Evaluation of each checkpoint on the same held-out prompts (and on as many training prompts,
-   to show what is memorised), per task and overall; a table on stdout, OUT/results.json,
+   to show what is memorised), per task and overall; the DPO runs' metrics read from their
+   metrics.jsonl and reference log-probabilities; tables on stdout, OUT/results.json,
    OUT/summary.md.
 
-Measured (2-core AMD EPYC shared with other jobs, torch 2.13, 2026-12-03; docs/post_training.md):
-before SFT no reply ends its turn; after it every reply is one answer of the right kind ending in
-<|eot_id|> (0% -> 100%), from either start, but held-out exact match only goes 0% -> 1.3% (train
-prompts 2%): at this budget the model learns the format, not the operations, and pretraining does
-not change that. A dim-128, 4-layer model with 600 SFT steps (2 minutes) reaches 11% held-out.
-
-Stages are named in `STAGES` and run in order from each starting point, each reading the
-checkpoint the one before wrote and each evaluated on the same prompts; the DPO and LoRA stages
-of the study will be added there once `herd dpo` and the trainer's [lora] section exist.
+Measured: docs/post_training.md.
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from safetensors import safe_open
 
 from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
@@ -69,7 +69,8 @@ from herd.data.shards import prepare
 from herd.errors import HerdError
 from herd.generation import generate
 from herd.model.transformer import build_model
-from herd.posttrain.sft import load_sft_config, sft_data
+from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
+from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints
 from herd.train.config import load_run_config
@@ -90,13 +91,22 @@ QUICK = {
     "ffn_dim": 128,
     "pretrain_steps": 6,
     "sft_steps": 6,
+    "dpo_pairs": 60,
+    "dpo_steps": 6,
     "batch_size": 4,
     "seq_len": 128,
+    "max_new_tokens": 8,
 }
 
-# The stages after the starting point, in order. A stage takes (args, out, name of its start,
-# the start's checkpoint) and returns the checkpoint it wrote. DPO and LoRA come later.
-STAGES = ("sft",)
+# The stages, in order: (name, the stage whose checkpoint it starts from; None: the starting
+# point). A stage function takes (args, out, name of its start, the start's checkpoint) and returns
+# the checkpoint it wrote and a record of its run; its model is named START+STAGE.
+STAGES = (
+    ("sft", None),
+    ("dpo_a0", "sft"),
+    ("dpo_a0.2", "sft"),
+    ("lora_sft", None),
+)
 
 
 # --- 1. tasks ----------------------------------------------------------------------------------
@@ -170,6 +180,46 @@ def chat_rows(args: argparse.Namespace, items: dict) -> list[dict]:
                 ]
             }
         )
+    return rows
+
+
+def _wrong(task: str, item, answer: str, rng: random.Random) -> str:
+    """A wrong answer of the same kind: another sum near the right one, or the word (reversal) or
+    the answer with one letter changed, so only correctness tells chosen from rejected."""
+    if task == "add":
+        return str(max(0, sum(item) + rng.choice([-3, -2, -1, 1, 2, 3])) or sum(item) + 1)
+    if task == "reverse" and item != answer and rng.random() < 0.5:
+        return item  # the word as it was: a plausible failure to reverse
+    letters = string.ascii_uppercase if task == "upper" else string.ascii_lowercase
+    i = rng.randrange(len(answer))
+    return answer[:i] + rng.choice(letters.replace(answer[i], "")) + answer[i + 1 :]
+
+
+def preference_rows(args: argparse.Namespace, items: dict) -> list[dict]:
+    """DPO pairs on distinct training items, the tasks in equal shares (a task with fewer items
+    gives all it has): chosen is the correct answer, rejected a wrong one of the same kind."""
+    rng = random.Random(args.seed + 4)
+    per_task = -(-args.dpo_pairs // len(TASKS))
+    chosen_items = {}
+    for task, (kind, _) in TASKS.items():
+        pool = list(items[kind]["train"])
+        rng.shuffle(pool)
+        chosen_items[task] = pool[:per_task]
+    rows = []
+    for i in range(per_task):
+        for task, (_, make) in TASKS.items():
+            if i >= len(chosen_items[task]) or len(rows) == args.dpo_pairs:
+                continue
+            item = chosen_items[task][i]
+            prompt, answer, _ = make(item)
+            wrong = _wrong(task, item, answer, rng)
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [{"role": "assistant", "content": wrong}],
+                }
+            )
     return rows
 
 
@@ -262,32 +312,108 @@ def pretrain(args: argparse.Namespace, tok_dir: Path, corpus: Path, out: Path) -
     return done, json.loads((run_dir / "summary.json").read_text())
 
 
-def sft(args: argparse.Namespace, out: Path, start_name: str, start: Path) -> tuple[Path, dict]:
-    """`herd sft --model.checkpoint START --data.path OUT/sft.jsonl ...`, through its code."""
-    run_dir = out / f"{start_name}+sft"
-    done = finished(run_dir, args.sft_steps)
+def _fine_tune(args, out, run_dir: Path, steps: int, overrides: dict, defaults: dict, data, label):
+    """One run of `herd sft`/`herd dpo`'s code (a config with the stage's defaults under the
+    overrides, its data, the trainer), or the finished one reused; its checkpoint and record."""
+    done = finished(run_dir, steps)
     if done is None:
         shutil.rmtree(run_dir, ignore_errors=True)
-        run = load_sft_config(
-            None,
-            {
-                "model.checkpoint": str(start),
-                "data.path": str(out / "sft.jsonl"),
-                **train_overrides(args, args.sft_steps, args.sft_lr, run_dir),
-            },
-        )
-        print(f"{start_name} -> sft: {args.sft_steps} steps in {run_dir}")
+        run = load_stage_config(None, overrides, defaults)
+        print(f"{label}: {steps} steps in {run_dir}")
         start_time = time.perf_counter()
-        last = Trainer(run, run_dir, data=sft_data(run)).fit(show_progress=not args.quiet)
+        last = Trainer(run, run_dir, data=data(run)).fit(show_progress=not args.quiet)
         record = {"loss": last.get("loss"), "seconds": time.perf_counter() - start_time}
         (run_dir / "summary.json").write_text(json.dumps(record) + "\n")
-        done = finished(run_dir, args.sft_steps)
+        done = finished(run_dir, steps)
     else:
-        print(f"{start_name} -> sft: reusing the finished run in {run_dir}")
+        print(f"{label}: reusing the finished run in {run_dir}")
     return done, json.loads((run_dir / "summary.json").read_text())
 
 
-STAGE_FUNCTIONS = {"sft": sft}
+def sft(args: argparse.Namespace, out: Path, start_name: str, start: Path) -> tuple[Path, dict]:
+    """`herd sft --model.checkpoint START --data.path OUT/sft.jsonl ...`, through its code."""
+    overrides = {
+        "model.checkpoint": str(start),
+        "data.path": str(out / "sft.jsonl"),
+        **train_overrides(args, args.sft_steps, args.sft_lr, out / f"{start_name}+sft"),
+    }
+    return _fine_tune(args, out, out / f"{start_name}+sft", args.sft_steps, overrides,
+                      SFT_DEFAULTS, sft_data, f"{start_name} -> sft")  # fmt: skip
+
+
+def lora_sft(args: argparse.Namespace, out: Path, start_name: str, start: Path):
+    """The same SFT run with LoRA adapters (`--lora.r R --lora.target_modules all-linear`) on the
+    frozen start, at --lora-lr: same conversations, steps and batch as full SFT."""
+    run_dir = out / f"{start_name}+lora_sft"
+    overrides = {
+        "model.checkpoint": str(start),
+        "data.path": str(out / "sft.jsonl"),
+        **train_overrides(args, args.sft_steps, args.lora_lr, run_dir),
+        "lora.r": str(args.lora_r),
+        "lora.alpha": str(args.lora_alpha),
+        "lora.target_modules": "all-linear",
+    }
+    return _fine_tune(args, out, run_dir, args.sft_steps, overrides, SFT_DEFAULTS, sft_data,
+                      f"{start_name} -> lora_sft (r {args.lora_r})")  # fmt: skip
+
+
+def dpo(alpha: float):
+    """The DPO stage with NLL weight `alpha`: `herd dpo --model.checkpoint START --data.path
+    OUT/dpo.jsonl --dpo.alpha ALPHA ...` through its code, with its held-out pairs' metrics."""
+
+    def stage(args: argparse.Namespace, out: Path, start_name: str, start: Path):
+        run_dir = out / f"{start_name}+dpo_a{alpha:g}"
+        overrides = {
+            "model.checkpoint": str(start),
+            "data.path": str(out / "dpo.jsonl"),
+            **train_overrides(args, args.dpo_steps, args.dpo_lr, run_dir),
+            "train.eval_every": str(max(1, args.dpo_steps // 4)),
+            "data.val_fraction": str(args.dpo_val_fraction),
+            "dpo.beta": str(args.dpo_beta),
+            "dpo.alpha": str(alpha),
+        }
+        checkpoint, record = _fine_tune(args, out, run_dir, args.dpo_steps, overrides,
+                                        DPO_DEFAULTS, lambda run: dpo_data(run, run_dir),
+                                        f"{start_name} -> dpo (alpha {alpha:g})")  # fmt: skip
+        return checkpoint, {**record, **dpo_metrics(run_dir)}
+
+    return stage
+
+
+def dpo_metrics(run_dir: Path) -> dict:
+    """From the run's files: the training `logps/chosen` and `logps/rejected` of the first and
+    last log lines, the held-out pairs' `val_rewards/*` at each evaluation, and the share of
+    held-out pairs the start (the reference) already preferred the right way."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if "logps/chosen" in r]
+    val = [r for r in lines if "val_rewards/accuracies" in r]
+    first, last = train[0], train[-1]
+    record = {
+        "logps_chosen_first": first["logps/chosen"],
+        "logps_chosen_last": last["logps/chosen"],
+        "logps_rejected_first": first["logps/rejected"],
+        "logps_rejected_last": last["logps/rejected"],
+        "log_steps": [first["step"], last["step"]],
+        "val": [
+            {
+                "step": r["step"],
+                "accuracies": r["val_rewards/accuracies"],
+                "margins": r["val_rewards/margins"],
+                "loss": r["val_loss"],
+            }
+            for r in val
+        ],
+    }
+    reference = run_dir / "reference_logps_val.safetensors"
+    if reference.is_file():
+        with safe_open(reference, "pt") as f:
+            ref = f.get_tensor("reference_logps")
+        record["val_pairs"] = int(ref.shape[0])
+        record["start_prefers_chosen"] = float((ref[:, 0] > ref[:, 1]).float().mean())
+    return record
+
+
+STAGE_FUNCTIONS = {"sft": sft, "dpo_a0": dpo(0.0), "dpo_a0.2": dpo(0.2), "lora_sft": lora_sft}
 
 
 # --- 5. evaluation -------------------------------------------------------------------------------
@@ -360,6 +486,50 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def dpo_table(results: dict) -> str:
+    """Markdown: per DPO run, the held-out pairs' reward accuracy (and the share the start already
+    ranked right), the training logps/chosen and logps/rejected at the first and last log line,
+    and held-out exact match before (its SFT start) and after."""
+    lines = [
+        "| model | held-out pairs | start ranks chosen higher | val rewards/accuracies "
+        "(by eval step) | val rewards/margins (last) | logps/chosen first -> last | "
+        "logps/rejected first -> last | held-out EM: SFT -> DPO |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        d = r.get("dpo") or {}
+        if "val" not in d and "logps_chosen_first" not in d:
+            continue
+        start = results[name.rsplit("+", 1)[0]]["scores"]["held_out"]["overall"]["exact_match"]
+        after = r["scores"]["held_out"]["overall"]["exact_match"]
+        accuracies = ", ".join(f"{v['accuracies']:.0%}" for v in d["val"]) or "-"
+        margins = f"{d['val'][-1]['margins']:.2f}" if d["val"] else "-"
+        lines.append(
+            f"| {name} | {d.get('val_pairs', 0)} | {d.get('start_prefers_chosen', float('nan')):.0%}"
+            f" | {accuracies} | {margins} | {d['logps_chosen_first']:.2f} -> "
+            f"{d['logps_chosen_last']:.2f} | {d['logps_rejected_first']:.2f} -> "
+            f"{d['logps_rejected_last']:.2f} | {start:.1%} -> {after:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def lora_lines(results: dict) -> list[str]:
+    """One line per start: LoRA SFT's held-out EM against full SFT's, and the gap."""
+    lines = []
+    for name, r in results.items():
+        if name.endswith("+lora_sft") and name.replace("+lora_sft", "+sft") in results:
+            full = results[name.replace("+lora_sft", "+sft")]["scores"]["held_out"]["overall"]
+            lora = r["scores"]["held_out"]["overall"]
+            gap = full["exact_match"] - lora["exact_match"]
+            lines.append(
+                f"{name}: held-out EM {lora['exact_match']:.1%} against full SFT's "
+                f"{full['exact_match']:.1%} (full minus LoRA: {gap * 100:+.1f} points); "
+                f"final loss {r['train_loss']:.3f} against "
+                f"{results[name.replace('+lora_sft', '+sft')]['train_loss']:.3f}."
+            )
+    return lines
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -372,7 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--starts",
         nargs="+",
-        default=["random_init", "pretrained"],
+        default=["random_init"],
         choices=["random_init", "pretrained"],
         help="starting points the stages run from",
     )
@@ -387,19 +557,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--sft-examples", type=int, default=3000, help="SFT conversations")
     data.add_argument("--vocab-size", type=int, default=320, help="BPE vocabulary size")
     data.add_argument(
-        "--eval-prompts", type=int, default=50, help="prompts per task and split evaluated"
+        "--eval-prompts", type=int, default=30, help="prompts per task and split evaluated"
     )
     data.add_argument("--max-new-tokens", type=int, default=16, help="reply length limit")
-    model = p.add_argument_group("model (the demo preset's shape by default)")
-    model.add_argument("--dim", type=int, default=288, help="residual width")
-    model.add_argument("--n-layers", type=int, default=6, help="Transformer blocks")
-    model.add_argument("--n-heads", type=int, default=6, help="attention heads (no GQA)")
-    model.add_argument("--ffn-dim", type=int, default=768, help="SwiGLU hidden width")
+    model = p.add_argument_group("model (smaller than the demo preset: more steps per parameter)")
+    model.add_argument("--dim", type=int, default=128, help="residual width")
+    model.add_argument("--n-layers", type=int, default=4, help="Transformer blocks")
+    model.add_argument("--n-heads", type=int, default=4, help="attention heads (no GQA)")
+    model.add_argument("--ffn-dim", type=int, default=384, help="SwiGLU hidden width")
     train = p.add_argument_group("training")
     train.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps")
     train.add_argument("--pretrain-lr", type=float, default=2e-3, help="pretraining peak lr")
-    train.add_argument("--sft-steps", type=int, default=120, help="SFT steps")
-    train.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak lr")
+    train.add_argument("--sft-steps", type=int, default=600, help="SFT steps")
+    train.add_argument("--sft-lr", type=float, default=3e-3, help="SFT peak lr")
+    train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (all-linear)")
+    train.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha")
+    train.add_argument("--lora-lr", type=float, default=1e-2, help="LoRA SFT peak lr")
+    train.add_argument("--dpo-pairs", type=int, default=3000, help="DPO preference pairs")
+    train.add_argument("--dpo-steps", type=int, default=200, help="DPO steps (each alpha)")
+    train.add_argument("--dpo-lr", type=float, default=3e-4, help="DPO peak lr")
+    train.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
+    train.add_argument(
+        "--dpo-val-fraction", type=float, default=0.1, help="share of pairs held out"
+    )
     train.add_argument("--batch-size", type=int, default=8, help="rows per step")
     train.add_argument("--seq-len", type=int, default=256, help="positions per row")
     train.add_argument("--seed", type=int, default=0, help="seed of items, data order, init")
@@ -424,6 +604,8 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = pretraining_corpus(args, items, out / "pretrain_corpus")
     rows = chat_rows(args, items)
     (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    pairs = preference_rows(args, items)
+    (out / "dpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), "utf-8")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         print(f"training a {args.vocab_size}-token BPE on the pretraining prose")
@@ -437,14 +619,15 @@ def main(argv: list[str] | None = None) -> dict:
     if "pretrained" in args.starts:
         starts["pretrained"], runs["pretrained"] = pretrain(args, tok_dir, corpus, out)
     checkpoints = {}
-    for name, checkpoint in starts.items():
-        checkpoints[name] = checkpoint
-        for stage in STAGES:
-            checkpoint, runs[f"{name}+{stage}"] = STAGE_FUNCTIONS[stage](
-                args, out, name, checkpoint
+    for start_name, checkpoint in starts.items():
+        checkpoints[start_name] = checkpoint
+        made = {None: start_name}  # stage -> the model it made
+        for stage, parent in STAGES:
+            name = f"{made[parent]}+{stage}"
+            checkpoints[name], runs[name] = STAGE_FUNCTIONS[stage](
+                args, out, made[parent], checkpoints[made[parent]]
             )
-            name = f"{name}+{stage}"
-            checkpoints[name] = checkpoint
+            made[stage] = name
     results = {}
     for name, checkpoint in checkpoints.items():
         start = time.perf_counter()
@@ -453,6 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
             "checkpoint": str(checkpoint),
             "train_loss": runs.get(name, {}).get("loss"),
             "train_seconds": runs.get(name, {}).get("seconds"),
+            "dpo": {k: v for k, v in runs.get(name, {}).items() if k not in ("loss", "seconds")},
             "scores": scores,
         }
         held = scores["held_out"]["overall"]
@@ -464,19 +648,25 @@ def main(argv: list[str] | None = None) -> dict:
     report = [
         table(results),
         "",
+        dpo_table(results),
+        "",
+        *lora_lines(results),
+        "",
         f"Held-out: {len(prompts['held_out']['add'])} prompts per task whose words or number "
         f"pairs appear in no training text; train-prompt EM: as many prompts from the SFT "
         f"items. Greedy decoding, at most {args.max_new_tokens} new tokens. Model: dim "
         f"{args.dim}, {args.n_layers} layers, vocabulary {args.vocab_size}; pretraining "
         f"{args.pretrain_steps} steps, SFT {args.sft_steps} steps of {args.batch_size} x "
-        f"{args.seq_len} positions. {seconds / 60:.1f} minutes in all.",
+        f"{args.seq_len} positions; LoRA SFT r {args.lora_r} all-linear, lr {args.lora_lr:g} "
+        f"(full {args.sft_lr:g}); DPO {args.dpo_steps} steps, beta {args.dpo_beta:g}, lr "
+        f"{args.dpo_lr:g}, {len(pairs)} pairs. {seconds / 60:.1f} minutes in all.",
     ]
     print("\n" + "\n".join(report))
     summary = {
         "question": "does herd sft teach a small model to answer in the chat format, correctly "
         "and ending its turn, on held-out prompts?",
         "settings": {k: v for k, v in vars(args).items() if k not in ("quiet", "threads")},
-        "stages": list(STAGES),
+        "stages": [stage for stage, _ in STAGES],
         "results": results,
         "seconds": seconds,
     }

@@ -1,5 +1,6 @@
-"""experiments/post_training.py end to end in its --quick form: both starting points, SFT from
-each, every checkpoint scored on held-out and training prompts; a rerun reuses the runs."""
+"""experiments/post_training.py end to end in its --quick form: from the random initialisation,
+SFT, DPO on the SFT result with alpha 0 and 0.2, and LoRA SFT; every checkpoint scored on held-out
+and training prompts, the DPO runs' metrics read back; a rerun reuses the runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 # the experiment's folder, as when it runs as a script
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 
-MODELS = ("random_init", "random_init+sft", "pretrained", "pretrained+sft")
+# the default start, the random initialisation (--starts pretrained adds pretraining)
+ARGS = ["--quick", "--quiet", "--threads", "2", "--out"]
+STAGES = ("sft", "sft+dpo_a0", "sft+dpo_a0.2", "lora_sft")
+MODELS = tuple(f"{s}{t}" for s in ("random_init",) for t in ("", *(f"+{x}" for x in STAGES)))
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +29,14 @@ def experiment():
 @pytest.fixture(scope="module")
 def quick_run(experiment, tmp_path_factory):
     out = tmp_path_factory.mktemp("post_training")
-    summary = experiment.main(["--quick", "--quiet", "--threads", "2", "--out", str(out)])
+    summary = experiment.main([*ARGS, str(out)])
     return out, summary
 
 
 def test_quick_run_reports_every_model_and_task(experiment, quick_run):
     out, _ = quick_run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["stages"] == ["sft"]
+    assert saved["stages"] == ["sft", "dpo_a0", "dpo_a0.2", "lora_sft"]
     assert set(saved["results"]) == set(MODELS)
     for name, r in saved["results"].items():
         assert Path(r["checkpoint"]).is_dir(), name
@@ -46,9 +50,45 @@ def test_quick_run_reports_every_model_and_task(experiment, quick_run):
                 assert 0.0 <= scores["overall"][key] <= 1.0, (name, split, key)
     # the random initialisation never ends its turn: it has never seen <|eot_id|>
     assert saved["results"]["random_init"]["scores"]["held_out"]["overall"]["eot_share"] == 0.0
-    for name in ("pretrained", "random_init+sft", "pretrained+sft"):
-        assert saved["results"][name]["train_seconds"] > 0
-    assert "| pretrained+sft |" in (out / "summary.md").read_text()
+    for name in MODELS[1:]:  # all but the random initialisation were trained
+        assert saved["results"][name]["train_seconds"] > 0, name
+    summary_md = (out / "summary.md").read_text()
+    assert "| random_init+sft |" in summary_md and "| random_init+lora_sft |" in summary_md
+    assert "full minus LoRA" in summary_md
+    # the LoRA run's checkpoint holds adapters only (evaluation merged them onto the start)
+    lora = Path(saved["results"]["random_init+lora_sft"]["checkpoint"])
+    assert (lora / "adapter_config.json").is_file()
+    # each DPO run's metrics: held-out pairs evaluated, logps first and last, the start's ranking
+    for start in ("random_init",):
+        for alpha in ("0", "0.2"):
+            name = f"{start}+sft+dpo_a{alpha}"
+            d = saved["results"][name]["dpo"]
+            assert f"| {name} |" in summary_md
+            assert d["val_pairs"] > 0 and 0.0 <= d["start_prefers_chosen"] <= 1.0
+            assert d["val"] and all(0.0 <= v["accuracies"] <= 1.0 for v in d["val"])
+            assert d["log_steps"][0] < d["log_steps"][1]
+            for key in ("logps_chosen_first", "logps_chosen_last", "logps_rejected_last"):
+                assert d[key] < 0, (name, key)
+            config = (out / name / "config.toml").read_text()
+            assert f"alpha = {float(alpha)}" in config, name
+    # the pairs: distinct prompts on training items, chosen the correct answer, rejected wrong
+    pairs = [json.loads(x) for x in (out / "dpo.jsonl").read_text().splitlines()]
+    assert len(pairs) == experiment.QUICK["dpo_pairs"]
+    assert len({p["prompt"][0]["content"] for p in pairs}) == len(pairs)
+    for p in pairs:
+        question = p["prompt"][0]["content"]
+        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+        if question.startswith("What is"):
+            a, b = question[len("What is ") : -1].split(" plus ")
+            right = str(int(a) + int(b))
+            assert rejected.isdigit()
+        elif question.startswith("Reverse"):
+            right = question.split()[-1][:-1][::-1]
+            assert rejected.islower() and len(rejected) == len(right)
+        else:
+            right = question.split()[1].upper()
+            assert rejected.isupper() and len(rejected) == len(right)
+        assert chosen == right != rejected
     # the SFT set is the chat format's rows, and no held-out item is in any training text
     rows = [json.loads(x) for x in (out / "sft.jsonl").read_text().splitlines()]
     assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
@@ -66,7 +106,7 @@ def test_quick_run_reports_every_model_and_task(experiment, quick_run):
 
 def test_rerun_reuses_finished_runs(experiment, quick_run, capsys):
     out, summary = quick_run
-    again = experiment.main(["--quick", "--quiet", "--threads", "2", "--out", str(out)])
-    assert capsys.readouterr().out.count("reusing the finished") == 3
+    again = experiment.main([*ARGS, str(out)])
+    assert capsys.readouterr().out.count("reusing the finished") == len(STAGES)
     for name in MODELS:
         assert again["results"][name]["scores"] == summary["results"][name]["scores"]
