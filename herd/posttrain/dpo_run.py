@@ -204,7 +204,9 @@ def run_dpo(args: argparse.Namespace) -> None:
         run = load_run_config(str(config), overrides)
     else:
         if args.config is None and not overrides:
-            raise HerdError("give a CONFIG.toml (see configs/dpo.toml) or --SECTION.FIELD overrides")
+            raise HerdError(
+                "give a CONFIG.toml (see configs/dpo.toml) or --SECTION.FIELD overrides"
+            )
         run = load_stage_config(args.config, overrides, DPO_DEFAULTS)
         run_dir = Path(run.train.out)
     rank, _ = distributed.world()
