@@ -389,3 +389,38 @@ def test_packed_loss_is_the_sum_of_dialogues_alone_on_assistant_tokens(llama2, s
     i = batches.rows[row][0]
     text = llama2.decode(batch.targets[0][(batch.doc_ids[0] == 0) & counted[0]].tolist())
     assert text.startswith(_dialog(i)[1]["content"])
+
+
+def test_only_assistant_tokens_carry_gradient(llama2, sft_examples):
+    """Perturb what the model predicts at every other position (its logits there): the SFT loss
+    and its gradient do not move; perturb an assistant position's and they do."""
+    import torch.nn.functional as F
+
+    config = herd.ModelConfig(
+        dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=llama2.vocab_size, ffn_dim=64
+    )
+    model = herd.build_model(config, seed=0)
+    batch = _batches(sft_examples).next_micro_batch()
+    with torch.no_grad():
+        logits = model(batch.inputs, packed=PackedAttention.of(batch.doc_ids))
+
+    def loss_of(values):
+        values = values.clone().requires_grad_(True)
+        loss = F.cross_entropy(
+            values.flatten(0, 1),
+            batch.targets.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        loss.backward()
+        return loss.detach(), values.grad
+
+    base, grad = loss_of(logits)
+    assistant = batch.targets != IGNORE_INDEX
+    assert assistant.any() and (~assistant).any()
+    assert torch.all(grad[~assistant] == 0) and torch.all(grad[assistant].abs().sum(-1) > 0)
+    noise = torch.randn_like(logits) * 5
+    elsewhere, _ = loss_of(torch.where(assistant[..., None], logits, logits + noise))
+    assert elsewhere == base
+    there, _ = loss_of(torch.where(assistant[..., None], logits + noise, logits))
+    assert there != base
