@@ -257,20 +257,22 @@ def _run_train(args: argparse.Namespace) -> None:
     run_train(args)
 
 
-def _add_sft(p: argparse.ArgumentParser) -> None:
+def _add_posttrain(p: argparse.ArgumentParser, about: str) -> None:
+    """`herd train`'s arguments, with what the stage reads in front of the field list."""
     import textwrap
 
     _add_train(p)
-    p.epilog = (
-        textwrap.fill(
-            "[model] checkpoint = FOLDER names the checkpoint to fine-tune (its tokenizer gives the "
-            "chat format); [data] path names the conversations: JSONL, Parquet, a folder of them or "
-            'a Hugging Face dataset, rows {"messages": [{"role", "content"}, ...]}. Defaults that '
-            "differ from `herd train`: optim.lr 1e-5, optim.warmup_steps 10.",
-            width=90,
-        )
-        + "\n\n"
-        + p.epilog
+    p.epilog = textwrap.fill(about, width=90) + "\n\n" + p.epilog
+
+
+def _add_sft(p: argparse.ArgumentParser) -> None:
+    _add_posttrain(
+        p,
+        "[model] checkpoint = FOLDER names the checkpoint to fine-tune (its tokenizer gives the "
+        "chat format); [data] path names the conversations: JSONL, Parquet, a folder of them or "
+        'a Hugging Face dataset, rows {"messages": [{"role", "content"}, ...]}; [lora] r > 0 '
+        "trains adapters only. Defaults that differ from `herd train`: optim.lr 1e-5, "
+        "optim.warmup_steps 10.",
     )
 
 
@@ -281,21 +283,15 @@ def _run_sft(args: argparse.Namespace) -> None:
 
 
 def _add_dpo(p: argparse.ArgumentParser) -> None:
-    import textwrap
-
-    _add_train(p)
-    p.epilog = (
-        textwrap.fill(
-            "[model] checkpoint = FOLDER names the checkpoint to train (usually an SFT result; it is "
-            "also the reference, whose log-probabilities are computed once into the run folder); "
-            "[data] path names preference pairs: JSONL, Parquet, a folder of them or a Hugging Face "
-            'dataset, rows {"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
-            "data.seq_len is the longest prompt + response kept; [dpo] beta and alpha. Defaults that "
-            "differ from `herd train`: optim.lr 1e-5, optim.warmup_steps 10.",
-            width=90,
-        )
-        + "\n\n"
-        + p.epilog
+    _add_posttrain(
+        p,
+        "[model] checkpoint = FOLDER names the checkpoint to train (usually an SFT result; it is "
+        "also the reference, whose log-probabilities are computed once into the run folder); "
+        "[data] path names preference pairs: JSONL, Parquet, a folder of them or a Hugging Face "
+        'dataset, rows {"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
+        "data.seq_len is the longest prompt + response kept; [dpo] beta and alpha; [lora] r > 0 "
+        "trains adapters only. Defaults that differ from `herd train`: optim.lr 1e-5, "
+        "optim.warmup_steps 10.",
     )
 
 

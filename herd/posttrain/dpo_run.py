@@ -33,7 +33,7 @@ from herd.errors import HerdError
 from herd.posttrain.dpo import BETA, NLL_WEIGHT, PreferenceBatch, dpo_loss, preference_logps
 from herd.posttrain.dpo import reference_logps as compute_reference_logps
 from herd.posttrain.preference_batches import PairBatch, PreferenceBatches
-from herd.train.config import RunConfig, load_run_config
+from herd.train.config import RunConfig
 from herd.train.training_data import TrainingData
 
 DPO_DEFAULTS = {"optim.lr": "1e-5", "optim.warmup_steps": "10"}
@@ -193,24 +193,13 @@ def run_dpo(args: argparse.Namespace) -> None:
     """`herd dpo CONFIG.toml [--SECTION.FIELD VALUE ...]` or `herd dpo --resume RUN_DIR`."""
     from herd.posttrain.sft import load_stage_config
     from herd.train import distributed
-    from herd.train.commands import fit_and_report
+    from herd.train.commands import fit_and_report, run_from_args
 
-    overrides = getattr(args, "overrides", {})
-    if args.resume:
-        run_dir = Path(args.resume)
-        config = args.config or run_dir / "config.toml"
-        if not Path(config).is_file():
-            raise HerdError(f"{run_dir}: no config.toml to resume from")
-        run = load_run_config(str(config), overrides)
-    else:
-        if args.config is None and not overrides:
-            raise HerdError(
-                "give a CONFIG.toml (see configs/dpo.toml) or --SECTION.FIELD overrides"
-            )
-        run = load_stage_config(args.config, overrides, DPO_DEFAULTS)
-        run_dir = Path(run.train.out)
+    run, run_dir, resume = run_from_args(
+        args, lambda path, overrides: load_stage_config(path, overrides, DPO_DEFAULTS)
+    )
     rank, _ = distributed.world()
-    fit_and_report(run, run_dir, bool(args.resume), dpo_data(run, run_dir, rank))
+    fit_and_report(run, run_dir, resume, dpo_data(run, run_dir, rank))
 
 
 __all__ = ["BETA", "NLL_WEIGHT", "DPOObjective", "dpo_data", "run_dpo"]

@@ -134,23 +134,9 @@ def load_stage_config(
 
 def run_sft(args: argparse.Namespace) -> None:
     """`herd sft CONFIG.toml [--SECTION.FIELD VALUE ...]` or `herd sft --resume RUN_DIR`."""
-    from herd.train.commands import fit_and_report
-
-    overrides = getattr(args, "overrides", {})
-    if args.resume:
-        run_dir = Path(args.resume)
-        config = args.config or run_dir / "config.toml"
-        if not Path(config).is_file():
-            raise HerdError(f"{run_dir}: no config.toml to resume from")
-        run = load_run_config(str(config), overrides)  # resolved: the defaults are in it
-    else:
-        if args.config is None and not overrides:
-            raise HerdError(
-                "give a CONFIG.toml (see configs/sft.toml) or --SECTION.FIELD overrides"
-            )
-        run = load_sft_config(args.config, overrides)
-        run_dir = Path(run.train.out)
     from herd.train import distributed
+    from herd.train.commands import fit_and_report, run_from_args
 
+    run, run_dir, resume = run_from_args(args, load_sft_config)
     rank, _ = distributed.world()
-    fit_and_report(run, run_dir, bool(args.resume), sft_data(run, rank))
+    fit_and_report(run, run_dir, resume, sft_data(run, rank))

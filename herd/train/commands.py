@@ -9,6 +9,13 @@ from herd.errors import HerdError
 
 
 def run_train(args: argparse.Namespace) -> None:
+    fit_and_report(*run_from_args(args))
+
+
+def run_from_args(args: argparse.Namespace, load_config=None) -> tuple:
+    """(run config, run folder, resuming?) of `herd train|sft|dpo CONFIG.toml [overrides]` or
+    `--resume RUN_DIR`. A new run's config comes from `load_config(path, overrides)` (a stage's
+    defaults under the file); a resumed run's from its config.toml, already resolved."""
     from herd.train.config import load_run_config
 
     overrides = getattr(args, "overrides", {})
@@ -17,13 +24,11 @@ def run_train(args: argparse.Namespace) -> None:
         config = args.config or run_dir / "config.toml"
         if not Path(config).is_file():
             raise HerdError(f"{run_dir}: no config.toml to resume from")
-        run = load_run_config(str(config), overrides)
-    else:
-        if args.config is None and not overrides:
-            raise HerdError("give a CONFIG.toml (see configs/) or --SECTION.FIELD overrides")
-        run = load_run_config(args.config, overrides)
-        run_dir = Path(run.train.out)
-    fit_and_report(run, run_dir, bool(args.resume))
+        return load_run_config(str(config), overrides), run_dir, True
+    if args.config is None and not overrides:
+        raise HerdError("give a CONFIG.toml (examples in configs/) or --SECTION.FIELD overrides")
+    run = (load_config or load_run_config)(args.config, overrides)
+    return run, Path(run.train.out), False
 
 
 def fit_and_report(run, run_dir: Path, resume: bool, data=None) -> None:
