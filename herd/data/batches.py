@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from herd.data.epoch_order import EpochOrder
 from herd.data.shards import TokenShards
 from herd.errors import HerdError
 
@@ -34,13 +35,7 @@ class PackedBatches:
             )
         self._shard_of = np.repeat(np.arange(len(counts)), counts)
         self._start_of = np.concatenate([np.arange(c) * seq_len for c in counts])
-        self.epoch = 0
-        self.index = 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_windows, generator=g).numpy()
+        self.order = EpochOrder(self.n_windows, seed)
 
     def window(self, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens [seq_len + 1] of window w and the document index of each token."""
@@ -53,16 +48,11 @@ class PackedBatches:
 
     def _advance(self) -> tuple[int, int]:
         """The next window of the order and its row seed; moves the cursor one window on."""
-        if self.index == self.n_windows:
-            self.epoch += 1
-            self.index = 0
-            self._order = self._permutation(self.epoch)
-        w = int(self._order[self.index])
+        w = self.order.advance()
         # A function of the run's seed and the draw's place (epoch, index): the seed of this row's
         # objective randomness, the same whichever process or micro-batch builds the row.
-        seed = ((self.seed * 1_000_003 + self.epoch) << 32 | self.index) & (2**63 - 1)
-        self.index += 1
-        return w, seed
+        epoch, index = self.order.epoch, self.order.index - 1
+        return w, ((self.seed * 1_000_003 + epoch) << 32 | index) & (2**63 - 1)
 
     def next_batch(self, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """(windows [b, T+1], doc_ids [b, T+1], row seeds [b]) of the next batch's `rows` (all
@@ -109,8 +99,7 @@ class PackedBatches:
             yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self.order.load_state_dict(state)

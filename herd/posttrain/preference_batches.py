@@ -5,9 +5,9 @@ is 1 on the response tokens DPO scores (herd/posttrain/chat_data.py masks header
 out). Each side is right-padded to the longest row of its micro-batch; `PairBatch.index` names the
 pairs so their reference log-probabilities (computed once, herd/posttrain/dpo.py) can be looked up.
 
-Order and resume follow `herd.data.batches.PackedBatches`: each epoch visits the pairs in a
-permutation seeded by (seed, epoch), the cursor (epoch, index) is the whole state, and a process
-builds only its own rows of each global batch.
+Order and resume are `herd.data.epoch_order.EpochOrder`'s, as for pretraining: each epoch
+visits the pairs in a permutation seeded by (seed, epoch), the cursor (epoch, index) is the whole
+state, and a process builds only its own rows of each global batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.data.epoch_order import EpochOrder
 from herd.errors import HerdError
 
 
@@ -80,25 +81,12 @@ class PreferenceBatches:
                 f"{len(examples)} preference pairs, fewer than one batch of {batch_size}; "
                 "lower data.batch_size"
             )
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
-        self.epoch, self.index = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.examples), generator=g).tolist()
-
-    def _advance(self) -> int:
-        if self.index == len(self.examples):
-            self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        i = self._order[self.index]
-        self.index += 1
-        return i
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.order = EpochOrder(len(examples), seed)
 
     def next_micro_batch(self, rows: slice | None = None) -> PairBatch:
         """The next batch's `rows` (all by default), advancing past the whole batch."""
-        drawn = [self._advance() for _ in range(self.batch_size)]
+        drawn = [self.order.advance() for _ in range(self.batch_size)]
         return pair_batch(self.examples, drawn[rows or slice(None)], self.pad_id)
 
     def in_order(self, batch_size: int | None = None) -> Iterator[PairBatch]:
@@ -109,12 +97,10 @@ class PreferenceBatches:
             yield pair_batch(self.examples, range(start, stop), self.pad_id)
 
     def skip(self, n_batches: int) -> None:
-        for _ in range(n_batches * self.batch_size):
-            self._advance()
+        self.order.skip(n_batches * self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self.order.load_state_dict(state)

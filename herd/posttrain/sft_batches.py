@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
+from herd.data.epoch_order import EpochOrder
 from herd.data.objectives import IGNORE_INDEX, TrainBatch
 from herd.errors import HerdError
 
@@ -59,7 +60,7 @@ class SFTBatches:
         if batch_size < 1 or seq_len < 1:
             raise HerdError(f"batch_size {batch_size} and seq_len {seq_len} must be positive")
         self.examples = examples
-        self.batch_size, self.seq_len, self.seed, self.pad_id = batch_size, seq_len, seed, pad_id
+        self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
         lengths = []
         for e in examples:
             if len(e.ids) != len(e.mask) or len(e.ids) < 2:
@@ -72,13 +73,7 @@ class SFTBatches:
                 f"{len(examples)} dialogues pack into {self.n_rows} rows of {seq_len} positions, "
                 f"fewer than one batch of {batch_size}; lower batch_size or seq_len"
             )
-        self.epoch = 0
-        self.index = 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_rows, generator=g).tolist()
+        self.order = EpochOrder(self.n_rows, seed)
 
     def row(self, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, targets, doc_ids), each LongTensor [seq_len], of packed row r."""
@@ -94,22 +89,13 @@ class SFTBatches:
         docs += [len(self.rows[r])] * pad
         return torch.tensor(inputs), torch.tensor(targets), torch.tensor(docs)
 
-    def _advance(self) -> int:
-        if self.index == self.n_rows:
-            self.epoch += 1
-            self.index = 0
-            self._order = self._permutation(self.epoch)
-        r = self._order[self.index]
-        self.index += 1
-        return r
-
     def next_micro_batch(self, rows: slice | None = None) -> TrainBatch:
         """The next batch's `rows` (all by default) as a TrainBatch [b, seq_len], advancing the
         cursor past the whole batch; only those rows are built."""
         keep = range(self.batch_size)[rows or slice(None)]
         parts = []
         for b in range(self.batch_size):
-            r = self._advance()
+            r = self.order.advance()
             if b in keep:
                 parts.append(self.row(r))
         inputs, targets, docs = (torch.stack(t) for t in zip(*parts, strict=True))
@@ -129,12 +115,10 @@ class SFTBatches:
 
     def skip(self, n_batches: int) -> None:
         """Advance the cursor past `n_batches` batches, building nothing."""
-        for _ in range(n_batches * self.batch_size):
-            self._advance()
+        self.order.skip(n_batches * self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._permutation(self.epoch)
+        self.order.load_state_dict(state)

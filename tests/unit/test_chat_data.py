@@ -362,7 +362,7 @@ def test_packed_loss_is_the_sum_of_dialogues_alone_on_assistant_tokens(llama2, s
     model = herd.build_model(config, seed=0)
     batches = _batches(sft_examples)
     batch = batches.next_micro_batch()
-    order = batches._permutation(0)[: batches.batch_size]
+    order = batches.order.permutation(0)[: batches.batch_size]
     with torch.no_grad():
         packed = model(
             batch.inputs, packed=PackedAttention.of(batch.doc_ids), targets=batch.targets
