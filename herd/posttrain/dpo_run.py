@@ -57,13 +57,22 @@ class DPOObjective:
         self.held_out_reference: torch.Tensor | None = None
         self._metrics: list[tuple[int, dict[str, torch.Tensor]]] = []
 
-    def prepare(self, model: torch.nn.Module, rank: int, device: torch.device) -> None:
-        """The reference log-probs of every pair under `model` as it is now (the start)."""
+    def prepare(
+        self, model: torch.nn.Module, rank: int, device: torch.device, fresh: bool = True
+    ) -> None:
+        """The reference log-probs of every pair under `model` as it is now (the start). A fresh
+        run computes them anew: files left in its folder by an earlier run may belong to other
+        data or another start; a resumed run continues or reads its own."""
+        held_out_path = self.path.with_name(self.path.stem + "_val" + self.path.suffix)
+        if fresh and rank == 0:
+            self.path.unlink(missing_ok=True)
+            held_out_path.unlink(missing_ok=True)
         size = self.batches.batch_size
         self.reference = _reference(model, self.batches, self.path, rank, device, size)
         if self.held_out is not None:
-            path = self.path.with_name(self.path.stem + "_val" + self.path.suffix)
-            self.held_out_reference = _reference(model, self.held_out, path, rank, device, size)
+            self.held_out_reference = _reference(
+                model, self.held_out, held_out_path, rank, device, size
+            )
 
     def _loss(self, model, micro: PairBatch, reference: torch.Tensor):
         sides = PreferenceBatch(*micro.tensors()[:4])

@@ -67,6 +67,9 @@ class Trainer:
         data: TrainingData | None = None,
     ) -> None:
         self.run, self.run_dir = run, Path(run_dir)
+        if not resume and any((self.run_dir / "checkpoints").glob("step-*")):
+            # before any work (a DPO reference pass, say) that a refused run would waste
+            raise HerdError(f"{self.run_dir}: holds checkpoints; resume with --resume")
         if not run.data.path:
             raise HerdError("data.path is empty: point it at a folder from `herd data prepare`")
         d, t = run.data, run.train
@@ -116,7 +119,7 @@ class Trainer:
         self.objective = data.objective
         if self.objective is not None:  # e.g. DPO's reference log-probs, from the start weights
             with self._autocast():  # the precision the policy's log-probs will have
-                self.objective.prepare(self.model, self.rank, self.device)
+                self.objective.prepare(self.model, self.rank, self.device, fresh=not resume)
         self.loss_sum = nll_sum if self.objective is None else self.objective.loss_sum
         parallelize(self.model, t, self.device, self.world_size)
         self.optimizer = build_optimizer(self.model, run.optim)
@@ -134,8 +137,6 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool) -> None:
         ckpts = self.run_dir / "checkpoints"
-        if not resume and any(ckpts.glob("step-*")):
-            raise HerdError(f"{self.run_dir}: holds checkpoints; resume with --resume")
         stale = []
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ class TrainingData:
     source: BatchSource
     val: Callable[[int | None, slice], Iterable[TrainBatch]] | None
     # A loss other than the cross-entropy of the batches' targets (DPO): `prepare(model, rank,
-    # device)` before the first step, `loss_sum(model, micro)`, `read_metrics()` at log steps.
+    # device, fresh)` before the first step (fresh: a new run, not a resumed one),
+    # `loss_sum(model, micro)`, `read_metrics()` at log steps.
     objective: Any = None
 
 

@@ -118,3 +118,22 @@ def test_dpo_errors(setup, tmp_path):
                            check=False),
         f"{data}:4:",
     )  # fmt: skip
+
+
+def test_a_fresh_run_recomputes_a_reference_left_in_its_folder(setup, tmp_path):
+    """Reference log-probs found in a new run's folder (another start, other data) are not
+    trusted: the fresh run computes its own, so its first step is log 2 again."""
+    import torch
+    from safetensors.torch import save_file
+
+    base, data = setup
+    out = tmp_path / "run"
+    herd_cli_inprocess("dpo", *_args(base, data, out, "--dpo.alpha", "0", "--train.steps", "1"))
+    reference = out / "reference_logps.safetensors"
+    with safe_open(reference, "pt") as f:
+        rows, metadata = f.get_tensor("reference_logps").shape[0], f.metadata()
+    save_file({"reference_logps": torch.full((rows, 2), -50.0)}, reference, metadata=metadata)
+    (out / "checkpoints").rename(tmp_path / "old")  # a folder without checkpoints: a fresh run
+    herd_cli_inprocess("dpo", *_args(base, data, out, "--dpo.alpha", "0", "--train.steps", "1"))
+    first = next(r for r in _metrics(out) if "loss" in r)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
