@@ -118,18 +118,7 @@ def load_stage_config(
     path: str | None, overrides: dict[str, str], stage_defaults: dict[str, str]
 ) -> RunConfig:
     """A run config with a stage's defaults under the file and the command line."""
-    import tomllib
-
-    given = set(overrides)
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError):
-            table = {}  # load_run_config reports the problem with the file
-        given |= {f"{s}.{k}" for s, v in table.items() if isinstance(v, dict) for k in v}
-    defaults = {k: v for k, v in stage_defaults.items() if k not in given}
-    return load_run_config(path, {**defaults, **overrides})
+    return load_run_config(path, overrides, defaults=stage_defaults)
 
 
 def run_sft(args: argparse.Namespace) -> None:

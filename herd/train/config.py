@@ -238,8 +238,14 @@ def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
     return value
 
 
-def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -> RunConfig:
-    """Read a TOML run config and apply dotted overrides ({"train.steps": "100"})."""
+def load_run_config(
+    path: str | None,
+    overrides: dict[str, str] | None = None,
+    defaults: dict[str, str] | None = None,
+) -> RunConfig:
+    """Read a TOML run config and apply dotted overrides ({"train.steps": "100"}). `defaults`
+    (dotted, like overrides) replace the built-in defaults of a stage (`herd sft`'s learning
+    rate, say): the file and the overrides still win over them."""
     import tomllib
 
     data: dict[str, Any] = {}
@@ -257,6 +263,9 @@ def load_run_config(path: str | None, overrides: dict[str, str] | None = None) -
             raise HerdError(f"{path}: unknown section '{section}'{_closest(section, valid)}")
         if not isinstance(values, dict):
             raise HerdError(f"{path}: '{section}' is a value, expected a [{section}] table")
+    for key, value in (defaults or {}).items():
+        section, _, name = key.partition(".")
+        data.setdefault(section, {}).setdefault(name, value)
     overridden = set()
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
