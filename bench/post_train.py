@@ -1,15 +1,17 @@
 """CPU post-training benchmark: `herd sft` against TRL's SFTTrainer (packing on) and `herd dpo`
-against TRL's DPOTrainer (its default reference handling), same model and data.
+against TRL's DPOTrainer (its default reference handling), same model and data; and the peak
+memory of herd's LoRA DPO against herd's LoRA SFT.
 
 Issue "Post-training I", speed section: SFT tokens/s against TRL's `SFTTrainer` with packing, at
 least 1.3x; DPO pairs/s against TRL's `DPOTrainer` with its default reference handling, at least
-1.5x; LoRA DPO peak memory at most 1.2x LoRA SFT's. Two stages, SFT then DPO (`--stages`). LoRA
-DPO against LoRA SFT peak memory is not measured yet ([lora] landed after this stage was written).
+1.5x; LoRA DPO peak memory at most 1.2x LoRA SFT's. Three stages, SFT, DPO, then memory
+(`--stages`).
 
-    .venv/bin/python bench/post_train.py                 # ~6 minutes on 2 shared cores
+    .venv/bin/python bench/post_train.py                 # ~7 minutes on 2 shared cores
     .venv/bin/python bench/post_train.py --quick         # tiny sizes, a dry run in < 1 minute
     .venv/bin/python bench/post_train.py --threads 2 --out /tmp/post_train.json
     .venv/bin/python bench/post_train.py --stages dpo    # the DPO stage alone
+    .venv/bin/python bench/post_train.py --stages memory # LoRA DPO vs LoRA SFT peak memory alone
 
 Setup, built in a temporary folder: a byte-level BPE tokenizer (`herd.vocab.bpe.train_bpe`, Llama 3
 chat format) trained on generated text; a randomly initialised Llama-shaped herd checkpoint (dim
@@ -96,6 +98,36 @@ paired ratio of a round is herd's tokens/s (DPO: pairs/s) over its timed steps d
 in the same round; the median and the 10th-90th percentile of the paired ratios are printed,
 with each engine's median tokens/s (and pairs/s), the CPU model and the versions. Threads:
 `torch.set_num_threads` (`--threads`), shared by both engines in this one process.
+
+Memory stage (herd only): LoRA SFT and LoRA DPO on one model larger than the speed stages' (the
+`--memory-*` sizes, default 8 layers, dim 512, SwiGLU 1408, ~28 M parameters, 102 MiB of float32
+weights; the same tokenizer), the same adapters (`lora.r` `--lora-r`, `lora.alpha` 32,
+`lora.target_modules` `--lora-targets`, default all-linear), float32, `--memory-steps` steps
+each, through what `herd sft` and `herd dpo` run: `Trainer(run, run_dir, data=sft_data(run))`
+and `Trainer(run, run_dir, data=dpo_data(run, run_dir))` with the `lora.*` overrides and
+`data.val_fraction 0`. Micro-batches of the same positions: SFT `--memory-batch` B packed rows of
+`--memory-seq` T positions, one forward over [B, T]; DPO B/2 pairs whose prompt + longer response
+has 0.9 T to T tokens (generated: short earlier exchanges added to the prompt), one forward over
+[chosen; rejected] = [B, width <= T]. DPO has no second copy of the weights: its reference
+log-probs are computed once, in the Trainer's constructor, by the policy itself with its adapters
+at zero (B = 0), and read from a table at every step; that reference pass counts in its peak.
+
+Each run is a fresh process (this script with `--memory-child sft|dpo SPEC`, which imports torch
+and herd only), so neither run's memory, nor this process's transformers and TRL, is in the
+other's figures. On CPU, per process: peak RSS, the RSS high-water mark of the whole process
+(VmHWM in /proc/self/status; ru_maxrss cannot serve: a child reports its parent's RSS at the fork
+as its ru_maxrss); RSS at load, once the Trainer has loaded the checkpoint and added the
+adapters (SFT: the constructor's end, where nothing after loading allocates much, the optimizer's
+state coming at the first step; DPO: the start of its reference pass, which the constructor runs
+right after loading); the increase, the high-water mark from that point (reset there through
+/proc/self/clear_refs) less RSS at load: what training adds to the loaded model, without the
+~300 MiB of Python, torch and herd nor the weights, so the strictest ratio; and weights+training,
+the same high-water mark less RSS before the Trainer (data loaded, no model). On CUDA
+(`--memory-device cuda`) also `torch.cuda.max_memory_allocated` (reset at the load, so weights
+and training) and its increase over `memory_allocated` at the load. Printed: the ratio LoRA DPO
+/ LoRA SFT of each measure against the target (<= 1.2x) and, for context, what a second full
+reference copy (TRL's DPOTrainer without PEFT: `ref_model=None` loads one) would add, its
+parameter bytes.
 """
 
 from __future__ import annotations
@@ -150,8 +182,10 @@ TRAINING_TEMPLATE = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=(
-            "Dialogue tokens/s of SFT training steps on CPU: `herd sft` (herd's Trainer) vs TRL's "
-            "SFTTrainer with packing, same weights and dialogues, alternating in one process."
+            "Post-training on CPU: SFT dialogue tokens/s, `herd sft` (herd's Trainer) vs TRL's "
+            "SFTTrainer with packing; DPO pairs/s, `herd dpo` vs TRL's DPOTrainer (same weights "
+            "and data, alternating in one process); and the peak memory of herd's LoRA DPO vs "
+            "herd's LoRA SFT, each in a fresh process."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -174,21 +208,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
     p.add_argument(
-        "--stages", default="sft,dpo", help="comma-separated stages to run: sft, dpo or both"
+        "--stages",
+        default="sft,dpo,memory",
+        help="comma-separated stages to run: sft (speed vs TRL), dpo (speed vs TRL), memory "
+        "(LoRA DPO vs LoRA SFT peak memory, herd only)",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes for a dry run (< 1 minute)")
+    m = p.add_argument_group(
+        "memory stage",
+        "herd LoRA SFT and herd LoRA DPO on one larger model (the same tokenizer), each in a "
+        "fresh process; DPO takes half as many pairs per step as SFT takes packed rows. "
+        "--vocab, --lr, --threads and --seed apply here too",
+    )
+    m.add_argument("--memory-dim", type=int, default=512, help="model width")
+    m.add_argument("--memory-layers", type=int, default=8, help="number of Transformer blocks")
+    m.add_argument("--memory-heads", type=int, default=8, help="query and key/value heads")
+    m.add_argument("--memory-ffn-dim", type=int, default=1408, help="SwiGLU hidden width")
+    m.add_argument(
+        "--memory-seq", type=int, default=256, help="SFT packed row length, DPO max length"
+    )
+    m.add_argument(
+        "--memory-batch",
+        type=int,
+        default=4,
+        help="SFT packed rows per step; DPO takes half as many pairs (chosen + rejected rows)",
+    )
+    m.add_argument("--memory-steps", type=int, default=4, help="optimizer steps per run")
+    m.add_argument("--lora-r", type=int, default=16, help="LoRA rank (lora.r)")
+    m.add_argument(
+        "--lora-targets",
+        default="all-linear",
+        help="LoRA target projections (lora.target_modules), e.g. all-linear or q_proj,v_proj",
+    )
+    m.add_argument(
+        "--memory-device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where both runs train: cpu (peak RSS) or cuda (torch.cuda peak allocated, and RSS)",
+    )
+    m.add_argument(
+        "--memory-child",
+        nargs=2,
+        default=None,
+        metavar=("KIND", "SPEC"),
+        help="internal: run one memory-stage run (KIND sft or dpo, settings from the JSON file "
+        "SPEC) in this process and write its figures where SPEC says; the memory stage starts "
+        "each run this way",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes for a dry run (< 1 minute, all stages)"
+    )
     p.add_argument("--out", type=Path, default=None, metavar="OUT", help="write results as JSON")
     args = p.parse_args(argv)
+    if args.memory_child is not None:
+        if args.memory_child[0] not in ("sft", "dpo"):
+            p.error("--memory-child: KIND is sft or dpo")
+        return args
     if args.quick:
         args.dim, args.layers, args.heads, args.kv_heads, args.ffn_dim = 64, 2, 4, 4, 192
         args.vocab, args.dialogues, args.seq, args.batch = 512, 80, 256, 2
         args.pairs = 40
         args.steps, args.warmup, args.block = 2, 1, 2
+        args.memory_dim, args.memory_layers, args.memory_heads = 128, 2, 4
+        args.memory_ffn_dim, args.memory_seq, args.memory_batch, args.memory_steps = 352, 128, 2, 2
     if args.block < 2 or args.steps < 1 or args.warmup < 0 or args.batch < 1:
         p.error("--block must be >= 2, --steps and --batch >= 1, --warmup >= 0")
+    if args.memory_batch < 2 or args.memory_batch % 2 or args.memory_steps < 1 or args.lora_r < 1:
+        p.error("--memory-batch must be even and >= 2, --memory-steps and --lora-r >= 1")
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if not args.stages or set(args.stages) - {"sft", "dpo"}:
-        p.error("--stages: expected sft, dpo or sft,dpo")
+    if not args.stages or set(args.stages) - {"sft", "dpo", "memory"}:
+        p.error("--stages: expected a comma-separated subset of sft, dpo, memory")
     return args
 
 
@@ -698,6 +786,366 @@ class Alternator:
         )
 
 
+# --- memory: LoRA SFT against LoRA DPO, each in a fresh process --------------------------------
+
+MEMORY_LONG = 0.9  # a memory-stage pair's longer side fills at least this share of --memory-seq
+LORA_ALPHA = 32.0  # the update's scale alpha / r; irrelevant to memory
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS and VmHWM (the RSS high-water mark) of this process in bytes; {} off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {
+        key: int(rest.split()[0]) * 1024
+        for key, _, rest in (line.partition(":") for line in lines)
+        if key in ("VmRSS", "VmHWM")
+    }
+
+
+def max_rss() -> int:
+    """ru_maxrss in bytes (Linux reports KiB)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def reset_high_water() -> bool:
+    """Reset this process's RSS high-water mark (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return "VmHWM" in proc_status()
+
+
+def long_pair(rng: random.Random, words: list[str], tok, seq: int) -> dict:
+    """A preference pair whose prompt + longer response has between MEMORY_LONG x `seq` and `seq`
+    tokens: `preference_pair`'s, with short earlier exchanges added before the last user turn
+    until it is that long (started afresh when one overshoots)."""
+    from herd.tokenizer.chat import encode_dialog
+
+    def length(row: dict) -> int:
+        return max(
+            len(encode_dialog(tok, row["prompt"] + row[side], add_generation_prompt=False).ids)
+            for side in ("chosen", "rejected")
+        )
+
+    lo = int(MEMORY_LONG * seq)
+    while True:
+        row = preference_pair(rng, words)
+        if row["chosen"] == row["rejected"]:
+            continue
+        n = length(row)
+        while n < lo:
+            exchange = [
+                {"role": "user", "content": sentence(rng, words, 2, 8)},
+                {"role": "assistant", "content": sentence(rng, words, 2, 8)},
+            ]
+            row["prompt"] = row["prompt"][:-1] + exchange + row["prompt"][-1:]
+            n = length(row)
+        if n <= seq:
+            return row
+
+
+def build_memory_setup(args: argparse.Namespace, setup: dict, root: Path) -> dict:
+    """The memory stage's checkpoint (--memory-* sizes, the same tokenizer), dialogues that fit
+    --memory-seq and long preference pairs: what both children read."""
+    import herd
+    from herd.checkpoint.io import save_herd_folder
+    from herd.tokenizer.chat import encode_dialog
+
+    tok = setup["tokenizer"]
+    config = herd.ModelConfig(
+        dim=args.memory_dim,
+        n_layers=args.memory_layers,
+        n_heads=args.memory_heads,
+        n_kv_heads=args.memory_heads,
+        vocab_size=tok.vocab_size,
+        ffn_dim=args.memory_ffn_dim,
+        max_seq_len=args.memory_seq,
+    )
+    model = herd.build_model(config, seed=args.seed)
+    base = save_herd_folder(config, model.state_dict(), root / "memory-base", tokenizer=tok.files())
+    del model
+    rng = random.Random(args.seed + 2)
+    n_dialogues = max(40, 4 * args.memory_batch * args.memory_steps)
+    dialogues = []
+    while len(dialogues) < n_dialogues:
+        messages = dialogue(rng, setup["words"])
+        if len(encode_dialog(tok, messages, add_generation_prompt=False).ids) <= args.memory_seq:
+            dialogues.append({"messages": messages})
+    chats = root / "memory-chats.jsonl"
+    chats.write_text("".join(json.dumps(r) + "\n" for r in dialogues), encoding="utf-8")
+    # one epoch of pairs: every step trains on new ones, the reference pass covers them all
+    n_pairs = args.memory_batch // 2 * args.memory_steps
+    pairs = [long_pair(rng, setup["words"], tok, args.memory_seq) for _ in range(n_pairs)]
+    pair_file = root / "memory-pairs.jsonl"
+    pair_file.write_text("".join(json.dumps(r) + "\n" for r in pairs), encoding="utf-8")
+    log(
+        f"memory setup: {config.num_params() / 1e6:.2f} M parameters ({args.memory_layers} "
+        f"layers, dim {args.memory_dim}), {len(dialogues)} dialogues, {n_pairs} pairs of "
+        f"{int(MEMORY_LONG * args.memory_seq)}-{args.memory_seq} tokens (longer side)"
+    )
+    return {
+        "config": config,
+        "base": base,
+        "chats": chats,
+        "pairs": pair_file,
+        "dialogues": len(dialogues),
+        "n_pairs": n_pairs,
+    }
+
+
+def memory_child(kind: str, spec_path: Path) -> int:
+    """`--memory-child sft|dpo SPEC`: one LoRA run of herd's Trainer in this fresh process; its
+    memory figures go to the spec's `result` file as JSON. Nothing but torch and herd is imported
+    (no transformers, no TRL), so the process holds what `herd sft` / `herd dpo` would."""
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["threads"])
+    from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
+    from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
+    from herd.train.trainer import Trainer
+
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("post_train: --memory-device cuda but CUDA is not available")
+    run_dir = Path(spec["run_dir"])
+    overrides = {
+        "model.checkpoint": spec["base"],
+        "data.path": spec["data"],
+        "data.seq_len": str(spec["seq"]),
+        # SFT: packed rows per step; DPO: pairs per step, each two rows (chosen, rejected)
+        "data.batch_size": str(spec["batch"] if kind == "sft" else spec["batch"] // 2),
+        "data.seed": str(spec["seed"]),
+        "data.val_fraction": "0",  # no held-out set (nor its reference pass)
+        "train.steps": str(spec["steps"] + 10),
+        "train.out": str(run_dir),
+        "train.device": spec["device"],
+        "train.dtype": "float32",
+        "train.log_every": str(10**9),
+        "train.eval_every": str(10**9),
+        "train.checkpoint_every": str(10**9),
+        "optim.lr": str(spec["lr"]),
+        "lora.r": str(spec["lora_r"]),
+        "lora.alpha": str(LORA_ALPHA),
+        "lora.target_modules": spec["lora_targets"],
+    }
+    if kind == "dpo":
+        overrides |= {"dpo.beta": str(BETA), "dpo.alpha": str(ALPHA)}
+    run = load_stage_config(None, overrides, SFT_DEFAULTS if kind == "sft" else DPO_DEFAULTS)
+    data = sft_data(run) if kind == "sft" else dpo_data(run, run_dir)
+    out: dict = {
+        "kind": kind,
+        "device": spec["device"],
+        "rss_after_data": proc_status().get("VmRSS"),
+        "max_rss_after_data": max_rss(),
+    }
+
+    def loaded(where: str) -> None:
+        """The model is loaded with its adapters: the baseline, and the high-water marks reset."""
+        out["baseline_at"] = where
+        if cuda:
+            torch.cuda.synchronize(device)
+            out["cuda_after_load"] = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        status = proc_status()
+        out["max_rss_until_load"] = max_rss()
+        out["hwm_until_load"] = status.get("VmHWM")  # the process's peak so far, loading included
+        out["rss_after_load"] = status.get("VmRSS")
+        out["high_water_reset"] = reset_high_water()
+
+    if kind == "dpo":  # the Trainer calls prepare (the reference pass) right after loading
+        prepare = data.objective.prepare
+
+        def measured_prepare(*a, **k):
+            loaded("the start of the reference pass")
+            start = time.perf_counter()
+            prepare(*a, **k)
+            out["reference_s"] = time.perf_counter() - start
+            out["hwm_after_reference"] = proc_status().get("VmHWM")
+            if cuda:
+                out["cuda_peak_after_reference"] = torch.cuda.max_memory_allocated(device)
+
+        data.objective.prepare = measured_prepare
+    trainer = Trainer(run, run_dir, data=data)
+    # SFT: after loading, the constructor builds the optimizer (its state comes at the first
+    # step); DPO, should the Trainer not call prepare: its reference pass is not in the figures
+    if "baseline_at" not in out:
+        loaded("the end of the Trainer's constructor")
+    take, shapes = trainer.loader.next, []
+
+    def shape_next():  # the [rows, positions] of each forward the step runs
+        step = take()
+        for mb in step.micro:
+            if kind == "sft":
+                shapes.append(list(mb.inputs.shape))
+            else:
+                width = max(mb.chosen_ids.shape[1], mb.rejected_ids.shape[1])
+                shapes.append([2 * mb.index.numel(), width])
+        return step
+
+    trainer.loader.next = shape_next
+    seconds = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    status = proc_status()
+    params = list(trainer.model.parameters())
+    out |= {
+        "max_rss_end": max_rss(),
+        "hwm_end": status.get("VmHWM"),
+        "rss_end": status.get("VmRSS"),
+        "params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "frozen_bytes": sum(p.numel() * p.element_size() for p in params if not p.requires_grad),
+        "shapes": shapes,
+        "step_s": seconds,
+    }
+    if cuda:
+        out["cuda_peak"] = torch.cuda.max_memory_allocated(device)
+    Path(spec["result"]).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def memory_figures(child: dict) -> dict:
+    """A child's measures: the process's peak RSS, and its peak RSS increase over the RSS right
+    after the model was loaded; on CUDA the allocator's peak and its increase.
+
+    On Linux both come from VmHWM, the RSS high-water mark of the process's own address space:
+    its peak until the load, reset there (/proc/self/clear_refs), and its peak after. ru_maxrss
+    would do for the first only in a process that was not forked: a child started from this
+    one reports the benchmark's own RSS at the fork (transformers and TRL imported, ~500 MiB) as
+    its ru_maxrss, and a reset does not reach it once a thread has exited. Elsewhere ru_maxrss is
+    all there is: the increase is then over the whole run, loading's peak included."""
+    if child["high_water_reset"]:
+        until_load, end = child["hwm_until_load"], child["hwm_end"]
+        increase, how = end - child["rss_after_load"], "VmHWM, reset at the load"
+    else:
+        until_load, end = child["max_rss_until_load"], child["max_rss_end"]
+        increase, how = end - child["rss_after_load"], "ru_maxrss, loading's peak included"
+    figures = {
+        "peak_rss": max(until_load, end),
+        "peak_rss_from": "VmHWM" if child["high_water_reset"] else "ru_maxrss",
+        "rss_after_load": child["rss_after_load"],
+        "peak_rss_increase": increase,
+        "increase_from": how,
+        # weights, adapters and training, less the runtime and the data: RSS before the Trainer
+        "rss_before_trainer": child["rss_after_data"],
+        "model_and_training": end - child["rss_after_data"],
+        "peak_set_while_loading": until_load >= end,
+        "baseline_at": child["baseline_at"],
+        "step_ms_median": 1e3 * statistics.median(child["step_s"]),
+    }
+    if "hwm_after_reference" in child and child["high_water_reset"]:
+        figures["reference_pass_increase"] = child["hwm_after_reference"] - child["rss_after_load"]
+        figures["reference_s"] = child["reference_s"]
+    if "cuda_peak" in child:
+        figures |= {
+            "cuda_peak": child["cuda_peak"],
+            "cuda_after_load": child["cuda_after_load"],
+            "cuda_increase": child["cuda_peak"] - child["cuda_after_load"],
+        }
+        if "cuda_peak_after_reference" in child:
+            reference = child["cuda_peak_after_reference"] - child["cuda_after_load"]
+            figures["cuda_reference_pass_increase"] = reference
+    return figures
+
+
+def memory_stage(args: argparse.Namespace, setup: dict, root: Path) -> dict:
+    """herd LoRA SFT and herd LoRA DPO on the same model, each in a fresh process (`--memory-
+    child`), one after the other; their peaks and the ratio DPO / SFT."""
+    import subprocess
+
+    mem = build_memory_setup(args, setup, root)
+    children = {}
+    for kind in ("sft", "dpo"):
+        spec = {
+            "base": str(mem["base"]),
+            "data": str(mem["chats"] if kind == "sft" else mem["pairs"]),
+            "seq": args.memory_seq,
+            "batch": args.memory_batch,
+            "steps": args.memory_steps,
+            "seed": args.seed,
+            "lr": args.lr,
+            "lora_r": args.lora_r,
+            "lora_targets": args.lora_targets,
+            "device": args.memory_device,
+            "threads": args.threads,
+            "run_dir": str(root / f"memory-{kind}"),
+            "result": str(root / f"memory-{kind}.json"),
+        }
+        spec_path = root / f"memory-{kind}-spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+        command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", kind]
+        start = time.perf_counter()
+        done = subprocess.run([*command, str(spec_path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout + done.stderr)
+            raise SystemExit(f"post_train: the {kind} memory child failed ({done.returncode})")
+        children[kind] = json.loads(Path(spec["result"]).read_text())
+        f = memory_figures(children[kind])
+        log(
+            f"memory: LoRA {kind.upper()} in a fresh process, {time.perf_counter() - start:.1f} s: "
+            f"peak RSS {f['peak_rss'] / 2**20:,.0f} MiB, increase over the loaded model "
+            f"{f['peak_rss_increase'] / 2**20:,.0f} MiB"
+        )
+    sft, dpo = memory_figures(children["sft"]), memory_figures(children["dpo"])
+    frozen = children["sft"]["frozen_bytes"]
+    result = {
+        "device": args.memory_device,
+        "model": {
+            "params": children["sft"]["params"],
+            "trainable_params": children["sft"]["trainable_params"],
+            "frozen_bytes": frozen,
+            "layers": args.memory_layers,
+            "dim": args.memory_dim,
+            "heads": args.memory_heads,
+            "ffn_dim": args.memory_ffn_dim,
+            "vocab": mem["config"].vocab_size,
+        },
+        "lora": {"r": args.lora_r, "alpha": LORA_ALPHA, "targets": args.lora_targets},
+        "micro_batch": {
+            "sft": f"{args.memory_batch} packed rows x {args.memory_seq} positions",
+            "dpo": f"{args.memory_batch // 2} pair{'s' if args.memory_batch > 2 else ''}, "
+            f"chosen and rejected each <= {args.memory_seq} tokens (the longer >= "
+            f"{int(MEMORY_LONG * args.memory_seq)}), "
+            f"one forward over [{args.memory_batch}, width]",
+            "sft_shapes": children["sft"]["shapes"],
+            "dpo_shapes": children["dpo"]["shapes"],
+        },
+        "steps": args.memory_steps,
+        "pairs": mem["n_pairs"],
+        "dialogues": mem["dialogues"],
+        "sft": sft,
+        "dpo": dpo,
+        "ratio_peak_rss": dpo["peak_rss"] / sft["peak_rss"],
+        "ratio_peak_rss_increase": dpo["peak_rss_increase"] / sft["peak_rss_increase"],
+        "ratio_model_and_training": dpo["model_and_training"] / sft["model_and_training"],
+        # TRL's DPOTrainer without PEFT (ref_model None) loads a second full model: at least the
+        # parameter bytes more, all the time
+        "full_reference_copy_bytes": frozen,
+        "ratio_increase_with_full_reference": (dpo["peak_rss_increase"] + frozen)
+        / sft["peak_rss_increase"],
+        "target": 1.2,
+        "children": children,
+    }
+    if "cuda_peak" in sft:
+        result["ratio_cuda_peak"] = dpo["cuda_peak"] / sft["cuda_peak"]
+        result["ratio_cuda_increase"] = dpo["cuda_increase"] / sft["cuda_increase"]
+        result["ratio_cuda_increase_with_full_reference"] = (dpo["cuda_increase"] + frozen) / sft[
+            "cuda_increase"
+        ]
+    return result
+
+
 # --- benchmark --------------------------------------------------------------------------------
 
 
@@ -866,7 +1314,6 @@ def dpo_stage(args: argparse.Namespace, setup: dict, root: Path) -> dict:
         "ratio_paired": {"median": statistics.median(paired), "p10": spread[0], "p90": spread[-1]},
         "ratio_with_reference_measured": measured / trl_rate,
         "ratio_with_reference_epoch": epoch / trl_rate,
-        "lora_peak_memory": None,  # not measured yet
     }
 
 
@@ -947,11 +1394,114 @@ def print_dpo(args: argparse.Namespace, setup: dict, dpo: dict) -> None:
         f"{d['same_chosen']}, prompt + rejected {d['same_rejected']} agree; scored tokens: "
         f"herd's = TRL's less <|eot_id|> on {d['same_scored']}"
     )
-    print("LoRA DPO vs LoRA SFT peak memory (target <= 1.2x): not measured yet")
+
+
+def print_memory(args: argparse.Namespace, mem: dict) -> None:
+    m, s, d = mem["model"], mem["sft"], mem["dpo"]
+    mib = 2**20
+    cuda = "cuda_peak" in s
+
+    def widths(shapes: list) -> str:
+        w = sorted({x[1] for x in shapes})
+        return f"{w[0]}" if len(w) == 1 else f"{w[0]}-{w[-1]}"
+
+    print()
+    print(
+        f"LoRA peak memory, herd SFT vs herd DPO, float32 on {mem['device']}, each in a fresh "
+        f"process: {m['layers']} layers, dim {m['dim']}, vocab {m['vocab']}, "
+        f"{m['params'] / 1e6:.1f} M parameters ({m['frozen_bytes'] / mib:,.0f} MiB frozen), "
+        f"LoRA r {mem['lora']['r']} on {mem['lora']['targets']} "
+        f"({m['trainable_params'] / 1e6:.2f} M trainable), {mem['steps']} steps each, "
+        f"{args.threads} threads"
+    )
+    mb = mem["micro_batch"]
+    print(
+        f"micro-batch: SFT {mb['sft']}; DPO {mb['dpo']}; forwards seen: SFT "
+        f"[{args.memory_batch}, {widths(mb['sft_shapes'])}], DPO [{args.memory_batch}, "
+        f"{widths(mb['dpo_shapes'])}]"
+    )
+    head = f"{'MiB':<6}{'peak RSS':>10}{'before Trainer':>16}{'at load':>9}{'increase':>10}"
+    head += f"{'weights+training':>18}"
+    if cuda:
+        head += f"{'CUDA peak':>11}{'at load':>9}{'increase':>10}"
+    print(head + f"{'ms/step':>9}")
+    for name, r in (("SFT", s), ("DPO", d)):
+        line = (
+            f"{name:<6}{r['peak_rss'] / mib:>10,.0f}{r['rss_before_trainer'] / mib:>16,.0f}"
+            f"{r['rss_after_load'] / mib:>9,.0f}{r['peak_rss_increase'] / mib:>10,.0f}"
+            f"{r['model_and_training'] / mib:>18,.0f}"
+        )
+        if cuda:
+            line += (
+                f"{r['cuda_peak'] / mib:>11,.0f}{r['cuda_after_load'] / mib:>9,.0f}"
+                f"{r['cuda_increase'] / mib:>10,.0f}"
+            )
+        print(line + f"{r['step_ms_median']:>9,.0f}")
+    ratios = {
+        "peak RSS": mem["ratio_peak_rss"],
+        "weights+training": mem["ratio_model_and_training"],
+        "increase over the loaded model": mem["ratio_peak_rss_increase"],
+    }
+    if cuda:
+        ratios |= {"CUDA peak": mem["ratio_cuda_peak"], "CUDA increase": mem["ratio_cuda_increase"]}
+    over = [name for name, r in ratios.items() if r > mem["target"]]
+    print(
+        "ratio LoRA DPO / LoRA SFT: "
+        + ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items())
+        + f"; target <= {mem['target']}x: "
+        + (f"exceeded on {', '.join(over)}" if over else "met on every measure")
+    )
+    print(
+        f"peak RSS = the run's process, its RSS high-water mark ({s['peak_rss_from']}): Python, "
+        "torch, herd, data, weights and training (loading's own peak when it is the highest); "
+        "before Trainer = RSS with the data loaded, before the Trainer builds the model; at load "
+        "= RSS once the Trainer has loaded the model and added the adapters (SFT: at "
+        f"{s['baseline_at']}; DPO: at {d['baseline_at']}); increase = the RSS high-water mark "
+        "from then to the end "
+        f"({s['increase_from']}) less RSS at load: what training adds to the loaded model (DPO: "
+        "its reference pass and its steps); weights+training = that high-water mark less RSS "
+        "before Trainer (no runtime, no data)"
+        + (
+            "; CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats at the load "
+            "(the weights stay allocated, so it counts them) and memory_allocated at the load"
+            if cuda
+            else ""
+        )
+    )
+    if "reference_pass_increase" in d:
+        n = args.memory_batch // 2
+        print(
+            f"DPO's reference pass ({mem['pairs']} pairs, {n} per forward, no gradient, "
+            f"{d['reference_s']:.1f} s): high-water mark {d['reference_pass_increase'] / mib:,.0f} "
+            "MiB over RSS at load"
+            + (
+                f", CUDA peak {d['cuda_reference_pass_increase'] / mib:,.0f} MiB over the load"
+                if "cuda_reference_pass_increase" in d
+                else ""
+            )
+        )
+    elif d["baseline_at"] != "the start of the reference pass":
+        print("note: the Trainer did not call the DPO objective's prepare: no reference pass seen")
+    if s["peak_set_while_loading"] or d["peak_set_while_loading"]:
+        print(
+            "note: a process's peak RSS was set while loading (reading the checkpoint), not while "
+            "training: the peak RSS ratio says little there, the other ratios are the measure"
+        )
+    extra = mem["full_reference_copy_bytes"]
+    base = s["cuda_increase" if cuda else "peak_rss_increase"]
+    ratio = mem[f"ratio{'_cuda' if cuda else ''}_increase_with_full_reference"]
+    print(
+        f"a second full copy of the weights as reference (TRL DPOTrainer's default without PEFT: "
+        f"ref_model None loads one) would add at least {extra / mib:,.0f} MiB (its parameter "
+        f"bytes): DPO's increase would be {ratio:.2f}x SFT's ({base / mib:,.0f} MiB)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_child is not None:  # before transformers and TRL are imported
+        kind, spec = args.memory_child
+        return memory_child(kind, Path(spec))
     quiet()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -987,11 +1537,15 @@ def main(argv: list[str] | None = None) -> int:
             results["stages"]["sft"] = sft_stage(args, setup, root)
         if "dpo" in args.stages:
             results["stages"]["dpo"] = dpo_stage(args, setup, root)
+        if "memory" in args.stages:
+            results["stages"]["memory"] = memory_stage(args, setup, root)
 
     if "sft" in results["stages"]:
         print_sft(args, setup, results["stages"]["sft"])
     if "dpo" in results["stages"]:
         print_dpo(args, setup, results["stages"]["dpo"])
+    if "memory" in results["stages"]:
+        print_memory(args, results["stages"]["memory"])
     print(
         f"cpu: {results['cpu']} ({results['cpu_capability']}); torch {torch.__version__}, "
         f"transformers {transformers.__version__}, trl {trl.__version__}"
