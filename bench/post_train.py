@@ -675,7 +675,7 @@ def trl_dpo(args: argparse.Namespace, setup: dict, rows: list, out: Path, total:
 def check_same_pairs(trainer, herd_engine: HerdDPO, order: list[int]) -> dict:
     """TRL's tokenized rows against herd's pairs, row by row: prompt ids, prompt + chosen and
     prompt + rejected ids, and the scored tokens (TRL scores the whole completion, content and
-    <|eot_id|>; herd masks terminators out, as Llama 3 does)."""
+    <|eot_id|>; herd's DPO term masks terminators out, as Llama 3 does)."""
     from herd.posttrain.chat_data import termination_ids
 
     stops = set(termination_ids(herd_engine.data.tokenizer))
@@ -688,9 +688,9 @@ def check_same_pairs(trainer, herd_engine: HerdDPO, order: list[int]) -> dict:
         same["prompt"] += list(p) == e.prompt_ids
         same["chosen"] += list(p) + list(c) == e.prompt_ids + e.chosen_ids
         same["rejected"] += list(p) + list(r) == e.prompt_ids + e.rejected_ids
-        same["scored"] += [int(t not in stops) for t in c] == e.chosen_mask and [
-            int(t not in stops) for t in r
-        ] == e.rejected_mask
+        same["scored"] += [int(t not in stops) for t in c] == [
+            int(m == 1) for m in e.chosen_mask
+        ] and [int(t not in stops) for t in r] == [int(m == 1) for m in e.rejected_mask]
     log(
         f"data: of {n} TRL rows, prompt ids equal on {same['prompt']}, prompt + chosen on "
         f"{same['chosen']}, prompt + rejected on {same['rejected']}; herd's scored tokens are "

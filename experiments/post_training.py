@@ -91,7 +91,7 @@ QUICK = {
     "ffn_dim": 128,
     "pretrain_steps": 6,
     "sft_steps": 6,
-    "dpo_pairs": 60,
+    "dpo_prompts": 60,
     "dpo_steps": 6,
     "batch_size": 4,
     "seq_len": 128,
@@ -164,14 +164,29 @@ def pretraining_corpus(args: argparse.Namespace, items: dict, folder: Path) -> P
     return folder
 
 
+def slip(task: str, item) -> str:
+    """The one systematic mistake each task's careless annotator makes: a sum one too high, the
+    word left unreversed, the word left in small letters."""
+    if task == "add":
+        return str(sum(item) + 1)
+    return item
+
+
 def chat_rows(args: argparse.Namespace, items: dict) -> list[dict]:
-    """SFT conversations on training items, the tasks in equal shares."""
+    """SFT conversations on training items, the tasks in equal shares; a share (--sft-noise) of
+    the answers is the task's `slip`, as written demonstrations carry their writers' mistakes
+    (Llama 2 section 3.2.1: people judge which of two answers is better more reliably than they
+    write the best one). The SFT model learns the slips with the skill; DPO's pairs, ranked by an
+    exact check, are what can remove them."""
     rng = random.Random(args.seed + 2)
     rows = []
     for i in range(args.sft_examples):
         task = list(TASKS)[i % len(TASKS)]
         kind, make = TASKS[task]
-        prompt, answer, _ = make(rng.choice(items[kind]["train"]))
+        item = rng.choice(items[kind]["train"])
+        prompt, answer, _ = make(item)
+        if rng.random() < args.sft_noise:
+            answer = slip(task, item)
         rows.append(
             {
                 "messages": [
@@ -183,44 +198,61 @@ def chat_rows(args: argparse.Namespace, items: dict) -> list[dict]:
     return rows
 
 
-def _wrong(task: str, item, answer: str, rng: random.Random) -> str:
-    """A wrong answer of the same kind: another sum near the right one, or the word (reversal) or
-    the answer with one letter changed, so only correctness tells chosen from rejected."""
-    if task == "add":
-        return str(max(0, sum(item) + rng.choice([-3, -2, -1, 1, 2, 3])) or sum(item) + 1)
-    if task == "reverse" and item != answer and rng.random() < 0.5:
-        return item  # the word as it was: a plausible failure to reverse
-    letters = string.ascii_uppercase if task == "upper" else string.ascii_lowercase
-    i = rng.randrange(len(answer))
-    return answer[:i] + rng.choice(letters.replace(answer[i], "")) + answer[i + 1 :]
-
-
-def preference_rows(args: argparse.Namespace, items: dict) -> list[dict]:
-    """DPO pairs on distinct training items, the tasks in equal shares (a task with fewer items
-    gives all it has): chosen is the correct answer, rejected a wrong one of the same kind."""
+def dpo_items(args: argparse.Namespace, items: dict) -> list[tuple[str, object]]:
+    """(task, item) of the prompts DPO samples on: distinct training items, the tasks in equal
+    shares (a task with fewer items gives all it has)."""
     rng = random.Random(args.seed + 4)
-    per_task = -(-args.dpo_pairs // len(TASKS))
-    chosen_items = {}
+    per_task = -(-args.dpo_prompts // len(TASKS))
+    chosen = {}
     for task, (kind, _) in TASKS.items():
         pool = list(items[kind]["train"])
         rng.shuffle(pool)
-        chosen_items[task] = pool[:per_task]
-    rows = []
-    for i in range(per_task):
-        for task, (_, make) in TASKS.items():
-            if i >= len(chosen_items[task]) or len(rows) == args.dpo_pairs:
-                continue
-            item = chosen_items[task][i]
-            prompt, answer, _ = make(item)
-            wrong = _wrong(task, item, answer, rng)
+        chosen[task] = pool[:per_task]
+    return [(task, chosen[task][i]) for i in range(per_task) for task in TASKS
+            if i < len(chosen[task])][: args.dpo_prompts]  # fmt: skip
+
+
+def sampled_preference_rows(
+    args: argparse.Namespace, items: dict, checkpoint: Path
+) -> tuple[list[dict], dict]:
+    """On-policy preference pairs, built as Llama 3 builds its preference data: from responses
+    the model being aligned produces (section 4.2.1), ranked here by a checkable property. For
+    each prompt of `dpo_items`, the SFT model's greedy reply and --dpo-samples replies sampled at
+    temperature 1; if any is wrong (not exactly the answer), the pair is the correct answer
+    (chosen) against the model's likeliest mistake (rejected): its greedy reply if that is wrong,
+    else its most frequent wrong sample. DPO so pushes down the mistakes the model actually
+    makes; prompts it always answers right give no pair. Returns the rows and counts."""
+    model = load(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    asked = [(TASKS[task][1](item)[:2]) for task, item in dpo_items(args, items)]
+    prompts = [prompt for prompt, _ in asked]
+    greedy = replies(model, tok, prompts, args.max_new_tokens)
+    sampled = replies(model, tok, prompts, args.max_new_tokens, samples=args.dpo_samples,
+                      temperature=1.0, seed=args.seed)  # fmt: skip
+    rows, correct, greedy_correct = [], 0, 0
+    for (prompt, answer), (first,), samples in zip(asked, greedy, sampled, strict=True):
+        correct += sum(text == answer for text, _ in samples)
+        greedy_correct += first[0] == answer
+        wrong = [text for text, _ in samples if text != answer and text]
+        if first[0] != answer and first[0]:
+            wrong = [first[0]]
+        if wrong:
+            mistake = max(wrong, key=wrong.count)  # the first of the most frequent
             rows.append(
                 {
                     "prompt": [{"role": "user", "content": prompt}],
                     "chosen": [{"role": "assistant", "content": answer}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
+                    "rejected": [{"role": "assistant", "content": mistake}],
                 }
             )
-    return rows
+    counts = {
+        "prompts": len(asked),
+        "greedy_accuracy": greedy_correct / len(asked),
+        "samples": len(asked) * args.dpo_samples,
+        "sample_accuracy": correct / (len(asked) * args.dpo_samples),
+        "pairs": len(rows),
+    }
+    return rows, counts
 
 
 def eval_prompts(args: argparse.Namespace, items: dict, split: str) -> dict[str, list]:
@@ -363,9 +395,10 @@ def dpo(alpha: float):
 
     def stage(args: argparse.Namespace, out: Path, start_name: str, start: Path):
         run_dir = out / f"{start_name}+dpo_a{alpha:g}"
+        pairs, counts = preference_file(args, out, start_name, start)
         overrides = {
             "model.checkpoint": str(start),
-            "data.path": str(out / "dpo.jsonl"),
+            "data.path": str(pairs),
             **train_overrides(args, args.dpo_steps, args.dpo_lr, run_dir),
             "train.eval_every": str(max(1, args.dpo_steps // 4)),
             "data.val_fraction": str(args.dpo_val_fraction),
@@ -375,9 +408,29 @@ def dpo(alpha: float):
         checkpoint, record = _fine_tune(args, out, run_dir, args.dpo_steps, overrides,
                                         DPO_DEFAULTS, lambda run: dpo_data(run, run_dir),
                                         f"{start_name} -> dpo (alpha {alpha:g})")  # fmt: skip
-        return checkpoint, {**record, **dpo_metrics(run_dir)}
+        return checkpoint, {**record, **dpo_metrics(run_dir), "pairs": counts}
 
     return stage
+
+
+def preference_file(args: argparse.Namespace, out: Path, start_name: str, start: Path):
+    """OUT/START-pairs.jsonl: the pairs sampled from the DPO start (`sampled_preference_rows`),
+    made once and shared by the DPO runs from that start; its path and counts."""
+    path, counts_path = out / f"{start_name}-pairs.jsonl", out / f"{start_name}-pairs.json"
+    if not counts_path.is_file():
+        print(
+            f"sampling {args.dpo_samples} replies to {args.dpo_prompts} prompts from {start_name}"
+        )
+        rows, counts = sampled_preference_rows(args, split_items(args), start)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+        counts_path.write_text(json.dumps(counts) + "\n")
+    counts = json.loads(counts_path.read_text())
+    print(
+        f"{start_name}: greedy replies {counts['greedy_accuracy']:.1%} correct, "
+        f"{counts['sample_accuracy']:.1%} of {counts['samples']} sampled ones; {counts['pairs']} "
+        "pairs (the likeliest mistake against the answer)"
+    )
+    return path, counts
 
 
 def dpo_metrics(run_dir: Path) -> dict:
@@ -419,47 +472,84 @@ STAGE_FUNCTIONS = {"sft": sft, "dpo_a0": dpo(0.0), "dpo_a0.2": dpo(0.2), "lora_s
 # --- 5. evaluation -------------------------------------------------------------------------------
 
 
-def reply(model, tok, prompt: str, max_new_tokens: int) -> tuple[str, bool]:
-    """The greedy reply to one user turn and whether it ended with <|eot_id|>."""
-    ids = tok.encode_dialog([{"role": "user", "content": prompt}]).ids
-    new = generate(model, ids, max_new_tokens, temperature=0.0, stop_ids=tok.stop_ids)
+@torch.no_grad()
+def replies(
+    model,
+    tok,
+    prompts: list[str],
+    max_new_tokens: int,
+    samples: int = 1,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[list[tuple[str, bool]]]:
+    """For each prompt (one user turn, Llama 3 chat format), `samples` replies: (the text decoded
+    without special tokens and stripped, whether it ended with <|eot_id|>). Greedy at temperature
+    0. Prompts of one token length go through `generate` together (it takes no padding)."""
+    encoded = [tok.encode_dialog([{"role": "user", "content": p}]).ids for p in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
     eot = tok.token_id("<|eot_id|>")
-    stopped = bool(new) and new[-1] in tok.stop_ids
-    text = tok.decode(new[:-1] if stopped else new, skip_special=True)
-    return text.strip(), stopped and new[-1] == eot
+    out: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    for length, members in sorted(by_length.items()):
+        for start in range(0, len(members), max(1, 256 // samples)):
+            chunk = members[start : start + max(1, 256 // samples)]
+            rows = torch.tensor([encoded[i] for i in chunk for _ in range(samples)])
+            new = generate(model, rows, max_new_tokens, temperature=temperature,
+                           seed=seed + length * 1000 + start, stop_ids=tok.stop_ids)  # fmt: skip
+            for r, ids in enumerate(new.tolist()):
+                ended = next((k for k, t in enumerate(ids) if t in tok.stop_ids), None)
+                content = ids if ended is None else ids[:ended]
+                text = tok.decode(content, skip_special=True).strip()
+                out[chunk[r // samples]].append((text, ended is not None and ids[ended] == eot))
+    return out
 
 
-def evaluate(checkpoint: Path, prompts: dict[str, dict[str, list]], max_new_tokens: int) -> dict:
-    """Exact match and <|eot_id|> share per split and task (and overall), with a few replies."""
+def evaluate(
+    checkpoint: Path, prompts: dict[str, dict[str, list]], max_new_tokens: int, samples: int
+) -> dict:
+    """Per split and task (and overall): exact match of the greedy reply, the share of replies
+    ending with <|eot_id|>, and the share of `samples` replies sampled at temperature 1 that are
+    exactly right (how often a user who samples gets a right answer); a few greedy replies."""
     model = load(checkpoint).eval()
     tok = load_tokenizer(checkpoint)
     scores: dict = {}
     for split, tasks in prompts.items():
         scores[split] = {}
-        total = {"n": 0, "exact": 0, "eot": 0}
+        total = {"n": 0, "exact": 0, "eot": 0, "sampled": 0.0}
         for task, pairs in tasks.items():
-            n = exact = eot = 0
-            examples = []
-            for prompt, answer in pairs:
-                text, ended = reply(model, tok, prompt, max_new_tokens)
-                n, exact, eot = n + 1, exact + (text == answer), eot + ended
-                if len(examples) < 3:
-                    examples.append({"prompt": prompt, "answer": answer, "reply": text})
+            asked = [prompt for prompt, _ in pairs]
+            got = replies(model, tok, asked, max_new_tokens)
+            drawn = replies(model, tok, asked, max_new_tokens, samples, temperature=1.0, seed=7)
+            n = len(pairs)
+            exact = sum(r[0][0] == answer for r, (_, answer) in zip(got, pairs, strict=True))
+            eot = sum(r[0][1] for r in got)
+            sampled = sum(
+                sum(text == answer for text, _ in r) / samples
+                for r, (_, answer) in zip(drawn, pairs, strict=True)
+            )
+            examples = [
+                {"prompt": prompt, "answer": answer, "reply": r[0][0]}
+                for r, (prompt, answer) in list(zip(got, pairs, strict=True))[:3]
+            ]
             scores[split][task] = {
                 "n": n,
                 "exact_match": exact / n,
                 "eot_share": eot / n,
+                "sampled_accuracy": sampled / n,
                 "examples": examples,
             }
             total = {
                 "n": total["n"] + n,
                 "exact": total["exact"] + exact,
                 "eot": total["eot"] + eot,
+                "sampled": total["sampled"] + sampled,
             }
         scores[split]["overall"] = {
             "n": total["n"],
             "exact_match": total["exact"] / total["n"],
             "eot_share": total["eot"] / total["n"],
+            "sampled_accuracy": total["sampled"] / total["n"],
         }
     return scores
 
@@ -471,14 +561,16 @@ def table(results: dict) -> str:
     head = (
         "| model | "
         + " | ".join(f"held-out EM {t}" for t in tasks)
-        + " | held-out EM overall | ends with <\\|eot_id\\|> | train-prompt EM |"
+        + " | held-out EM overall | held-out sampled correct | ends with <\\|eot_id\\|> | "
+        "train-prompt EM |"
     )
-    lines = [head, "|" + "---|" * (len(tasks) + 4)]
+    lines = [head, "|" + "---|" * (len(tasks) + 5)]
     for name, r in results.items():
         held, seen = r["scores"]["held_out"], r["scores"]["train"]
         cells = [f"{held[t]['exact_match']:.1%}" for t in tasks]
         cells += [
             f"{held['overall']['exact_match']:.1%}",
+            f"{held['overall']['sampled_accuracy']:.1%}",
             f"{held['overall']['eot_share']:.1%}",
             f"{seen['overall']['exact_match']:.1%}",
         ]
@@ -542,7 +634,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--starts",
         nargs="+",
-        default=["random_init"],
+        default=["pretrained"],
         choices=["random_init", "pretrained"],
         help="starting points the stages run from",
     )
@@ -555,27 +647,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--pretrain-docs", type=int, default=400, help="pretraining documents")
     data.add_argument("--sentences-per-doc", type=int, default=20, help="sentences per document")
     data.add_argument("--sft-examples", type=int, default=3000, help="SFT conversations")
+    data.add_argument(
+        "--sft-noise", type=float, default=0.3, help="share of SFT answers that are the task's slip"
+    )
     data.add_argument("--vocab-size", type=int, default=320, help="BPE vocabulary size")
     data.add_argument(
-        "--eval-prompts", type=int, default=30, help="prompts per task and split evaluated"
+        "--eval-prompts", type=int, default=80, help="prompts per task and split evaluated"
     )
     data.add_argument("--max-new-tokens", type=int, default=16, help="reply length limit")
+    data.add_argument(
+        "--eval-samples", type=int, default=4, help="replies sampled per prompt (temperature 1)"
+    )
     model = p.add_argument_group("model (smaller than the demo preset: more steps per parameter)")
     model.add_argument("--dim", type=int, default=128, help="residual width")
     model.add_argument("--n-layers", type=int, default=4, help="Transformer blocks")
     model.add_argument("--n-heads", type=int, default=4, help="attention heads (no GQA)")
     model.add_argument("--ffn-dim", type=int, default=384, help="SwiGLU hidden width")
     train = p.add_argument_group("training")
-    train.add_argument("--pretrain-steps", type=int, default=200, help="pretraining steps")
+    train.add_argument("--pretrain-steps", type=int, default=1000, help="pretraining steps")
     train.add_argument("--pretrain-lr", type=float, default=2e-3, help="pretraining peak lr")
-    train.add_argument("--sft-steps", type=int, default=600, help="SFT steps")
-    train.add_argument("--sft-lr", type=float, default=3e-3, help="SFT peak lr")
+    train.add_argument("--sft-steps", type=int, default=300, help="SFT steps")
+    train.add_argument("--sft-lr", type=float, default=1e-3, help="SFT peak lr")
     train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (all-linear)")
     train.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha")
-    train.add_argument("--lora-lr", type=float, default=1e-2, help="LoRA SFT peak lr")
-    train.add_argument("--dpo-pairs", type=int, default=3000, help="DPO preference pairs")
+    train.add_argument("--lora-lr", type=float, default=3e-3, help="LoRA SFT peak lr")
+    train.add_argument(
+        "--dpo-prompts", type=int, default=2000, help="training prompts DPO samples replies to"
+    )
+    train.add_argument(
+        "--dpo-samples", type=int, default=4, help="replies sampled per DPO prompt (temperature 1)"
+    )
     train.add_argument("--dpo-steps", type=int, default=200, help="DPO steps (each alpha)")
-    train.add_argument("--dpo-lr", type=float, default=3e-4, help="DPO peak lr")
+    train.add_argument("--dpo-lr", type=float, default=3e-5, help="DPO peak lr")
     train.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta")
     train.add_argument(
         "--dpo-val-fraction", type=float, default=0.1, help="share of pairs held out"
@@ -604,8 +707,6 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = pretraining_corpus(args, items, out / "pretrain_corpus")
     rows = chat_rows(args, items)
     (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    pairs = preference_rows(args, items)
-    (out / "dpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs), "utf-8")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         print(f"training a {args.vocab_size}-token BPE on the pretraining prose")
@@ -631,7 +732,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name, checkpoint in checkpoints.items():
         start = time.perf_counter()
-        scores = evaluate(checkpoint, prompts, args.max_new_tokens)
+        scores = evaluate(checkpoint, prompts, args.max_new_tokens, args.eval_samples)
         results[name] = {
             "checkpoint": str(checkpoint),
             "train_loss": runs.get(name, {}).get("loss"),
@@ -659,7 +760,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.pretrain_steps} steps, SFT {args.sft_steps} steps of {args.batch_size} x "
         f"{args.seq_len} positions; LoRA SFT r {args.lora_r} all-linear, lr {args.lora_lr:g} "
         f"(full {args.sft_lr:g}); DPO {args.dpo_steps} steps, beta {args.dpo_beta:g}, lr "
-        f"{args.dpo_lr:g}, {len(pairs)} pairs. {seconds / 60:.1f} minutes in all.",
+        f"{args.dpo_lr:g}, pairs sampled on {args.dpo_prompts} training prompts "
+        f"({args.dpo_samples} replies each). {seconds / 60:.1f} minutes in all.",
     ]
     print("\n" + "\n".join(report))
     summary = {

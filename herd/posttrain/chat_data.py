@@ -19,9 +19,10 @@ and the implicit-prompt form without `prompt`, whose prompt is the messages `cho
 with Llama 3, tool) messages that starts and ends with an assistant message. A DPO example holds
 the prompt's ids (`encode_dialog(prompt, add_generation_prompt=True)`) and, for each response, the
 ids that follow them in `encode_dialog(prompt + response, add_generation_prompt=False)` (checked to
-be an exact continuation), with a mask that is 1 on the response's content tokens only: headers
-and the termination tokens (<|eot_id|>, <|eom_id|>; Llama 2's EOS) are 0, as Llama 3 masks them
-in its DPO loss (section 4.1.4).
+be an exact continuation), with a mask that is 1 on the response's content tokens, the tokens
+the DPO term scores; the assistant's termination tokens (<|eot_id|>, <|eom_id|>; Llama 2's EOS)
+are 2, kept out of the DPO term as Llama 3 keeps them (section 4.1.4) but scored by the NLL term
+on the chosen response (herd/posttrain/dpo.py says why); headers and other turns are 0.
 
 Validation, one line per problem: the row is not an object or lacks its field; a message that is
 not an object, has an unknown role or non-string content; a system message anywhere but first; a
@@ -69,7 +70,7 @@ class SFTExample:
 class DPOExample:
     prompt_ids: list[int]
     chosen_ids: list[int]  # the tokens after the prompt
-    chosen_mask: list[int]  # 1 on the response's content tokens, 0 on headers and terminators
+    chosen_mask: list[int]  # 1 on content tokens, 2 on the assistant's terminators, 0 elsewhere
     rejected_ids: list[int]
     rejected_mask: list[int]
     source: str  # FILE:LINE
@@ -295,7 +296,7 @@ def encode_sft(tok, messages: list[dict], source: str = "") -> SFTExample:
 
 
 def termination_ids(tok) -> set[int]:
-    """Tokens that end a turn: masked out of DPO responses."""
+    """Tokens that end a turn: out of the DPO term, in the NLL term (mask value 2)."""
     ids = set(tok.stop_ids)
     for name in ("<|eot_id|>", "<|eom_id|>"):
         if name in tok.special_tokens:
@@ -320,8 +321,8 @@ def encode_dpo(
                 f"'{name}': the prompt's tokens are not a prefix of the conversation's"
             )
         ids = full.ids[n:]
-        mask = [int(m == 1 and t not in stops) for t, m in zip(ids, full.mask[n:], strict=True)]
-        if not any(mask):
+        mask = [m and (2 if t in stops else 1) for t, m in zip(ids, full.mask[n:], strict=True)]
+        if 1 not in mask:
             raise ValueError(f"'{name}' has no content tokens")
         parts += [ids, mask]
     return DPOExample(prompt_ids, *parts, source)

@@ -6,12 +6,18 @@ chosen response, which stabilises training and keeps the chosen responses' forma
 
     L = −log σ(β[(log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r))]) + α · NLL(y_c)
 
-with β = 0.1 and α = 0.2, log π(y) summed over the response tokens only (header and termination
-tokens are masked out of both responses by the data side's masks). The first term is averaged over
-the pairs of a batch. NLL(y_c) is TRL's `sft` loss term (trl 1.16, `loss_type=["sigmoid", "sft"]`,
+with β = 0.1 and α = 0.2, log π(y) summed over the response's content tokens only: header and
+termination tokens are masked out of both responses (mask value 1 marks the content; the data
+side's masks, herd/posttrain/chat_data.py), as Llama 3 masks them because they are shared by both
+sides and would be pushed up and down at once. The first term is averaged over the pairs of a
+batch. NLL(y_c) is TRL's `sft` loss term (trl 1.16, `loss_type=["sigmoid", "sft"]`,
 `loss_weights=[1.0, 0.2]`): the mean negative log-likelihood per chosen-response token over the
 whole batch, Σ_pairs Σ_tokens −log π / Σ_pairs #tokens (a token mean, not a mean of per-sequence
-means). tests/parity/test_dpo_trl.py checks the loss and TRL's logged metrics against TRL.
+means), over the content tokens and the chosen response's own end-of-turn token (mask value 2):
+the NLL term has no rejected side to conflict with, and without the terminator nothing in DPO
+holds the turn's end, so the policy learns to run on past it (measured: docs/post_training.md).
+tests/parity/test_dpo_trl.py checks the DPO term and its metrics against TRL with the
+terminators masked, and the NLL term against TRL's `sft` term with them kept.
 
 The reference log-probs do not change during training, so `reference_logps` computes them once
 (no gradient) into a file beside the data that every epoch reads; with LoRA the reference is the
@@ -38,8 +44,9 @@ NLL_WEIGHT = 0.2  # α, Llama 3 §4.1.4
 
 
 class PreferenceBatch(NamedTuple):
-    """Token ids [B, T] of prompt + response and masks [B, T] (1 on response tokens counted in
-    log π) for the chosen and the rejected side of B pairs; the two sides may differ in length."""
+    """Token ids [B, T] of prompt + response and masks [B, T] (1 on the response tokens counted in
+    log π, 2 on the chosen response's terminators, counted in the NLL term only, 0 elsewhere) for
+    the chosen and the rejected side of B pairs; the two sides may differ in length."""
 
     chosen_ids: torch.Tensor
     chosen_mask: torch.Tensor
@@ -48,16 +55,20 @@ class PreferenceBatch(NamedTuple):
 
 
 class PairLogps(NamedTuple):
-    """Summed response log-probs [B] (float32) and response token counts [B] of each side."""
+    """Summed response log-probs [B] (float32) and response token counts [B] of each side (mask
+    value 1), and the chosen side's summed log-probs and counts with its terminators (mask > 0)."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
+    chosen_with_end: torch.Tensor
+    chosen_with_end_tokens: torch.Tensor
 
     def chosen_nll(self) -> torch.Tensor:
-        """Mean NLL per chosen-response token over the batch (TRL's `sft` term)."""
-        return -self.chosen.sum() / self.chosen_tokens.sum().clamp(min=1)
+        """Mean NLL per chosen-response token, terminators included, over the batch (TRL's `sft`
+        term over those tokens)."""
+        return -self.chosen_with_end.sum() / self.chosen_with_end_tokens.sum().clamp(min=1)
 
 
 def response_targets(
@@ -124,8 +135,21 @@ def preference_logps(
         [_right_pad(batch.chosen_ids, T, pad_id), _right_pad(batch.rejected_ids, T, pad_id)]
     )
     mask = torch.cat([_right_pad(batch.chosen_mask, T), _right_pad(batch.rejected_mask, T)])
-    logps, tokens = sequence_logps(model, ids, mask)
-    return PairLogps(logps[:B], logps[B:], tokens[:B], tokens[B:])
+    targets = response_targets(ids, mask)
+    logps = -model(ids, targets=targets, reduction="none").float()
+    # position t predicts token t+1: its weight is token t+1's mask value
+    scored = F.pad(mask[:, 1:], (0, 1))
+    content = scored == 1
+    sums, counts = (logps * content).sum(dim=1), content.sum(dim=1)
+    chosen_any = scored[:B] > 0
+    return PairLogps(
+        sums[:B],
+        sums[B:],
+        counts[:B],
+        counts[B:],
+        (logps[:B] * chosen_any).sum(dim=1),
+        chosen_any.sum(dim=1),
+    )
 
 
 def dpo_loss(

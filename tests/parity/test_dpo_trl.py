@@ -1,9 +1,11 @@
 """DPO loss and metrics against TRL's DPOTrainer on the same weights and the same batch.
 
 A tiny herd policy and a perturbed copy as reference, each exported to HF with `herd convert`;
-TRL 1.16's DPOTrainer (loss_type sigmoid + sft, weights 1.0 / 0.2, beta 0.1, reference model
-given) scores one fixed batch of preference pairs through `compute_loss`, no training step. herd's
-`preference_logps` + `dpo_loss` on the herd models must give the same loss, rewards and logps.
+TRL 1.16's DPOTrainer (beta 0.1, reference model given) scores one fixed batch of preference
+pairs through `compute_loss`, no training step: with loss_type sigmoid and the terminators out of
+the completion mask (herd's DPO term and TRL's metrics), and with loss_type sft and the chosen
+terminators in it (herd's NLL term). herd's `preference_logps` + `dpo_loss` on the herd models
+must give the sigmoid loss + 0.2 x the sft loss, and the same rewards and logps.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def models(tmp_path_factory):
 
 def _pairs():
     """Three pairs as (prompt ids, chosen ids, rejected ids, header length, trailer length):
-    the first `header` and last `trailer` response tokens are masked out (the chat header and
-    end-of-turn tokens the data side excludes)."""
+    the first `header` response tokens are masked out (the chat header) and the last `trailer`
+    ones marked 2 (end-of-turn tokens: out of the DPO term, in the NLL term)."""
     gen = torch.Generator().manual_seed(2)
 
     def ids(n):
@@ -76,7 +78,7 @@ def _pairs():
 
 def _side(prompt, response, header, trailer):
     ids = prompt + response
-    mask = [0] * (len(prompt) + header) + [1] * (len(response) - header - trailer) + [0] * trailer
+    mask = [0] * (len(prompt) + header) + [1] * (len(response) - header - trailer) + [2] * trailer
     return ids, mask
 
 
@@ -91,12 +93,13 @@ def _batch():
     return chosen, rejected
 
 
-def _trl_metrics(policy, reference, tokenizer, tmp_path):
+def _trl_metrics(policy, reference, tokenizer, tmp_path, loss_type, scored):
+    """TRL's loss with `loss_type` and its logged metrics on the batch, the completion mask being
+    the positions whose herd mask value is in `scored`."""
     args = trl.DPOConfig(
-        output_dir=str(tmp_path / "trl"),
+        output_dir=str(tmp_path / f"trl-{loss_type}"),
         beta=BETA,
-        loss_type=["sigmoid", "sft"],
-        loss_weights=[1.0, ALPHA],
+        loss_type=[loss_type],
         report_to="none",
         use_cpu=True,
         bf16=False,
@@ -112,7 +115,7 @@ def _trl_metrics(policy, reference, tokenizer, tmp_path):
     )
     chosen, rejected = _batch()
     rows = [ids for ids, _ in chosen + rejected]
-    masks = [mask for _, mask in chosen + rejected]
+    masks = [[int(m in scored) for m in mask] for _, mask in chosen + rejected]
     inputs = {
         "input_ids": _padded(rows),
         "attention_mask": _padded([[1] * len(r) for r in rows]),
@@ -126,7 +129,11 @@ def _trl_metrics(policy, reference, tokenizer, tmp_path):
 
 def test_loss_and_metrics_match_trl(models, tmp_path):
     policy, reference, hf_policy, hf_reference, tokenizer = models
-    trl_loss, trl_metrics = _trl_metrics(hf_policy, hf_reference, tokenizer, tmp_path)
+    dpo_term, trl_metrics = _trl_metrics(
+        hf_policy, hf_reference, tokenizer, tmp_path, "sigmoid", scored={1}
+    )
+    nll_term, _ = _trl_metrics(hf_policy, hf_reference, tokenizer, tmp_path, "sft", scored={1, 2})
+    trl_loss = dpo_term + ALPHA * nll_term
 
     chosen, rejected = _batch()
     batch = PreferenceBatch(
@@ -144,5 +151,8 @@ def test_loss_and_metrics_match_trl(models, tmp_path):
     assert abs(loss.item() - trl_loss) < 1e-5, (loss.item(), trl_loss)
     for name in METRICS:
         assert abs(metrics[name].item() - trl_metrics[name]) < 1e-5, name
-    # not a vacuous comparison: the rewards differ from zero and between the sides
+    # not a vacuous comparison: the rewards differ from zero and between the sides, and the
+    # terminators change the NLL term
     assert abs(trl_metrics["rewards/margins"]) > 1e-3
+    assert abs(ours.chosen_nll().item() - nll_term) < 1e-5
+    assert abs(-ours.chosen.sum().item() / ours.chosen_tokens.sum().item() - nll_term) > 1e-3

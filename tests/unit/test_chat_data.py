@@ -91,9 +91,11 @@ def test_dpo_tokenization_continues_the_prompt(name, request):
     ):
         full = encode_dialog(tok, prompt + response, add_generation_prompt=False)
         assert ex.prompt_ids + ids == full.ids
-        # the termination token (<|eot_id|> or Llama 2's EOS) ends the response, masked out
-        assert ids[-1] in termination_ids(tok) and mask[-1] == 0
-        content = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])
+        # the termination token (<|eot_id|> or Llama 2's EOS) ends the response: out of the DPO
+        # term (mask 1), in the NLL term (mask 2)
+        assert ids[-1] in termination_ids(tok) and mask[-1] == 2
+        assert mask.count(2) == 1
+        content = tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 1])
         assert content.strip() == response[0]["content"]
 
 
@@ -103,10 +105,15 @@ def test_dpo_multi_message_response_masks_headers(llama3):
     ex = encode_dpo(llama3, *check_dpo_row(row, "llama3"))
     full = encode_dialog(llama3, TOOL_DIALOG, add_generation_prompt=False)
     assert ex.prompt_ids + ex.chosen_ids == full.ids
-    trained = llama3.decode([t for t, m in zip(ex.chosen_ids, ex.chosen_mask, strict=True) if m])
+    pairs = list(zip(ex.chosen_ids, ex.chosen_mask, strict=True))
+    trained = llama3.decode([t for t, m in pairs if m == 1])
     assert trained == '{"type": "function", "name": "get_time", "parameters": {"tz": "UTC"}}' + (
         "It is noon."
     )
+    # the assistant's two turn ends (after the JSON tool call and at the end) are in the NLL
+    # term only; the tool's turn is in neither
+    ends = [llama3.decode([t]) for t, m in pairs if m == 2]
+    assert ends == ["<|eot_id|>", "<|eot_id|>"]
 
 
 def test_dpo_accepted_forms_agree(llama3):
