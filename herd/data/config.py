@@ -51,6 +51,13 @@ class DataConfig:
             "by a hash of their tokens (pretraining's split is set by `herd data prepare`)"
         },
     )
+    split: str = field(
+        default="train",
+        metadata={
+            "help": "sft: the split to read of a Hugging Face dataset (a name, or a folder saved "
+            "by `datasets`)"
+        },
+    )
     strict: bool = field(
         default=False,
         metadata={"help": "sft, dpo: a malformed row is fatal (default: reported and skipped)"},

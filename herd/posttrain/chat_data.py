@@ -1,8 +1,10 @@
 """Conversational SFT and DPO datasets: read rows, validate them, tokenize them in a chat format.
 
-Rows come from JSONL files, Parquet files, folders of either, or a Hugging Face dataset name
-("org/name", its `split`). Every row is named FILE:LINE in reports (Parquet and dataset rows count
-from 1), as in herd's other row-wise data (`herd.eval.mc_data`).
+Rows come from JSONL files, Parquet files, folders of either, a folder saved by `datasets`
+(`save_to_disk`), or a Hugging Face dataset name ("org/name", on the Hub or in the local caches
+offline; herd/data/hf_datasets.py), each of the last two read at its `split`. Every row is named
+FILE:LINE in reports (Parquet and dataset rows count from 1), as in herd's other row-wise data
+(`herd.eval.mc_data`).
 
 SFT rows (Llama 2 paper, section 3.1; Llama 3 paper, section 4.1):
     {"messages": [{"role": "system"|"user"|"assistant"|"tool"|"ipython", "content": str,
@@ -51,6 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from herd.data.hf_datasets import hub_rows, is_saved_dataset, saved_rows
 from herd.data.sources import source_files
 from herd.errors import HerdError
 from herd.tokenizer.chat import ROLES, EncodedDialog, encode_dialog
@@ -130,22 +133,15 @@ def _file_rows(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[str, object]]:
-    """(FILE:LINE, row) of every row of a JSONL/Parquet file, a folder of them, or a Hugging Face
-    dataset's `split`; a line that is not JSON comes as a ValueError saying so."""
+    """(FILE:LINE, row) of every row of a JSONL/Parquet file, a folder of them, a folder saved by
+    `datasets` (`save_to_disk`), or a Hugging Face dataset's `split`; a line that is not JSON
+    comes as a ValueError saying so."""
+    if is_saved_dataset(source):
+        yield from saved_rows(source, split)
+        return
     files = source_files(str(source))
     if files is None:
-        try:
-            import datasets
-        except ImportError:
-            raise HerdError(
-                f"'{source}' is not a file or folder; for a Hugging Face dataset install `datasets`"
-            ) from None
-        try:
-            stream = datasets.load_dataset(str(source), split=split, streaming=True)
-        except Exception as e:
-            raise HerdError(f"dataset '{source}': cannot be loaded ({e})") from None
-        for number, row in enumerate(stream, start=1):
-            yield f"{source}:{number}", dict(row)
+        yield from hub_rows(str(source), split)
         return
     if Path(source).is_dir():
         files = [p for p in files if p.suffix in ROW_SUFFIXES]

@@ -8,11 +8,11 @@ metrics, stability monitor and plots; only the data differs.
 
 The run config is a `herd train` config whose [model] names the checkpoint to start from
 (`checkpoint = FOLDER`), whose tokenizer and chat format are used, and whose [data] path names the
-conversations (JSONL, Parquet, a folder of them, or a Hugging Face dataset). Defaults that differ
-from pretraining follow Llama 3's SFT: learning rate 1e-5 (Llama 2: 2e-5), cosine decay to 10%
-after a short warm-up, weight decay 0.1. A share of the conversations (`data.val_fraction`, by a
-hash of their tokens) is held out: validation reports the loss and bits per byte of their
-assistant tokens.
+conversations (JSONL, Parquet, a folder of them, or a Hugging Face dataset: a name or a folder
+saved by `datasets`, read at `data.split`). Defaults that differ from pretraining follow Llama 3's
+SFT: learning rate 1e-5 (Llama 2: 2e-5), cosine decay to 10% after a short warm-up, weight decay
+0.1. A share of the conversations (`data.val_fraction`, by a hash of their tokens) is held out:
+validation reports the loss and bits per byte of their assistant tokens.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
 
     tokenizer = start_tokenizer(run, "SFT")
     d = run.data
-    data = load_sft(tokenizer, d.path, d.seq_len, on_long=d.too_long, strict=d.strict)
+    data = load_sft(
+        tokenizer, d.path, d.seq_len, on_long=d.too_long, strict=d.strict, split=d.split
+    )
     if rank == 0:
         for problem in data.problems[:5]:
             print(f"skipped {problem}", file=sys.stderr)

@@ -13,7 +13,8 @@ default with more than one process): nothing is gathered; every process saves it
 with `dcp.save` through the Hugging Face storage writer (safetensors files whose headers record
 each piece's offsets, no pickled `.metadata`), so a model too large for one host can still be
 checkpointed. DCP reshards at load, so either form resumes on any number of processes, a single
-one without a process group included.
+one without a process group included. A LoRA run's checkpoint gathers its adapters alone and
+their optimizer moments, never the frozen base, and every process loads them back into its shards.
 
 The optimizer state is stored as a flat dict of tensors, `<parameter name>.<exp_avg|exp_avg_sq|
 step>`; param_groups are not stored, they are rebuilt from the run config (the learning rate is a
@@ -107,16 +108,54 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     )
 
 
+def state_names(model: nn.Module) -> list[str]:
+    """The model's state-dict keys as torch.distributed.checkpoint names them (wrapper prefixes
+    such as activation checkpointing's removed); nothing is gathered."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return list(get_model_state_dict(model))
+
+
+def gather_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of the model's state dict, unsharded, on the CPU, in every process (a
+    collective: every process passes the same names). Only these are gathered: a LoRA run's
+    adapters without its base, which may not fit one host."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    state = get_model_state_dict(model)  # this process's shards
+    out = {}
+    for name in names:
+        t = state[name]
+        out[name] = (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu()
+    return out
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The unsharded optimizer state (keyed by parameter names), on the CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
 def load_full_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim_state: dict
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict,
+    optim_state: dict,
+    partial: bool = False,
 ) -> None:
+    """Load unsharded states (each process passes the same ones) into this process's shards;
+    `partial`: `weights` holds some of the model's tensors (a LoRA run's adapters), the rest stay
+    as they are."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    options = StateDictOptions(full_state_dict=True)
+    options = StateDictOptions(full_state_dict=True, strict=not partial)
     set_model_state_dict(model, weights, options=options)
     set_optimizer_state_dict(model, optimizer, optim_state, options=options)
 

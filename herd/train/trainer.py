@@ -174,15 +174,20 @@ class Trainer:
         tied = self.model_config.tie_embeddings
         if ckpt["format"] == "sharded":  # DCP reshards: any number of processes can load it
             distributed.load_sharded_state(self.model, self.optimizer, path / "train_state", tied)
+        elif ckpt["format"] == "adapter":
+            # The adapters alone, into every process's shards; the base stays [model]
+            # checkpoint's, as loaded (under FSDP2 a gathered copy would be rank 0's only).
+            weights = ckpt["model"]
+            names = {peft: herd for herd, peft in self._adapter_names().items()}
+            unknown = sorted(set(weights) - set(names))
+            if unknown or len(weights) != len(names):
+                raise HerdError(f"{path}: its adapters do not match [lora] ({unknown[:1]})")
+            adapters = {names[k]: v for k, v in weights.items()}
+            distributed.load_full_state(
+                self.model, self.optimizer, adapters, ckpt["optimizer"], partial=True
+            )
         else:
             weights = dict(ckpt["model"])
-            if ckpt["format"] == "adapter":  # the base is [model] checkpoint's, as loaded
-                current, _ = distributed.full_state(self.model, self.optimizer)
-                names = {peft: herd for herd, peft in peft_names(current).items()}
-                unknown = sorted(set(weights) - set(names))
-                if unknown or len(weights) != len(names):
-                    raise HerdError(f"{path}: its adapters do not match [lora] ({unknown[:1]})")
-                weights = {**current, **{names[k]: v for k, v in weights.items()}}
             if tied:
                 weights["output.weight"] = weights["embed.weight"]
             distributed.load_full_state(self.model, self.optimizer, weights, ckpt["optimizer"])
@@ -230,12 +235,16 @@ class Trainer:
                 monitor,
             )
         else:
-            weights, optim = distributed.full_state(self.model, self.optimizer)
             adapter = None
             if self.checkpoint_format == "adapter":  # PEFT's layout, its base named
-                names = peft_names(weights)
+                names = self._adapter_names()
+                # the adapters alone are gathered: the frozen base is [model] checkpoint's
+                weights = distributed.gather_tensors(self.model, list(names))
+                optim = distributed.full_optimizer_state(self.model, self.optimizer)
                 tensors = {peft: weights[herd].contiguous() for herd, peft in names.items()}
                 adapter = (tensors, peft_config_dict(self.lora, self.run.init_checkpoint or None))
+            else:
+                weights, optim = distributed.full_state(self.model, self.optimizer)
             path = folder
             if self.rank == 0:
                 path = save_training_checkpoint(
@@ -254,6 +263,10 @@ class Trainer:
             distributed.barrier()
         self.log.event(self.step, "checkpoint", path=str(path), format=self.checkpoint_format)
         return path
+
+    def _adapter_names(self) -> dict[str, str]:
+        """herd name -> PEFT key of every LoRA adapter tensor (the same in every process)."""
+        return peft_names(distributed.state_names(self.model))
 
     # --- steps ---------------------------------------------------------------------------------
 

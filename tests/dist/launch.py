@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 def torchrun(port: int, *target: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --nproc-per-node 2 TARGET...` from the repository root;
-    fails the test with the end of stderr when it fails."""
+    fails the test with the end of stderr when it fails. On timeout (a hung collective, say) the
+    workers are stopped with the launcher and subprocess.TimeoutExpired is raised."""
     cmd = [
         sys.executable,
         "-m",
@@ -25,6 +27,26 @@ def torchrun(port: int, *target: str, timeout: int = 300) -> subprocess.Complete
         str(port),
         *target,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # torchrun stops its workers on SIGTERM (they run in sessions of their own, so
+            # killing the launcher's group would leave them waiting in a collective)
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+            raise
+    assert proc.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
