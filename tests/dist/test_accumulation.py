@@ -11,6 +11,7 @@ from tests.dist.launch import ROOT, torchrun
 from tests.unit.test_train_step import OBJECTIVES, _gradients, _trainer
 from tests.unit.test_trainer import data  # noqa: F401 - the shared prepared shards
 
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, data):  # noqa: F811
     out = tmp_path_factory.mktemp("two")

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 import herd
 from herd import HerdError
-from herd.train.config import load_run_config
 from herd.data.shards import prepare
+from herd.train.config import load_run_config
 from herd.vocab.bpe import train_bpe
 from tests.dist.launch import torchrun
 from tests.tokenizer_corpus import CORPUS
