@@ -27,14 +27,16 @@ same model with its adapters disabled, given as a context.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from herd.atomic_files import write_file_atomically
 from herd.errors import HerdError
 from herd.model.loss import IGNORE
 from herd.model.masks import PackedAttention
@@ -194,28 +196,125 @@ def dpo_loss(
 # --- reference log-probs, computed once -----------------------------------------------------
 
 REFERENCE_KEY = "reference_logps"
+# Bumped whenever the same inputs would give other numbers (the pass's arithmetic) or the file's
+# layout changes: a table of another format is recomputed, never read.
+REFERENCE_FORMAT = "2"
 
 
-def _save_reference(path: Path, rows: torch.Tensor, complete: bool) -> None:
+def _rows_sha256(rows: torch.Tensor) -> str:
+    return hashlib.sha256(rows.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """herd.atomic_files.write_file_atomically with a temporary of its own: the runs of a sweep
+    started together share one table, and a temporary name they shared would mix their bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_reference(
+    path: Path, rows: torch.Tensor, complete: bool, fingerprint: Mapping[str, str] | None = None
+) -> None:
+    """The rows so far (or all of them) with the fingerprint of what they were computed from,
+    the format, and a checksum of the rows, all in the safetensors metadata."""
     from safetensors.torch import save
 
-    meta = {"complete": "true" if complete else "false", "pairs": str(rows.shape[0])}
-    data = save({REFERENCE_KEY: rows.contiguous()}, metadata=meta)
-    write_file_atomically(path, lambda f: f.write(data))
+    rows = rows.float().contiguous()
+    meta = {
+        **(fingerprint or {}),
+        "format": REFERENCE_FORMAT,
+        "complete": "true" if complete else "false",
+        "pairs": str(rows.shape[0]),
+        "rows_sha256": _rows_sha256(rows),
+    }
+    _replace_atomically(Path(path), save({REFERENCE_KEY: rows}, metadata=meta))
 
 
-def load_reference_logps(path: str | Path, partial: bool = False) -> torch.Tensor:
-    """The stored reference log-probs [N, 2] (float32; columns chosen, rejected; row i = pair i
-    in data order). A file that `reference_logps` has not finished is refused unless `partial`."""
+def _read_reference(path: Path, fingerprint: Mapping[str, str] | None) -> tuple[torch.Tensor, bool]:
+    """(rows, complete) of a stored table; HerdError saying why it cannot be used: unreadable,
+    damaged (rows that do not match their checksum), or written for another fingerprint."""
     from safetensors import safe_open
 
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            rows = f.get_tensor(REFERENCE_KEY)
+    except FileNotFoundError:
+        raise HerdError(f"{path}: not found") from None
+    except Exception as e:  # safetensors raises its own types for damaged files
+        raise HerdError(f"{path}: not a readable reference table ({e})") from None
+    if rows.ndim != 2 or rows.shape[1] != 2 or rows.dtype != torch.float32:
+        raise HerdError(f"{path}: '{REFERENCE_KEY}' is {rows.dtype} {tuple(rows.shape)}")
+    if meta.get("pairs", str(rows.shape[0])) != str(rows.shape[0]):
+        raise HerdError(f"{path}: {rows.shape[0]} rows, its metadata says {meta['pairs']}")
+    if "rows_sha256" in meta and meta["rows_sha256"] != _rows_sha256(rows):
+        raise HerdError(f"{path}: damaged (its rows do not match their checksum)")
+    if fingerprint is not None:
+        for key, value in {**fingerprint, "format": REFERENCE_FORMAT}.items():
+            if meta.get(key) != value:
+                raise HerdError(f"{path}: computed for another {key}")
+    return rows, meta.get("complete") == "true"
+
+
+def load_reference_logps(
+    path: str | Path, partial: bool = False, fingerprint: Mapping[str, str] | None = None
+) -> torch.Tensor:
+    """The stored reference log-probs [N, 2] (float32; columns chosen, rejected; row i = pair i
+    in data order). A file that `reference_logps` has not finished is refused unless `partial`;
+    with `fingerprint`, so is one computed for anything else (each of its keys is compared)."""
     path = Path(path)
-    with safe_open(path, framework="pt") as f:
-        complete = (f.metadata() or {}).get("complete") == "true"
-        rows = f.get_tensor(REFERENCE_KEY)
+    rows, complete = _read_reference(path, fingerprint)
     if not complete and not partial:
         raise HerdError(f"{path}: reference log-probs incomplete ({rows.shape[0]} pairs so far)")
     return rows
+
+
+def _scored_width(mask: torch.Tensor) -> torch.Tensor:
+    """Per row [B], the positions its log-prob needs: up to its last scored token (a position
+    past it changes nothing before it under causal attention, so it is cut off)."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (positions * mask.bool()).amax(dim=1).clamp(min=1)
+
+
+def _window_logps(
+    model: Callable[..., torch.Tensor],
+    batch: PreferenceBatch,
+    pad_id: int,
+    max_tokens: int | None,
+    device: torch.device | None,
+) -> torch.Tensor:
+    """[B, 2] (chosen, rejected) log-probs of a batch, in its order, from forwards over its pairs
+    sorted by length, each cut to its longest scored row and holding at most `max_tokens`
+    positions ([2 x pairs, width]; at least one pair): little padding, and forwards as large as
+    the caller allows (without autograd they hold one layer's activations at a time)."""
+    width = torch.maximum(_scored_width(batch.chosen_mask), _scored_width(batch.rejected_mask))
+    order = torch.argsort(width, stable=True)
+    widths = width[order].tolist()
+    out = torch.empty(len(widths), 2)
+    start = 0
+    while start < len(widths):
+        stop = start + 1  # ascending widths: a group is as wide as its last pair
+        while stop < len(widths) and (
+            max_tokens is None or 2 * (stop + 1 - start) * widths[stop] <= max_tokens
+        ):
+            stop += 1
+        rows, w = order[start:stop], widths[stop - 1]
+        part = PreferenceBatch(*(t[rows, :w] for t in batch))
+        if device is not None:
+            part = PreferenceBatch(*(t.to(device) for t in part))
+        logps = preference_logps(model, part, pad_id)
+        out[rows] = torch.stack([logps.chosen, logps.rejected], dim=1).float().cpu()
+        start = stop
+    return out
 
 
 def reference_logps(
@@ -225,46 +324,64 @@ def reference_logps(
     context: Callable[[], contextlib.AbstractContextManager] | None = None,
     pad_id: int = 0,
     save_every: int = 16,
+    fingerprint: Mapping[str, str] | None = None,
+    max_tokens: int | None = None,
+    device: torch.device | None = None,
+    write: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> torch.Tensor:
     """Reference log-probs of every pair, [N, 2] float32 on CPU (chosen, rejected), no gradient.
 
     `model` is the reference: a separate frozen copy, or the policy itself with `context` a
     zero-argument callable returning the context under which it acts as the reference (with
-    LoRA: its adapters disabled). With `path` the rows are written there (safetensors,
-    atomically) every `save_every` batches and at the end; a rerun resumes from the pairs
-    already stored (the batches must come in the same order), and a complete file is simply read.
+    LoRA: its adapters disabled). `batches` come in data order; each is scored by
+    `_window_logps` (sorted by length, forwards of at most `max_tokens` positions, moved to
+    `device`), so results do not depend on how the pairs are batched beyond float rounding.
+
+    With `path` the rows are read from there when a complete table for `fingerprint` (string
+    metadata naming what the numbers were computed from) is stored, and resumed from the pairs
+    already stored when a partial one is; a table that is unreadable, damaged or for another
+    fingerprint is recomputed, not trusted. With `write` too, the rows are stored there
+    (safetensors, atomically, the fingerprint in the metadata) every `save_every` batches and at
+    the end. `log` hears what was found.
     """
     path = Path(path) if path is not None else None
+    say = log or (lambda _: None)
     done = torch.zeros(0, 2)
     if path is not None and path.exists():
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            if (f.metadata() or {}).get("complete") == "true":
-                return f.get_tensor(REFERENCE_KEY)
-        done = load_reference_logps(path, partial=True)
+        try:
+            done, complete = _read_reference(path, fingerprint)
+        except HerdError as e:
+            say(f"{e}: recomputing it")
+        else:
+            if complete:
+                say(f"reusing {path} ({done.shape[0]} pairs)")
+                return done
+            say(f"resuming {path} after the {done.shape[0]} pairs stored")
+    elif path is not None:
+        say(f"computing {path}")
+    stored = done.shape[0]
     rows, seen, since_save = [done], 0, 0
-    with torch.no_grad(), (context or contextlib.nullcontext)():
+    # inference_mode, not just no_grad: no version counters or views tracked for autograd. The
+    # rows leave it through torch.cat below, outside it, so the table is an ordinary tensor.
+    with torch.inference_mode(), (context or contextlib.nullcontext)():
         for batch in batches:
             batch = PreferenceBatch(*batch)
             B = batch.chosen_ids.shape[0]
-            if seen + B <= done.shape[0]:  # stored by an earlier run
-                seen += B
-                continue
-            if seen < done.shape[0]:
-                raise HerdError(
-                    f"{path}: {done.shape[0]} pairs stored, not a batch boundary (at {seen})"
-                )
-            out = preference_logps(model, batch, pad_id)
-            rows.append(torch.stack([out.chosen, out.rejected], dim=1).float().cpu())
+            skip = min(max(stored - seen, 0), B)  # pairs stored by an earlier run
             seen += B
+            if skip == B:
+                continue
+            if skip:
+                batch = PreferenceBatch(*(t[skip:] for t in batch))
+            rows.append(_window_logps(model, batch, pad_id, max_tokens, device))
             since_save += 1
-            if path is not None and since_save == save_every:
-                _save_reference(path, torch.cat(rows), complete=False)
+            if path is not None and write and since_save == save_every:
+                _save_reference(path, torch.cat(rows), False, fingerprint)
                 since_save = 0
+    if seen < stored:
+        raise HerdError(f"{path}: holds {stored} pairs, the data only {seen}")
     result = torch.cat(rows)
-    if seen < done.shape[0]:
-        raise HerdError(f"{path}: holds {done.shape[0]} pairs, the data only {seen}")
-    if path is not None:
-        _save_reference(path, result, complete=True)
+    if path is not None and write:
+        _save_reference(path, result, True, fingerprint)
     return result

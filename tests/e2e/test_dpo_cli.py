@@ -11,6 +11,8 @@ from safetensors import safe_open
 
 import herd
 from herd.checkpoint.io import save_herd_folder
+from herd.posttrain.dpo import load_reference_logps
+from herd.posttrain.dpo_run import reference_files
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
@@ -80,9 +82,14 @@ def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
         assert name in records[-1]
     assert records[-1]["loss"] < records[0]["loss"]
     assert records[-1]["rewards/margins"] > 0
-    with safe_open(out / "reference_logps.safetensors", "pt") as f:
+    # the start's log-probs of each pair set, stored beside the data; the run folder names them
+    tables = reference_files(out)
+    assert f"tables in {tables['train'].parent} (beside the data)" in proc.stderr
+    assert tables["train"].parent == data.with_name(data.name + ".herd-reference")
+    with safe_open(tables["train"], "pt") as f:
         rows = f.get_tensor("reference_logps").shape[0]
         assert f.metadata()["complete"] == "true" and rows == 32 - held_out
+    assert load_reference_logps(tables["val"]).shape == (held_out, 2)
     # held-out pairs against their own reference (log 2 at the start): the policy has moved
     val = [r for r in _metrics(out) if "val_loss" in r]
     assert [r["step"] for r in val] == [4, 8]
@@ -90,7 +97,8 @@ def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
     assert "val_rewards/accuracies" in val[-1] and "val_rewards/margins" in val[-1]
     assert (out / "plots" / "rewards.png").is_file()
 
-    # stopped at step 4 and resumed: the reference is read, not recomputed; same last loss
+    # stopped at step 4 and resumed: the reference is read, not recomputed; same last loss.
+    # The first part already reads the tables the run above stored: same start, same pairs.
     from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
     from herd.posttrain.sft import load_stage_config
     from herd.train.trainer import Trainer
@@ -100,9 +108,11 @@ def test_dpo_trains_against_the_start_and_resumes(setup, tmp_path):
     pairs = zip(flags[::2], flags[1::2], strict=True)
     run = load_stage_config(None, {k[2:]: str(v) for k, v in pairs}, DPO_DEFAULTS)
     Trainer(run, again, data=dpo_data(run, again)).fit(show_progress=False, stop_at=4)
-    reference = again / "reference_logps.safetensors"
+    reference = reference_files(again)["train"]
+    assert reference == tables["train"]
     stamp = reference.stat().st_mtime_ns
-    herd_cli_inprocess("dpo", "--resume", again)
+    proc = herd_cli_inprocess("dpo", "--resume", again)
+    assert f"dpo reference (train): reusing {reference}" in proc.stderr
     assert reference.stat().st_mtime_ns == stamp
     tail = [r for r in _metrics(again) if "loss" in r][-1]
     assert tail["step"] == 8 and tail["loss"] == pytest.approx(records[-1]["loss"], rel=1e-5)
@@ -120,20 +130,41 @@ def test_dpo_errors(setup, tmp_path):
     )  # fmt: skip
 
 
-def test_a_fresh_run_recomputes_a_reference_left_in_its_folder(setup, tmp_path):
-    """Reference log-probs found in a new run's folder (another start, other data) are not
-    trusted: the fresh run computes its own, so its first step is log 2 again."""
+def test_runs_share_the_reference_beside_the_data(setup, tmp_path):
+    """A sweep's runs from one start on one data file compute the reference once; another
+    start's, or a damaged table, is computed anew."""
+    import shutil
+
     import torch
     from safetensors.torch import save_file
 
-    base, data = setup
-    out = tmp_path / "run"
-    herd_cli_inprocess("dpo", *_args(base, data, out, "--dpo.alpha", "0", "--train.steps", "1"))
-    reference = out / "reference_logps.safetensors"
-    with safe_open(reference, "pt") as f:
+    base, shared = setup
+    data = tmp_path / "pairs.jsonl"  # a data file of its own: nothing stored beside it yet
+    shutil.copy(shared, data)
+
+    def run(name, *extra, start=base):
+        flags = _args(start, data, tmp_path / name, "--dpo.alpha", "0", "--train.steps", "1")
+        proc = herd_cli_inprocess("dpo", *flags, *extra)
+        first = next(r for r in _metrics(tmp_path / name) if "loss" in r)
+        # the first step's policy is the start: log 2 only against the start's own log-probs
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+        return proc.stderr, reference_files(tmp_path / name)
+
+    err, tables = run("a")
+    assert "dpo reference (train): computing" in err
+    err, again = run("b", "--optim.lr", "1e-3")  # another learning rate: the same table
+    assert again == tables and f"dpo reference (train): reusing {tables['train']}" in err
+    assert "computing" not in err
+
+    other = tmp_path / "other"  # another start: its own tables
+    shutil.copytree(base, other)
+    err, moved = run("c", start=other)
+    assert "dpo reference (train): computing" in err and moved["train"] != tables["train"]
+    assert tables["train"].is_file()
+
+    # a table rewritten under its metadata (other numbers) is not trusted
+    with safe_open(tables["train"], "pt") as f:
         rows, metadata = f.get_tensor("reference_logps").shape[0], f.metadata()
-    save_file({"reference_logps": torch.full((rows, 2), -50.0)}, reference, metadata=metadata)
-    (out / "checkpoints").rename(tmp_path / "old")  # a folder without checkpoints: a fresh run
-    herd_cli_inprocess("dpo", *_args(base, data, out, "--dpo.alpha", "0", "--train.steps", "1"))
-    first = next(r for r in _metrics(out) if "loss" in r)
-    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    save_file({"reference_logps": torch.full((rows, 2), -50.0)}, tables["train"], metadata)
+    err, _ = run("d")
+    assert "damaged" in err and "recomputing" in err

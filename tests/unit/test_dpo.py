@@ -199,3 +199,37 @@ def test_reference_logps_store_resume_and_context(model, tmp_path):
     counting.calls = 0
     assert torch.equal(reference_logps(counting, batches, path), resumed)
     assert counting.calls == 0  # a complete file is read, not recomputed
+
+
+def test_reference_pass_sorts_by_length_and_keeps_data_order(model):
+    """Pairs scored in length-sorted forwards of at most max_tokens positions, each cut to its
+    longest scored row, give the per-batch values, in data order."""
+    lengths = ((4, 6, 3), (2, 3, 8), (5, 5, 5), (3, 20, 3), (1, 3, 3), (6, 9, 14))
+    batch, _, _ = _batch(seed=3, pairs=lengths)  # pair widths 9, 9, 9, 22, 3, 19
+    with torch.no_grad():
+        whole = preference_logps(model, batch)
+    expected = torch.stack([whole.chosen, whole.rejected], dim=1)
+    counting = _CountingModel(model)
+    # None: one forward; 54 = 2 sides x 3 pairs x 9: [3, 9, 9], [9], [19], [22]; 1: one pair each
+    for max_tokens, forwards in ((None, 1), (54, 4), (1, 6)):
+        counting.calls = 0
+        table = reference_logps(counting, [batch], max_tokens=max_tokens)
+        assert counting.calls == forwards
+        assert torch.allclose(table, expected, atol=1e-5)
+        assert not table.is_inference()
+
+
+def test_a_stored_table_is_read_only_for_its_fingerprint(model, tmp_path):
+    batches = [_batch(seed=s)[0] for s in range(2)]
+    path = tmp_path / "ref.safetensors"
+    mine = {"fingerprint": "a" * 64, "pairs_sha256": "b" * 64}
+    table = reference_logps(model, batches, path, fingerprint=mine)
+    assert torch.equal(load_reference_logps(path, fingerprint=mine), table)
+    with pytest.raises(HerdError, match="computed for another pairs_sha256"):
+        load_reference_logps(path, fingerprint={**mine, "pairs_sha256": "c" * 64})
+    heard = []
+    counting = _CountingModel(model)
+    again = reference_logps(counting, batches, path, fingerprint={**mine, "fingerprint": "d"},
+                            log=heard.append)  # fmt: skip
+    assert counting.calls == 2 and "computed for another fingerprint" in heard[0]
+    assert torch.allclose(again, table, atol=1e-6)
