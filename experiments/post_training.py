@@ -61,7 +61,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
-from safetensors import safe_open
 
 from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
@@ -70,6 +69,7 @@ from herd.errors import HerdError
 from herd.generation import generate
 from herd.model.transformer import build_model
 from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
+from herd.posttrain.reference_tables import load_reference_logps, reference_files
 from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints
@@ -457,10 +457,9 @@ def dpo_metrics(run_dir: Path) -> dict:
             for r in val
         ],
     }
-    reference = run_dir / "reference_logps_val.safetensors"
-    if reference.is_file():
-        with safe_open(reference, "pt") as f:
-            ref = f.get_tensor("reference_logps")
+    tables = reference_files(run_dir)
+    if "val" in tables:
+        ref = load_reference_logps(tables["val"])
         record["val_pairs"] = int(ref.shape[0])
         record["start_prefers_chosen"] = float((ref[:, 0] > ref[:, 1]).float().mean())
     return record

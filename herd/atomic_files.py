@@ -30,15 +30,21 @@ def fsync_path(path: Path) -> None:
 
 def write_file_atomically(path: Path, write) -> Path:
     """`write(f)` into a temporary sibling of `path` (binary), fsync it, rename it into place:
-    the file is complete or absent, and an older version stays until the new one is whole."""
+    the file is complete or absent, and an older version stays until the new one is whole. The
+    temporary's name is unique, so processes writing one file at once (runs of a sweep sharing a
+    DPO reference table) never mix their bytes: the last rename wins, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -54,7 +54,7 @@ class DataConfig:
     split: str = field(
         default="train",
         metadata={
-            "help": "sft: the split to read of a Hugging Face dataset (a name, or a folder saved "
+            "help": "sft, dpo: the split to read of a Hugging Face dataset (a name, or a folder saved "
             "by `datasets`)"
         },
     )

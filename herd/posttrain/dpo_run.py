@@ -30,157 +30,32 @@ against their own reference log-probabilities (the `val` table of `reference_fil
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-import tempfile
 import time
-from array import array
 from pathlib import Path
 
 import torch
 
-from herd.atomic_files import write_file_atomically
 from herd.errors import HerdError
 from herd.posttrain.dpo import (
     BETA,
     NLL_WEIGHT,
-    REFERENCE_FORMAT,
     PreferenceBatch,
     dpo_loss,
     preference_logps,
 )
-from herd.posttrain.dpo import reference_logps as compute_reference_logps
 from herd.posttrain.preference_batches import PairBatch, PreferenceBatches
+from herd.posttrain.reference_tables import (
+    record_tables,
+    reference_fingerprint,
+    reference_folder,
+    reference_pass,
+    start_stamp,
+)
 from herd.train.config import RunConfig
 from herd.train.training_data import TrainingData
 
 DPO_DEFAULTS = {"optim.lr": "1e-5", "optim.warmup_steps": "10"}
-REFERENCE_SUFFIX = ".herd-reference"  # pairs.jsonl -> pairs.jsonl.herd-reference/
-REFERENCE_RECORD = "reference.json"  # in the run folder: the tables the run used
-# Positions per forward of the reference pass, in training batches at full length ([2 x
-# batch_size, seq_len]). It runs without autograd, so each layer's activations are freed once the
-# next layer has them: a forward of 4 batches costs less memory than a training step of one, which
-# keeps every layer's for the backward pass, and fills an accelerator better. Not on CPU, where
-# larger forwards outgrow the caches: dim 256, 4 layers, 400 pairs on 1 thread took 23 s at 4
-# batches per forward, 17-18 s at 1, and 22-24 s batch by batch unsorted (the pass before).
-REFERENCE_BATCHES = 4
-REFERENCE_BATCHES_CPU = 1
-# Pairs read, sorted by length and stored together: the sort spans this many training batches,
-# and a killed pass loses at most one window of work.
-REFERENCE_WINDOW = 16
-
-
-# --- where the reference tables live, and what they were computed from ---------------------------
-
-
-def reference_folder(data_path: str, run_dir: Path) -> tuple[Path, str]:
-    """The folder of the reference tables of the pairs at `data_path`, and why it is that one:
-    `PATH.herd-reference/` beside a local file or folder, shared by every run on those pairs; the
-    run folder for a Hugging Face dataset name, or when the data's folder cannot be written."""
-    path = Path(data_path)
-    if not path.exists():
-        return Path(run_dir), f"data.path '{data_path}' is not a local file or folder"
-    path = path.resolve()
-    folder = path.with_name(path.name + REFERENCE_SUFFIX)
-    try:
-        folder.mkdir(exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()  # writable in fact, not only by its mode
-    except OSError as e:
-        return Path(run_dir), f"{folder} cannot be written ({e.strerror or e})"
-    return folder, "beside the data"
-
-
-def start_stamp(checkpoint: str | Path) -> dict:
-    """The start checkpoint as the fingerprint sees it: its resolved path and every file's name,
-    size and mtime_ns. Rewriting a weight file changes its mtime_ns; hashing gigabytes of weights
-    would cost about what reusing the table saves. A LoRA checkpoint of adapters adds its base."""
-    path = Path(checkpoint).resolve()
-    if path.is_file():  # a llama2.c .bin
-        files = [(path.name, path)]
-    else:  # hidden entries (download caches, locks) change nothing the model reads
-        files = [
-            (str(f.relative_to(path)), f)
-            for f in sorted(path.rglob("*"))
-            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
-        ]
-    stamp: dict = {"path": str(path), "files": []}
-    for name, f in files:
-        stat = f.stat()
-        stamp["files"].append([name, stat.st_size, stat.st_mtime_ns])
-    adapter = path / "adapter_config.json"
-    if adapter.is_file():
-        try:
-            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        except (ValueError, AttributeError):
-            base = None  # loading the start reports it
-        if isinstance(base, str) and base and Path(base).exists() and Path(base).resolve() != path:
-            stamp["base"] = start_stamp(base)
-    return stamp
-
-
-def pairs_sha256(examples) -> str:
-    """SHA-256 of the pairs' token ids and masks, in order (row i of a table is pair i): the
-    data file, tokenizer, chat format, seq_len and held-out split all act through these."""
-    digest = hashlib.sha256()
-    for e in examples:
-        for part in (e.prompt_ids, e.chosen_ids, e.chosen_mask, e.rejected_ids, e.rejected_mask):
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(array("q", part).tobytes())
-    return digest.hexdigest()
-
-
-def reference_fingerprint(
-    start: dict, pairs: PreferenceBatches, model: torch.nn.Module, device: torch.device
-) -> dict[str, str]:
-    """What the numbers of a reference table depend on, as safetensors metadata (strings), and
-    `fingerprint`, their hash, which names the file: the start's files, the architecture as
-    built (a [model] override such as rope_theta included), the pairs' tokens, and how the pass
-    computes (device type, parameter dtype, autocast dtype). LoRA is left out on purpose: its
-    adapters start with B = 0, so at the start the policy computes exactly the base's
-    log-probs, and a LoRA run shares the table of a full fine-tune from the same start."""
-    autocast = torch.is_autocast_enabled(device.type)
-    compute = {
-        "device": device.type,
-        "params": sorted({str(p.dtype) for p in model.parameters()}),
-        "autocast": str(torch.get_autocast_dtype(device.type)) if autocast else "off",
-    }
-    config = getattr(model, "config", None)
-    inputs = {
-        "format": REFERENCE_FORMAT,
-        "start": json.dumps(start, sort_keys=True),
-        "model": json.dumps(config.to_dict() if config is not None else None, sort_keys=True),
-        "compute": json.dumps(compute, sort_keys=True),
-        "pairs_sha256": pairs_sha256(pairs.examples),
-        "pair_count": str(len(pairs.examples)),
-    }
-    inputs["fingerprint"] = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return inputs
-
-
-def reference_files(run_dir: str | Path) -> dict[str, Path]:
-    """The reference tables a `herd dpo` run used: {"train": PATH, "val": PATH} ("val" only
-    with held-out pairs), from its `reference.json` (or the fixed names in the run folder that
-    runs made before the tables moved beside the data). Read one with `load_reference_logps`:
-    [pairs, 2] float32, columns (chosen, rejected), row i = pair i of that set in data order."""
-    run_dir = Path(run_dir)
-    record = run_dir / REFERENCE_RECORD
-    if not record.is_file():
-        legacy = {
-            "train": run_dir / "reference_logps.safetensors",
-            "val": run_dir / "reference_logps_val.safetensors",
-        }
-        found = {name: path for name, path in legacy.items() if path.is_file()}
-        if not found:
-            raise HerdError(f"{record}: not found (not a `herd dpo` run folder, or not started)")
-        return found
-    try:
-        tables = json.loads(record.read_text())["tables"]
-        return {name: Path(t["path"]) for name, t in tables.items()}
-    except (ValueError, KeyError, TypeError) as e:
-        raise HerdError(f"{record}: malformed ({e!r})") from None
-
-
 # --- the objective -----------------------------------------------------------------------------
 
 
@@ -230,7 +105,7 @@ class DPOObjective:
         finally:
             model.train(was_training)
         if rank == 0:
-            _record_tables(self.run_dir, self.folder, tables, fresh)
+            record_tables(self.run_dir, self.folder, tables, fresh)
 
     def _table(
         self, model, name: str, pairs: PreferenceBatches, start: dict, rank: int, device
@@ -248,7 +123,7 @@ class DPOObjective:
         fingerprint = reference_fingerprint(start, pairs, model, device)
         path = self.folder / f"reference_logps-{fingerprint['fingerprint'][:16]}.safetensors"
         size = self.batches.batch_size  # the held-out pairs' windows and forwards too
-        table = _reference_pass(
+        table = reference_pass(
             model, pairs, size, self.seq_len, device, path, fingerprint, rank == 0, log
         )
         if table.shape[0] != len(pairs.examples):
@@ -290,11 +165,13 @@ class DPOObjective:
             if max_batches is not None and b >= max_batches:
                 break
             micro = batch.map(lambda t: t[rows]).to(device)  # this process's rows
-            if micro.index.numel() == 0:
-                continue
+            n = float(micro.index.numel())
+            if n == 0:
+                # None here (a short last batch), but under FSDP2 a forward is a collective that
+                # every process must join: run one on a row and count nothing of it.
+                micro = batch.map(lambda t: t[:1]).to(device)
             with autocast():
                 loss, metrics = self._loss(model, micro, self.held_out_reference)
-            n = float(micro.index.numel())
             sums += n * torch.stack(
                 [
                     torch.ones((), dtype=torch.float64, device=device),
@@ -327,58 +204,6 @@ class DPOObjective:
         return dict(zip(names, means.tolist(), strict=True))
 
 
-def _reference_pass(
-    model,
-    pairs: PreferenceBatches,
-    batch_size: int,
-    seq_len: int,
-    device,
-    path: Path | None = None,
-    fingerprint: dict[str, str] | None = None,
-    write: bool = True,
-    log=None,
-) -> torch.Tensor:
-    """The reference log-probs of every pair of `pairs` in data order: windows of
-    REFERENCE_WINDOW batches, each sorted by length into forwards of at most REFERENCE_BATCHES
-    (on CPU REFERENCE_BATCHES_CPU) full-length batches' positions, stored after every window."""
-    window = REFERENCE_WINDOW * batch_size
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    per_forward = REFERENCE_BATCHES_CPU if on_cpu else REFERENCE_BATCHES
-    return compute_reference_logps(
-        model,
-        (PreferenceBatch(*b.tensors()[:4]) for b in pairs.in_order(window)),
-        path=path,
-        pad_id=pairs.pad_id,
-        save_every=1,
-        fingerprint=fingerprint,
-        max_tokens=per_forward * batch_size * 2 * seq_len,
-        device=device,
-        write=write,
-        log=log,
-    )
-
-
-def _record_tables(run_dir: Path, folder: Path, tables: dict, fresh: bool) -> None:
-    """Write reference.json; a resumed run whose start or data changed says so."""
-    record = run_dir / REFERENCE_RECORD
-    if not fresh and record.is_file():
-        try:
-            before = {
-                n: t["fingerprint"] for n, t in json.loads(record.read_text())["tables"].items()
-            }
-        except (ValueError, KeyError, TypeError):
-            before = {}
-        now = {n: t["fingerprint"] for n, t in tables.items()}
-        if before and before != now:
-            print(
-                "dpo reference: the start or the pairs changed since this run began; its "
-                "reference is now that of the start as it is",
-                file=sys.stderr,
-            )
-    text = json.dumps({"folder": str(folder), "tables": tables}, indent=2) + "\n"
-    write_file_atomically(record, lambda f: f.write(text.encode()))
-
-
 def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:
     """The checkpoint's tokenizer, the preference pairs of [data] path, and the DPO objective."""
     from herd.posttrain.chat_data import load_dpo
@@ -386,7 +211,7 @@ def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:
 
     tokenizer = start_tokenizer(run, "DPO")
     d = run.data
-    data = load_dpo(tokenizer, d.path, d.seq_len, strict=d.strict)
+    data = load_dpo(tokenizer, d.path, d.seq_len, strict=d.strict, split=d.split)
     if rank == 0:
         for problem in data.problems[:5]:
             print(f"skipped {problem}", file=sys.stderr)
@@ -432,12 +257,4 @@ def run_dpo(args: argparse.Namespace) -> None:
     fit_and_report(run, run_dir, resume, dpo_data(run, run_dir, rank))
 
 
-__all__ = [
-    "BETA",
-    "NLL_WEIGHT",
-    "DPOObjective",
-    "dpo_data",
-    "reference_files",
-    "reference_folder",
-    "run_dpo",
-]
+__all__ = ["BETA", "NLL_WEIGHT", "DPOObjective", "dpo_data", "run_dpo"]

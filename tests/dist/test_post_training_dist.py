@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import herd
 from herd.checkpoint.io import save_herd_folder
+from herd.posttrain.reference_tables import reference_files
 from herd.vocab.bpe import train_bpe
 from tests.dist.launch import torchrun
 
@@ -174,15 +175,25 @@ def test_dpo_two_processes_match_one(setup, tmp_path):
     micro-batch, so the same DPO + NLL losses (the NLL term is a per-micro-batch token mean), the
     same reference table, and validation over the same pairs."""
     one, two = tmp_path / "one", tmp_path / "two"
-    small = {**DPO, "data.batch_size": "2", "train.grad_accum": "2"}
-    _trainer("dpo", _values(setup, "pairs.jsonl", one, **small), one).fit(show_progress=False)
-    proc = torchrun(29527, "-m", "herd", "dpo", *_flags(_values(setup, "pairs.jsonl", two, **DPO)))
-    assert proc.stderr.count("33 pairs to train on, 15 held out") == 1
-    _close(one, two)
+    # a copy of the pairs per run: the reference tables live beside the data, and the second run
+    # would read the first's instead of computing its own in two processes
+    data = {}
     for run in (one, two):
-        with safe_open(run / "reference_logps.safetensors", "pt") as f:
+        data[run] = tmp_path / f"data-{run.name}" / "pairs.jsonl"
+        data[run].parent.mkdir()
+        shutil.copy(setup / "pairs.jsonl", data[run])
+    small = {**DPO, "data.batch_size": "2", "train.grad_accum": "2"}
+    _trainer("dpo", _values(setup, str(data[one]), one, **small), one).fit(show_progress=False)
+    proc = torchrun(29527, "-m", "herd", "dpo", *_flags(_values(setup, str(data[two]), two, **DPO)))
+    assert proc.stderr.count("33 pairs to train on, 15 held out") == 1
+    assert "dpo reference (train): computing" in proc.stderr
+    _close(one, two)
+    tables = [reference_files(run)["train"] for run in (one, two)]
+    assert tables[0].parent == data[one].with_name("pairs.jsonl.herd-reference")
+    for table in tables:
+        with safe_open(table, "pt") as f:
             assert f.metadata()["complete"] == "true"
-    ref = [load_file(r / "reference_logps.safetensors")["reference_logps"] for r in (one, two)]
+    ref = [load_file(table)["reference_logps"] for table in tables]
     assert ref[1].shape == (33, 2)
     torch.testing.assert_close(ref[0], ref[1], rtol=0, atol=1e-5)
     records = [r for r in _records(two) if "loss" in r]
@@ -196,7 +207,7 @@ def test_dpo_two_processes_match_one(setup, tmp_path):
 
     # killed after step 3, resumed in one process: the reference table is read, not recomputed
     again = _without_last(two, tmp_path / "again")
-    reference = again / "reference_logps.safetensors"
+    reference = reference_files(again)["train"]
     stamp = reference.stat().st_mtime_ns
     trainer = _trainer("dpo", None, again, resume=True)
     assert trainer.step == 3
@@ -227,12 +238,6 @@ class _CountingModel:
         return self.model(*args, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="herd/posttrain/dpo_run.py DPOObjective.validate skips a held-out batch in which a "
-    "process has no rows; under FSDP2 the forward is a collective, so the other processes wait "
-    "in its all-gather forever (`herd dpo` hangs at its first validation)",
-)
 def test_every_process_validates_every_batch(setup, tmp_path):
     """Under FSDP2 each forward all-gathers the weights, so every process must run as many as
     the others. 9 held-out pairs in batches of 4: the last batch's one pair belongs to process 0

@@ -11,8 +11,7 @@ from safetensors import safe_open
 
 import herd
 from herd.checkpoint.io import save_herd_folder
-from herd.posttrain.dpo import load_reference_logps
-from herd.posttrain.dpo_run import reference_files
+from herd.posttrain.reference_tables import load_reference_logps, reference_files
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 

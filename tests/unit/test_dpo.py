@@ -10,14 +10,8 @@ import torch
 
 import herd
 from herd.errors import HerdError
-from herd.posttrain.dpo import (
-    PreferenceBatch,
-    dpo_loss,
-    load_reference_logps,
-    preference_logps,
-    reference_logps,
-    sequence_logps,
-)
+from herd.posttrain.dpo import PreferenceBatch, dpo_loss, preference_logps, sequence_logps
+from herd.posttrain.reference_tables import load_reference_logps, reference_logps
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, ffn_dim=64, max_seq_len=64

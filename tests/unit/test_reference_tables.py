@@ -1,4 +1,4 @@
-"""herd/posttrain/dpo_run.py: where the reference tables live, their fingerprint, reuse and resume."""
+"""herd/posttrain/reference_tables.py: where the tables live, their fingerprint, reuse, resume."""
 
 from __future__ import annotations
 
@@ -15,17 +15,18 @@ from safetensors.torch import save_file
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.errors import HerdError
-from herd.posttrain.dpo import PreferenceBatch, load_reference_logps, preference_logps
-from herd.posttrain.dpo_run import (
+from herd.posttrain.dpo import PreferenceBatch, preference_logps
+from herd.posttrain.dpo_run import DPOObjective
+from herd.posttrain.preference_batches import PreferenceBatches, pair_batch
+from herd.posttrain.reference_tables import (
     REFERENCE_RECORD,
-    DPOObjective,
-    _reference_pass,
+    load_reference_logps,
     reference_files,
     reference_fingerprint,
     reference_folder,
+    reference_pass,
     start_stamp,
 )
-from herd.posttrain.preference_batches import PreferenceBatches, pair_batch
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, ffn_dim=64, max_seq_len=64
@@ -220,7 +221,7 @@ def test_an_interrupted_pass_resumes_from_the_stored_pairs(world, tmp_path):
     start, data, model = world
     pairs = _pairs(40)  # data.batch_size 2: windows of 32 pairs, each stored when done
     counting = _Counting(model)
-    _reference_pass(counting, PreferenceBatches(pairs[:32], 2), 2, 40, None)
+    reference_pass(counting, PreferenceBatches(pairs[:32], 2), 2, 40, None)
     first_window = counting.calls
     killed = _Counting(model, stop_at=first_window + 1)  # killed in the second window
     with pytest.raises(KeyboardInterrupt):
@@ -232,7 +233,7 @@ def test_an_interrupted_pass_resumes_from_the_stored_pairs(world, tmp_path):
     partial = path.read_bytes()
 
     counting.calls = 0
-    _reference_pass(counting, PreferenceBatches(pairs[32:], 2), 2, 40, None)
+    reference_pass(counting, PreferenceBatches(pairs[32:], 2), 2, 40, None)
     last_pairs, counting.calls = counting.calls, 0
     resumed = _prepare(_objective(start, data, tmp_path / "a", pairs), counting)
     assert counting.calls == last_pairs  # only the 8 pairs not stored
