@@ -129,7 +129,6 @@ def token_logprobs(
     if top > 0:
         values, ids = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
         alternatives = [
-            list(zip(i, v, strict=True))
-            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+            list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)
         ]
     return chosen, alternatives
