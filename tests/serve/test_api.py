@@ -185,9 +185,7 @@ def test_missing_hooks_are_400s(srv):
         )
 
 
-def test_32_concurrent_streams_with_different_parameters(srv, loaded):
-    model, tok = loaded
-
+def test_32_concurrent_streams_with_different_parameters(srv):
     async def one(i):
         kw = dict(model="tiny", max_tokens=4 + i % 9, temperature=0 if i % 2 else 0.9, seed=i)
         if i % 3 == 0:

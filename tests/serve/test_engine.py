@@ -80,7 +80,7 @@ def test_seeded_sampling_reproduces(engine, loaded):
     _, tok = loaded
     p = prompts(tok)[1]
     params = dict(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50)
-    a, b, c, d = run_all(
+    a, _, c, d = run_all(
         engine,
         [
             (p, SamplingParams(**params, seed=5)),
@@ -97,7 +97,7 @@ def test_prefix_cache_reuses_a_shared_prompt_prefix(engine, loaded):
     system = tok.encode("You are a helpful assistant. " * 4, bos=True)
     first, second = system + tok.encode("hi"), system + tok.encode("bye")
     before = engine.reused_tokens
-    (a,) = run_all(engine, [(first, SamplingParams(max_tokens=5, temperature=0.0))])
+    run_all(engine, [(first, SamplingParams(max_tokens=5, temperature=0.0))])
     (b,) = run_all(engine, [(second, SamplingParams(max_tokens=5, temperature=0.0))])
     assert engine.reused_tokens - before >= len(system)
     alone = herd.generate(model, second, 5)
