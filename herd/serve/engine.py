@@ -104,7 +104,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = model.embed.weight.device
         self.vocab_size = config.vocab_size
-        self.max_model_len = min(max_model_len or config.max_seq_len, config.max_seq_len)
+        # The compiled step's scratch position (max_model_len) needs a RoPE row of its own.
+        limit = config.max_seq_len - (1 if compile else 0)
+        self.max_model_len = min(max_model_len or limit, limit)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk

@@ -142,3 +142,18 @@ def test_cancel_frees_the_slot(loaded):
         assert not long.done.is_set() and len(seq.generated) < 200 and e.counts() == (0, 0)
     finally:
         e.shutdown()
+
+
+def test_compiled_decode_step_gives_the_same_greedy_tokens(loaded):
+    """--compile: every slot at fixed shapes, idle slots writing to the scratch position."""
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=3, compile=True).start()
+    try:
+        ps = prompts(tok)
+        outs = run_all(e, [(p, SamplingParams(max_tokens=10, temperature=0.0)) for p in ps])
+        stop = set(tok.stop_ids)
+        for p, out in zip(ps, outs, strict=True):
+            alone = herd.generate(model, p, 10, stop_ids=list(stop))
+            assert out.ids == [t for t in alone if t not in stop][: len(out.ids)]
+    finally:
+        e.shutdown()
