@@ -125,7 +125,7 @@ def run_serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, timeout_graceful_shutdown=5
     )
-    server = DrainingServer(config, state, args.drain_timeout)
+    server = draining_server(config, state, args.drain_timeout)
     failure: list[str] = []
     loader = threading.Thread(target=_load, args=(args, state, server, failure), daemon=True)
     loader.start()
@@ -166,23 +166,22 @@ def _load(args, state, server, failure: list[str]) -> None:
         server.should_exit = True
 
 
-class DrainingServer:
-    """uvicorn's Server, whose first exit signal drains instead of stopping at once."""
+def draining_server(config, state, drain_timeout: float):
+    """uvicorn's Server, whose first exit signal drains instead of stopping at once: /v1/ routes
+    answer 503 while the engine finishes what it holds, then the server stops."""
+    import uvicorn
 
-    def __new__(cls, config, state, drain_timeout: float):
-        import uvicorn
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if state.draining or state.engine is None:
+                return super().handle_exit(sig, frame)
+            state.draining = True
+            threading.Thread(target=self._drain, daemon=True).start()
 
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig, frame) -> None:
-                if state.draining or state.engine is None:
-                    return super().handle_exit(sig, frame)
-                state.draining = True
-                threading.Thread(target=self._drain, daemon=True).start()
+        def _drain(self) -> None:
+            deadline = time.monotonic() + drain_timeout
+            while time.monotonic() < deadline and any(state.engine.counts()):
+                time.sleep(0.05)
+            self.should_exit = True
 
-            def _drain(self) -> None:
-                deadline = time.monotonic() + drain_timeout
-                while time.monotonic() < deadline and any(state.engine.counts()):
-                    time.sleep(0.05)
-                self.should_exit = True
-
-        return _Server(config)
+    return DrainingServer(config)

@@ -225,7 +225,6 @@ class TextCompletion(_Completion):
     async def _events(self, gen: Generation):
         b = self.body
         completion = 0
-        sent = list(self.echo)
         for i, text in enumerate(self.echo):
             if text:
                 yield self.chunk(
@@ -238,7 +237,6 @@ class TextCompletion(_Completion):
                 if b.logprobs is not None:
                     logprobs = p.completion_logprobs(d.tokens, self.piece, offsets[i])
                 offsets[i] += len(d.text)
-                sent[i] += d.text
                 choice = {"index": i, "text": d.text, "logprobs": logprobs}
                 yield self.chunk([{**choice, "finish_reason": d.finish_reason}])
             if d.finish_reason is not None:

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from herd.serve.app import ServerState, create_app
-from herd.serve.cli import DrainingServer
+from herd.serve.cli import draining_server
 from herd.serve.engine import Engine
 from herd.serve.sampling import SamplingParams
 
@@ -37,7 +37,7 @@ class Running:
         config = uvicorn.Config(
             create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"
         )
-        self.server = DrainingServer(config, self.state, drain_timeout=30)
+        self.server = draining_server(config, self.state, drain_timeout=30)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         while not self.server.started:
