@@ -398,6 +398,18 @@ def _run_lm_eval(args: argparse.Namespace) -> None:
     run_lm_eval(args.lm_eval_args)
 
 
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    from herd.serve.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from herd.serve.cli import run_serve
+
+    run_serve(args)
+
+
 # name -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": (
@@ -454,6 +466,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "run lm-evaluation-harness tasks on herd checkpoints (lm_eval's CLI, model 'herd')",
         _add_lm_eval,
         _run_lm_eval,
+    ),
+    "serve": (
+        "an OpenAI-compatible HTTP server (continuous batching, streaming, metrics)",
+        _add_serve,
+        _run_serve,
     ),
 }
 

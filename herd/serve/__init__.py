@@ -1,0 +1,6 @@
+"""`herd serve`: an OpenAI-compatible HTTP server over a continuous-batching engine.
+
+engine.py schedules requests into a running batch at token boundaries; slots.py assigns KV-cache
+rows and reuses a shared prompt prefix; sampling.py samples every row with its own parameters;
+protocol.py and app.py are the OpenAI API; metrics.py its Prometheus metrics; cli.py the command.
+"""

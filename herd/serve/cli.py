@@ -1,0 +1,187 @@
+"""`herd serve CHECKPOINT`: the OpenAI-compatible server on uvicorn.
+
+The server answers as soon as it listens (GET /health is 503 until the model is loaded), loads the
+checkpoint on a background thread, then serves. SIGTERM (or Ctrl-C) drains: new requests get 503,
+requests in flight run to completion for up to --drain-timeout seconds, then the server exits; a
+second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from herd import options
+from herd.errors import HerdError
+
+_LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder with a tokenizer")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; anything else without "
+        "an API key prints a warning)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/ routes (visible in the process list; "
+        "prefer --api-key-file)",
+    )
+    key.add_argument(
+        "--api-key-file", metavar="FILE", help="read the API key from the first line of FILE"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=options.positive_int,
+        default=8,
+        metavar="N",
+        help="requests decoded together; each holds a KV-cache row of --max-model-len (default 8)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests waiting for a batch slot; beyond it a request gets HTTP 429 (default 64)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=options.positive_int,
+        default=None,
+        metavar="T",
+        help="longest prompt + completion in tokens, which sizes the KV cache (default: the "
+        "model's context)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=options.positive_int,
+        default=256,
+        metavar="T",
+        help="prompt tokens prefilled per engine step; smaller keeps running streams smoother "
+        "while long prompts arrive (default 256)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model id clients send and /v1/models lists (default: the checkpoint's folder "
+        "name)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step over all --max-batch rows at fixed shapes (on CUDA a CUDA "
+        "graph); costs compilation time at the first request",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds to let requests in flight finish before exiting (default 30)",
+    )
+    options.add_device(p)
+    options.add_threads(p, "the model")
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return args.api_key
+    try:
+        key = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError):
+        raise HerdError(f"--api-key-file {args.api_key_file}: cannot read a key from it") from None
+    if not key:
+        raise HerdError(f"--api-key-file {args.api_key_file}: the first line is empty")
+    return key
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from herd.checkpoint.convert import detect_format
+    from herd.serve.app import ServerState, create_app
+
+    key = _api_key(args)
+    if args.max_queue < 0:
+        raise HerdError(f"--max-queue {args.max_queue}: expected at least 0")
+    detect_format(Path(args.checkpoint))  # a missing checkpoint fails before the server starts
+    if args.host not in _LOCAL and key is None:
+        sys.stderr.write(
+            f"herd serve: warning: listening on {args.host} without --api-key: anyone who can "
+            "reach this port can use the model\n"
+        )
+    name = args.served_model_name or Path(args.checkpoint).resolve().name
+    state = ServerState(name, key)
+    config = uvicorn.Config(
+        create_app(state), host=args.host, port=args.port, timeout_graceful_shutdown=5
+    )
+    server = draining_server(config, state, args.drain_timeout)
+    failure: list[str] = []
+    loader = threading.Thread(target=_load, args=(args, state, server, failure), daemon=True)
+    loader.start()
+    server.run()
+    if state.engine is not None:
+        state.engine.shutdown()
+    if failure:
+        raise HerdError(failure[0])
+
+
+def _load(args, state, server, failure: list[str]) -> None:
+    """Load the model and start the engine; on failure stop the server with the reason."""
+    try:
+        import torch
+
+        from herd.checkpoint.loading import load_for_command
+        from herd.serve.engine import Engine
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model, tok, _ = load_for_command(
+            args.checkpoint, args.device, args.dtype, tokenizer_needed="to serve text"
+        )
+        engine = Engine(
+            model,
+            tok,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            max_model_len=args.max_model_len,
+            prefill_chunk=args.prefill_chunk,
+            compile=args.compile,
+            metrics=state.metrics,
+        )
+        state.set_engine(engine.start())
+        logging.getLogger("uvicorn.error").info("model '%s' loaded; serving", state.model_name)
+    except Exception as e:
+        failure.append(str(e) if isinstance(e, HerdError) else f"{type(e).__name__}: {e}")
+        server.should_exit = True
+
+
+def draining_server(config, state, drain_timeout: float):
+    """uvicorn's Server, whose first exit signal drains instead of stopping at once: /v1/ routes
+    answer 503 while the engine finishes what it holds, then the server stops."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if state.draining or state.engine is None:
+                return super().handle_exit(sig, frame)
+            state.draining = True
+            threading.Thread(target=self._drain, daemon=True).start()
+
+        def _drain(self) -> None:
+            deadline = time.monotonic() + drain_timeout
+            while time.monotonic() < deadline and any(state.engine.counts()):
+                time.sleep(0.05)
+            self.should_exit = True
+
+    return DrainingServer(config)

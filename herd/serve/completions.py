@@ -1,0 +1,245 @@
+"""The two generation endpoints: chat completions (messages in the checkpoint's chat format) and
+legacy text completions, each as one JSON response or an SSE stream of chunks.
+
+A request with n choices runs as n engine requests with the same prompt (the prefix cache shares
+its KV); a seeded request's choice i uses seed + i, so choices differ and each reproduces.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from herd.errors import HerdError
+from herd.serve import protocol as p
+from herd.serve.engine import Engine
+from herd.serve.relay import APIError, Generation, optional_module, sse
+from herd.serve.sampling import SamplingParams
+
+
+class _Completion:
+    object_name = ""
+    id_prefix = ""
+
+    def __init__(self, state, engine: Engine, body) -> None:
+        self.state, self.engine, self.body = state, engine, body
+        self.tok = engine.tokenizer
+        self.id = p.new_id(self.id_prefix)
+        self.created = p.now()
+
+    def piece(self, token: int) -> str:
+        return self.tok.decode([token])
+
+    def params(self, prompt: list[int], max_tokens: int | None, logprobs, constraint_for):
+        b = self.body
+        room = self.engine.max_model_len - len(prompt)
+        if room < 1:
+            raise APIError(
+                400,
+                f"this model's maximum context length is {self.engine.max_model_len} tokens, "
+                f"and the prompt has {len(prompt)}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return [
+            SamplingParams(
+                max_tokens=max_tokens or room,
+                temperature=b.temperature,
+                top_p=b.top_p,
+                top_k=max(b.top_k, 0),
+                seed=None if b.seed is None else b.seed + i,
+                stop=b.stop or [],
+                logprobs=logprobs,
+                constraint=constraint_for(),
+            )
+            for i in range(b.n)
+        ]
+
+    def chunk(self, choices: list[dict], **extra) -> str:
+        return sse(
+            {
+                "id": self.id,
+                "object": f"{self.object_name}.chunk" if self.object_name else "text_completion",
+                "created": self.created,
+                "model": self.state.model_name,
+                "choices": choices,
+                **extra,
+            }
+        )
+
+    def stream(self, gen: Generation, body_stream):
+        async def events():
+            try:
+                async for event in body_stream:
+                    yield event
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away, or the stream ended: free whatever still runs
+                gen.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+class ChatCompletion(_Completion):
+    object_name = "chat.completion"
+    id_prefix = "chatcmpl"
+
+    async def respond(self, request: Request):
+        b = self.body
+        try:
+            messages = [m.as_dialog() for m in b.messages]
+        except ValueError as e:
+            raise APIError(400, f"messages: {e}", param="messages") from None
+        self.tools = None
+        if b.tools and b.tool_choice != "none":
+            self.tools = optional_module("herd.serve.tools", "tool calling")
+            messages = self.tools.tool_prompt(messages, b.tools, b.tool_choice)
+        try:
+            prompt = self.tok.encode_dialog(messages, add_generation_prompt=True).ids
+        except HerdError as e:
+            raise APIError(400, str(e), param="messages") from None
+        if b.top_logprobs is not None and not b.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        logprobs = (b.top_logprobs or 0) if b.logprobs else None
+        constraint_for = lambda: None  # noqa: E731
+        fmt = b.response_format
+        if fmt is not None and fmt.get("type") != "text":
+            factory = optional_module(
+                "herd.serve.constraints", "structured output"
+            ).for_response_format
+            constraint_for = lambda: factory(fmt, self.tok)  # noqa: E731
+        max_tokens = b.max_completion_tokens or b.max_tokens
+        params = self.params(prompt, max_tokens, logprobs, constraint_for)
+        gen = Generation(self.engine)
+        gen.start([prompt] * b.n, params)
+        self.prompt_tokens = len(prompt)
+        if b.stream:
+            return self.stream(gen, self._events(gen))
+        deltas = await gen.collect(request)
+        choices = [self._choice(i, d) for i, d in enumerate(deltas)]
+        completion = sum(d[-1].completion_tokens for d in deltas)
+        return JSONResponse(
+            {
+                "id": self.id,
+                "object": self.object_name,
+                "created": self.created,
+                "model": self.state.model_name,
+                "choices": choices,
+                "usage": p.usage(self.prompt_tokens, completion),
+            }
+        )
+
+    def _finish(self, text: str, reason: str) -> tuple[dict, str]:
+        """The message (content or tool calls) of a finished choice, and its finish_reason."""
+        calls = self.tools.parse_tool_calls(text, self.body.tools) if self.tools else None
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": text}, reason
+
+    def _choice(self, index: int, deltas: list) -> dict:
+        text = "".join(d.text for d in deltas)
+        message, reason = self._finish(text, deltas[-1].finish_reason)
+        tokens = [t for d in deltas for t in d.tokens]
+        logprobs = p.chat_logprobs(tokens, self.piece) if self.body.logprobs else None
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
+
+    async def _events(self, gen: Generation):
+        b = self.body
+        for i in range(b.n):
+            yield self.chunk([self._delta(i, {"role": "assistant", "content": ""})])
+        held = [""] * b.n  # with tools, a choice's text is sent once it is known not to be a call
+        completion = 0
+        async for i, d in gen.deltas():
+            logprobs = p.chat_logprobs(d.tokens, self.piece) if b.logprobs else None
+            if self.tools is not None:
+                held[i] += d.text
+            elif d.text or (logprobs and logprobs["content"]):
+                yield self.chunk([self._delta(i, {"content": d.text}, logprobs)])
+            if d.finish_reason is not None:
+                completion += d.completion_tokens
+                reason = d.finish_reason
+                if self.tools is not None:
+                    message, reason = self._finish(held[i], reason)
+                    message.pop("role")
+                    if message.get("tool_calls"):
+                        for k, call in enumerate(message["tool_calls"]):
+                            call.setdefault("index", k)
+                    yield self.chunk([self._delta(i, message)])
+                yield self.chunk([self._delta(i, {}, None, reason)])
+        if b.stream_options is not None and b.stream_options.include_usage:
+            yield self.chunk([], usage=p.usage(self.prompt_tokens, completion))
+
+    @staticmethod
+    def _delta(i: int, delta: dict, logprobs=None, finish=None) -> dict:
+        return {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+class TextCompletion(_Completion):
+    id_prefix = "cmpl"
+
+    async def respond(self, request: Request):
+        b = self.body
+        prompts = self._prompts()
+        texts = [self.tok.decode(ids) for ids in prompts] if b.echo else [""] * len(prompts)
+        jobs, params = [], []
+        for prompt in prompts:
+            jobs += [prompt] * b.n
+            params += self.params(prompt, b.max_tokens, b.logprobs, lambda: None)
+        self.echo = [t for t in texts for _ in range(b.n)]
+        self.prompt_tokens = sum(len(x) for x in prompts)
+        gen = Generation(self.engine)
+        gen.start(jobs, params)
+        if b.stream:
+            return self.stream(gen, self._events(gen))
+        deltas = await gen.collect(request)
+        choices = []
+        for i, ds in enumerate(deltas):
+            text = self.echo[i] + "".join(d.text for d in ds)
+            choices.append(self._choice(i, text, [t for d in ds for t in d.tokens], ds[-1]))
+        return JSONResponse(
+            {
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.state.model_name,
+                "choices": choices,
+                "usage": p.usage(self.prompt_tokens, sum(d[-1].completion_tokens for d in deltas)),
+            }
+        )
+
+    def _prompts(self) -> list[list[int]]:
+        prompt = self.body.prompt
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if prompt and isinstance(prompt[0], int):
+            prompt = [prompt]
+        if not prompt:
+            raise APIError(400, "prompt: must not be empty", param="prompt")
+        return [self.tok.encode(x, bos=True) if isinstance(x, str) else list(x) for x in prompt]
+
+    def _choice(self, i: int, text: str, tokens: list, last) -> dict:
+        logprobs = None
+        if self.body.logprobs is not None:
+            logprobs = p.completion_logprobs(tokens, self.piece, len(self.echo[i]))
+        return {"index": i, "text": text, "logprobs": logprobs, "finish_reason": last.finish_reason}
+
+    async def _events(self, gen: Generation):
+        b = self.body
+        completion = 0
+        for i, text in enumerate(self.echo):
+            if text:
+                yield self.chunk(
+                    [{"index": i, "text": text, "logprobs": None, "finish_reason": None}]
+                )
+        offsets = [len(t) for t in self.echo]
+        async for i, d in gen.deltas():
+            if d.text or d.finish_reason is not None:
+                logprobs = None
+                if b.logprobs is not None:
+                    logprobs = p.completion_logprobs(d.tokens, self.piece, offsets[i])
+                offsets[i] += len(d.text)
+                choice = {"index": i, "text": d.text, "logprobs": logprobs}
+                yield self.chunk([{**choice, "finish_reason": d.finish_reason}])
+            if d.finish_reason is not None:
+                completion += d.completion_tokens
+        if b.stream_options is not None and b.stream_options.include_usage:
+            yield self.chunk([], usage=p.usage(self.prompt_tokens, completion))

@@ -1,0 +1,334 @@
+"""The continuous-batching engine: requests join and leave the running batch at token boundaries.
+
+One background thread owns the model and the KV cache (herd.model.cache.SlotKVCache: a row per
+slot, each row at its own position). Each iteration it
+1. drops cancelled requests (their slots are free for the next admission at once),
+2. admits waiting requests into free slots, reusing a cached prompt prefix (slots.py),
+3. prefills one chunk (at most `prefill_chunk` tokens) of the oldest request still prefilling, so a
+   long prompt costs the running streams one chunk of latency per token instead of its whole
+   length,
+4. runs one decode step over every request that is generating, each with its own sampling
+   parameters, stop tokens, stop strings and constraint (sampling.py).
+Requests talk to callers through a sink (a callable taking a Delta), called on the engine thread.
+
+Greedy decoding of a request gives the tokens it would alone: every row attends only to its own
+row of the cache, at its own positions. Eagerly each step runs only the generating rows and reads
+the cache up to the longest of them; with `compile`, the decode step runs every slot at fixed
+shapes (idle slots write to a scratch position), so it is compiled once (a CUDA graph on CUDA).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from herd.errors import HerdError
+from herd.model.cache import SlotKVCache, SlotRows
+from herd.serve.sampling import SamplingParams, batch_params, sample_rows, token_logprobs
+from herd.serve.slots import SlotTable
+from herd.textstream import TextStreamer
+
+log = logging.getLogger("herd.serve")
+
+
+class RequestError(HerdError):
+    """A request the engine cannot take as given (too long, bad token ids): HTTP 400."""
+
+
+class QueueFull(HerdError):
+    """The waiting queue is at its limit: HTTP 429."""
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """What one step released for one request: new text (stop-string candidates are held back),
+    the tokens since the last delta, and on the last delta why it ended and the token counts."""
+
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str | None = None  # "stop", "length", "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Sequence:
+    """One request inside the engine."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, seed: int, sink, streamer):
+        self.prompt = prompt
+        self.params = params
+        self.seed = seed
+        self.sink: Callable[[Delta], None] = sink
+        self.streamer: TextStreamer = streamer
+        self.slot: int | None = None
+        self.prefilled = 0  # prompt positions whose KV is written
+        self.reused = 0  # of those, taken from the prefix cache
+        self.generated: list[int] = []
+        self.pending: list[TokenInfo] = []
+        self.cancelled = False
+        self.done = False
+        self.arrival = time.monotonic()
+        self.last_token_at: float | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_model_len: int | None = None,
+        prefill_chunk: int = 256,
+        compile: bool = False,
+        metrics=None,
+    ) -> None:
+        config = model.config
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise HerdError("max_batch and prefill_chunk must be >= 1, max_queue >= 0")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = model.embed.weight.device
+        self.vocab_size = config.vocab_size
+        # The compiled step's scratch position (max_model_len) needs a RoPE row of its own.
+        limit = config.max_seq_len - (1 if compile else 0)
+        self.max_model_len = min(max_model_len or limit, limit)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.metrics = metrics
+        self.stop_ids = set(tokenizer.stop_ids)
+        dtype = model.embed.weight.dtype
+        self.cache = SlotKVCache(config, max_batch, self.max_model_len, self.device, dtype)
+        self.slots = SlotTable(max_batch)
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+        self.reused_tokens = 0  # prompt tokens served from the prefix cache, all requests
+        self._decode = self._compiled_step() if compile else None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="herd-engine", daemon=True)
+
+    # -- the caller's side (any thread) ----------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def submit(self, prompt: list[int], params: SamplingParams, sink) -> Sequence:
+        """Queue a request; its deltas go to `sink`. Raises RequestError or QueueFull."""
+        if not prompt:
+            raise RequestError("the prompt is empty")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise RequestError(f"prompt token ids must be in [0, {self.vocab_size})")
+        if params.max_tokens < 1:
+            raise RequestError(f"max_tokens is {params.max_tokens}, expected >= 1")
+        if len(prompt) + params.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"this model's maximum context length is {self.max_model_len} tokens, but "
+                f"{len(prompt) + params.max_tokens} were requested ({len(prompt)} in the prompt, "
+                f"{params.max_tokens} to generate)"
+            )
+        seed = params.seed if params.seed is not None else random.getrandbits(31)
+        seq = Sequence(prompt, params, seed, sink, TextStreamer(self.tokenizer, params.stop))
+        with self._cond:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests)")
+            self.waiting.append(seq)
+            self._cond.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """End a request now (a client went away); its slot is freed at the next token boundary."""
+        with self._cond:
+            seq.cancelled = True
+            self._cond.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) requests."""
+        return len(self.running), len(self.waiting)
+
+    def kv_usage(self) -> float:
+        """Fraction of the KV cache's positions held by running requests."""
+        return self.slots.used_positions() / (self.max_batch * self.max_model_len)
+
+    # -- the engine thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._stopping or self.waiting or self.running):
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    self._drop_cancelled()
+                    self._admit()
+                try:
+                    self._step()
+                except Exception:  # a failed step ends its requests, not the server
+                    log.exception("engine step failed; ending the running requests")
+                    for seq in list(self.running):
+                        self._emit(seq, "", "error")
+
+    def _drop_cancelled(self) -> None:
+        self.waiting = collections.deque(s for s in self.waiting if not s.cancelled)
+        for seq in [s for s in self.running if s.cancelled]:
+            self._release(seq)
+
+    def _admit(self) -> None:
+        while self.waiting and self.slots.free_count():
+            seq = self.waiting.popleft()
+            place = self.slots.acquire(seq.prompt)
+            if place.copy_from is not None:
+                self.cache.copy_prefix(place.copy_from, place.slot, place.reused)
+            seq.slot, seq.prefilled, seq.reused = place.slot, place.reused, place.reused
+            self.reused_tokens += place.reused
+            self.running.append(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        seq.done = True
+        self.running.remove(seq)
+        self.slots.release(seq.slot)
+
+    def _step(self) -> None:
+        prefilling = [s for s in self.running if s.prefilled < len(s.prompt)]
+        decoding = [s for s in self.running if s.prefilled == len(s.prompt) and s.generated]
+        if prefilling:
+            self._prefill_chunk(prefilling[0])
+        if decoding:
+            self._decode_step(decoding)
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        start = seq.prefilled
+        end = min(len(seq.prompt), start + self.prefill_chunk)
+        chunk = seq.prompt[start:end]
+        tokens = torch.tensor([chunk], device=self.device)
+        pos = torch.arange(start, end, device=self.device).unsqueeze(0)
+        rows = self.cache.rows(torch.tensor([seq.slot], device=self.device), length=end)
+        last = torch.tensor([end - start - 1], device=self.device)
+        logits = self.model(tokens, pos, rows, last=last)
+        self.slots.wrote(seq.slot, chunk)
+        seq.prefilled = end
+        if end == len(seq.prompt):
+            self._sample([seq], logits)
+
+    def _decode_step(self, seqs: list[Sequence]) -> None:
+        last = [s.generated[-1] for s in seqs]
+        pos = [len(s.prompt) + len(s.generated) - 1 for s in seqs]
+        if self._decode is not None:
+            # every slot at fixed shapes; slots not decoding write to the scratch position
+            tokens = [0] * self.max_batch
+            positions = [self.cache.scratch] * self.max_batch
+            for s, t, p in zip(seqs, last, pos, strict=True):
+                tokens[s.slot], positions[s.slot] = t, p
+            logits = self._decode(
+                self.model,
+                torch.tensor(tokens, device=self.device).unsqueeze(1),
+                torch.tensor(positions, device=self.device).unsqueeze(1),
+                self._all_rows,
+            )
+            logits = logits[torch.tensor([s.slot for s in seqs], device=self.device)]
+        else:
+            index = torch.tensor([s.slot for s in seqs], device=self.device)
+            rows = self.cache.rows(index, length=max(pos) + 1)
+            tokens = torch.tensor(last, device=self.device).unsqueeze(1)
+            logits = self.model(tokens, torch.tensor(pos, device=self.device).unsqueeze(1), rows)
+            logits = logits[:, -1]
+        for s, t in zip(seqs, last, strict=True):
+            self.slots.wrote(s.slot, [t])
+        self._sample(seqs, logits)
+
+    def _compiled_step(self):
+        """The fixed-shape decode step over all slots, compiled once (CUDA: as a CUDA graph)."""
+        for t in (*self.cache.keys, *self.cache.values):
+            torch._dynamo.mark_static_address(t)
+        self._all_rows = self.cache.rows()
+
+        def step(model, tokens, positions, rows: SlotRows) -> torch.Tensor:
+            return model(tokens, positions, rows)[:, -1]
+
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        compiled = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+        # a CUDA-graph replay reuses its output buffer: copy it before the next replay
+        return lambda *args: compiled(*args).clone()
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        masked = logits
+        constrained = [i for i, s in enumerate(seqs) if s.params.constraint is not None]
+        if constrained:
+            masked = logits.clone()
+            for i in constrained:
+                allowed = seqs[i].params.constraint.allowed(self.vocab_size).to(self.device)
+                masked[i] = masked[i].masked_fill(~allowed, float("-inf"))
+        rows = [(s.params, s.seed, len(s.generated)) for s in seqs]
+        tokens = sample_rows(masked, batch_params(rows, self.device))
+        wanted = [s.params.logprobs for s in seqs if s.params.logprobs is not None]
+        chosen, top = [None] * len(seqs), [[] for _ in seqs]
+        if wanted:
+            chosen, top = token_logprobs(logits, tokens, max(wanted))
+        now = time.monotonic()
+        for seq, t, lp, alts in zip(seqs, tokens.tolist(), chosen, top, strict=True):
+            k = seq.params.logprobs
+            info = TokenInfo(t, lp if k is not None else None, alts[: k or 0])
+            self._append(seq, info, now)
+
+    def _append(self, seq: Sequence, info: TokenInfo, now: float) -> None:
+        if self.metrics is not None:
+            if seq.last_token_at is None:
+                self.metrics.first_token(now - seq.arrival)
+            else:
+                self.metrics.inter_token(now - seq.last_token_at)
+        seq.last_token_at = now
+        seq.generated.append(info.id)
+        constraint = seq.params.constraint
+        if constraint is not None:
+            constraint.advance(info.id)
+        if info.id in self.stop_ids:  # end of turn: not part of the text
+            self._emit(seq, seq.streamer.flush(), "stop")
+            return
+        seq.pending.append(info)
+        text = seq.streamer.push(info.id)
+        finish = None
+        if seq.streamer.stopped or (constraint is not None and constraint.finished()):
+            finish = "stop"
+        elif len(seq.generated) >= seq.params.max_tokens:
+            finish = "length"
+        if finish is not None:
+            text += seq.streamer.flush()
+            self._emit(seq, text, finish)
+        elif text:
+            self._emit(seq, text, None)
+
+    def _emit(self, seq: Sequence, text: str, finish: str | None) -> None:
+        delta = Delta(text, seq.pending, finish)
+        seq.pending = []
+        if finish is not None:
+            delta.prompt_tokens, delta.completion_tokens = len(seq.prompt), len(seq.generated)
+            if self.metrics is not None:
+                self.metrics.tokens(len(seq.prompt), len(seq.generated))
+            self._release(seq)
+        try:
+            seq.sink(delta)
+        except Exception:  # a caller that went away must not stop the engine
+            log.exception("a request's sink failed")

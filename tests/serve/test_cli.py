@@ -1,0 +1,63 @@
+"""`herd serve` as a process: --help, health while loading, a request, SIGTERM exits cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.serve.test_api import _free_port
+
+
+def test_help_explains_every_option():
+    from herd.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    for action in serve._actions:
+        assert action.help, action.dest
+
+
+def test_serve_process_answers_and_drains_on_sigterm(checkpoint, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "serve", str(checkpoint), "--port", str(port),
+         "--api-key-file", str(key), "--served-model-name", "tiny", "--device", "cpu",
+         "--threads", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        r = httpx.post(
+            url + "/v1/completions",
+            json={"model": "tiny", "prompt": "The", "max_tokens": 3},
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "herd", "serve", str(tmp_path / "nope")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

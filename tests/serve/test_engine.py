@@ -1,0 +1,159 @@
+"""The continuous-batching engine: batch-independent greedy output, reproducible seeded sampling,
+chunked prefill, prefix reuse, stop strings, cancellation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import herd
+from herd.serve.engine import Engine, QueueFull, RequestError
+from herd.serve.sampling import SamplingParams
+
+
+class Collector:
+    def __init__(self):
+        self.deltas = []
+        self.done = threading.Event()
+
+    def __call__(self, delta):
+        self.deltas.append(delta)
+        if delta.finish_reason is not None:
+            self.done.set()
+
+    @property
+    def ids(self):
+        return [t.id for d in self.deltas for t in d.tokens]
+
+    @property
+    def text(self):
+        return "".join(d.text for d in self.deltas)
+
+    @property
+    def finish(self):
+        return self.deltas[-1].finish_reason
+
+
+def run_all(engine, jobs):
+    outs = []
+    for prompt, params in jobs:
+        c = Collector()
+        engine.submit(prompt, params, c)
+        outs.append(c)
+    for c in outs:
+        assert c.done.wait(60)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def engine(loaded):
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=4, max_queue=64, prefill_chunk=8).start()
+    yield e
+    e.shutdown()
+
+
+def prompts(tok):
+    texts = ["The quick brown fox", "SELECT id, name FROM users", "def add(a", "Le cœur a ses"]
+    return [tok.encode(t, bos=True) for t in texts]
+
+
+def test_greedy_matches_generate_alone_whatever_the_batch(engine, loaded):
+    model, tok = loaded
+    stop = set(tok.stop_ids)
+    ps = prompts(tok) * 2  # 8 requests through 4 slots: admissions while others decode
+    jobs = [(p, SamplingParams(max_tokens=12 + 3 * i, temperature=0.0)) for i, p in enumerate(ps)]
+    # a sampled neighbour in the batch must not change the greedy rows
+    jobs.insert(1, (ps[0], SamplingParams(max_tokens=20, temperature=1.0, seed=1)))
+    outs = run_all(engine, jobs)
+    for (p, params), out in zip(jobs, outs, strict=True):
+        if params.temperature:
+            continue
+        alone = herd.generate(model, p, params.max_tokens, stop_ids=list(stop))
+        if stop & set(alone):
+            alone = alone[: next(i for i, t in enumerate(alone) if t in stop)]
+        assert out.ids == alone
+
+
+def test_seeded_sampling_reproduces(engine, loaded):
+    _, tok = loaded
+    p = prompts(tok)[1]
+    params = dict(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50)
+    a, _, c, d = run_all(
+        engine,
+        [
+            (p, SamplingParams(**params, seed=5)),
+            (prompts(tok)[2], SamplingParams(max_tokens=9, temperature=0.7, seed=1)),
+            (p, SamplingParams(**params, seed=5)),
+            (p, SamplingParams(**params, seed=6)),
+        ],
+    )
+    assert a.ids == c.ids and a.ids != d.ids
+
+
+def test_prefix_cache_reuses_a_shared_prompt_prefix(engine, loaded):
+    model, tok = loaded
+    system = tok.encode("You are a helpful assistant. " * 4, bos=True)
+    first, second = system + tok.encode("hi"), system + tok.encode("bye")
+    before = engine.reused_tokens
+    run_all(engine, [(first, SamplingParams(max_tokens=5, temperature=0.0))])
+    (b,) = run_all(engine, [(second, SamplingParams(max_tokens=5, temperature=0.0))])
+    assert engine.reused_tokens - before >= len(system)
+    alone = herd.generate(model, second, 5)
+    assert b.ids == alone[: len(b.ids)]
+
+
+def test_stop_string_across_tokens_and_length(engine, loaded):
+    _, tok = loaded
+    p = prompts(tok)[0]
+    (free,) = run_all(engine, [(p, SamplingParams(max_tokens=30, temperature=0.0))])
+    text = free.text
+    assert len(text) > 6 and free.finish in ("length", "stop")
+    stop = text[3:7]  # most likely spans a token boundary; no partial text may leak
+    (cut,) = run_all(engine, [(p, SamplingParams(max_tokens=30, temperature=0.0, stop=[stop]))])
+    assert cut.text == text[: text.find(stop)] and cut.finish == "stop"
+
+
+def test_bad_requests_and_queue_limit(loaded):
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=1, max_queue=1)  # not started: nothing leaves the queue
+    with pytest.raises(RequestError, match="maximum context length"):
+        e.submit([1] * 250, SamplingParams(max_tokens=10), print)
+    with pytest.raises(RequestError, match="token ids"):
+        e.submit([999], SamplingParams(max_tokens=10), print)
+    e.submit([1, 2], SamplingParams(max_tokens=3), print)
+    with pytest.raises(QueueFull):
+        e.submit([1, 2], SamplingParams(max_tokens=3), print)
+
+
+def test_cancel_frees_the_slot(loaded):
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=1, max_queue=8).start()
+    try:
+        long = Collector()
+        params = SamplingParams(max_tokens=200, temperature=1.0, top_k=5, seed=0)
+        seq = e.submit(prompts(tok)[0], params, long)
+        while not long.deltas:  # running and holding the only slot
+            threading.Event().wait(0.01)
+        e.cancel(seq)
+        (short,) = run_all(e, [(prompts(tok)[1], SamplingParams(max_tokens=3, temperature=0.0))])
+        assert short.finish in ("length", "stop") and short.deltas[-1].completion_tokens <= 3
+        assert not long.done.is_set() and len(seq.generated) < 200 and e.counts() == (0, 0)
+    finally:
+        e.shutdown()
+
+
+def test_compiled_decode_step_gives_the_same_greedy_tokens(loaded):
+    """--compile: every slot at fixed shapes, idle slots writing to the scratch position."""
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=3, compile=True).start()
+    try:
+        ps = prompts(tok)
+        outs = run_all(e, [(p, SamplingParams(max_tokens=10, temperature=0.0)) for p in ps])
+        stop = set(tok.stop_ids)
+        for p, out in zip(ps, outs, strict=True):
+            alone = herd.generate(model, p, 10, stop_ids=list(stop))
+            assert out.ids == [t for t in alone if t not in stop][: len(out.ids)]
+    finally:
+        e.shutdown()
