@@ -55,8 +55,13 @@ def llg_tokenizer(tok: Tokenizer):
 
 
 class _TokenSource:
-    """What llguidance.TokenizerWrapper reads: token bytes, special ids, and text -> ids (used
-    only for text a grammar forces, never to compute masks)."""
+    """What llguidance.TokenizerWrapper reads: token bytes, special ids, and text -> ids.
+
+    llguidance tokenizes text through this and expects the ids to spell exactly that text's bytes.
+    sentencepiece does not (it prepends a space, "▁", to every input), and llguidance then masks
+    out everything; so an encoding that does not spell the text is replaced by a greedy
+    longest-match over the vocabulary, which always does.
+    """
 
     def __init__(self, tok: Tokenizer, tokens: list[bytes], special: list[int], eos: int) -> None:
         self._tok = tok
@@ -64,11 +69,31 @@ class _TokenSource:
         self.special_token_ids = special
         self.eos_token_id = eos
         self.bos_token_id = tok.bos_id
+        skip = set(special)
+        # Later ids win: sentencepiece lists its byte pieces before the merged pieces.
+        self._ids = {t: i for i, t in enumerate(tokens) if t and i not in skip}
+        self._longest = max(map(len, self._ids))
 
     def __call__(self, text: str) -> list[int]:
         if not isinstance(text, str):  # the wrapper probes with bytes: strings only here
             raise TypeError("text must be a str")
-        return self._tok.encode(text)
+        ids = self._tok.encode(text)
+        data = text.encode("utf-8", "surrogatepass")
+        if b"".join(self.tokens[i] for i in ids) == data:
+            return ids
+        return self._greedy(data)
+
+    def _greedy(self, data: bytes) -> list[int]:
+        ids, at = [], 0
+        while at < len(data):
+            for n in range(min(self._longest, len(data) - at), 0, -1):
+                if data[at : at + n] in self._ids:
+                    ids.append(self._ids[data[at : at + n]])
+                    at += n
+                    break
+            else:  # a byte no token spells (a vocabulary without byte fallback): skipped
+                at += 1
+        return ids
 
 
 class Grammar:

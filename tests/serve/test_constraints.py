@@ -2,8 +2,8 @@
 
 A randomly initialised model samples close to uniformly from the vocabulary, so without the mask
 its output is never JSON; every sample below that parses and validates does so because of the
-mask. Both a Llama 3 vocabulary (128k tokens, tiktoken) and a small byte-level BPE trained by herd
-are used, as their token bytes come from different backends.
+mask. A Llama 3 vocabulary (128k tokens, tiktoken), Llama 2's (sentencepiece, byte fallback) and a
+small byte-level BPE trained by herd are used, as their token bytes come from different backends.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def llama3():
 
 
 @pytest.fixture(scope="module")
+def llama2():
+    return herd.load_tokenizer(references.llama2_tokenizer())
+
+
+@pytest.fixture(scope="module")
 def bpe(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe")
     (root / "corpus.txt").write_text(replace_lone_surrogates("\n".join(CORPUS)), encoding="utf-8")
@@ -109,7 +114,7 @@ def sample(model, tok, constraint, seed: int, max_tokens: int = MAX_TOKENS) -> l
     return reply
 
 
-@pytest.mark.parametrize("which", ["llama3", "bpe"])
+@pytest.mark.parametrize("which", ["llama3", "llama2", "bpe"])
 def test_schema_samples_parse_and_validate(which, request):
     tok = request.getfixturevalue(which)
     # A model vocabulary padded past the tokenizer's: the extra ids must never be allowed.
