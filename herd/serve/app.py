@@ -5,10 +5,9 @@ request, 401 bad key, 404 unknown model or route, 429 queue full, 503 loading or
 A client that disconnects (mid-stream, or while waiting for a whole response) has its requests
 cancelled, which frees their KV slots at the engine's next token boundary.
 
-Hooks filled by other modules, imported only when a request needs them: herd.serve.constraints
-(`for_response_format(response_format, tokenizer)` -> a sampling.Constraint) for `response_format`,
-and herd.serve.tools (`tool_prompt(messages, tools, tool_choice)` -> messages,
-`parse_tool_calls(text, tools)` -> OpenAI tool_call dicts or None) for `tools`.
+`response_format` (json_object, json_schema) and forced tool calls (`tool_choice` "required" or a
+named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
+written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
 """
 
 from __future__ import annotations

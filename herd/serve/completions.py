@@ -11,9 +11,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from herd.errors import HerdError
+from herd.serve import constraints, tools
 from herd.serve import protocol as p
 from herd.serve.engine import Engine
-from herd.serve.relay import APIError, Generation, optional_module, sse
+from herd.serve.relay import APIError, Generation, sse
 from herd.serve.sampling import SamplingParams
 
 
@@ -90,9 +91,17 @@ class ChatCompletion(_Completion):
         except ValueError as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
         self.tools = None
-        if b.tools and b.tool_choice != "none":
-            self.tools = optional_module("herd.serve.tools", "tool calling")
-            messages = self.tools.tool_prompt(messages, b.tools, b.tool_choice)
+        grammar = None
+        try:
+            if b.tools and tools.resolve_tool_choice(b.tool_choice, b.tools) != "none":
+                self.tools = tools
+                messages = tools.tool_prompt(messages, b.tools, b.tool_choice)
+                # "required" or a named function: the reply is decoded as such a call
+                grammar = tools.tool_call_grammar(b.tools, b.tool_choice, self.tok)
+            if grammar is None:
+                grammar = constraints.response_format_grammar(b.response_format, self.tok)
+        except ValueError as e:  # "FIELD...: what is wrong", one line
+            raise APIError(400, str(e), param=str(e).split(":", 1)[0].split(".", 1)[0]) from None
         try:
             prompt = self.tok.encode_dialog(messages, add_generation_prompt=True).ids
         except HerdError as e:
@@ -100,13 +109,8 @@ class ChatCompletion(_Completion):
         if b.top_logprobs is not None and not b.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (b.top_logprobs or 0) if b.logprobs else None
-        constraint_for = lambda: None  # noqa: E731
-        fmt = b.response_format
-        if fmt is not None and fmt.get("type") != "text":
-            factory = optional_module(
-                "herd.serve.constraints", "structured output"
-            ).for_response_format
-            constraint_for = lambda: factory(fmt, self.tok)  # noqa: E731
+        # one compiled grammar per request, a matcher state per choice
+        constraint_for = grammar.start if grammar is not None else (lambda: None)
         max_tokens = b.max_completion_tokens or b.max_tokens
         params = self.params(prompt, max_tokens, logprobs, constraint_for)
         gen = Generation(self.engine)

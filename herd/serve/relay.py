@@ -4,7 +4,6 @@ thread to the event loop, cancelling them when the client goes away; and the API
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 
 from fastapi import Request
@@ -31,16 +30,6 @@ class APIError(Exception):
             kind = "service_unavailable_error"
         body = p.error_body(self.message, kind, self.param, self.code)
         return JSONResponse(body, status_code=self.status)
-
-
-def optional_module(name: str, what: str):
-    """A hook module that may not be installed yet: absent, the request is a 400 saying so."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise APIError(400, f"{what} is unavailable on this server") from None
 
 
 class Generation:

@@ -11,7 +11,7 @@ from herd.vocab.bpe import train_bpe
 from tests.tokenizer_corpus import CORPUS
 
 CONFIG = herd.ModelConfig(
-    dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=320, ffn_dim=96, max_seq_len=256
+    dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=320, ffn_dim=96, max_seq_len=1024
 )
 
 

@@ -119,7 +119,7 @@ def test_bad_requests_and_queue_limit(loaded):
     model, tok = loaded
     e = Engine(model, tok, max_batch=1, max_queue=1)  # not started: nothing leaves the queue
     with pytest.raises(RequestError, match="maximum context length"):
-        e.submit([1] * 250, SamplingParams(max_tokens=10), print)
+        e.submit([1] * 1020, SamplingParams(max_tokens=10), print)
     with pytest.raises(RequestError, match="token ids"):
         e.submit([999], SamplingParams(max_tokens=10), print)
     e.submit([1, 2], SamplingParams(max_tokens=3), print)
