@@ -93,13 +93,15 @@ def _batch():
     return chosen, rejected
 
 
-def _trl_metrics(policy, reference, tokenizer, tmp_path, loss_type, scored):
-    """TRL's loss with `loss_type` and its logged metrics on the batch, the completion mask being
-    the positions whose herd mask value is in `scored`."""
+def _trl_metrics(policy, reference, tokenizer, tmp_path, loss_type, scored, weights=None):
+    """TRL's loss with `loss_type` (a name or a list, with `weights`) and its logged metrics on
+    the batch, the completion mask being the positions whose herd mask value is in `scored`."""
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     args = trl.DPOConfig(
-        output_dir=str(tmp_path / f"trl-{loss_type}"),
+        output_dir=str(tmp_path / f"trl-{'-'.join(types)}"),
         beta=BETA,
-        loss_type=[loss_type],
+        loss_type=types,
+        **({"loss_weights": weights} if weights else {}),
         report_to="none",
         use_cpu=True,
         bf16=False,
@@ -156,3 +158,32 @@ def test_loss_and_metrics_match_trl(models, tmp_path):
     assert abs(trl_metrics["rewards/margins"]) > 1e-3
     assert abs(ours.chosen_nll().item() - nll_term) < 1e-5
     assert abs(-ours.chosen.sum().item() / ours.chosen_tokens.sum().item() - nll_term) > 1e-3
+
+
+def test_without_terminators_one_trl_call_matches(models, tmp_path):
+    """On responses with no end-of-turn token (mask values 0 and 1 only) herd's loss is TRL's
+    `loss_type=["sigmoid", "sft"]`, `loss_weights=[1.0, 0.2]` in one call, as Llama 3 states it."""
+    policy, reference, hf_policy, hf_reference, tokenizer = models
+    trl_loss, trl_metrics = _trl_metrics(
+        hf_policy, hf_reference, tokenizer, tmp_path, ["sigmoid", "sft"], {1}, [1.0, ALPHA]
+    )
+    chosen, rejected = _batch()
+
+    def content(rows):  # the terminators (2) left out altogether
+        return _padded([[int(m == 1) for m in mask] for _, mask in rows])
+
+    batch = PreferenceBatch(
+        _padded([ids for ids, _ in chosen]),
+        content(chosen),
+        _padded([ids for ids, _ in rejected]),
+        content(rejected),
+    )
+    ours = preference_logps(policy, batch)
+    with torch.no_grad():
+        ref = preference_logps(reference, batch)
+    loss, metrics = dpo_loss(
+        ours.chosen, ours.rejected, ref.chosen, ref.rejected, BETA, ALPHA, ours.chosen_nll()
+    )
+    assert abs(loss.item() - trl_loss) < 1e-5, (loss.item(), trl_loss)
+    for name in METRICS:
+        assert abs(metrics[name].item() - trl_metrics[name]) < 1e-5, name
