@@ -129,20 +129,14 @@ def _trl_metrics(policy, reference, tokenizer, tmp_path, loss_type, scored, weig
     return loss.item(), logged
 
 
-def test_loss_and_metrics_match_trl(models, tmp_path):
-    policy, reference, hf_policy, hf_reference, tokenizer = models
-    dpo_term, trl_metrics = _trl_metrics(
-        hf_policy, hf_reference, tokenizer, tmp_path, "sigmoid", scored={1}
-    )
-    nll_term, _ = _trl_metrics(hf_policy, hf_reference, tokenizer, tmp_path, "sft", scored={1, 2})
-    trl_loss = dpo_term + ALPHA * nll_term
-
-    chosen, rejected = _batch()
+def _matches_trl(policy, reference, chosen, rejected, masks, trl_loss, trl_metrics):
+    """herd's loss and metrics on the batch (each mask passed through `masks`) equal TRL's within
+    1e-5; herd's PairLogps of the policy."""
     batch = PreferenceBatch(
         _padded([ids for ids, _ in chosen]),
-        _padded([mask for _, mask in chosen]),
+        _padded([masks(mask) for _, mask in chosen]),
         _padded([ids for ids, _ in rejected]),
-        _padded([mask for _, mask in rejected]),
+        _padded([masks(mask) for _, mask in rejected]),
     )
     ours = preference_logps(policy, batch)
     with torch.no_grad():
@@ -153,6 +147,21 @@ def test_loss_and_metrics_match_trl(models, tmp_path):
     assert abs(loss.item() - trl_loss) < 1e-5, (loss.item(), trl_loss)
     for name in METRICS:
         assert abs(metrics[name].item() - trl_metrics[name]) < 1e-5, name
+    return ours
+
+
+def test_loss_and_metrics_match_trl(models, tmp_path):
+    policy, reference, hf_policy, hf_reference, tokenizer = models
+    dpo_term, trl_metrics = _trl_metrics(
+        hf_policy, hf_reference, tokenizer, tmp_path, "sigmoid", scored={1}
+    )
+    nll_term, _ = _trl_metrics(hf_policy, hf_reference, tokenizer, tmp_path, "sft", scored={1, 2})
+    trl_loss = dpo_term + ALPHA * nll_term
+
+    chosen, rejected = _batch()
+    ours = _matches_trl(
+        policy, reference, chosen, rejected, lambda mask: mask, trl_loss, trl_metrics
+    )
     # not a vacuous comparison: the rewards differ from zero and between the sides, and the
     # terminators change the NLL term
     assert abs(trl_metrics["rewards/margins"]) > 1e-3
@@ -168,22 +177,5 @@ def test_without_terminators_one_trl_call_matches(models, tmp_path):
         hf_policy, hf_reference, tokenizer, tmp_path, ["sigmoid", "sft"], {1}, [1.0, ALPHA]
     )
     chosen, rejected = _batch()
-
-    def content(rows):  # the terminators (2) left out altogether
-        return _padded([[int(m == 1) for m in mask] for _, mask in rows])
-
-    batch = PreferenceBatch(
-        _padded([ids for ids, _ in chosen]),
-        content(chosen),
-        _padded([ids for ids, _ in rejected]),
-        content(rejected),
-    )
-    ours = preference_logps(policy, batch)
-    with torch.no_grad():
-        ref = preference_logps(reference, batch)
-    loss, metrics = dpo_loss(
-        ours.chosen, ours.rejected, ref.chosen, ref.rejected, BETA, ALPHA, ours.chosen_nll()
-    )
-    assert abs(loss.item() - trl_loss) < 1e-5, (loss.item(), trl_loss)
-    for name in METRICS:
-        assert abs(metrics[name].item() - trl_metrics[name]) < 1e-5, name
+    content = lambda mask: [int(m == 1) for m in mask]  # noqa: E731 - the terminators left out
+    _matches_trl(policy, reference, chosen, rejected, content, trl_loss, trl_metrics)
