@@ -168,8 +168,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.vocab, args.dim, args.layers, args.heads, args.kv_heads = 1024, 128, 2, 4, 2
         args.ffn_dim, args.max_batch = 384, 16
         args.levels, args.prompt_tokens, args.max_tokens = "1,4,16", "32,96", "16,32"
-        args.requests_per_client, args.min_requests, args.rounds, args.warmup = 1, 4, 1, 4
-        args.prefix_requests = 4
+        args.requests_per_client, args.min_requests, args.rounds, args.warmup = 1, 4, 1, 2
+        args.prefix_requests = 3
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device == "cuda" else "float32"
     try:
