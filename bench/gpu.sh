@@ -9,6 +9,11 @@
 #     bash bench/gpu.sh [extra gpu_decode.py options]
 #     GPU_BENCH=train GPU_TRAIN_ARGS="--activation-checkpointing" bash bench/gpu.sh
 #
+#   3. bench/serve.py (only when GPU_BENCH names "serve"): herd serve vs transformers serve
+#      (continuous batching) at 1/4/16/32 streamed clients, and herd's prefix cache on/off, bf16.
+#
+#     GPU_BENCH=serve bash bench/gpu.sh          # GPU_SERVE_ARGS adds serve.py options
+#
 # GPU_BENCH (default "decode train") picks the benchmarks; GPU_TRAIN_ARGS adds gpu_train.py options.
 #
 # Works on a bare machine with only the repository copied. Python, in order of preference:
@@ -17,7 +22,8 @@
 #      venv when safetensors/numpy/tqdm/tokenizers/transformers are missing);
 #   3. a fresh .venv-gpu with torch and the rest from PyPI (a few minutes of downloads).
 # herd itself is found through PYTHONPATH (no install step). Results, when OUT is set: $OUT/gpu.json
-# and $OUT/gpu.log (decode), $OUT/gpu_train.json and $OUT/gpu_train.log (training). Each benchmark
+# and $OUT/gpu.log (decode), $OUT/gpu_train.json and $OUT/gpu_train.log (training),
+# $OUT/gpu_serve.json and $OUT/gpu_serve.log (serving). Each benchmark
 # runs under its own hard time limit (below); the whole script is kept near 9 minutes.
 set -uo pipefail
 
@@ -28,6 +34,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 VENV=.venv-gpu
 NEEDED="safetensors numpy tqdm tokenizers transformers"
 BENCHES=${GPU_BENCH:-decode train}
+# herd serve, transformers serve and the load generator
+case " $BENCHES " in *" serve "*) NEEDED="$NEEDED fastapi uvicorn httpx openai" ;; esac
 # Seconds from the start by which everything should be done (the caller's window is ~10 minutes).
 DEADLINE=540
 T0=$SECONDS
@@ -81,6 +89,11 @@ if ! has_cuda_torch "$PY"; then
     exit 2
 fi
 still_missing=$(missing_modules "$PY")
+if [ -n "$still_missing" ] && [ "$PY" = "$VENV/bin/python" ]; then
+    # shellcheck disable=SC2086
+    pip_install "$PY" $still_missing
+    still_missing=$(missing_modules "$PY")
+fi
 [ -n "$still_missing" ] && log "still missing: $still_missing (the benchmarks skip what they can)"
 "$PY" -c 'import herd' || { log "herd does not import with $PY"; exit 2; }
 
@@ -156,6 +169,24 @@ case " $BENCHES " in
     ;;
 esac
 
-log "done: decode exit $decode_rc, train exit $train_rc"
+serve_rc=0
+case " $BENCHES " in
+*" serve "*)
+    ARGS=(--device cuda)
+    [ -n "${OUT:-}" ] && ARGS+=(--out "$OUT/gpu_serve.json")
+    left=$((DEADLINE - (SECONDS - T0)))
+    if [ "$left" -lt 120 ]; then
+        log "skipping bench/serve.py: only ${left}s left of the ${DEADLINE}s window"
+        serve_rc=2
+    else
+        # shellcheck disable=SC2086
+        run_bench "$left" gpu_serve.log bench/serve.py "${ARGS[@]}" ${GPU_SERVE_ARGS:-}
+        serve_rc=$?
+    fi
+    ;;
+esac
+
+log "done: decode exit $decode_rc, train exit $train_rc, serve exit $serve_rc"
 [ "$decode_rc" -ne 0 ] && exit "$decode_rc"
-exit "$train_rc"
+[ "$train_rc" -ne 0 ] && exit "$train_rc"
+exit "$serve_rc"

@@ -71,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "while long prompts arrive (default 256)",
     )
     p.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="prefill every prompt whole instead of reusing the KV of a prompt prefix a slot "
+        "already holds (a shared system prompt, an earlier turn); for measuring what the prefix "
+        "cache saves",
+    )
+    p.add_argument(
         "--served-model-name",
         metavar="NAME",
         help="the model id clients send and /v1/models lists (default: the checkpoint's folder "
@@ -158,6 +166,7 @@ def _load(args, state, server, failure: list[str]) -> None:
             prefill_chunk=args.prefill_chunk,
             compile=args.compile,
             metrics=state.metrics,
+            prefix_cache=args.prefix_cache,
         )
         state.set_engine(engine.start())
         logging.getLogger("uvicorn.error").info("model '%s' loaded; serving", state.model_name)

@@ -96,6 +96,7 @@ class Engine:
         prefill_chunk: int = 256,
         compile: bool = False,
         metrics=None,
+        prefix_cache: bool = True,
     ) -> None:
         config = model.config
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
@@ -114,7 +115,7 @@ class Engine:
         self.stop_ids = set(tokenizer.stop_ids)
         dtype = model.embed.weight.dtype
         self.cache = SlotKVCache(config, max_batch, self.max_model_len, self.device, dtype)
-        self.slots = SlotTable(max_batch)
+        self.slots = SlotTable(max_batch, prefix_cache)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.reused_tokens = 0  # prompt tokens served from the prefix cache, all requests

@@ -8,6 +8,8 @@ system prompt, an earlier turn of the same conversation), and only the rest of t
 prefilled. When a running request's slot shares a longer prefix, those positions are copied
 across instead. KV at position p depends only on tokens 0..p, so a shared prefix's KV is exact.
 Slots not matched are handed out least recently used first, so popular prefixes stay longest.
+With `prefix_cache=False` nothing is reused: every prompt is prefilled whole (what the prefix
+cache saves is measured against that, bench/serve.py).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Placement:
 
 
 class SlotTable:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, prefix_cache: bool = True) -> None:
         self.slots = [Slot(i) for i in range(n)]
+        self.prefix_cache = prefix_cache
         self._clock = 0
 
     def free_count(self) -> int:
@@ -55,7 +58,7 @@ class SlotTable:
         free = [s for s in self.slots if not s.busy]
         if not free:
             return None
-        limit = len(prompt) - 1
+        limit = len(prompt) - 1 if self.prefix_cache else 0
 
         def match(s: Slot) -> int:
             return min(common_prefix(s.tokens, prompt), limit)

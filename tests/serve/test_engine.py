@@ -104,6 +104,23 @@ def test_prefix_cache_reuses_a_shared_prompt_prefix(engine, loaded):
     assert b.ids == alone[: len(b.ids)]
 
 
+def test_no_prefix_cache_prefills_every_prompt_whole(loaded):
+    model, tok = loaded
+    e = Engine(model, tok, max_batch=2, prefill_chunk=8, prefix_cache=False).start()
+    try:
+        system = tok.encode("You are a helpful assistant. " * 4, bos=True)
+        first, second = system + tok.encode("hi"), system + tok.encode("bye")
+        params = SamplingParams(max_tokens=5, temperature=0.0)
+        run_all(e, [(first, params)])
+        # one after the other (a finished slot) and side by side (a running donor): no reuse
+        (b,) = run_all(e, [(second, params)])
+        run_all(e, [(first, params), (second, params)])
+        assert e.reused_tokens == 0
+        assert b.ids == herd.generate(model, second, 5)[: len(b.ids)]
+    finally:
+        e.shutdown()
+
+
 def test_stop_string_across_tokens_and_length(engine, loaded):
     _, tok = loaded
     p = prompts(tok)[0]
