@@ -5,6 +5,9 @@ request, 401 bad key, 404 unknown model or route, 429 queue full, 503 loading or
 A client that disconnects (mid-stream, or while waiting for a whole response) has its requests
 cancelled, which frees their KV slots at the engine's next token boundary.
 
+`GET /` is the chat page (herd/serve/web/index.html): one static file that calls the API above from
+the browser. It needs no key to load; its requests carry the key the user types into it.
+
 Hooks filled by other modules, imported only when a request needs them: herd.serve.constraints
 (`for_response_format(response_format, tokenizer)` -> a sampling.Constraint) for `response_format`,
 and herd.serve.tools (`tool_prompt(messages, tools, tool_choice)` -> messages,
@@ -14,10 +17,11 @@ and herd.serve.tools (`tool_prompt(messages, tools, tool_choice)` -> messages,
 from __future__ import annotations
 
 import hmac
+from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from herd.serve import protocol as p
@@ -75,6 +79,12 @@ def create_app(state: ServerState) -> FastAPI:
         if api:
             state.metrics.requests.labels(str(response.status_code)).inc()
         return response
+
+    page = resources.files("herd.serve").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.get("/")
+    async def chat_page():
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health():
