@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint browser format bench clean
 
 # torch goes in first and pinned: a looser requirement with no torch installed pulls a CUDA build.
 $(BIN)/herd: pyproject.toml
@@ -21,7 +21,16 @@ lint: $(BIN)/herd
 	$(BIN)/ruff check herd tests bench experiments
 	$(BIN)/ruff format --check herd tests bench experiments
 
-test: lint
+# tests/serve/test_web_page.py drives Debian's headless Chromium through its chromedriver:
+# installed with apt when either is missing (as root, else through sudo), and skipped when present.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (for tests/serve/test_web_page.py)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 format: $(BIN)/herd

@@ -8,15 +8,19 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 `response_format` (json_object, json_schema) and forced tool calls (`tool_choice` "required" or a
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
+
+`GET /` is the chat page (herd/serve/web/index.html): one static file that calls the API above from
+the browser. It needs no key to load; its requests carry the key the user types into it.
 """
 
 from __future__ import annotations
 
 import hmac
+from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from herd.serve import protocol as p
@@ -74,6 +78,12 @@ def create_app(state: ServerState) -> FastAPI:
         if api:
             state.metrics.requests.labels(str(response.status_code)).inc()
         return response
+
+    page = resources.files("herd.serve").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.get("/")
+    async def chat_page():
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health():

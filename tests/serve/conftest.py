@@ -1,12 +1,21 @@
-"""A tiny served checkpoint: dim 64, 2 layers, a herd-trained byte-level BPE (Llama 3 chat format)."""
+"""A tiny served checkpoint: dim 64, 2 layers, a herd-trained byte-level BPE (Llama 3 chat format);
+and `Running`, a server for it on a free port (the API and web page tests)."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
+import openai
 import pytest
 import torch
 
 import herd
 from herd.checkpoint.io import save_herd_folder
+from herd.serve.app import ServerState, create_app
+from herd.serve.cli import draining_server
+from herd.serve.engine import Engine
 from herd.vocab.bpe import train_bpe
 from tests.tokenizer_corpus import CORPUS
 
@@ -33,3 +42,50 @@ def loaded(checkpoint):
 
     model, tok, _ = load_for_command(checkpoint, device="cpu", tokenizer_needed="to serve")
     return model.eval(), tok
+
+
+KEY = "sk-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """A server in a background thread (uvicorn), its engine, and clients for it."""
+
+    def __init__(self, loaded, max_batch=8, max_queue=64, load=True):
+        import uvicorn
+
+        model, tok = loaded
+        self.state = ServerState("tiny", KEY)
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = draining_server(config, self.state, drain_timeout=30)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        self.engine = Engine(
+            model,
+            tok,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            prefill_chunk=16,
+            metrics=self.state.metrics,
+        )
+        if load:
+            self.state.set_engine(self.engine.start())
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0)
+        self.aclient = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        if self.engine._thread.is_alive():
+            self.engine.shutdown()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import httpx
@@ -13,56 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from herd.serve.app import ServerState, create_app
-from herd.serve.cli import draining_server
-from herd.serve.engine import Engine
 from herd.serve.sampling import SamplingParams
-
-KEY = "sk-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """A server in a background thread (uvicorn), its engine, and clients for it."""
-
-    def __init__(self, loaded, max_batch=8, max_queue=64, load=True):
-        import uvicorn
-
-        model, tok = loaded
-        self.state = ServerState("tiny", KEY)
-        self.port = _free_port()
-        config = uvicorn.Config(
-            create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = draining_server(config, self.state, drain_timeout=30)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        self.engine = Engine(
-            model,
-            tok,
-            max_batch=max_batch,
-            max_queue=max_queue,
-            prefill_chunk=16,
-            metrics=self.state.metrics,
-        )
-        if load:
-            self.state.set_engine(self.engine.start())
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0)
-        self.aclient = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        if self.engine._thread.is_alive():
-            self.engine.shutdown()
+from tests.serve.conftest import KEY, Running
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +256,9 @@ def test_overload_gets_429_not_a_crash(loaded):
             return await asyncio.gather(*(one() for _ in range(12)))
 
         codes = asyncio.run(burst())
-        assert codes.count(429) >= 1 and codes.count(200) >= 3
+        # the queue takes 2 whatever happens; a 3rd only if the engine thread admitted one before
+        # the burst filled the queue, which a busy machine (two test workers on two cores) can delay
+        assert codes.count(429) >= 1 and codes.count(200) >= 2
         assert s.client.completions.create(model="tiny", prompt="The", max_tokens=2)
         metrics = httpx.get(s.url + "/metrics").text
         assert 'herd_requests_total{status="429"}' in metrics

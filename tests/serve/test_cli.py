@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from tests.serve.test_api import _free_port
+from tests.serve.conftest import free_port
 
 
 def test_help_explains_every_option():
@@ -22,7 +22,7 @@ def test_help_explains_every_option():
 
 
 def test_serve_process_answers_and_drains_on_sigterm(checkpoint, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     key = tmp_path / "key"
     key.write_text("s3cret\n")
