@@ -283,6 +283,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- data and checkpoints -----------------------------------------------------------------------
 
 
+def random_model(tok, dim, layers, heads, kv_heads, ffn_dim, context, seed):
+    """(config, model) of a randomly initialised Llama over `tok`'s vocabulary (also
+    bench/serve.py's)."""
+    import herd
+
+    config = herd.ModelConfig(
+        dim=dim,
+        n_layers=layers,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        vocab_size=tok.vocab_size,
+        ffn_dim=ffn_dim,
+        max_seq_len=context,
+    )
+    return config, herd.build_model(config, seed=seed)
+
+
 def sentence(rng: random.Random, words: list[str], lo: int, hi: int) -> str:
     n = len(words)
     words = [words[min(int(rng.paretovariate(1.0)) - 1, n - 1)] for _ in range(rng.randint(lo, hi))]
@@ -315,16 +332,8 @@ def build_setup(args: argparse.Namespace, root: Path) -> dict:
     )
     tok_dir = train_bpe([corpus], args.vocab, root / "tok", show_progress=False)
     tok = herd.load_tokenizer(tok_dir)
-    config = herd.ModelConfig(
-        dim=args.dim,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        vocab_size=tok.vocab_size,
-        ffn_dim=args.ffn_dim,
-        max_seq_len=args.seq,
-    )
-    model = herd.build_model(config, seed=args.seed)
+    config, model = random_model(tok, args.dim, args.layers, args.heads, args.kv_heads,
+                                 args.ffn_dim, args.seq, args.seed)  # fmt: skip
     base = save_herd_folder(config, model.state_dict(), root / "base", tokenizer=tok.files())
     hf_dir = convert(base, root / "hf", dst_format="hf")
 
@@ -854,21 +863,13 @@ def long_pair(rng: random.Random, words: list[str], tok, seq: int) -> dict:
 def build_memory_setup(args: argparse.Namespace, setup: dict, root: Path) -> dict:
     """The memory stage's checkpoint (--memory-* sizes, the same tokenizer), dialogues that fit
     --memory-seq and long preference pairs: what both children read."""
-    import herd
     from herd.checkpoint.io import save_herd_folder
     from herd.tokenizer.chat import encode_dialog
 
     tok = setup["tokenizer"]
-    config = herd.ModelConfig(
-        dim=args.memory_dim,
-        n_layers=args.memory_layers,
-        n_heads=args.memory_heads,
-        n_kv_heads=args.memory_heads,
-        vocab_size=tok.vocab_size,
-        ffn_dim=args.memory_ffn_dim,
-        max_seq_len=args.memory_seq,
-    )
-    model = herd.build_model(config, seed=args.seed)
+    config, model = random_model(tok, args.memory_dim, args.memory_layers, args.memory_heads,
+                                 args.memory_heads, args.memory_ffn_dim, args.memory_seq,
+                                 args.seed)  # fmt: skip
     base = save_herd_folder(config, model.state_dict(), root / "memory-base", tokenizer=tok.files())
     del model
     rng = random.Random(args.seed + 2)

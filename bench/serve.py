@@ -80,7 +80,12 @@ from pathlib import Path
 
 import torch
 from common import log  # bench/common.py, beside this script
-from post_train import cpu_model, sentence, vocabulary  # the generated text post_train uses
+from post_train import (  # the generated text post_train uses
+    cpu_model,
+    random_model,
+    sentence,
+    vocabulary,
+)
 
 # `transformers serve` without the version check its console script runs first (a PyPI request).
 PEER_LAUNCH = (
@@ -204,16 +209,8 @@ def build_setup(args: argparse.Namespace, root: Path) -> dict:
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(sentence(rng, words, 3, 40) for _ in range(6000)), "utf-8")
     tok = herd.load_tokenizer(train_bpe([corpus], args.vocab, root / "tok", show_progress=False))
-    config = herd.ModelConfig(
-        dim=args.dim,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        vocab_size=tok.vocab_size,
-        ffn_dim=args.ffn_dim,
-        max_seq_len=args.context,
-    )
-    model = herd.build_model(config, seed=args.seed)
+    config, model = random_model(tok, args.dim, args.layers, args.heads, args.kv_heads,
+                                 args.ffn_dim, args.context, args.seed)  # fmt: skip
     with torch.no_grad():  # logit 0 for end of turn: below the largest random logit, always
         model.output.weight[sorted(tok.stop_ids)] = 0.0
     base = save_herd_folder(config, model.state_dict(), root / "herd", tokenizer=tok.files())
