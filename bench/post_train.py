@@ -428,6 +428,26 @@ class HerdSFT:
             self.positions.append(sum(p for _, p in self._last))
 
 
+def trl_training_args(args: argparse.Namespace, steps: int) -> dict:
+    """The TrainingArguments both TRL engines share: CPU float32 and herd sft/dpo's optimizer and
+    schedule (AdamW 0.9/0.95, eps 1e-8, wd 0.1, clip 1.0, 10 warm-up steps, cosine to 10 %)."""
+    return {
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+        "warmup_steps": 10,  # herd sft's and herd dpo's default
+        "weight_decay": 0.1,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.95,
+        "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0,
+        "max_steps": steps,
+    }
+
+
 def trl_sft(args: argparse.Namespace, setup: dict, out: Path, total_steps: int, callback):
     """TRL's SFTTrainer on the HF export of the same checkpoint and the same dialogues."""
     import datasets
@@ -447,19 +467,7 @@ def trl_sft(args: argparse.Namespace, setup: dict, out: Path, total_steps: int, 
         max_length=args.seq,
         per_device_train_batch_size=args.batch,
         assistant_only_loss=True,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": 0.1},
-        warmup_steps=10,  # herd sft's default
-        weight_decay=0.1,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        max_steps=total_steps,
+        **trl_training_args(args, total_steps),
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -652,19 +660,7 @@ def trl_dpo(args: argparse.Namespace, setup: dict, rows: list, out: Path, total:
         beta=BETA,
         loss_type=["sigmoid", "sft"],  # Llama 3: DPO + alpha x NLL of the chosen response
         loss_weights=[1.0, ALPHA],
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": 0.1},
-        warmup_steps=10,  # herd dpo's default
-        weight_decay=0.1,
-        adam_beta1=0.9,
-        adam_beta2=0.95,
-        adam_epsilon=1e-8,
-        max_grad_norm=1.0,
-        max_steps=total,
+        **trl_training_args(args, total),
         train_sampling_strategy="sequential",  # the rows are already in herd's order
         save_strategy="no",
         report_to="none",
