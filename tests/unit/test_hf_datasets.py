@@ -16,14 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # a dev dependency: missing, the tests fail rather than skip
 import pytest
 
 from herd import load_tokenizer
 from herd.errors import HerdError
 from herd.posttrain.chat_data import load_dpo, load_sft
 from tests import references
-
-datasets = pytest.importorskip("datasets")
 
 ROOT = Path(__file__).resolve().parents[2]
 SEQ_LEN = 256
