@@ -60,12 +60,14 @@ class SlotKVCache:
 
     Buffers are [slots, n_kv_heads, max_len + 1, head_dim]. `input_pos` is [B, T], a position per
     row and token, so requests of different lengths decode in one batch (continuous batching). The
-    extra last position is scratch: a fixed-shape (compiled) step runs every slot, and the slots
-    with nothing to decode write there, leaving any KV they hold for reuse intact.
+    extra last position is scratch: rows with nothing to decode in a step write there, leaving any
+    KV they hold for reuse intact.
 
-    `rows(index, length)` is what a forward pass takes: the rows it runs (a LongTensor of slot
-    indices; None = all slots, the fixed-shape step) and the positions attention reads (None =
-    all; an eager step reads only up to the longest row's position).
+    `rows(start, stop, length)` is what a forward pass takes: a contiguous range of rows and the
+    positions attention reads (None = all). Both are slices, so attention reads the buffers in
+    place; gathering scattered rows instead copies every row's cache each layer, which cost more
+    than the whole decode step's matrix products at 16 rows (2 CPU cores). The serving engine
+    keeps its running requests in the leading rows (`swap`) so a step's rows are a range.
     """
 
     def __init__(
@@ -86,43 +88,48 @@ class SlotKVCache:
         self.scratch = max_len
         self.positions = torch.arange(max_len + 1, device=device)
 
-    def rows(self, index: torch.Tensor | None = None, length: int | None = None) -> SlotRows:
-        return SlotRows(self, index, length)
+    def rows(self, start: int = 0, stop: int | None = None, length: int | None = None) -> SlotRows:
+        return SlotRows(self, start, self.slots if stop is None else stop, length)
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Copy the first n positions of slot `src` into slot `dst` (a shared prompt prefix)."""
         for buf in (*self.keys, *self.values):
             buf[dst, :, :n] = buf[src, :, :n]
 
+    def swap(self, a: int, b: int, len_a: int, len_b: int) -> None:
+        """Exchange rows a and b, of which the first len_a and len_b positions hold KV."""
+        for buf in (*self.keys, *self.values):
+            held = buf[a, :, :len_a].clone()
+            buf[a, :, :len_b] = buf[b, :, :len_b]
+            buf[b, :, :len_a] = held
+
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
 class SlotRows:
-    """The rows of a SlotKVCache one forward pass runs: the cache interface the model calls."""
+    """The rows [start, stop) of a SlotKVCache one forward pass runs: the cache interface the
+    model calls. Batch row i of the pass is cache row start + i."""
 
     bidirectional = 0
 
-    def __init__(self, cache: SlotKVCache, index: torch.Tensor | None, length: int | None) -> None:
+    def __init__(self, cache: SlotKVCache, start: int, stop: int, length: int | None) -> None:
         self.cache = cache
-        self.index = index
+        self.start, self.stop = start, stop
         self.length = length
 
     def update(
         self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, KV, T, D] at `input_pos` [B, T] of this pass's rows; return what
-        attention reads, [B, KV, length, D]."""
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        B = k.shape[0]
-        rows = self.index if self.index is not None else torch.arange(B, device=k.device)
-        # Advanced indices (row, position) on the [slots, len, KV, D] view write each row's tokens
+        attention reads, [B, KV, length, D], a view of the buffers."""
+        keys = self.cache.keys[layer][self.start : self.stop]
+        values = self.cache.values[layer][self.start : self.stop]
+        rows = torch.arange(k.shape[0], device=k.device).unsqueeze(1)
+        # Advanced indices (row, position) on the [rows, len, KV, D] view write each row's tokens
         # at that row's own positions.
-        at = (rows.unsqueeze(1), input_pos)
-        keys.transpose(1, 2).index_put_(at, k.transpose(1, 2))
-        values.transpose(1, 2).index_put_(at, v.transpose(1, 2))
-        if self.index is not None:
-            keys, values = keys[self.index], values[self.index]
+        keys.transpose(1, 2).index_put_((rows, input_pos), k.transpose(1, 2))
+        values.transpose(1, 2).index_put_((rows, input_pos), v.transpose(1, 2))
         if self.length is not None:
             keys, values = keys[:, :, : self.length], values[:, :, : self.length]
         return keys, values

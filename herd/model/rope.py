@@ -50,14 +50,18 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, T, H, D] by the rows of `table` [T, 2, D/2] (or [B, T, 2, D/2]).
 
     Computed in float32 (as Meta's reference does) and cast back, so bf16 runs keep phase accuracy.
-    Eager runs use `_Rotate`; under torch.compile the plain formula is traced instead (Dynamo does
-    not trace `out=` into strided views, and Inductor fuses the formula into one kernel anyway).
+    Eager runs with autograd use `_Rotate`; without it `_rotate` is called directly, since the
+    Function's per-call bookkeeping costs more than a decode step's rotation. Under torch.compile
+    the plain formula is traced instead (Dynamo does not trace `out=` into strided views, and
+    Inductor fuses the formula into one kernel anyway).
     """
     cos = table[..., 0, :].unsqueeze(-2)
     sin = table[..., 1, :].unsqueeze(-2)
     if torch.compiler.is_compiling():
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+    if not torch.is_grad_enabled():  # inference: skip autograd.Function's per-call bookkeeping
+        return _rotate(x.float(), cos, sin).type_as(x)
     return _Rotate.apply(x.float(), cos, sin).type_as(x)
 
 

@@ -1,15 +1,16 @@
 """`herd serve CHECKPOINT`: the OpenAI-compatible server on uvicorn.
 
 The server answers as soon as it listens (GET /health is 503 until the model is loaded), loads the
-checkpoint on a background thread, then serves. SIGTERM (or Ctrl-C) drains: new requests get 503,
-requests in flight run to completion for up to --drain-timeout seconds, then the server exits; a
-second signal exits at once.
+checkpoint, then serves: uvicorn on a thread of its own, the engine on the main thread. SIGTERM
+(or Ctrl-C) drains: new requests get 503, requests in flight run to completion for up to
+--drain-timeout seconds, then the server exits; a second signal exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 import time
@@ -134,45 +135,52 @@ def run_serve(args: argparse.Namespace) -> None:
         create_app(state), host=args.host, port=args.port, timeout_graceful_shutdown=5
     )
     server = draining_server(config, state, args.drain_timeout)
-    failure: list[str] = []
-    loader = threading.Thread(target=_load, args=(args, state, server, failure), daemon=True)
-    loader.start()
-    server.run()
-    if state.engine is not None:
-        state.engine.shutdown()
-    if failure:
-        raise HerdError(failure[0])
-
-
-def _load(args, state, server, failure: list[str]) -> None:
-    """Load the model and start the engine; on failure stop the server with the reason."""
+    # The engine runs on the main thread (engine.py says why) and uvicorn on this one. uvicorn
+    # installs signal handlers only on the main thread, so the main thread takes them here.
+    http = threading.Thread(target=server.run, name="herd-http", daemon=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server.handle_exit)
+    http.start()
+    while not server.started and http.is_alive():
+        time.sleep(0.02)
+    if not server.started:
+        raise HerdError(f"cannot listen on {args.host}:{args.port} (see the error above)")
     try:
-        import torch
-
-        from herd.checkpoint.loading import load_for_command
-        from herd.serve.engine import Engine
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model, tok, _ = load_for_command(
-            args.checkpoint, args.device, args.dtype, tokenizer_needed="to serve text"
-        )
-        engine = Engine(
-            model,
-            tok,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            max_model_len=args.max_model_len,
-            prefill_chunk=args.prefill_chunk,
-            compile=args.compile,
-            metrics=state.metrics,
-            prefix_cache=args.prefix_cache,
-        )
-        state.set_engine(engine.start())
-        logging.getLogger("uvicorn.error").info("model '%s' loaded; serving", state.model_name)
+        engine = _load_engine(args, state)
     except Exception as e:
-        failure.append(str(e) if isinstance(e, HerdError) else f"{type(e).__name__}: {e}")
         server.should_exit = True
+        http.join()
+        raise e if isinstance(e, HerdError) else HerdError(f"{type(e).__name__}: {e}") from e
+    state.set_engine(engine)
+    logging.getLogger("uvicorn.error").info("model '%s' loaded; serving", state.model_name)
+    # when the server stops (drained, or a second signal), so does the engine loop below
+    threading.Thread(target=lambda: (http.join(), engine.shutdown()), daemon=True).start()
+    engine.run()
+    http.join()
+
+
+def _load_engine(args, state):
+    import torch
+
+    from herd.checkpoint.loading import load_for_command
+    from herd.serve.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok, _ = load_for_command(
+        args.checkpoint, args.device, args.dtype, tokenizer_needed="to serve text"
+    )
+    return Engine(
+        model,
+        tok,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_model_len=args.max_model_len,
+        prefill_chunk=args.prefill_chunk,
+        compile=args.compile,
+        metrics=state.metrics,
+        prefix_cache=args.prefix_cache,
+    )
 
 
 def draining_server(config, state, drain_timeout: float):

@@ -1,7 +1,10 @@
 """The continuous-batching engine: requests join and leave the running batch at token boundaries.
 
-One background thread owns the model and the KV cache (herd.model.cache.SlotKVCache: a row per
-slot, each row at its own position). Each iteration it
+One thread owns the model and the KV cache (herd.model.cache.SlotKVCache: a row per slot, each
+row at its own position): `run()` on the calling thread, or `start()` on a new one. `herd serve`
+runs it on the process's main thread and uvicorn on another, because torch's OpenMP pool runs
+small kernels markedly slower when driven from a thread other than the main one (a decode step
+1.5-1.7x slower on 2 CPU cores, bench/serve.py's model). Each iteration it
 1. drops cancelled requests (their slots are free for the next admission at once),
 2. admits waiting requests into free slots, reusing a cached prompt prefix (slots.py),
 3. prefills one chunk (at most `prefill_chunk` tokens) of the oldest request still prefilling, so a
@@ -11,10 +14,16 @@ slot, each row at its own position). Each iteration it
    parameters, stop tokens, stop strings and constraint (sampling.py).
 Requests talk to callers through a sink (a callable taking a Delta), called on the engine thread.
 
+Running requests hold the leading rows of the cache, [0, running): admission and release swap
+rows to keep it so, and a decode step runs a contiguous range of rows, which attention reads in
+place (gathering scattered rows would copy each row's cache every layer). Rows in that range with
+nothing to decode (a prompt still prefilling) write to a scratch position and their output is
+dropped. Eagerly a step runs the range from the first to the last generating row and reads the
+cache up to the longest of them; with `compile`, it runs every slot at fixed shapes, so it is
+compiled once (a CUDA graph on CUDA).
+
 Greedy decoding of a request gives the tokens it would alone: every row attends only to its own
-row of the cache, at its own positions. Eagerly each step runs only the generating rows and reads
-the cache up to the longest of them; with `compile`, the decode step runs every slot at fixed
-shapes (idle slots write to a scratch position), so it is compiled once (a CUDA graph on CUDA).
+row of the cache, at its own positions.
 """
 
 from __future__ import annotations
@@ -105,8 +114,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = model.embed.weight.device
         self.vocab_size = config.vocab_size
-        # The compiled step's scratch position (max_model_len) needs a RoPE row of its own.
-        limit = config.max_seq_len - (1 if compile else 0)
+        # The scratch position (max_model_len) needs a RoPE row of its own.
+        limit = config.max_seq_len - 1
         self.max_model_len = min(max_model_len or limit, limit)
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -122,19 +131,23 @@ class Engine:
         self._decode = self._compiled_step() if compile else None
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="herd-engine", daemon=True)
+        self._thread: threading.Thread | None = None
 
     # -- the caller's side (any thread) ----------------------------------------------------------
 
     def start(self) -> Engine:
+        """Run the engine on a new thread."""
+        self._thread = threading.Thread(target=self.run, name="herd-engine", daemon=True)
         self._thread.start()
         return self
 
     def shutdown(self) -> None:
+        """Stop the engine loop (from any thread); wait for it if `start` launched it."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def submit(self, prompt: list[int], params: SamplingParams, sink) -> Sequence:
         """Queue a request; its deltas go to `sink`. Raises RequestError or QueueFull."""
@@ -175,7 +188,8 @@ class Engine:
 
     # -- the engine thread -----------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The engine loop, on the calling thread, until `shutdown`."""
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -201,16 +215,29 @@ class Engine:
         while self.waiting and self.slots.free_count():
             seq = self.waiting.popleft()
             place = self.slots.acquire(seq.prompt)
+            row = len(self.running)  # the first row past the running ones
+            if place.slot != row:  # a donor is running, so it lies below `row` and stays put
+                self._swap_rows(place.slot, row)
             if place.copy_from is not None:
-                self.cache.copy_prefix(place.copy_from, place.slot, place.reused)
-            seq.slot, seq.prefilled, seq.reused = place.slot, place.reused, place.reused
+                self.cache.copy_prefix(place.copy_from, row, place.reused)
+            seq.slot, seq.prefilled, seq.reused = row, place.reused, place.reused
             self.reused_tokens += place.reused
             self.running.append(seq)
 
     def _release(self, seq: Sequence) -> None:
         seq.done = True
+        last = len(self.running) - 1
         self.running.remove(seq)
         self.slots.release(seq.slot)
+        if seq.slot != last:  # the last running row fills the gap; the freed KV stays cached
+            moved = next(s for s in self.running if s.slot == last)
+            self._swap_rows(seq.slot, last)
+            moved.slot = seq.slot
+
+    def _swap_rows(self, a: int, b: int) -> None:
+        held = self.slots.slots
+        self.cache.swap(a, b, len(held[a].tokens), len(held[b].tokens))
+        self.slots.swap(a, b)
 
     def _step(self) -> None:
         prefilling = [s for s in self.running if s.prefilled < len(s.prompt)]
@@ -226,7 +253,7 @@ class Engine:
         chunk = seq.prompt[start:end]
         tokens = torch.tensor([chunk], device=self.device)
         pos = torch.arange(start, end, device=self.device).unsqueeze(0)
-        rows = self.cache.rows(torch.tensor([seq.slot], device=self.device), length=end)
+        rows = self.cache.rows(seq.slot, seq.slot + 1, length=end)
         last = torch.tensor([end - start - 1], device=self.device)
         logits = self.model(tokens, pos, rows, last=last)
         self.slots.wrote(seq.slot, chunk)
@@ -237,25 +264,23 @@ class Engine:
     def _decode_step(self, seqs: list[Sequence]) -> None:
         last = [s.generated[-1] for s in seqs]
         pos = [len(s.prompt) + len(s.generated) - 1 for s in seqs]
+        if self._decode is not None:  # every slot, at fixed shapes
+            lo, hi = 0, self.max_batch
+        else:  # the range of rows from the first generating one to the last
+            lo, hi = min(s.slot for s in seqs), max(s.slot for s in seqs) + 1
+        # rows in the range not decoding write to the scratch position
+        tokens, positions = [0] * (hi - lo), [self.cache.scratch] * (hi - lo)
+        for s, t, p in zip(seqs, last, pos, strict=True):
+            tokens[s.slot - lo], positions[s.slot - lo] = t, p
+        tokens = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        positions = torch.tensor(positions, device=self.device).unsqueeze(1)
         if self._decode is not None:
-            # every slot at fixed shapes; slots not decoding write to the scratch position
-            tokens = [0] * self.max_batch
-            positions = [self.cache.scratch] * self.max_batch
-            for s, t, p in zip(seqs, last, pos, strict=True):
-                tokens[s.slot], positions[s.slot] = t, p
-            logits = self._decode(
-                self.model,
-                torch.tensor(tokens, device=self.device).unsqueeze(1),
-                torch.tensor(positions, device=self.device).unsqueeze(1),
-                self._all_rows,
-            )
-            logits = logits[torch.tensor([s.slot for s in seqs], device=self.device)]
+            logits = self._decode(self.model, tokens, positions, self._all_rows)
         else:
-            index = torch.tensor([s.slot for s in seqs], device=self.device)
-            rows = self.cache.rows(index, length=max(pos) + 1)
-            tokens = torch.tensor(last, device=self.device).unsqueeze(1)
-            logits = self.model(tokens, torch.tensor(pos, device=self.device).unsqueeze(1), rows)
-            logits = logits[:, -1]
+            rows = self.cache.rows(lo, hi, length=max(pos) + 1)
+            logits = self.model(tokens, positions, rows)[:, -1]
+        # logits rows are cache rows; `seqs` is in arrival order
+        logits = logits[torch.tensor([s.slot - lo for s in seqs], device=self.device)]
         for s, t in zip(seqs, last, strict=True):
             self.slots.wrote(s.slot, [t])
         self._sample(seqs, logits)

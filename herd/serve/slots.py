@@ -83,5 +83,12 @@ class SlotTable:
         """The KV of `tokens` was written at the next positions of slot `index`."""
         self.slots[index].tokens.extend(tokens)
 
+    def swap(self, a: int, b: int) -> None:
+        """Exchange what rows a and b hold (the engine moves the KV alongside)."""
+        sa, sb = self.slots[a], self.slots[b]
+        sa.tokens, sb.tokens = sb.tokens, sa.tokens
+        sa.busy, sb.busy = sb.busy, sa.busy
+        sa.last_used, sb.last_used = sb.last_used, sa.last_used
+
     def used_positions(self) -> int:
         return sum(len(s.tokens) for s in self.slots if s.busy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,3 +62,17 @@ def test_missing_checkpoint_is_one_line(tmp_path):
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
     )  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_an_error_naming_it(checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "herd", "serve", str(checkpoint), "--port", str(port)],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+            timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr.strip().splitlines()[-1]
