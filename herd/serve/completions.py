@@ -42,6 +42,14 @@ class _Completion:
                 param="messages",
                 code="context_length_exceeded",
             )
+        bias = {int(t): v for t, v in (b.logit_bias or {}).items()}
+        if bias and max(bias) >= self.engine.vocab_size:
+            raise APIError(
+                400,
+                f"logit_bias: token id {max(bias)} is outside the vocabulary "
+                f"(0..{self.engine.vocab_size - 1})",
+                param="logit_bias",
+            )
         return [
             SamplingParams(
                 max_tokens=max_tokens or room,
@@ -51,6 +59,9 @@ class _Completion:
                 seed=None if b.seed is None else b.seed + i,
                 stop=b.stop or [],
                 logprobs=logprobs,
+                presence_penalty=b.presence_penalty,
+                frequency_penalty=b.frequency_penalty,
+                logit_bias=bias,
                 constraint=constraint_for(),
             )
             for i in range(b.n)

@@ -40,7 +40,13 @@ import torch
 
 from herd.errors import HerdError
 from herd.model.cache import SlotKVCache, SlotRows
-from herd.serve.sampling import SamplingParams, batch_params, sample_rows, token_logprobs
+from herd.serve.sampling import (
+    SamplingParams,
+    adjust_logits,
+    batch_params,
+    sample_rows,
+    token_logprobs,
+)
 from herd.serve.slots import SlotTable
 from herd.textstream import TextStreamer
 
@@ -301,9 +307,13 @@ class Engine:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         masked = logits
+        adjusted = [i for i, s in enumerate(seqs) if s.params.adjusts_logits()]
         constrained = [i for i, s in enumerate(seqs) if s.params.constraint is not None]
-        if constrained:
-            masked = logits.clone()
+        if adjusted or constrained:
+            # a copy: logprobs report the model's own distribution
+            masked = logits.to(torch.float32, copy=True)
+            for i in adjusted:
+                adjust_logits(masked[i], seqs[i].params, seqs[i].generated)
             for i in constrained:
                 allowed = seqs[i].params.constraint.allowed(self.vocab_size).to(self.device)
                 masked[i] = masked[i].masked_fill(~allowed, float("-inf"))

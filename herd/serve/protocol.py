@@ -1,8 +1,8 @@
 """The OpenAI API's request bodies (pydantic) and response objects (plain dicts).
 
 Fields OpenAI defines but herd does not implement are ignored, as OpenAI ignores fields it does not
-know, so clients that always send them (presence_penalty, user, ...) work; a field herd reads with a
-wrong type or range is a 400 naming it.
+know, so clients that always send them (user, store, ...) work; a field herd reads with a wrong
+type or range is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -58,6 +58,19 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v):
+        for token, bias in (v or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids, got {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"token {token}: bias {bias} outside [-100, 100]")
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -45,7 +45,27 @@ class SamplingParams:
     seed: int | None = None  # None: the engine draws one
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None = off; k = the chosen token's and the k likeliest
+    # OpenAI's: each generated token's logit less frequency_penalty x its count so far and
+    # presence_penalty once it has appeared; logit_bias added per token id
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
     constraint: Constraint | None = None
+
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+
+def adjust_logits(logits: torch.Tensor, params: SamplingParams, generated: list[int]) -> None:
+    """Apply one row's penalties and logit bias to its logits [V] in place."""
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        ids = torch.tensor(generated, device=logits.device)
+        counts = torch.bincount(ids, minlength=logits.shape[-1]).to(logits.dtype)
+        logits -= counts * params.frequency_penalty + (counts > 0) * params.presence_penalty
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        bias = torch.tensor(list(params.logit_bias.values()), device=logits.device)
+        logits.index_add_(0, ids, bias.to(logits.dtype))
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,21 @@ def test_error_statuses(srv):
     assert e.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError):
         srv.client.chat.completions.create(model="tiny", messages=[])
+    for bad, param in (
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"logit_bias": {"hello": 1}}, "logit_bias"),
+        ({"logit_bias": {"99999": 1}}, "logit_bias"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            srv.client.chat.completions.create(model="tiny", messages=HELLO, **bad)
+        assert e.value.body["param"] == param, bad
+    # the penalties and logit bias are honoured (tests/serve/test_engine.py checks the formula)
+    r = srv.client.completions.create(
+        model="tiny", prompt="The", max_tokens=4, logit_bias={"42": 100}, frequency_penalty=1.0
+    )
+    assert r.choices[0].text == srv.engine.tokenizer.decode([42] * 4)
     # unknown fields are ignored, as OpenAI does
     r = srv.client.chat.completions.create(
         model="tiny", messages=HELLO, max_tokens=2, extra_body={"frobnicate": 1}, user="u"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -76,3 +78,51 @@ def test_port_in_use_is_an_error_naming_it(checkpoint):
         )  # fmt: skip
     assert r.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr.strip().splitlines()[-1]
+
+
+def _rss_mb(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_overload_answers_429_and_memory_stays_bounded(checkpoint):
+    """Bursts far beyond --max-queue: the excess gets 429 at once, and the server's resident
+    memory after the third burst is within a few MB of the first's (nothing queues up unbounded)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herd", "serve", str(checkpoint), "--port", str(port),
+         "--max-batch", "2", "--max-queue", "4", "--device", "cpu", "--threads", "1"],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+
+        async def burst(n: int) -> list[int]:
+            limits = httpx.Limits(max_connections=n)
+            async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+                body = {"model": "tiny", "prompt": "The quick brown fox " * 20, "max_tokens": 8}
+
+                async def one() -> int:
+                    return (await client.post("/v1/completions", json=body)).status_code
+
+                return await asyncio.gather(*(one() for _ in range(n)))
+
+        rss = []
+        for _ in range(3):
+            codes = asyncio.run(burst(150))
+            assert set(codes) <= {200, 429} and codes.count(429) >= 100 and codes.count(200) >= 4
+            rss.append(_rss_mb(proc.pid))
+        assert rss[2] - rss[0] < 16, rss
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 import herd
 from herd.serve.engine import Engine, QueueFull, RequestError
@@ -174,3 +175,45 @@ def test_compiled_decode_step_gives_the_same_greedy_tokens(loaded):
             assert out.ids == [t for t in alone if t not in stop][: len(out.ids)]
     finally:
         e.shutdown()
+
+
+def test_penalties_and_logit_bias_follow_openais_formula(engine, loaded):
+    """Greedy tokens with presence/frequency penalties and a logit bias equal a step-by-step
+    reference: full-sequence logits, less frequency x count and presence x [count > 0] over the
+    tokens generated so far, plus the bias, then argmax."""
+    model, tok = loaded
+    prompt = prompts(tok)[0]
+    bias = {int(prompt[-1]): 3.0, 7: -100.0}
+    params = SamplingParams(
+        max_tokens=16,
+        temperature=0.0,
+        presence_penalty=0.7,
+        frequency_penalty=1.5,
+        logit_bias=bias,
+    )
+    (out,) = run_all(engine, [(prompt, params)])
+    stop = set(tok.stop_ids)
+    ref: list[int] = []
+    with torch.no_grad():
+        for _ in range(params.max_tokens):
+            logits = model(torch.tensor([prompt + ref]))[0, -1].float()
+            for t in set(ref):
+                n = ref.count(t)
+                logits[t] -= 1.5 * n + 0.7
+            for t, b in bias.items():
+                logits[t] += b
+            nxt = int(logits.argmax())
+            if nxt in stop:
+                break
+            ref.append(nxt)
+    assert out.ids[: len(ref)] == ref and 7 not in out.ids
+    # without them, the same prompt repeats tokens the penalties rule out
+    (plain,) = run_all(engine, [(prompt, SamplingParams(max_tokens=16, temperature=0.0))])
+    assert plain.ids != out.ids
+
+
+def test_logit_bias_of_100_forces_a_token(engine, loaded):
+    _, tok = loaded
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, logit_bias={42: 100.0})
+    (out,) = run_all(engine, [(prompts(tok)[1], params)])
+    assert out.ids == [42] * 6
