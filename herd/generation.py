@@ -127,11 +127,16 @@ def stream_generate(
     stop_ids: Sequence[int] = (),
     compile: bool | None = None,
     bidirectional_prefix: int = 0,
+    num_samples: int = 1,
 ) -> Iterator[list[int]]:
     """Yield one list of new token ids (one per batch row) per step, until done or stopped.
 
     Rows that emitted a stop id keep producing (shapes stay fixed) but stop when all rows have;
     the stop id itself is yielded so callers can see why a row ended.
+
+    `num_samples` = K > 1 samples K continuations of one prompt as K rows: the prompt is
+    prefilled once and its KV copied to every row (Llama 3 section 4.2.2 shares the prompt's KV
+    across rejection-sampling samples for the same reason), so K samples cost one prefill.
 
     `bidirectional_prefix` = n: the prompt's first n tokens attend each other both ways in the
     prefill, as a model trained with bidirectional attention (data.objective nxtpre or mskbi) saw
@@ -141,6 +146,11 @@ def stream_generate(
     device = model.embed.weight.device
     prompt = _as_batch(prompt_ids, device)
     batch, prompt_len = prompt.shape
+    if num_samples < 1 or (num_samples > 1 and batch != 1):
+        raise HerdError(
+            f"num_samples is {num_samples}: expected 1, or more for a single prompt "
+            f"(got {batch} rows)"
+        )
     if max_new_tokens < 0:
         raise HerdError(f"max_new_tokens is {max_new_tokens}, expected >= 0")
     total = prompt_len + max_new_tokens
@@ -165,19 +175,24 @@ def stream_generate(
     # Compiled steps are specialised to the cache length: bucket it. Eager steps are not: size it
     # exactly, so attention reads no padding.
     length = cache_length(total, config.max_seq_len) if compile else total
-    cache = KVCache(config, batch, length, device, model.embed.weight.dtype)
+    rows = batch * num_samples
+    cache = KVCache(config, rows, length, device, model.embed.weight.dtype)
     if compile:
         for t in (*cache.keys, *cache.values):
             torch._dynamo.mark_static_address(t)
     stop = set(stop_ids)
-    done = [False] * batch
+    done = [False] * rows
 
     greedy = temperature <= 0.0
     cache.bidirectional = bidirectional_prefix
     # Only the last position's logits: the output layer is the widest (an 8K prompt at a 128K
     # vocabulary would be 4 GiB of float32 logits per row).
     last = torch.full((batch,), prompt_len - 1, device=device)
-    logits = model(prompt, torch.arange(prompt_len, device=device), cache, last=last)
+    prefill = cache.first_row() if num_samples > 1 else cache
+    logits = model(prompt, torch.arange(prompt_len, device=device), prefill, last=last)
+    if num_samples > 1:
+        cache.share_prefix(prompt_len)
+        logits = logits.expand(num_samples, -1)
     cache.bidirectional = 0  # decode steps are causal (and a compiled step stays one graph)
     token = sample(logits, temperature, top_k, top_p, generator)
     pos = torch.tensor([prompt_len], device=device)
@@ -208,13 +223,14 @@ def generate(
     stop_ids: Sequence[int] = (),
     compile: bool | None = None,
     bidirectional_prefix: int = 0,
+    num_samples: int = 1,
 ):
     """New token ids after `prompt_ids`.
 
     A list of ids in gives a list out; a LongTensor [T] gives [N], [B, T] gives [B, N]. Generation
     ends at `max_new_tokens` or when every row has produced one of `stop_ids` (kept in the output);
-    in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix`: as
-    in `stream_generate`.
+    in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix` and
+    `num_samples`: as in `stream_generate`; with K samples, K lists (or [K, N]) come back.
     """
     steps = list(
         stream_generate(
@@ -228,15 +244,17 @@ def generate(
             stop_ids,
             compile,
             bidirectional_prefix,
+            num_samples,
         )
     )
     batch = len(steps[0]) if steps else _as_batch(prompt_ids, torch.device("cpu")).shape[0]
+    batch = max(batch, num_samples)
     rows: list[list[int]] = [[] for _ in range(batch)]
     stop = set(stop_ids)
     for ids in steps:
         for row, t in zip(rows, ids, strict=True):
             row.append(row[-1] if row and row[-1] in stop else t)
     if not isinstance(prompt_ids, torch.Tensor):
-        return rows[0]
+        return rows if num_samples > 1 else rows[0]
     out = torch.tensor(rows, dtype=torch.long).reshape(batch, len(steps))
-    return out[0] if prompt_ids.dim() == 1 else out
+    return out[0] if prompt_ids.dim() == 1 and num_samples == 1 else out

@@ -36,6 +36,21 @@ class KVCache:
         # step never depends on it.
         self.bidirectional = 0
 
+    def first_row(self) -> KVCache:
+        """A cache over row 0 of this one, sharing its storage: prefill one prompt there, then
+        `share_prefix` gives every row its KV (best-of-n sampling)."""
+        view = KVCache.__new__(KVCache)
+        view.__dict__.update(self.__dict__)
+        view.keys = [k[:1] for k in self.keys]
+        view.values = [v[:1] for v in self.values]
+        view.batch_size = 1
+        return view
+
+    def share_prefix(self, n: int) -> None:
+        """Copy row 0's first n positions into every other row."""
+        for buf in (*self.keys, *self.values):
+            buf[1:, :, :n] = buf[:1, :, :n]
+
     def update(
         self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,3 +167,23 @@ def test_bidirectional_prefix_matches_the_training_mask(model, region):
 def test_bidirectional_prefix_out_of_range(model):
     with pytest.raises(herd.HerdError, match="bidirectional_prefix is 7"):
         herd.generate(model, [1, 2, 3, 4, 5, 6], 2, bidirectional_prefix=7)
+
+
+def test_samples_sharing_one_prefill_equal_a_batch_of_copies(model):
+    """num_samples=K prefills the prompt once and copies its KV to K rows: the same tokens as a
+    batch of K copies of the prompt, each prefilled (the same seed draws the same noise)."""
+    prompt = [5, 17, 3, 88, 41, 2, 7, 7, 30]
+    seen = []
+    hook = model.output.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        shared = herd.generate(model, prompt, 25, temperature=1.0, seed=11, num_samples=6)
+    finally:
+        hook.remove()
+    assert seen[0] == (1, CONFIG.dim)  # one prefill row, not six
+    copies = herd.generate(model, torch.tensor([prompt] * 6), 25, temperature=1.0, seed=11)
+    assert shared == copies.tolist()
+    assert len({tuple(row) for row in shared}) > 1  # K different samples
+    greedy = herd.generate(model, prompt, 12, num_samples=3)
+    assert greedy == [_greedy_by_recompute(model, prompt, 12)] * 3
+    with pytest.raises(herd.HerdError, match="num_samples"):
+        herd.generate(model, torch.tensor([prompt, prompt]), 4, num_samples=2)
