@@ -301,6 +301,18 @@ def _run_dpo(args: argparse.Namespace) -> None:
     run_dpo(args)
 
 
+def _add_best_of_n(p: argparse.ArgumentParser) -> None:
+    from herd.posttrain.best_of_n import add_arguments
+
+    add_arguments(p)
+
+
+def _run_best_of_n(args: argparse.Namespace) -> None:
+    from herd.posttrain.best_of_n import run_best_of_n
+
+    run_best_of_n(args)
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument(
@@ -441,6 +453,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "direct preference optimisation of a checkpoint on preference pairs (Llama 3 recipe)",
         _add_dpo,
         _run_dpo,
+    ),
+    "best-of-n": (
+        "rejection sampling: K samples per prompt, the best by a reward model kept as SFT data",
+        _add_best_of_n,
+        _run_best_of_n,
     ),
     "stability": (
         "Adam-instability dashboards and loss-spike summary of a training run",
