@@ -258,3 +258,76 @@ def generate(
         return rows if num_samples > 1 else rows[0]
     out = torch.tensor(rows, dtype=torch.long).reshape(batch, len(steps))
     return out[0] if prompt_ids.dim() == 1 and num_samples == 1 else out
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: Transformer,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    stop_ids: Sequence[int] = (),
+    num_samples: int = 1,
+) -> list[list[int]]:
+    """New token ids for prompts of different lengths, `num_samples` rows each, decoded as one
+    batch: len(prompts) x num_samples lists, prompt-major, each ending at its first stop id
+    (kept) or after `max_new_tokens`.
+
+    The cache is a SlotKVCache, a row per sample with its own positions, so prompts need no
+    padding. Each prompt is prefilled once, into its first row, and its KV copied to its other
+    rows (as `num_samples` does in `stream_generate`); then every row decodes together. Rows
+    that have stopped keep decoding until all have (fixed shapes), their tokens dropped.
+    Sampling draws one batch of noise per step, so a row's tokens depend on the batch it is in
+    (greedy rows do not: each equals `generate` on its prompt alone).
+    """
+    from herd.model.cache import SlotKVCache
+
+    config = model.config
+    device = model.embed.weight.device
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise HerdError("prompts must be a non-empty list of non-empty token id lists")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise HerdError(
+            f"num_samples {num_samples} and max_new_tokens {max_new_tokens}: expected >= 1"
+        )
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    if longest >= config.max_seq_len:  # the cache's extra scratch position needs a RoPE row too
+        raise HerdError(
+            f"the longest prompt + {max_new_tokens} new tokens needs {longest} positions; the "
+            f"model's context is {config.max_seq_len} (one is kept as scratch)"
+        )
+    if any(min(p) < 0 or max(p) >= config.vocab_size for p in prompts):
+        raise HerdError(f"prompt token ids must be in [0, {config.vocab_size})")
+    k, rows = num_samples, len(prompts) * num_samples
+    cache = SlotKVCache(config, rows, longest, device, model.embed.weight.dtype)
+    firsts = []
+    for i, prompt in enumerate(prompts):
+        n = len(prompt)
+        row = i * k
+        view = cache.rows(row, row + 1, length=n)
+        ids = torch.tensor([list(prompt)], device=device)
+        pos = torch.arange(n, device=device).unsqueeze(0)
+        firsts.append(model(ids, pos, view, last=torch.tensor([n - 1], device=device)))
+        for other in range(row + 1, row + k):
+            cache.copy_prefix(row, other, n)
+    logits = torch.cat(firsts).repeat_interleave(k, dim=0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    positions = torch.tensor([len(p) for p in prompts for _ in range(k)], device=device)
+    stop = set(stop_ids)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    for step in range(max_new_tokens):
+        token = sample(logits, temperature, top_k, top_p, generator)
+        for r, t in enumerate(token.tolist()):
+            if not done[r]:
+                out[r].append(t)
+                done[r] = t in stop
+        if all(done) or step + 1 == max_new_tokens:
+            break
+        view = cache.rows(0, rows, length=int(positions.max()) + 1)
+        logits = model(token.unsqueeze(1), positions.unsqueeze(1), view)[:, -1]
+        positions = positions + 1
+    return out

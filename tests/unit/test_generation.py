@@ -187,3 +187,26 @@ def test_samples_sharing_one_prefill_equal_a_batch_of_copies(model):
     assert greedy == [_greedy_by_recompute(model, prompt, 12)] * 3
     with pytest.raises(herd.HerdError, match="num_samples"):
         herd.generate(model, torch.tensor([prompt, prompt]), 4, num_samples=2)
+
+
+def test_generate_batch_runs_prompts_of_different_lengths_together(model):
+    prompts = [[5, 17, 3], [9, 9, 1, 0, 4, 4, 4, 60, 2], [70]]
+    greedy = herd.generation.generate_batch(model, prompts, 15)
+    assert greedy == [_greedy_by_recompute(model, p, 15) for p in prompts]
+    # with samples: K rows per prompt, prompt-major; greedy rows are K copies
+    assert herd.generation.generate_batch(model, prompts, 6, num_samples=2) == [
+        row for p in prompts for row in [_greedy_by_recompute(model, p, 6)] * 2
+    ]
+    sampled = herd.generation.generate_batch(
+        model, prompts, 20, temperature=1.0, seed=5, num_samples=4
+    )
+    assert len(sampled) == 12 and len({tuple(r) for r in sampled[4:8]}) > 1
+    assert sampled == herd.generation.generate_batch(
+        model, prompts, 20, temperature=1.0, seed=5, num_samples=4
+    )
+    # a row ends at its first stop id (kept); the others run on
+    first = greedy[0][4]
+    stopped = herd.generation.generate_batch(model, prompts, 15, stop_ids=[first])
+    assert stopped[0] == greedy[0][: greedy[0].index(first) + 1]
+    with pytest.raises(herd.HerdError, match="context"):
+        herd.generation.generate_batch(model, [[1] * 250], 60)
