@@ -17,8 +17,9 @@ a conversation whose last turn is the user's, or `prompt`, a string (one user tu
 `safety`. Each output row is {"messages": [..., {"role": "assistant", "content": BEST}],
 "reward": R_c, "scores": {"helpful": raw, "safety": raw}, "k": K, "source": "sample" | "pool"}.
 
-Resumable: rows go to OUT.partial as each prompt finishes, and a rerun with the same arguments
-continues after the last whole row (prompt i samples with seed + i, so a resumed run writes what
+Resumable: rows go to OUT.partial as each prompt finishes (a marker for a prompt whose every
+sample was empty, which is skipped), and a rerun with the same arguments continues after the
+last whole row (prompt i samples with seed + i, so a resumed run writes what
 an uninterrupted one would); OUT appears, renamed from the partial file, when every prompt is done.
 """
 
@@ -146,7 +147,7 @@ def combined_rewards(
     """Each candidate's reward in (0, 1): sigmoid of the helpfulness score, or Llama 2's R_c."""
 
     def prob(score: float) -> float:
-        return 1.0 / (1.0 + math.exp(-score))
+        return 1.0 / (1.0 + math.exp(-score)) if score > -math.inf else -math.inf
 
     if safety is None:
         return [prob(h) for h in helpful]
@@ -188,18 +189,19 @@ def sample_responses(model, tok, messages: list[dict], args, seed: int) -> list[
 
 
 def score_responses(reward, messages: list[dict], responses: list[str], batch: int) -> list[float]:
-    """The reward model's raw score of each response as the assistant's reply to `messages`."""
-    from herd.posttrain.reward import score_sequences
-    from herd.tokenizer.chat import encode_dialog
+    """The reward model's raw score of each response as the assistant's reply to `messages`;
+    -inf for an empty response (the model ended its turn at once), which is never kept."""
+    from herd.posttrain.reward import conversation_ids, reward_pad_id, score_sequences
 
     model, tok = reward
-    seqs = [
-        encode_dialog(
-            tok, [*messages, {"role": "assistant", "content": r}], add_generation_prompt=False
-        ).ids
-        for r in responses
-    ]
-    return [float(s) for s in score_sequences(model, seqs, batch)]
+    scored = [i for i, r in enumerate(responses) if r]
+    seqs = [conversation_ids(tok, messages, responses[i]) for i in scored]
+    scores = [-math.inf] * len(responses)
+    if seqs:
+        values = score_sequences(model, seqs, batch, reward_pad_id(tok))
+        for i, value in zip(scored, values, strict=True):
+            scores[i] = float(value)
+    return scores
 
 
 def _resume(partial: Path) -> int:
@@ -218,6 +220,7 @@ def run_best_of_n(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
+    from herd.atomic_files import write_file_atomically
     from herd.checkpoint.loading import load_for_command
     from herd.posttrain.chat_data import require_chat_format
     from herd.posttrain.reward import load_reward_model
@@ -243,6 +246,7 @@ def run_best_of_n(args: argparse.Namespace) -> None:
     partial = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _resume(partial)
+    skipped = partial.read_text(encoding="utf-8").count('{"skipped"') if done else 0
     if done > len(prompts):
         raise HerdError(f"{partial}: {done} rows for {len(prompts)} prompts (another run's file?)")
     if done:
@@ -263,6 +267,10 @@ def run_best_of_n(args: argparse.Namespace) -> None:
             )
             rewards = combined_rewards(h, s, p["safety"])
             best = max(range(len(responses)), key=rewards.__getitem__)
+            if rewards[best] == -math.inf:
+                skipped += 1  # every sample was empty: nothing to keep
+                f.write(json.dumps({"skipped": prompt_key(p["messages"])}) + "\n")
+                continue
             scores = {"helpful": h[best]} | ({"safety": s[best]} if s else {})
             row = {
                 "messages": [*p["messages"], {"role": "assistant", "content": responses[best]}],
@@ -274,5 +282,12 @@ def run_best_of_n(args: argparse.Namespace) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
         os.fsync(f.fileno())
-    os.replace(partial, out)
-    print(f"wrote {out}: the best of {args.k} samples for {len(prompts)} prompts", file=sys.stderr)
+    # The partial file has a line per prompt (so a resume knows where it is); OUT only the kept.
+    lines = partial.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if not line.startswith('{"skipped"')]
+    write_file_atomically(out, lambda w: w.write("".join(k + "\n" for k in kept).encode()))
+    partial.unlink()
+    note = f" ({len(lines) - len(kept)} prompts skipped: every sample empty)" if skipped else ""
+    print(
+        f"wrote {out}: the best of {args.k} samples for {len(kept)} prompts{note}", file=sys.stderr
+    )
