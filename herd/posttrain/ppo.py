@@ -315,7 +315,7 @@ def policy_loss(
     clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+        clip_fraction = masked_mean((clipped > unclipped).to(loss.dtype), mask)
         approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
         mean_ratio = masked_mean(ratio, mask)
     return PolicyLoss(loss, clip_fraction, approx_kl, mean_ratio)
@@ -345,7 +345,7 @@ def value_loss(
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+        clip_fraction = masked_mean((clipped > unclipped).to(loss.dtype), mask)
     return ValueLoss(loss, clip_fraction)
 
 
