@@ -29,7 +29,7 @@ value losses are PPO's clipped surrogates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -47,43 +47,57 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+# Llama 2 §3.2.3's optimizer for PPO, as overrides of the run's [optim] section (the format of
+# `load_stage_config`'s stage defaults): AdamW β (0.9, 0.95), ε 1e-5, weight decay 0.1, gradient
+# clipping at 1.0, and a constant learning rate of 1e-6 (no warm-up; the cosine ends where it
+# starts, at min_lr_ratio 1).
+PPO_OPTIM_DEFAULTS = {
+    "optim.lr": "1e-6",
+    "optim.warmup_steps": "0",
+    "optim.min_lr_ratio": "1.0",
+    "optim.beta1": "0.9",
+    "optim.beta2": "0.95",
+    "optim.eps": "1e-5",
+    "optim.weight_decay": "0.1",
+    "optim.grad_clip": "1.0",
+}
+
+
 @dataclass
 class PPOConfig:
-    """PPO hyper-parameters; the defaults are Llama 2-Chat's at scale (§3.2.3, App. A.3) where it
-    states them and TRL's PPOConfig otherwise (gamma, lam, vf_coef, cliprange_value)."""
+    """PPO's own settings (a run's [ppo] section); the defaults are Llama 2-Chat's at scale
+    (§3.2.3) where it states them and TRL's PPOConfig otherwise (cliprange_value, vf_coef,
+    gamma, lam). The optimizer's are PPO_OPTIM_DEFAULTS, in [optim]."""
 
-    lr: float = 1e-6
-    """constant learning rate (Llama 2: no schedule for PPO)"""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW β1, β2"""
-    eps: float = 1e-5
-    """AdamW ε"""
-    weight_decay: float = 0.1
-    """AdamW weight decay"""
-    grad_clip: float = 1.0
-    """clip the gradient's global norm to this"""
-    batch_size: int = 512
-    """responses sampled per PPO iteration"""
-    mini_batch_size: int = 64
-    """responses per gradient step; one step per mini-batch"""
-    ppo_epochs: int = 1
-    """passes over each rollout batch (Llama 2: one gradient step per mini-batch)"""
-    clip: float = 0.2
-    """PPO ratio clip: the ratio π/π_old is held in [1 − clip, 1 + clip]"""
-    cliprange_value: float = 0.2
-    """value clip: new values stay within this of the rollout's values"""
-    vf_coef: float = 0.1
-    """weight of the value loss when one model carries both heads"""
-    kl_coef: float = KL_COEF_SMALL
-    """β, the per-token KL penalty's weight"""
-    kl_estimator: str = "k1"
-    """per-token KL estimate: k1 (log π − log π_0) or k3 (Schulman's low-variance one)"""
-    gamma: float = 1.0
-    """GAE discount (one reward per episode: no discount)"""
-    lam: float = 0.95
-    """GAE λ"""
-    safety_threshold: float = SAFETY_THRESHOLD
-    """R_s below this uses the safety reward on any prompt"""
+    batch_size: int = field(default=512, metadata={"help": "responses sampled per PPO iteration"})
+    mini_batch_size: int = field(
+        default=64, metadata={"help": "responses per gradient step (one step per mini-batch)"}
+    )
+    ppo_epochs: int = field(
+        default=1, metadata={"help": "passes over each rollout batch (Llama 2: one)"}
+    )
+    clip: float = field(
+        default=0.2, metadata={"help": "PPO ratio clip: π/π_old held in [1 − clip, 1 + clip]"}
+    )
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "new values stay within this of the rollout's values"}
+    )
+    vf_coef: float = field(
+        default=0.1, metadata={"help": "weight of the value loss when one model has both heads"}
+    )
+    kl_coef: float = field(
+        default=KL_COEF_SMALL,
+        metadata={"help": "β, the per-token KL penalty's weight (Llama 2: 0.01; 0.005 at 34B/70B)"},
+    )
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "per-token KL estimate: k1 (log π − log π_0) or k3"}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ"})
+    safety_threshold: float = field(
+        default=SAFETY_THRESHOLD,
+        metadata={"help": "R_s below this uses the safety reward on any prompt"},
+    )
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:

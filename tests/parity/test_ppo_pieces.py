@@ -24,6 +24,8 @@ import pytest
 import torch
 
 from herd.posttrain import ppo
+from herd.train.config import load_run_config
+from herd.train.optim import lr_factor
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 LENGTHS = [11, 7, 3, 1, 9, 5]
@@ -320,15 +322,14 @@ def test_float32_chain_matches(rollout):
 
 def test_config_defaults_are_llama2s():
     c = ppo.PPOConfig()
-    assert (c.lr, c.betas, c.eps, c.weight_decay, c.grad_clip) == (
-        1e-6,
-        (0.9, 0.95),
-        1e-5,
-        0.1,
-        1.0,
-    )
-    assert (c.batch_size, c.mini_batch_size, c.clip, c.kl_coef) == (512, 64, 0.2, 0.01)
+    assert (c.batch_size, c.mini_batch_size, c.ppo_epochs, c.clip) == (512, 64, 1, 0.2)
+    assert (c.kl_coef, c.kl_estimator, c.safety_threshold) == (0.01, "k1", 0.15)
     with pytest.raises(ValueError, match="kl_estimator"):
         ppo.PPOConfig(kl_estimator="k2")
     with pytest.raises(ValueError, match="multiple"):
         ppo.PPOConfig(batch_size=100, mini_batch_size=64)
+
+    run = load_run_config(None, {}, defaults=ppo.PPO_OPTIM_DEFAULTS)
+    o = run.optim
+    assert (o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip) == (0.9, 0.95, 1e-5, 0.1, 1.0)
+    assert {o.lr * lr_factor(step, 1000, o) for step in (0, 1, 500, 999)} == {1e-6}  # constant
