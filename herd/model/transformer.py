@@ -175,12 +175,12 @@ class Transformer(nn.Module):
         float32 sum (`reduction="sum"`, for training) or per position (`"none"`, for evaluation).
         Computed inside `forward` so FSDP2's hooks gather the output weight as usual.
 
+        With `hidden=True` the final-normed hidden states [B, T, dim] (or [B, dim] with `last`)
+        instead of logits: what a scalar head reads (a PPO value model). Through `forward`, not a
+        separate method, so FSDP2's root hooks gather the embedding and final norm as usual.
+
         With `last` [B] (a position per row) only those positions' logits are computed, [B, vocab]:
         scoring and prefill need one position, and the output projection is the widest layer.
-
-        With `hidden=True` the final-normed hidden states [B, T, dim] (or [B, dim] with `last`)
-        instead of logits: what a scalar head reads (reward and value models). Through `forward`,
-        not a separate method, so FSDP2's root hooks gather the embedding and final norm as usual.
         """
         T = tokens.shape[1]
         if packed is not None:

@@ -3,14 +3,16 @@
 Llama 2 (§3.2.3) keeps the value model separate from the policy and initialises it from the
 reward model: both read a prompt and a response and output a scalar, so the reward model's trunk
 and scalar head are already a good estimate of the return (the score) from the first rollout.
-`ValueModel(trunk, head)` takes that trunk and head; without a head it starts from zeros, which
-is the whitened score's mean: a neutral baseline whose first steps only learn the scale.
+A herd reward model is a Transformer whose output layer is that head (`ModelConfig.head =
+"score"`, herd/posttrain/reward.py): `ValueModel(rm, rm.output)` is then the reward model itself,
+a copy that PPO trains. `ValueModel(trunk)` on any other checkpoint (the SFT policy's, say) adds a
+head that starts at zero, the whitened score's mean: a neutral baseline whose first steps only
+learn the scale.
 
-The trunk is a herd Transformer read through `forward(..., hidden=True)`: the final-normed hidden
-states before the output projection (herd/model/transformer.py). Its `output` layer is unused and
-gets no gradient; the head reads float32 hidden states so small value differences survive bf16
-trunks.
-"""
+The trunk is read through `forward(..., hidden=True)`: the final-normed hidden states before the
+output projection (herd/model/transformer.py), so a language-model trunk's vocabulary projection
+is never computed (it is unused and gets no gradient). The head reads the hidden states in
+float32 so that small differences between values survive a bf16 trunk."""
 
 from __future__ import annotations
 
