@@ -162,6 +162,7 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         reduction: str = "sum",
         last: torch.Tensor | None = None,
+        hidden: bool = False,
     ) -> torch.Tensor:
         """Logits for `tokens`, or with `targets` the cross-entropy against them.
 
@@ -173,6 +174,10 @@ class Transformer(nn.Module):
         fused with the output projection in row chunks (herd/model/loss.py) and returned as the
         float32 sum (`reduction="sum"`, for training) or per position (`"none"`, for evaluation).
         Computed inside `forward` so FSDP2's hooks gather the output weight as usual.
+
+        With `hidden=True` the final-normed hidden states [B, T, dim] (or [B, dim] with `last`)
+        instead of logits: what a scalar head reads (a PPO value model). Through `forward`, not a
+        separate method, so FSDP2's root hooks gather the embedding and final norm as usual.
 
         With `last` [B] (a position per row) only those positions' logits are computed, [B, vocab]:
         scoring and prefill need one position, and the output projection is the widest layer.
@@ -201,6 +206,8 @@ class Transformer(nn.Module):
             return loss(self.norm(x), self.output.weight, targets, reduction)
         if last is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last]
+        if hidden:
+            return self.norm(x)
         return self.output(self.norm(x))
 
     def init_buffers(self) -> None:
