@@ -130,15 +130,11 @@ def sequence_scores(model, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Te
 
 
 def reward_pad_id(tok) -> int:
-    """The id right padding uses, also written as the HF export's pad_token_id: one that formatted
-    conversations never contain, since transformers finds a row's last token as the last one that
-    is not the pad id (Llama 3's <|finetune_right_pad_id|>, Llama 2's <unk>)."""
-    if tok.pad_id is not None:
-        return tok.pad_id
-    for name in ("<|finetune_right_pad_id|>", "<unk>"):
-        if name in tok.special_tokens:
-            return tok.special_tokens[name]
-    return tok.eos_id if tok.eos_id is not None else 0
+    """The right-padding id of scoring and training, also the HF export's pad_token_id (one that
+    formatted conversations never contain: herd.tokenizer.chat.conversation_pad_id)."""
+    from herd.tokenizer.chat import conversation_pad_id
+
+    return conversation_pad_id(tok)
 
 
 @torch.no_grad()
