@@ -196,12 +196,7 @@ def load_reward_model(
     LlamaForSequenceClassification folder), in eval mode on `device` (default: CUDA if present)."""
     from herd.checkpoint.loading import load_for_command
 
-    model, tok, _ = load_for_command(
-        path,
-        None if device is None else str(device),
-        dtype,
-        tokenizer_needed="to format conversations for scoring",
-    )
-    if model.config.head != "score":
-        raise HerdError(f"{path}: a language model, not a reward model (config head 'score')")
+    device = None if device is None else str(device)
+    needed = "to format conversations for scoring"
+    model, tok, _ = load_for_command(path, device, dtype, needed, head="score")
     return model, tok

@@ -150,7 +150,7 @@ def test_rm_errors(setup, tmp_path):
             ["rm", *_args(base, data, tmp_path / "b", "--data.strict", "true")],
             f"{data}:3: rating 'meh'",
         ),
-        (["rm", "score", base, "--data", data], "not a reward model"),
+        (["rm", "score", base, "--data", data], "a language model, but this command needs a"),
     ]
     for argv, expected in cases:
         one_line_error(herd_cli_inprocess(*argv, check=False), expected)
@@ -158,6 +158,11 @@ def test_rm_errors(setup, tmp_path):
     run = tmp_path / "run"
     herd_cli_inprocess("rm", *_args(base, data, run, "--train.steps", "1"))
     ckpt = run / "checkpoints" / "step-00000001"
+    # a reward model is no text generator: said before any weights are read
+    one_line_error(
+        herd_cli_inprocess("generate", ckpt, "--prompt", "hi", check=False),
+        "a reward model, but this command needs a language model",
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "hi", "response": "yo"}) + '\n{"prompt": "x"}\n')
     kept = tmp_path / "kept.jsonl"
@@ -165,3 +170,25 @@ def test_rm_errors(setup, tmp_path):
     proc = herd_cli("rm", "score", ckpt, "--data", bad, "--out", kept, check=False)
     one_line_error(proc, f"{bad}:2: expected an object with 'prompt' and 'response'")
     assert kept.read_text() == "earlier scores\n"
+
+
+def test_rm_resumes_to_the_same_loss(setup, tmp_path):
+    """Stopped after step 3 and resumed with `herd rm --resume`: the same last loss as a run
+    straight through, and the resolved one-epoch schedule read back from config.toml."""
+    from herd.posttrain.reward_run import RM_DEFAULTS, rm_data
+    from herd.posttrain.sft import load_stage_config
+    from herd.train.trainer import Trainer
+
+    base, data, _ = setup
+    whole = tmp_path / "whole"
+    herd_cli_inprocess("rm", *_args(base, data, whole, "--train.checkpoint_every", "3"))
+    again = tmp_path / "again"
+    flags = _args(base, data, again, "--train.checkpoint_every", "3")
+    pairs = zip(flags[::2], flags[1::2], strict=True)
+    run = load_stage_config(None, {k[2:]: str(v) for k, v in pairs}, RM_DEFAULTS)
+    Trainer(run, again, data=rm_data(run)).fit(show_progress=False, stop_at=3)
+    herd_cli_inprocess("rm", "--resume", again)
+    last = [r for r in _metrics(whole) if "loss" in r][-1]
+    tail = [r for r in _metrics(again) if "loss" in r][-1]
+    assert tail["step"] == last["step"] > 3
+    assert tail["loss"] == pytest.approx(last["loss"], rel=1e-5)
