@@ -124,7 +124,8 @@ def sequence_scores(model, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Te
     """Scores [B] (float32) of right-padded rows `ids` [B, T] whose real lengths are `lengths`
     [B]: the head's value at each row's last real token (causal attention: the padding after it
     changes nothing)."""
-    if model.config.head != "score":
+    config = getattr(model, "config", None)  # a wrapper (a counting one, say) may hide it
+    if config is not None and config.head != "score":
         raise HerdError("this checkpoint is a language model, not a reward model (head 'score')")
     return model(ids, last=lengths - 1).squeeze(-1).float()
 

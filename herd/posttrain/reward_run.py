@@ -126,14 +126,12 @@ class RewardObjective:
             if not counted:
                 continue
             correct = (difference > 0).double()
-            n = float(difference.numel())
-            part = [n, float(loss) * n, correct.sum(), difference.double().sum()]
+            n = torch.ones_like(correct).sum()
+            part = [n, loss.double() * n, correct.sum(), difference.double().sum()]
             for slot in _LEVEL_SLOTS:
-                at = levels == (-1 if slot is None else slot)
-                part += [at.sum().double(), (correct * at).sum()]
-            sums += torch.stack(
-                [torch.as_tensor(x, dtype=torch.float64, device=device) for x in part]
-            )
+                at = (levels == (-1 if slot is None else slot)).double()
+                part += [at.sum(), (correct * at).sum()]
+            sums += torch.stack(part)  # on the device: no host read until the all-reduce
         model.train(was_training)
         totals = distributed.all_reduce_sum(sums.tolist(), device)
         pairs = totals[0]
