@@ -143,11 +143,20 @@ def score_sequences(
     model, token_ids: Sequence[Sequence[int]], batch_size: int = 8, pad_id: int = 0
 ) -> list[float]:
     """The reward of each token sequence (a formatted conversation, `conversation_ids`), in
-    order. Sequences are batched by length (fewer pad positions), right-padded with `pad_id`."""
+    order, without gradients. Sequences are batched by length (fewer pad positions) and
+    right-padded with `pad_id`, which changes no score (causal attention; `reward_pad_id(tok)`
+    is the one the HF export declares)."""
     if batch_size < 1:
         raise HerdError(f"batch_size {batch_size}: expected a positive integer")
-    if any(len(t) == 0 for t in token_ids):
-        raise HerdError("score_sequences: an empty token sequence has no last token to score")
+    limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+    for i, t in enumerate(token_ids):
+        if len(t) == 0:
+            raise HerdError(f"score_sequences: sequence {i} is empty (no last token to score)")
+        if limit is not None and len(t) > limit:
+            raise HerdError(
+                f"score_sequences: sequence {i} has {len(t)} tokens, more than the model's "
+                f"context {limit}"
+            )
     device = next(model.parameters()).device
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     scores = [0.0] * len(token_ids)
