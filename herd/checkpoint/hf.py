@@ -51,6 +51,9 @@ _GLOBAL_KEYS = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# A reward model's head (config.head "score") in LlamaForSequenceClassification's name.
+SCORE_KEY = "score.weight"
+SEQUENCE_CLASSIFIER = "LlamaForSequenceClassification"
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _HF_TO_HERD_LAYER = {v: k for k, v in _LAYER_KEYS.items()}
 _HF_TO_HERD_GLOBAL = {v: k for k, v in _GLOBAL_KEYS.items()}
@@ -67,6 +70,8 @@ def hf_to_herd_name(name: str, source: str) -> str | None:
     """herd name of an HF tensor; None for derived buffers that herd recomputes."""
     if name in _HF_TO_HERD_GLOBAL:
         return _HF_TO_HERD_GLOBAL[name]
+    if name == SCORE_KEY:
+        return "output.weight"
     m = _HF_LAYER.fullmatch(name)
     if m and m.group(2) in _HF_TO_HERD_LAYER:
         return f"layers.{m.group(1)}.{_HF_TO_HERD_LAYER[m.group(2)]}"
@@ -129,6 +134,14 @@ def read_hf_config(folder: Path) -> ModelConfig:
     if head_dim is not None and isinstance(dim, int) and head_dim * heads != dim:
         raise HerdError(f"{path}: head_dim {head_dim} x {heads} heads != hidden_size {dim}")
     theta, scaling = _rope_from_hf(data, path)
+    if SEQUENCE_CLASSIFIER in (data.get("architectures") or []):
+        labels = len(data.get("id2label") or {}) or data.get("num_labels", 2)
+        if labels != 1:
+            raise HerdError(
+                f"{path}: a {SEQUENCE_CLASSIFIER} with {labels} labels; herd reads reward models "
+                "(one label, a scalar score)"
+            )
+        values["head"] = "score"
     values.update(
         norm_eps=float(data.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
@@ -157,6 +170,19 @@ def _special_ids(tok: Tokenizer) -> dict:
     out = {"bos_token_id": tok.bos_id}
     if stops:
         out["eos_token_id"] = stops[0] if len(stops) == 1 else list(stops)
+    return out
+
+
+def _score_config(pad_id: int | None) -> dict:
+    """What makes transformers build a reward model: one label (a scalar, regression) read at
+    each row's last token that is not `pad_token_id` (herd/posttrain/reward.py)."""
+    out = {
+        "architectures": [SEQUENCE_CLASSIFIER],
+        "id2label": {"0": "LABEL_0"},
+        "label2id": {"LABEL_0": 0},
+    }
+    if pad_id is not None:
+        out["pad_token_id"] = pad_id
     return out
 
 
@@ -239,13 +265,16 @@ def write_hf_folder(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """Write a folder that transformers' LlamaForCausalLM.from_pretrained and AutoTokenizer load.
+    """Write a folder that transformers' LlamaForCausalLM.from_pretrained and AutoTokenizer load
+    (a reward model, config.head "score": LlamaForSequenceClassification with one label).
 
     The carried tokenizer is rewritten as the files transformers reads (herd/tokenizer/hf_export.py)
     so that it encodes as herd does; a `tokenizer.model` is copied beside them as well."""
     from herd.tokenizer.hf_export import UnsupportedTokenizer, hf_tokenizer_files, write_text_files
 
     tensors = {herd_to_hf_name(k): v for k, v in state_dict.items()}
+    if config.head == "score":
+        tensors[SCORE_KEY] = tensors.pop("lm_head.weight")
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)
     dtype = state_dict["embed.weight"].dtype
@@ -262,6 +291,10 @@ def write_hf_folder(
         cfg = hf_config_dict(config, dtype)
         if tok is not None:
             cfg.update(_special_ids(tok))
+        if config.head == "score":
+            from herd.tokenizer.chat import conversation_pad_id
+
+            cfg.update(_score_config(None if tok is None else conversation_pad_id(tok)))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         save_safetensors(tensors, tmp, max_shard_bytes)
         for f in tokenizer:

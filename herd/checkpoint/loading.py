@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from herd.checkpoint.convert import detect_format, load
+from herd.checkpoint.convert import detect_format, load, read_config
 from herd.errors import HerdError
 from herd.tokenizer import TOKENIZER_FILE_NAMES, Tokenizer, find_tokenizer, load_tokenizer
 
@@ -37,15 +37,17 @@ def load_for_command(
     device: str | None = None,
     dtype: str | None = None,
     tokenizer_needed: str | None = None,
+    head: str = "lm",
 ) -> tuple[torch.nn.Module, Tokenizer | None, torch.device]:
     """(model, tokenizer or None, device) for the checkpoint at `path`.
 
     `tokenizer_needed` is what the command needs a tokenizer for (e.g. "to encode --prompt; pass
     --prompt-ids instead"); given, a checkpoint without a tokenizer file is an error saying so.
     The model's presence is checked first, so a folder with neither says that it holds no model.
+    `head` is the output the command needs: "lm" (text) or "score" (a reward model).
     """
     path = Path(path)
-    detect_format(path)  # no such path, or a folder that holds no model: one clear error
+    fmt = detect_format(path)  # no such path, or a folder that holds no model: one clear error
     chosen, dtype_name = choose_device(device, dtype)
     tokenizer_file = find_tokenizer(path)
     if tokenizer_file is None and tokenizer_needed:
@@ -54,6 +56,12 @@ def load_for_command(
             f"{folder}: has a model but no tokenizer file ({' or '.join(TOKENIZER_FILE_NAMES)}), "
             f"which is needed {tokenizer_needed}"
         )
+    # Only herd and HF folders hold reward models (and their configs read without the weights).
+    found = read_config(path, fmt).head if fmt in ("herd", "hf") else "lm"
+    if found != head:  # before the weights are read
+        kinds = {"lm": "a language model", "score": "a reward model"}
+        hint = " (`herd rm score` scores with it)" if found == "score" else ""
+        raise HerdError(f"{path}: {kinds[found]}, but this command needs {kinds[head]}{hint}")
     tokenizer = load_tokenizer(tokenizer_file) if tokenizer_file else None
     return load(path, chosen, dtype_name), tokenizer, chosen
 
@@ -63,8 +71,15 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     which was built for the same architecture (fine-tuning starts from a pretrained model)."""
     from herd.checkpoint.convert import read_checkpoint
 
-    _, state = read_checkpoint(path)
+    source, state = read_checkpoint(path)
     own = dict(model.named_parameters())  # a tied output projection is the embedding, once
+    config = getattr(model, "config", None)
+    if config is not None and config.head != source.head:
+        # A reward model started from a language model (Llama 2 section 3.2.2): the body is the
+        # checkpoint's, the new head keeps its initialisation (and the other way round).
+        # (A tied output is not among named_parameters: the embedding it shares is loaded.)
+        state = {k: v for k, v in state.items() if k != "output.weight"}
+        own.pop("output.weight", None)
     missing = sorted(set(own) - set(state))
     if missing:
         raise HerdError(f"{path}: has no weight '{missing[0]}' for the model being trained")

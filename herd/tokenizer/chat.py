@@ -167,3 +167,16 @@ def encode_dialog(tok, messages: list[dict], add_generation_prompt: bool = True)
     if tok.chat_format == "llama2":
         return encode_llama2(tok, messages, add_generation_prompt)
     raise HerdError(f"{tok.path}: this tokenizer has no chat format (no BOS/EOS or header tokens)")
+
+
+def conversation_pad_id(tok) -> int:
+    """An id for right-padding formatted conversations that they never contain: transformers'
+    sequence classifiers (a reward model's HF export) find a row's last token as the last one that
+    is not the pad id, so padding with a token a conversation ends with (Llama 2's EOS) would move
+    it. The tokenizer's pad id, else Llama 3's <|finetune_right_pad_id|>, else Llama 2's <unk>."""
+    if tok.pad_id is not None:
+        return tok.pad_id
+    for name in ("<|finetune_right_pad_id|>", "<unk>"):
+        if name in tok.special_tokens:
+            return tok.special_tokens[name]
+    return tok.eos_id if tok.eos_id is not None else 0
