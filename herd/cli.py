@@ -301,6 +301,33 @@ def _run_dpo(args: argparse.Namespace) -> None:
     run_dpo(args)
 
 
+RM_ACTIONS = ("train", "score", "eval")
+
+
+def _add_rm(p: argparse.ArgumentParser) -> None:
+    from herd.posttrain.reward_cli import add_arguments
+
+    add_arguments(
+        p,
+        lambda train: _add_posttrain(
+            train,
+            "[model] checkpoint = FOLDER names the chat / SFT checkpoint the reward model starts "
+            "from (its output layer is replaced by a scalar score head); [data] path names "
+            'preference pairs as for `herd dpo`, rows {"prompt", "chosen", "rejected"} with an '
+            'optional "rating" (significantly better, better, slightly better, negligibly '
+            'better / unsure, or 3-0) or "margin" number; [rm] margin = none | small | large. '
+            "Defaults that differ from `herd train`: one epoch (train.steps 0 = rm.epochs), "
+            "optim.lr 1e-5, a warm-up of 3% (optim.warmup_steps -1 = rm.warmup_fraction).",
+        ),
+    )
+
+
+def _run_rm(args: argparse.Namespace) -> None:
+    from herd.posttrain.reward_cli import run
+
+    run(args)
+
+
 def _add_best_of_n(p: argparse.ArgumentParser) -> None:
     from herd.posttrain.best_of_n import add_arguments
 
@@ -454,6 +481,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _add_dpo,
         _run_dpo,
     ),
+    "rm": (
+        "train reward models on preference pairs (Llama 2 recipe), score and evaluate them",
+        _add_rm,
+        _run_rm,
+    ),
     "best-of-n": (
         "rejection sampling: K samples per prompt, the best by a reward model kept as SFT data",
         _add_best_of_n,
@@ -514,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="lm-eval", handler=_run_lm_eval, lm_eval_args=argv[1:])
     else:
         overrides = {}
-        if argv[:1] in (["train"], ["sft"], ["dpo"]):
+        if argv[:1] == ["rm"] and (argv[1:2] or [""])[0] not in (*RM_ACTIONS, "-h", "--help"):
+            argv.insert(1, "train")  # `herd rm CONFIG.toml` is `herd rm train CONFIG.toml`
+        if argv[:1] in (["train"], ["sft"], ["dpo"]) or argv[:2] == ["rm", "train"]:
             from herd.train.config import split_overrides
 
             try:

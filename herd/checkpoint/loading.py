@@ -63,8 +63,15 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     which was built for the same architecture (fine-tuning starts from a pretrained model)."""
     from herd.checkpoint.convert import read_checkpoint
 
-    _, state = read_checkpoint(path)
+    source, state = read_checkpoint(path)
     own = dict(model.named_parameters())  # a tied output projection is the embedding, once
+    config = getattr(model, "config", None)
+    if config is not None and config.head != source.head:
+        # A reward model started from a language model (Llama 2 section 3.2.2): the body is the
+        # checkpoint's, the new head keeps its initialisation (and the other way round).
+        # (A tied output is not among named_parameters: the embedding it shares is loaded.)
+        state = {k: v for k, v in state.items() if k != "output.weight"}
+        own.pop("output.weight", None)
     missing = sorted(set(own) - set(state))
     if missing:
         raise HerdError(f"{path}: has no weight '{missing[0]}' for the model being trained")

@@ -28,6 +28,8 @@ from typing import Any
 
 from herd.errors import HerdError
 
+HEADS = ("lm", "score")
+
 
 @dataclass(frozen=True)
 class RopeScaling:
@@ -64,6 +66,13 @@ class ModelConfig:
     tie_embeddings: bool = field(
         default=False, metadata={"help": "share the output projection with the token embeddings"}
     )
+    head: str = field(
+        default="lm",
+        metadata={
+            "help": "output layer: lm (next-token logits over the vocabulary) or score (one "
+            "scalar per position: a reward model, herd/posttrain/reward.py)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,15 +100,25 @@ class ModelConfig:
             raise HerdError(f"{source}: field 'max_seq_len' must be positive")
         if not self.norm_eps > 0 or not self.rope_theta > 0:
             raise HerdError(f"{source}: 'norm_eps' and 'rope_theta' must be positive")
+        if self.head not in HEADS:
+            raise HerdError(f"{source}: field 'head' is {self.head!r}, expected lm or score")
+        if self.head == "score" and self.tie_embeddings:
+            # the score head is a [1, dim] matrix; it cannot be the [vocab, dim] embedding table
+            raise HerdError(f"{source}: head 'score' cannot tie the output to the embeddings")
+
+    @property
+    def output_size(self) -> int:
+        """Rows of the output projection: the vocabulary, or 1 for a reward model's score."""
+        return self.vocab_size if self.head == "lm" else 1
 
     def num_params(self) -> int:
         """Exact parameter count: embeddings, per block the attention projections (GQA: K and V
         have n_kv_heads), the SwiGLU's three matrices and two RMSNorm gains, the final norm and an
-        untied output projection."""
+        untied output projection (one row for a reward model's score head)."""
         d, h = self.dim, self.head_dim
         attention = d * self.n_heads * h * 2 + d * self.n_kv_heads * h * 2
         block = attention + 3 * d * self.ffn_dim + 2 * d
-        output = 0 if self.tie_embeddings else self.vocab_size * d
+        output = 0 if self.tie_embeddings else self.output_size * d
         return self.vocab_size * d + self.n_layers * block + d + output
 
     def dense_params(self) -> int:
@@ -112,7 +131,12 @@ class ModelConfig:
         return 6.0 * self.dense_params() + 12.0 * self.n_layers * self.dim * seq_len
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.head == "lm":
+            # Written only for reward models, so every language model's config.json (and the
+            # fingerprints computed from it) reads as before the field existed.
+            del out["head"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:

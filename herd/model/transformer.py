@@ -145,7 +145,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = Linear(config.dim, config.vocab_size)
+        # A reward model's output is one scalar per position (config.head "score").
+        self.output = Linear(config.dim, config.output_size)
         if config.tie_embeddings:
             self.output.weight = self.embed.weight
         # Not persistent: derived from the config, recomputed on materialisation.
@@ -181,6 +182,7 @@ class Transformer(nn.Module):
 
         With `last` [B] (a position per row) only those positions' logits are computed, [B, vocab]:
         scoring and prefill need one position, and the output projection is the widest layer.
+        A reward model (config.head "score") returns [B, T, 1], or [B, 1] with `last`.
         """
         T = tokens.shape[1]
         if packed is not None:

@@ -150,6 +150,26 @@ class DPOConfig:
 
 
 @dataclass
+class RMConfig:
+    """Reward-model training (`herd rm`; Llama 2 section 3.2.2)."""
+
+    margin: str = field(
+        default="none",
+        metadata={
+            "help": "margin table over the rows' rating: none (Llama 3), small (1, 2/3, 1/3, 0) "
+            "or large (3, 2, 1, 0) for significantly better, better, slightly better, "
+            "negligibly better / unsure; a row's own 'margin' number wins"
+        },
+    )
+    epochs: float = field(
+        default=1.0, metadata={"help": "passes over the pairs when train.steps is 0"}
+    )
+    warmup_fraction: float = field(
+        default=0.03, metadata={"help": "warm-up share of the steps when optim.warmup_steps is -1"}
+    )
+
+
+@dataclass
 class RunConfig:
     """A whole training run: model (a preset plus field overrides), data, optimizer, schedule."""
 
@@ -159,6 +179,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
     lora: LoraRunConfig = field(default_factory=LoraRunConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
@@ -194,6 +215,7 @@ SECTIONS = {
     "train": TrainConfig,
     "stability": StabilityConfig,
     "dpo": DPOConfig,
+    "rm": RMConfig,
     "lora": LoraRunConfig,
 }
 
@@ -281,7 +303,7 @@ def load_run_config(
         if section == "model":
             # A value of each field's type stands in for the default _coerce reads the type from
             # (the shape fields have none); rope_scaling, a table, is checked by ModelConfig.
-            samples = {"int": 0, "float": 0.0, "bool": False}
+            samples = {"int": 0, "float": 0.0, "bool": False, "str": ""}
             defaults = {f.name: samples.get(str(f.type)) for f in dataclasses.fields(ModelConfig)}
             defaults["preset"] = "demo"
             defaults["checkpoint"] = ""

@@ -1,0 +1,99 @@
+"""Preference pairs for reward models: DPO's rows plus an optional `rating` or `margin` each.
+
+A row is a DPO row (herd/posttrain/chat_data.py: `prompt`, `chosen`, `rejected` in TRL's
+conversational or plain-string forms) with, optionally,
+    "rating": "significantly better" | "better" | "slightly better" |
+              "negligibly better / unsure" (or "unsure") | 3 | 2 | 1 | 0
+    "margin": a finite number, used as the pair's margin whatever the table
+(herd/posttrain/reward.py). The rating also names the level the held-out accuracy is reported
+at. A bad rating or margin makes the row malformed: skipped and reported, or fatal with
+`data.strict`, like any other problem of the row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.posttrain.chat_data import (
+    ChatData,
+    _problem,
+    _sources,
+    check_dpo_row,
+    encode_dpo,
+    read_rows,
+    require_chat_format,
+)
+from herd.posttrain.reward import pair_margin, parse_rating
+
+
+@dataclass
+class RewardExample:
+    """A DPO example (the preference batches' fields) with its rating level and margin."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    chosen_mask: list[int]
+    rejected_ids: list[int]
+    rejected_mask: list[int]
+    source: str  # FILE:LINE
+    level: int | None  # 0-3 (3: significantly better); None: the row has no rating
+    margin: float
+
+    def lengths(self) -> tuple[int, int]:
+        """Tokens of prompt + chosen and prompt + rejected (the scored positions are the last)."""
+        n = len(self.prompt_ids)
+        return n + len(self.chosen_ids), n + len(self.rejected_ids)
+
+
+def _rating_and_margin(row: dict) -> tuple[int | None, float | None]:
+    level = None if row.get("rating") is None else parse_rating(row["rating"])
+    margin = row.get("margin")
+    if margin is not None:
+        if isinstance(margin, bool) or not isinstance(margin, int | float):
+            raise ValueError(f"margin {margin!r}: expected a number")
+        if not math.isfinite(margin):
+            raise ValueError(f"margin {margin!r}: expected a finite number")
+    return level, margin
+
+
+def load_reward_pairs(
+    tok,
+    sources: str | Path | list,
+    max_len: int,
+    margin: str = "none",
+    strict: bool = False,
+    split: str = "train",
+) -> ChatData:
+    """Reward examples of `sources` whose prompt plus longer response fits `max_len` tokens,
+    margins from the `margin` table (none, small, large) unless a row gives its own."""
+    chat_format = require_chat_format(tok)
+    data = ChatData()
+    for source in _sources(sources):
+        for where, row in read_rows(source, split):
+            data.counts["rows"] += 1
+            try:
+                pair = check_dpo_row(row, chat_format)
+                level, explicit = _rating_and_margin(row)
+                e = encode_dpo(tok, *pair, where)
+            except ValueError as error:
+                _problem(data, where, error, strict)
+                continue
+            if len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_len:
+                data.counts["too_long"] += 1
+                continue
+            data.examples.append(
+                RewardExample(
+                    e.prompt_ids,
+                    e.chosen_ids,
+                    e.chosen_mask,
+                    e.rejected_ids,
+                    e.rejected_mask,
+                    where,
+                    level,
+                    pair_margin(level, explicit, margin),
+                )
+            )
+    data.counts["kept"] = len(data.examples)
+    return data
