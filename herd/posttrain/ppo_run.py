@@ -365,80 +365,16 @@ class PPORunner:
 
     def save_checkpoint(self) -> Path:
         """checkpoints/step-N: the policy (or its adapters), value/, and train_state/."""
-        from herd.checkpoint.io import save_safetensors, write_herd_config
-        from herd.model.lora import adapter_state_dict, peft_config_dict
-        from herd.train.checkpoint import save_training_checkpoint
+        from herd.posttrain.ppo_checkpoint import save_ppo_checkpoint
 
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"tokens": self.tokens, "cursor": self.step * self.run.ppo.batch_size}
-        optim = {"policy": self.policy_optim.state_dict(), "value": self.value_optim.state_dict()}
-        value_weights = self.value.trunk.state_dict()
-        rm_files = self.helpful[1].files()
-
-        def value_folder(tmp: Path) -> None:
-            folder = tmp / "value"  # a reward-model herd folder: `herd rm score` reads it
-            folder.mkdir()
-            write_herd_config(folder, self.value.trunk.config, value_weights.values(), rm_files)
-            save_safetensors(value_weights, folder)
-
-        adapter, weights = None, {}
-        if self.lora is not None:
-            tensors = {k: v.contiguous() for k, v in adapter_state_dict(self.policy).items()}
-            adapter = (tensors, peft_config_dict(self.lora, self.run.init_checkpoint or None))
-        else:
-            weights = self.policy.state_dict()
-        path = save_training_checkpoint(
-            self.run_dir / "checkpoints",
-            self.step,
-            self.model_config,
-            weights,
-            optim,
-            state,
-            rng,
-            self.tokenizer.files(),
-            self.run.train.keep_checkpoints,
-            adapter=adapter,
-            extra_files=value_folder,
-        )
+        path = save_ppo_checkpoint(self)
         self.log.event(self.step, "checkpoint", path=str(path))
         return path
 
     def _restore(self) -> Path | None:
-        from herd.checkpoint.io import read_herd_folder
-        from herd.model.lora import peft_names
-        from herd.train.checkpoint import check_same_model, load_latest
+        from herd.posttrain.ppo_checkpoint import restore_ppo_checkpoint
 
-        found = load_latest(
-            self.run_dir / "checkpoints",
-            lambda path, why: self.log.event(
-                self.step, "checkpoint_skipped", path=str(path), reason=why
-            ),
-        )
-        if found is None:
-            return None
-        path, ckpt = found
-        check_same_model(path, ckpt["config"], self.model_config)
-        if ckpt["format"] == "adapter":
-            names = {peft: own for own, peft in peft_names(self.policy.state_dict()).items()}
-            if set(ckpt["model"]) != set(names):
-                raise HerdError(f"{path}: its adapters do not match [lora]")
-            adapters = {names[k]: v for k, v in ckpt["model"].items()}
-            self.policy.load_state_dict(adapters, strict=False)
-        else:
-            weights = dict(ckpt["model"])
-            if self.model_config.tie_embeddings:
-                weights["output.weight"] = weights["embed.weight"]
-            self.policy.load_state_dict(weights)
-        self.value.trunk.load_state_dict(read_herd_folder(path / "value")[1])
-        self.policy_optim.load_state_dict(ckpt["optimizer"]["policy"])
-        self.value_optim.load_state_dict(ckpt["optimizer"]["value"])
-        self.step, self.tokens = ckpt["state"]["step"], ckpt["state"]["tokens"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
-        return path
+        return restore_ppo_checkpoint(self)
 
 
 def run_ppo(args: argparse.Namespace) -> None:

@@ -189,16 +189,30 @@ def test_run_writes_metrics_checkpoints_and_resumes_exactly(setup, tmp_path):
 
 def test_lora_run_uses_the_adapter_free_policy_as_reference(setup, tmp_path):
     root, _ = setup
+    settings = {
+        "lora.r": 4, "train.steps": 2, "optim.lr": "1e-2", "train.checkpoint_every": 1,
+        "ppo.safety_reward_model": root / "rm",  # R_c's safety branch, with the same scores
+    }  # fmt: skip
     out = tmp_path / "lora"
-    runner = _runner(root, out, **{"lora.r": 4, "train.steps": 2, "optim.lr": "1e-2"})
+    runner = _runner(root, out, **settings)
     assert runner.reference_model is None  # no second copy: the adapters are switched off
     runner.fit(show_progress=False)
     lines = _metrics(out)
     assert lines[0]["kl"] == 0.0 and lines[1]["kl"] != 0.0
+    assert lines[0]["reward_helpful"] == lines[0]["reward_safety"] == lines[0]["reward"]
     ckpt = out / "checkpoints" / "step-00000002"
     assert (ckpt / "adapter_model.safetensors").is_file()
     assert not (ckpt / "model.safetensors").exists()
     herd.load(ckpt)  # the base named in adapter_config.json, merged
+    # the adapters and their optimizer state come back on resume
+    cut = tmp_path / "lora-cut"
+    _runner(root, cut, **settings).fit(show_progress=False, stop_at=1)
+    _runner(root, cut, resume=True, **settings).fit(show_progress=False)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+    assert strip(_metrics(cut)) == strip(lines)
 
 
 def test_ppo_raises_the_reward(setup, tmp_path):
