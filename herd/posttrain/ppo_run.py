@@ -278,6 +278,7 @@ class PPORunner:
                 pl = policy_loss(new, part.logprobs, part.advantages, part.mask, p.clip)
                 pl.loss.backward()
                 norm = clip_gradients(self.policy, run.optim.grad_clip)
+                # a non-finite gradient skips the step on the device, as in the trainer
                 guarded_update(self.policy_optim, (~torch.isfinite(norm)).float())
                 self.policy_optim.zero_grad(set_to_none=True)
                 entropy = masked_entropy(logits.detach(), part.mask)
@@ -285,8 +286,8 @@ class PPORunner:
                     values = response_values(self.value, part.ids, part.index)
                 vl = value_loss(values, part.values, part.returns, part.mask, p.cliprange_value)
                 vl.loss.backward()
-                clip_gradients(self.value, run.optim.grad_clip)
-                self.value_optim.step()
+                value_norm = clip_gradients(self.value, run.optim.grad_clip)
+                guarded_update(self.value_optim, (~torch.isfinite(value_norm)).float())
                 self.value_optim.zero_grad(set_to_none=True)
                 row = [pl.loss.detach(), pl.clip_fraction, pl.approx_kl, vl.loss.detach()]
                 row += [vl.clip_fraction, entropy, norm.float()]
