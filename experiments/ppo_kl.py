@@ -137,7 +137,7 @@ def evaluate(runner, prompts: list[dict], samples: int, seed: int, reference: bo
         ref_logp = token_logprobs(response_logits(ref, x, index, 1.0), response)
         kl = ((logp - ref_logp) * mask).sum(1)
         entropy = masked_entropy(logits, mask)
-    texts = [runner._text(r) for r in responses]
+    texts = [runner.response_text(r) for r in responses]
     reward = reward_probabilities(runner.helpful, messages, texts, 32)
     share = masked_mean(good[response].float(), mask)
     distinct = sum(len(set(r)) / len(r) for r in responses) / len(responses)

@@ -106,11 +106,19 @@ class PPORunner:
             raise HerdError(
                 f"{run.init_checkpoint}: a reward model; the policy is a language model"
             )
-        self.prompts = []
+        self.prompts, dropped = [], 0
         for row in read_prompts(run.data.path, chat_format, run.data.split):
             ids = encode_dialog(self.tokenizer, row["messages"], add_generation_prompt=True).ids
             if len(ids) + p.max_new_tokens < self.model_config.max_seq_len:
                 self.prompts.append({**row, "ids": ids})
+            else:
+                dropped += 1
+        if dropped:
+            print(
+                f"ppo: {dropped} prompts too long for ppo.max_new_tokens {p.max_new_tokens} in the "
+                f"context of {self.model_config.max_seq_len} left out",
+                file=sys.stderr,
+            )
         if not self.prompts:
             raise HerdError(
                 f"{run.data.path}: no prompt leaves room for ppo.max_new_tokens {p.max_new_tokens} "
@@ -182,7 +190,8 @@ class PPORunner:
             out.append(self._orders[npass][i])
         return out
 
-    def _text(self, tokens: list[int]) -> str:
+    def response_text(self, tokens: list[int]) -> str:
+        """A sampled response as the reward models read it: up to its stop id, no specials."""
         stop = set(self.stop_ids)
         end = next((i for i, x in enumerate(tokens) if x in stop), len(tokens))
         return self.tokenizer.decode(tokens[:end], skip_special=True).strip()
@@ -222,7 +231,7 @@ class PPORunner:
                 p.mini_batch_size,
             )
         messages = [x["messages"] for x in prompts]
-        texts = [self._text(r) for r in responses]
+        texts = [self.response_text(r) for r in responses]
         helpful = reward_probabilities(self.helpful, messages, texts, p.mini_batch_size)
         safety = helpful  # without a safety model R_c is R_h whatever the prompt
         if self.safety is not None:
