@@ -1,4 +1,4 @@
-"""PPO checkpoints (`herd ppo`, herd/posttrain/ppo_run.py): the trainer's folder plus a value model.
+"""PPO checkpoints and run folder (`herd ppo`, ppo_run.py): the trainer's plus a value model.
 
 checkpoints/step-N is a training checkpoint of herd/train/checkpoint.py (written atomically,
 checksummed, the newest intact one loaded on resume) holding the policy: a herd folder that
@@ -96,3 +96,23 @@ def restore_ppo_checkpoint(runner) -> Path | None:
     if runner.device.type == "cuda" and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], runner.device)
     return path
+
+
+def prepare_run_dir(runner, resume: bool) -> None:
+    """The run folder of a fresh run (old logs removed) or a resumed one (the newest intact
+    checkpoint loaded, the logs cut back to its iteration); config.toml written either way."""
+    from herd.train.checkpoint import remove_stale_temporaries
+    from herd.train.config import dump_toml
+
+    runner.run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for f in (runner.log.metrics, runner.log.events):
+            f.unlink(missing_ok=True)
+    stale = remove_stale_temporaries(runner.run_dir / "checkpoints")
+    path = restore_ppo_checkpoint(runner) if resume else None
+    (runner.run_dir / "config.toml").write_text(dump_toml(runner.run))
+    if resume:
+        runner.log.truncate(runner.step)
+        for folder in stale:
+            runner.log.event(runner.step, "stale_checkpoint_removed", path=str(folder))
+        runner.log.event(runner.step, "resume", checkpoint=None if path is None else str(path))

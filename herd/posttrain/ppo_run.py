@@ -357,21 +357,9 @@ class PPORunner:
     # --- run folder, checkpoints and resume ------------------------------------------------------
 
     def _prepare_run_dir(self, resume: bool) -> None:
-        from herd.train.checkpoint import remove_stale_temporaries
-        from herd.train.config import dump_toml
+        from herd.posttrain.ppo_checkpoint import prepare_run_dir
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for f in (self.log.metrics, self.log.events):
-                f.unlink(missing_ok=True)
-        stale = remove_stale_temporaries(self.run_dir / "checkpoints")
-        path = self._restore() if resume else None
-        (self.run_dir / "config.toml").write_text(dump_toml(self.run))
-        if resume:
-            self.log.truncate(self.step)
-            for folder in stale:
-                self.log.event(self.step, "stale_checkpoint_removed", path=str(folder))
-            self.log.event(self.step, "resume", checkpoint=None if path is None else str(path))
+        prepare_run_dir(self, resume)
 
     def save_checkpoint(self) -> Path:
         """checkpoints/step-N: the policy (or its adapters), value/, and train_state/."""
@@ -380,11 +368,6 @@ class PPORunner:
         path = save_ppo_checkpoint(self)
         self.log.event(self.step, "checkpoint", path=str(path))
         return path
-
-    def _restore(self) -> Path | None:
-        from herd.posttrain.ppo_checkpoint import restore_ppo_checkpoint
-
-        return restore_ppo_checkpoint(self)
 
 
 def run_ppo(args: argparse.Namespace) -> None:
