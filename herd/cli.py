@@ -301,6 +301,26 @@ def _run_dpo(args: argparse.Namespace) -> None:
     run_dpo(args)
 
 
+def _add_ppo(p: argparse.ArgumentParser) -> None:
+    _add_posttrain(
+        p,
+        "[model] checkpoint = FOLDER names the policy to train (the SFT model; a frozen copy of "
+        "it, or with [lora] r > 0 the policy with its adapters off, is the KL reference); [data] "
+        'path names the prompts: rows {"messages": [... ending with a user turn]} or {"prompt": '
+        '"text"}, optionally "safety": true; [ppo] reward_model = a `herd rm` checkpoint (also '
+        "the value model's start), safety_reward_model, batch_size, mini_batch_size, ppo_epochs, "
+        "kl_coef, clip, max_new_tokens, temperature. train.steps counts PPO iterations. Defaults "
+        "that differ from `herd train` (Llama 2): AdamW (0.9, 0.95), eps 1e-5, constant lr 1e-6, "
+        "train.steps 200, train.checkpoint_every 20.",
+    )
+
+
+def _run_ppo(args: argparse.Namespace) -> None:
+    from herd.posttrain.ppo_run import run_ppo
+
+    run_ppo(args)
+
+
 RM_ACTIONS = ("train", "score", "eval")
 
 
@@ -486,6 +506,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _add_rm,
         _run_rm,
     ),
+    "ppo": (
+        "RLHF with PPO against reward models: rollouts, KL-penalised rewards, GAE (Llama 2)",
+        _add_ppo,
+        _run_ppo,
+    ),
     "best-of-n": (
         "rejection sampling: K samples per prompt, the best by a reward model kept as SFT data",
         _add_best_of_n,
@@ -548,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {}
         if argv[:1] == ["rm"] and (argv[1:2] or [""])[0] not in (*RM_ACTIONS, "-h", "--help"):
             argv.insert(1, "train")  # `herd rm CONFIG.toml` is `herd rm train CONFIG.toml`
-        if argv[:1] in (["train"], ["sft"], ["dpo"]) or argv[:2] == ["rm", "train"]:
+        if argv[:1] in (["train"], ["sft"], ["dpo"], ["ppo"]) or argv[:2] == ["rm", "train"]:
             from herd.train.config import split_overrides
 
             try:

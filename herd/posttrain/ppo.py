@@ -29,10 +29,11 @@ value losses are PPO's clipped surrogates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+
+from herd.train.config import PPOConfig as PPOConfig  # [ppo], torch-free for `--help`
 
 SAFETY_THRESHOLD = 0.15  # Llama 2 §3.2.3: R_s below it lets safety override helpfulness
 KL_COEF_SMALL = 0.01  # β for Llama 2-Chat 7B and 13B (§3.2.3)
@@ -61,49 +62,6 @@ PPO_OPTIM_DEFAULTS = {
     "optim.weight_decay": "0.1",
     "optim.grad_clip": "1.0",
 }
-
-
-@dataclass
-class PPOConfig:
-    """PPO's own settings (a run's [ppo] section); the defaults are Llama 2-Chat's at scale
-    (§3.2.3) where it states them and TRL's PPOConfig otherwise (cliprange_value, vf_coef,
-    gamma, lam). The optimizer's are PPO_OPTIM_DEFAULTS, in [optim]."""
-
-    batch_size: int = field(default=512, metadata={"help": "responses sampled per PPO iteration"})
-    mini_batch_size: int = field(
-        default=64, metadata={"help": "responses per gradient step (one step per mini-batch)"}
-    )
-    ppo_epochs: int = field(
-        default=1, metadata={"help": "passes over each rollout batch (Llama 2: one)"}
-    )
-    clip: float = field(
-        default=0.2, metadata={"help": "PPO ratio clip: π/π_old held in [1 − clip, 1 + clip]"}
-    )
-    cliprange_value: float = field(
-        default=0.2, metadata={"help": "new values stay within this of the rollout's values"}
-    )
-    vf_coef: float = field(
-        default=0.1, metadata={"help": "weight of the value loss when one model has both heads"}
-    )
-    kl_coef: float = field(
-        default=KL_COEF_SMALL,
-        metadata={"help": "β, the per-token KL penalty's weight (Llama 2: 0.01; 0.005 at 34B/70B)"},
-    )
-    kl_estimator: str = field(
-        default="k1", metadata={"help": "per-token KL estimate: k1 (log π − log π_0) or k3"}
-    )
-    gamma: float = field(default=1.0, metadata={"help": "GAE discount"})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ"})
-    safety_threshold: float = field(
-        default=SAFETY_THRESHOLD,
-        metadata={"help": "R_s below this uses the safety reward on any prompt"},
-    )
-
-    def __post_init__(self) -> None:
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}")
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError("batch_size must be a multiple of mini_batch_size")
 
 
 # ---------------------------------------------------------------------------------------------

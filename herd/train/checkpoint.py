@@ -107,10 +107,12 @@ def save_training_checkpoint(
     keep: int,
     monitor: dict[str, torch.Tensor] | None = None,
     adapter: tuple[dict[str, torch.Tensor], dict] | None = None,
+    extra_files=None,
 ) -> Path:
     """Write checkpoints/step-NNNNNNNN atomically, then drop all but the newest `keep`. With
     `adapter` (PEFT-named tensors, adapter_config.json) the folder holds those instead of
-    `weights`."""
+    `weights`. `extra_files(tmp)` adds a stage's own files (PPO's value model) before the
+    checksums are taken, so they are verified on resume like the rest."""
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{PREFIX}{step:08d}"
 
@@ -122,6 +124,8 @@ def save_training_checkpoint(
         (ts / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         if monitor:
             save_file(monitor, ts / MONITOR_FILE)
+        if extra_files is not None:
+            extra_files(tmp)
         sums = {
             str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }

@@ -170,6 +170,86 @@ class RMConfig:
 
 
 @dataclass
+class PPOConfig:
+    """PPO for RLHF (`herd ppo`; Llama 2 section 3.2.3, herd/posttrain/ppo.py)."""
+
+    # The defaults are Llama 2-Chat's at scale where it states them and TRL's PPOConfig
+    # otherwise (cliprange_value, vf_coef, gamma, lam); the optimizer's are PPO_OPTIM_DEFAULTS
+    # (herd/posttrain/ppo.py), in [optim]. Defined here, not beside the losses, so that reading
+    # a config (and `herd --help`) imports no torch.
+    reward_model: str = field(
+        default="", metadata={"help": "the (helpfulness) reward model: a `herd rm` checkpoint"}
+    )
+    safety_reward_model: str = field(
+        default="",
+        metadata={
+            "help": "optional safety reward model: R_c = R_s on safety prompts or R_s < 0.15"
+        },
+    )
+    batch_size: int = field(default=512, metadata={"help": "responses sampled per PPO iteration"})
+    mini_batch_size: int = field(
+        default=64, metadata={"help": "responses per gradient step (one step per mini-batch)"}
+    )
+    ppo_epochs: int = field(
+        default=1, metadata={"help": "passes over each rollout batch (Llama 2: one)"}
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "longest response sampled"})
+    temperature: float = field(
+        default=1.0, metadata={"help": "sampling temperature (log-probs are of logits / it)"}
+    )
+    clip: float = field(
+        default=0.2, metadata={"help": "PPO ratio clip: π/π_old held in [1 − clip, 1 + clip]"}
+    )
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "new values stay within this of the rollout's values"}
+    )
+    vf_coef: float = field(
+        default=0.1, metadata={"help": "weight of the value loss when one model has both heads"}
+    )
+    value_lr: float = field(
+        default=0.0, metadata={"help": "the value model's learning rate; 0: optim.lr"}
+    )
+    kl_coef: float = field(
+        default=0.01,
+        metadata={"help": "β, the per-token KL penalty's weight (Llama 2: 0.01; 0.005 at 34B/70B)"},
+    )
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "per-token KL estimate: k1 (log π − log π_0) or k3"}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ"})
+    safety_threshold: float = field(
+        default=0.15,
+        metadata={"help": "R_s below this uses the safety reward on any prompt"},
+    )
+
+    def __post_init__(self) -> None:
+        self.check(ValueError)
+
+    def check(self, error: type[Exception] = HerdError) -> None:
+        """`error` naming the first setting out of range (a run checks again after its file and
+        overrides are applied, as those bypass __post_init__)."""
+        if self.kl_estimator not in ("k1", "k3"):
+            raise error(f"ppo.kl_estimator '{self.kl_estimator}': expected k1 or k3")
+        for name in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise error(f"ppo.{name} {getattr(self, name)}: expected a positive integer")
+        if self.batch_size % self.mini_batch_size:
+            raise error(
+                f"ppo.batch_size {self.batch_size}: expected a multiple of ppo.mini_batch_size "
+                f"{self.mini_batch_size}"
+            )
+        if self.temperature <= 0:
+            raise error(f"ppo.temperature {self.temperature}: expected > 0")
+        if self.clip <= 0 or self.cliprange_value <= 0:
+            raise error("ppo.clip and ppo.cliprange_value: expected > 0")
+        if self.kl_coef < 0 or self.value_lr < 0:
+            raise error("ppo.kl_coef and ppo.value_lr: expected >= 0")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise error(f"ppo.gamma {self.gamma}, ppo.lam {self.lam}: expected values in [0, 1]")
+
+
+@dataclass
 class RunConfig:
     """A whole training run: model (a preset plus field overrides), data, optimizer, schedule."""
 
@@ -180,6 +260,7 @@ class RunConfig:
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     lora: LoraRunConfig = field(default_factory=LoraRunConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
@@ -216,6 +297,7 @@ SECTIONS = {
     "stability": StabilityConfig,
     "dpo": DPOConfig,
     "rm": RMConfig,
+    "ppo": PPOConfig,
     "lora": LoraRunConfig,
 }
 

@@ -5,6 +5,8 @@ plots/loss.png: training loss and validation loss against tokens seen; steps tha
                 weights took.
 plots/bpb.png:  validation bits per byte against tokens seen (comparable across tokenizers).
 plots/rewards.png: DPO runs: reward margins and accuracies against steps.
+plots/ppo.png:  PPO runs (herd/posttrain/ppo_run.py): mean reward, KL to the reference, the
+                policy's clip fraction and approximate KL, and the value loss against iterations.
 """
 
 from __future__ import annotations
@@ -74,7 +76,39 @@ def plot_run(run_dir: Path) -> list[Path]:
     rewards = [r for r in train_rows if "rewards/margins" in r]
     if rewards:  # DPO (herd/posttrain/dpo_run.py): TRL's reward metrics
         written.append(_plot_rewards(plt, rewards, val_rows, out_dir / "rewards.png"))
+    ppo = [r for r in rows if "kl" in r and "rlhf_reward" in r]
+    if ppo:
+        written.append(_plot_ppo(plt, ppo, out_dir / "ppo.png"))
     return written
+
+
+def _plot_ppo(plt, rows: list[dict], path: Path) -> Path:
+    """plots/ppo.png: what a PPO run is judged by, one panel each, against iterations: the
+    reward R_c (what it maximises), the KL to the reference (what bounds it), the clipped share
+    of tokens with the approximate KL of each update, and the value model's loss."""
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [
+        (axes[0, 0], [("reward", "mean reward R_c")], "reward (reward model's probability)"),
+        (axes[0, 1], [("kl", "KL(policy || reference)")], "KL per response (nats)"),
+        (
+            axes[1, 0],
+            [("clip_fraction", "clip fraction"), ("approx_kl", "approx. KL(old || new)")],
+            "policy update",
+        ),
+        (axes[1, 1], [("value_loss", "value loss")], "value loss"),
+    ]
+    for ax, series, ylabel in panels:
+        for key, label in series:
+            ax.plot(steps, [r[key] for r in rows], lw=1, label=label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _plot_rewards(plt, rows: list[dict], val_rows: list[dict], path: Path) -> Path:
