@@ -267,8 +267,9 @@ def build_gatt(
     progress: bool = True,
 ) -> dict:
     """Sample every dialogue's replies, write its GAtt rows to `out`; counts of what happened:
-    dialogues, rows written, and dialogues dropped as too long for the model's context, with an
-    empty reply, or with an unfinished last reply.
+    dialogues; rows written; dialogues dropped as too long for the model's context even at their
+    first turn, and cut short before the first turn that does not fit (kept with the turns
+    before it); rows dropped for an empty reply or an unfinished trained reply.
 
     `settings` (what the samples depend on) identifies the run in OUT.partial: a rerun continues
     from it only when they match.
@@ -311,23 +312,25 @@ def build_gatt(
             log.flush()
             bar.update(len(batch))
         bar.close()
-    counts = {"dialogues": len(dialogues), "rows": 0, "unfinished": 0, "too_long": 0, "empty": 0}
+    counts = {"dialogues": len(dialogues), "rows": 0, "too_long": 0, "cut": 0, "empty": 0,
+              "unfinished": 0}  # fmt: skip
     lines = []
     for i in range(len(dialogues)):
-        r = finished[i]
-        if r["too_long"]:
+        r, d = finished[i], dialogues[i]
+        if not r["replies"]:
             counts["too_long"] += 1
             continue
-        if not all(r["replies"]):  # an empty reply is no assistant message SFT can read
-            counts["empty"] += 1
-            continue
-        if not r["finished"][-1] and not keep_unfinished:
-            counts["unfinished"] += 1
-            continue
-        d = dialogues[i]
+        counts["cut"] += len(r["replies"]) < len(d.users)
         meta = {"instruction": r["instruction"], "source": d.source}
-        for messages in training_rows(d, r["instruction"], r["replies"], placement, every_turn):
-            lines.append(json.dumps({"messages": messages, "gatt": meta}, ensure_ascii=False))
+        n = len(r["replies"])
+        rows = training_rows(d, r["instruction"], r["replies"], placement, every_turn)
+        for end, messages in zip(range(n - len(rows), n), rows, strict=True):
+            if not all(r["replies"][: end + 1]):  # an empty reply is no message SFT can read
+                counts["empty"] += 1
+            elif not (r["finished"][end] or keep_unfinished):
+                counts["unfinished"] += 1
+            else:
+                lines.append(json.dumps({"messages": messages, "gatt": meta}, ensure_ascii=False))
     counts["rows"] = len(lines)
     write_file_atomically(out, lambda f: f.write("".join(x + "\n" for x in lines).encode()))
     partial.unlink()
@@ -347,7 +350,8 @@ def _sample_dialogues(
     stop_ids,
 ) -> list[dict]:
     """One record per dialogue of `batch`: its instruction, sampled replies and whether each
-    ended with a stop token, or too_long when a turn's prompt and reply would not fit the model."""
+    ended with a stop token; the replies stop before the first turn whose prompt and reply would
+    not fit the model's context."""
     device = model.embed.weight.device
     records = {}
     gens = {}
@@ -358,20 +362,18 @@ def _sample_dialogues(
             "instruction": rng.choice(instructions),
             "replies": [],
             "finished": [],
-            "too_long": False,
         }
         gens[i] = torch.Generator(device=device).manual_seed(rng.getrandbits(63))
     for turn in range(max(len(dialogues[i].users) for i in batch)):
         active, prompts = [], []
         for i in batch:
             r, d = records[i], dialogues[i]
-            if r["too_long"] or turn >= len(d.users):
+            if turn >= len(d.users) or len(r["replies"]) < turn:  # done, or cut
                 continue
             messages = sampling_messages(d, r["instruction"], r["replies"])
             ids = tok.encode_dialog(messages, add_generation_prompt=True).ids
             if len(ids) + max_new_tokens > model.config.max_seq_len:
-                r["too_long"] = True
-                continue
+                continue  # this turn and later ones do not fit: the dialogue ends before it
             active.append(i)
             prompts.append(ids)
         if not active:
@@ -436,8 +438,9 @@ def run_gatt(args) -> None:
     if args.json:
         print(json.dumps({"out": str(out), **counts}))
     print(
-        f"gatt: wrote {counts['rows']} rows from {counts['dialogues']} dialogues to {out} "
-        f"(dropped: {counts['too_long']} too long for the context, {counts['empty']} with an "
-        f"empty reply, {counts['unfinished']} whose last reply hit --max-new-tokens)",
+        f"gatt: wrote {counts['rows']} rows from {counts['dialogues']} dialogues to {out}; "
+        f"dialogues too long for the context: {counts['too_long']} dropped, {counts['cut']} cut "
+        f"to the turns that fit; rows dropped: {counts['empty']} with an empty reply, "
+        f"{counts['unfinished']} whose trained reply hit --max-new-tokens",
         file=sys.stderr,
     )
