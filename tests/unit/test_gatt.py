@@ -166,9 +166,7 @@ def tiny(tmp_path_factory):
             ]
         rows.append(json.dumps({"messages": messages}))
     long = "The quick brown fox jumps over the lazy dog. " * 2  # ~72 tokens: 3 turns overflow
-    messages = []
-    for t in range(3):
-        messages += [{"role": "user", "content": long}, {"role": "assistant", "content": "Old."}]
+    messages = [{"role": "user", "content": long}, {"role": "assistant", "content": "Old."}] * 3
     rows.append(json.dumps({"messages": messages}))
     dialogues.write_text("\n".join(rows) + "\n", "utf-8")
     return ckpt, dialogues, herd.load(ckpt).eval(), load_tokenizer(ckpt)
@@ -298,3 +296,30 @@ def test_bad_input_is_one_line_and_loses_nothing(tiny, tmp_path):
     one_line_error(proc, f"{bad}:9:")
     assert out.read_text("utf-8") == "precious\n"
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_sft_trains_on_gatt_rows_last_turns_only(tiny, tmp_path):
+    """`herd sft` runs on `herd gatt`'s output, and its packed targets hold exactly the trained
+    replies' tokens: the last turn of each row, never an earlier one."""
+    from herd.data.objectives import IGNORE_INDEX
+    from herd.posttrain.sft import load_sft_config, sft_data
+
+    ckpt, _, _, tok = tiny
+    data = tmp_path / "gatt.jsonl"
+    _run(tiny, data, "--every-turn")
+    flags = {
+        "model.checkpoint": str(ckpt), "data.path": str(data), "data.seq_len": "256",
+        "data.batch_size": "2", "data.val_fraction": "0", "train.steps": "2",
+        "train.log_every": "1", "train.out": str(tmp_path / "run"),
+    }  # fmt: skip
+    batches = sft_data(load_sft_config(None, flags)).source
+    counted = sum(int((batches.row(r)[1] != IGNORE_INDEX).sum()) for r in range(batches.n_rows))
+    rows = [json.loads(x)["messages"] for x in data.read_text("utf-8").splitlines()]
+    # each row's trained reply: its content tokens and <|eot_id|> (the last reply is the only one)
+    expected = sum(len(encode_dialog(tok, r, False).ids) - len(encode_dialog(tok, r[:-1]).ids)
+                   for r in rows)  # fmt: skip
+    assert counted == expected
+    herd_cli_inprocess("sft", *[x for k, v in flags.items() for x in (f"--{k}", v)])
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
+    assert len(losses) == 2 and all(0 < x < 20 for x in losses)
