@@ -198,7 +198,7 @@ def test_cli_writes_sft_rows_that_load_sft_reads(tiny, tmp_path):
     inst = tmp_path / "inst.txt"
     inst.write_text("Answer in capitals.\nFigure: Napoleon.\n", "utf-8")
     out = tmp_path / "gatt.jsonl"
-    proc = herd_cli(
+    proc = herd_cli_inprocess(
         "gatt", "--dialogues", dialogues, "--model", ckpt, "--out", out, "--instructions", inst,
         "--max-new-tokens", "8", "--keep-unfinished", "--device", "cpu", "--json",
     )  # fmt: skip
