@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from herd.atomic_files import write_file_atomically
+from herd.atomic_files import file_sha256, write_file_atomically
 from herd.errors import HerdError
 from herd.generation import sample
 from herd.model.cache import SlotKVCache
@@ -393,6 +393,7 @@ def sampling_settings(args, instructions: list[str]) -> dict:
 
     return {
         "dialogues": str(Path(args.dialogues).resolve()),
+        "dialogues_sha256": file_sha256(Path(args.dialogues)),
         "instructions": hashlib.sha256("\n".join(instructions).encode()).hexdigest(),
         "model": str(Path(args.model).resolve()),
         "seed": args.seed,
