@@ -122,28 +122,38 @@ def fine_tune(args, start: Path, data: Path, steps: int, run_dir: Path) -> tuple
     return final, json.loads((run_dir / "summary.json").read_text())
 
 
+def in_case(reply: str, upper: bool) -> bool:
+    """The rule: the reply has letters and all of them are capitals (`upper`) or all small."""
+    letters = [c for c in reply if c.isalpha()]
+    return bool(letters) and all(c.isupper() == upper for c in letters)
+
+
 @torch.inference_mode()
-def follow_rates(checkpoint: Path, dialogues: list, system: bool) -> list[float]:
-    """Per turn, the share of greedy replies equal to the answer in capitals (`system`: the
-    instruction given as system message) or to the plain answer (no instruction)."""
+def follow_rates(checkpoint: Path, dialogues: list, system: bool) -> dict[str, list[float]]:
+    """Per turn, over greedy replies in dialogues the model continues with its own replies: the
+    share that follow the rule (`system`: the instruction given as system message, the reply in
+    capitals; else no instruction, the reply in small letters) and the share that are also the
+    exact answer in that case."""
     model, tok = load(checkpoint).eval(), load_tokenizer(checkpoint)
     stops = set(tok.stop_ids)
     histories = [[{"role": "system", "content": INSTRUCTION}] if system else [] for _ in dialogues]
-    hits = [0] * len(dialogues[0])
-    for t in range(len(dialogues[0])):
+    n_turns = len(dialogues[0])
+    rule, exact = [0] * n_turns, [0] * n_turns
+    for t in range(n_turns):
         prompts = []
         for h, pairs in zip(histories, dialogues, strict=True):
             h.append({"role": "user", "content": pairs[t][0]})
             prompts.append(tok.encode_dialog(h, add_generation_prompt=True).ids)
         gens = [torch.Generator() for _ in prompts]
-        for h, pairs, (ids, _) in zip(histories, dialogues,
-                                      sample_batch(model, prompts, gens, 24, 0.0, 1.0, stops),
-                                      strict=True):  # fmt: skip
+        sampled = sample_batch(model, prompts, gens, 24, 0.0, 1.0, stops)
+        for h, pairs, (ids, _) in zip(histories, dialogues, sampled, strict=True):
             reply = tok.decode(ids, skip_special=True).strip()
             answer = pairs[t][1].upper() if system else pairs[t][1]
-            hits[t] += reply == answer
+            rule[t] += in_case(reply, upper=system)
+            exact[t] += reply == answer
             h.append({"role": "assistant", "content": reply or "..."})
-    return [h / len(dialogues) for h in hits]
+    n = len(dialogues)
+    return {"rule": [x / n for x in rule], "exact": [x / n for x in exact]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -198,17 +208,26 @@ def main(argv: list[str] | None = None) -> dict:
     write_jsonl(out / "dialogues.jsonl", [{"messages": m} for m in dialogues])
     (out / "instructions.txt").write_text(INSTRUCTION + "\n", "utf-8")
     gatt = out / "data" / "with_gatt" / "gatt.jsonl"
-    t0 = time.perf_counter()
-    code = herd_main(["gatt", "--dialogues", str(out / "dialogues.jsonl"), "--instructions",
-                      str(out / "instructions.txt"), "--model", str(base_ckpt), "--out", str(gatt),
-                      "--every-turn", "--temperature", "0.7", "--max-new-tokens", "24",
-                      "--batch-size", "16", "--seed", str(args.seed), "--device", "cpu",
-                      "--overwrite"])  # fmt: skip
-    assert code == 0
+    timing = out / "gatt_seconds.txt"
+    if not timing.exists():  # the rows depend only on the seed: a rerun reuses them
+        t0 = time.perf_counter()
+        code = herd_main([
+            "gatt", "--dialogues", str(out / "dialogues.jsonl"), "--instructions",
+            str(out / "instructions.txt"), "--model", str(base_ckpt), "--out", str(gatt),
+            "--every-turn", "--temperature", "0.7", "--max-new-tokens", "24", "--batch-size",
+            "16", "--seed", str(args.seed), "--device", "cpu", "--overwrite",
+        ])  # fmt: skip
+        assert code == 0
+        timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
     rows = [json.loads(x)["messages"] for x in gatt.read_text("utf-8").splitlines()]
-    caps = [r[-1]["content"] == r[-1]["content"].upper() for r in rows]
-    record["gatt_data"] = {"rows": len(rows), "seconds": round(time.perf_counter() - t0, 1),
-                           "trained_replies_in_capitals": sum(caps) / max(1, len(rows))}  # fmt: skip
+    caps = [in_case(r[-1]["content"], upper=True) for r in rows]
+    earlier = [in_case(m["content"], True) for r in rows for m in r if m.get("weight") == 0]
+    record["gatt_data"] = {
+        "rows": len(rows),
+        "seconds": float(timing.read_text()),
+        "trained_replies_in_capitals": sum(caps) / max(1, len(caps)),
+        "earlier_replies_in_capitals": sum(earlier) / max(1, len(earlier)),
+    }
     shutil.copy(base, gatt.parent / "base.jsonl")
 
     held_dialogues = [turns(held, rng, 6) for _ in range(args.eval_dialogues)]
@@ -218,16 +237,20 @@ def main(argv: list[str] | None = None) -> dict:
     arms["base+gatt"], record["base+gatt"] = fine_tune(args, base_ckpt, gatt.parent,
                                                        args.extra_steps, out / "base+gatt")  # fmt: skip
     record["results"] = {}
-    print(
-        "\n| model | capitals with the system instruction, turns 1-6 | plain answers without it, turns 1-6 |"
-    )
-    print("|---|---|---|")
+    lines = [
+        "| model | capitals with the system instruction, turns 1-6 | exact, turns 1-6 "
+        "| small letters without it, turns 1-6 |",
+        "|---|---|---|---|",
+    ]
     for name, ckpt in arms.items():
         with_inst = follow_rates(ckpt, held_dialogues, system=True)
         without = follow_rates(ckpt, held_dialogues, system=False)
         record["results"][name] = {"instruction": with_inst, "no_instruction": without}
         fmt = lambda xs: ", ".join(f"{x:.0%}" for x in xs)  # noqa: E731
-        print(f"| {name} | {fmt(with_inst)} | {fmt(without)} |")
+        lines.append(f"| {name} | {fmt(with_inst['rule'])} | {fmt(with_inst['exact'])} "
+                     f"| {fmt(without['rule'])} |")  # fmt: skip
+    print("\n" + "\n".join(lines))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k: record[k] for k in ("base", "base+sft", "base+gatt", "gatt_data")}))
     return record
