@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--base-steps", type=int, default=400)
     p.add_argument("--extra-steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--vocab-size", type=int, default=320, help="small: words stay split in letters")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = write_jsonl(out / "data" / "base" / "base.jsonl", base_rows(train, args.base_rows, rng))
     text = "\n".join(m["content"] for r in base_rows(train, 500, rng) for m in r["messages"])
     (out / "corpus.txt").write_text(text, "utf-8")
-    tok_dir = train_bpe([out / "corpus.txt"], 400, out / "tok", show_progress=False)
+    tok_dir = out / "tok"
+    if not tok_dir.exists():
+        train_bpe([out / "corpus.txt"], args.vocab_size, tok_dir, show_progress=False)
     tok = load_tokenizer(tok_dir)
     init = out / "random_init"
     if not (init / "config.json").exists():
