@@ -205,8 +205,10 @@ def sample_batch(
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * n
     for step in range(max_new_tokens):
+        # A finished row draws nothing more from its generator (it feeds a dummy token), so the
+        # draws a dialogue's next turn starts from do not depend on its batch's other rows.
         picked = [
-            int(sample(logits[i : i + 1], temperature, 0, top_p, g))
+            0 if done[i] else int(sample(logits[i : i + 1], temperature, 0, top_p, g))
             for i, g in enumerate(generators)
         ]
         for i, t in enumerate(picked):

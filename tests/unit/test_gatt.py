@@ -179,10 +179,19 @@ def test_batched_sampling_matches_one_prompt_at_a_time(tiny):
     got = sample_batch(model, prompts, gens, 12, 0.0, 1.0, stop_ids=set())
     for p, (ids, ended) in zip(prompts, got, strict=True):
         assert ids == generate(model, p, max_new_tokens=12, temperature=0.0) and not ended
-    # a stop id ends a row (not kept) while the others run on
-    first = got[0][0][3]
-    stopped = sample_batch(model, prompts, gens, 12, 0.0, 1.0, stop_ids={first})
-    assert stopped[0] == (got[0][0][:3], True)
+    # sampled, with a stop id that ends one row early: every row's reply, and the state of its
+    # generator (where its next turn's draws start), are those of the row sampled alone
+    alone = sample_batch(model, prompts[:1], [torch.Generator().manual_seed(1)], 12, 1.0, 1.0,
+                         set())  # fmt: skip
+    stops = {alone[0][0][2]}
+    gens = [torch.Generator().manual_seed(k + 1) for k in range(3)]
+    together = sample_batch(model, prompts, gens, 12, 1.0, 1.0, stops)
+    assert together[0][1] and len(together[0][0]) <= 2  # the stop id itself is not kept
+    assert not all(ended for _, ended in together)  # the other rows ran on
+    for k, p in enumerate(prompts):
+        g = torch.Generator().manual_seed(k + 1)
+        assert sample_batch(model, [p], [g], 12, 1.0, 1.0, stops)[0] == together[k]
+        assert torch.equal(g.get_state(), gens[k].get_state())
 
 
 def _run(tiny, out, *extra, check=True):
