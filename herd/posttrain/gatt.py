@@ -32,8 +32,9 @@ builds them from the lists below; `--instructions F` reads one per line instead.
 
 Sampling is batched over dialogues (one turn of every dialogue in the batch at a time) on a
 `SlotKVCache`, each row at its own length; each dialogue samples from its own generator seeded by
-(seed, dialogue index), so its replies do not depend on the batch it lands in. Finished
-dialogues go to OUT.partial as they complete; a rerun with the same settings continues from it,
+(seed, dialogue index) and drawn from only for its own tokens, so its replies do not depend on
+the batch it lands in (up to the rounding of batched matrix products). Finished dialogues go to
+OUT.partial as they complete; a rerun with the same settings continues from it,
 and OUT itself is written once, atomically, at the end.
 """
 
