@@ -47,7 +47,7 @@ from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
 from herd.cli import main as herd_main
 from herd.model.transformer import build_model
-from herd.posttrain.gatt import sample_batch
+from herd.posttrain.batch_sampling import sample_batch
 from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints

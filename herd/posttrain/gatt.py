@@ -30,8 +30,8 @@ French") and public figures ("Act as e.g. Napoleon"), randomly combined, and hal
 shortened ("Always act as Napoleon from now" -> "Figure: Napoleon."). `synthetic_instructions`
 builds them from the lists below; `--instructions F` reads one per line instead.
 
-Sampling is batched over dialogues (one turn of every dialogue in the batch at a time) on a
-`SlotKVCache`, each row at its own length; each dialogue samples from its own generator seeded by
+Sampling is batched over dialogues (one turn of every dialogue in the batch at a time,
+herd/posttrain/batch_sampling.py); each dialogue samples from its own generator seeded by
 (seed, dialogue index) and drawn from only for its own tokens, so its replies do not depend on
 the batch it lands in (up to the rounding of batched matrix products). Finished dialogues go to
 OUT.partial as they complete; a rerun with the same settings continues from it,
@@ -49,8 +49,7 @@ import torch
 
 from herd.atomic_files import file_sha256, write_file_atomically
 from herd.errors import HerdError
-from herd.generation import sample
-from herd.model.cache import SlotKVCache
+from herd.posttrain.batch_sampling import sample_batch
 from herd.posttrain.chat_data import TOOL_ROLES, check_messages, read_rows, require_chat_format
 
 HOBBIES = ["tennis", "chess", "gardening", "photography", "rock climbing", "baking", "astronomy",
@@ -176,55 +175,6 @@ def training_rows(
             messages.append(reply)
         rows.append(messages)
     return rows
-
-
-@torch.inference_mode()
-def sample_batch(
-    model,
-    prompts: list[list[int]],
-    generators: list[torch.Generator],
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    stop_ids: set[int],
-) -> list[tuple[list[int], bool]]:
-    """(new ids without the stop token, whether a stop token ended it) for each prompt: prompts of
-    different lengths prefilled one by one into the rows of one SlotKVCache, then decoded together,
-    each row at its own position and sampled with its own generator."""
-    device = model.embed.weight.device
-    n = len(prompts)
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    cache = SlotKVCache(model.config, n, longest, device, model.embed.weight.dtype)
-    last = []
-    for i, p in enumerate(prompts):
-        tokens = torch.tensor([p], device=device)
-        pos = torch.arange(len(p), device=device).unsqueeze(0)
-        end = torch.tensor([len(p) - 1], device=device)
-        last.append(model(tokens, pos, cache.rows(i, i + 1, length=len(p)), last=end))
-    logits = torch.cat(last)
-    positions = [len(p) for p in prompts]
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * n
-    for step in range(max_new_tokens):
-        # A finished row draws nothing more from its generator (it feeds a dummy token), so the
-        # draws a dialogue's next turn starts from do not depend on its batch's other rows.
-        picked = [
-            0 if done[i] else int(sample(logits[i : i + 1], temperature, 0, top_p, g))
-            for i, g in enumerate(generators)
-        ]
-        for i, t in enumerate(picked):
-            if not done[i]:
-                done[i] = t in stop_ids
-                if not done[i]:
-                    out[i].append(t)
-        if all(done) or step + 1 == max_new_tokens:
-            break
-        tokens = torch.tensor(picked, device=device).unsqueeze(1)
-        pos = torch.tensor(positions, device=device).unsqueeze(1)
-        rows = cache.rows(0, n, length=max(positions) + 1)
-        logits = model(tokens, pos, rows)[:, -1]
-        positions = [p + 1 for p in positions]
-    return list(zip(out, done, strict=True))
 
 
 def _resume(partial: Path, header: dict) -> dict[int, dict]:

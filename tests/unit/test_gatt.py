@@ -1,5 +1,6 @@
-"""Tests of herd/posttrain/gatt.py (Ghost Attention data, `herd gatt`) and of the SFT loss flag it
-relies on ("weight": 0 on an assistant message, herd/tokenizer/chat.py and chat_data.py)."""
+"""Tests of herd/posttrain/gatt.py (Ghost Attention data, `herd gatt`) and what it relies on: the
+SFT loss flag ("weight": 0 on an assistant message, herd/tokenizer/chat.py and chat_data.py) and
+sampling prompts of different lengths together (herd/posttrain/batch_sampling.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from herd import load_tokenizer
 from herd.checkpoint.io import save_herd_folder
 from herd.errors import HerdError
 from herd.generation import generate
+from herd.posttrain.batch_sampling import sample_batch
 from herd.posttrain.chat_data import check_sft_row, load_sft
 from herd.posttrain.gatt import (
     FIGURES,
@@ -22,7 +24,6 @@ from herd.posttrain.gatt import (
     Dialogue,
     _sample_dialogues,
     read_instructions,
-    sample_batch,
     sampling_messages,
     sampling_settings,
     synthetic_instructions,
