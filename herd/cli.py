@@ -301,6 +301,85 @@ def _run_dpo(args: argparse.Namespace) -> None:
     run_dpo(args)
 
 
+def _add_gatt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dialogues",
+        required=True,
+        metavar="F",
+        help='multi-turn dialogues: JSONL or Parquet rows {"messages": [...]} (the SFT format); '
+        "their user turns (and system message) are kept, their assistant replies resampled",
+    )
+    p.add_argument(
+        "--instructions",
+        metavar="F",
+        default=None,
+        help="a UTF-8 text file, one instruction per line (# comments and blank lines skipped); "
+        "default: synthetic ones combining hobbies, languages and public figures, half of them "
+        "shortened (Llama 2 section 3.3)",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint that samples the replies (with a chat tokenizer)",
+    )
+    p.add_argument("--out", required=True, metavar="SFT.jsonl", help="the SFT rows to write")
+    p.add_argument(
+        "--seed", type=int, default=0, help="picks the instructions and seeds the sampling (0)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=128, help="longest sampled reply, in tokens (128)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (0.8)"
+    )
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (0.95)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="dialogues sampled together (8); each samples from its own seeded generator",
+    )
+    p.add_argument(
+        "--placement",
+        choices=["system", "first-user"],
+        default="system",
+        help="where the instruction stays in the written rows: the system message (in Llama "
+        "2's format, the <<SYS>> block that prefixes the first user turn) or appended to the "
+        "first user turn as it stood while sampling (default: system)",
+    )
+    p.add_argument(
+        "--every-turn",
+        action="store_true",
+        help="one row per assistant turn (the dialogue cut after it, that turn trained) instead "
+        "of one row per dialogue training its last turn",
+    )
+    p.add_argument(
+        "--keep-unfinished",
+        action="store_true",
+        help="keep rows whose trained reply hit --max-new-tokens before its end-of-turn token "
+        "(dropped by default)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (once the new is whole)"
+    )
+    options.add_device(p)
+    options.add_json(p, "the counts")
+    p.epilog = (
+        "Each dialogue gets one instruction; every assistant reply is sampled with the "
+        "instruction appended to every user turn; the rows written keep it in the first turn "
+        'only, and every assistant reply but the last carries "weight": 0, so `herd sft` '
+        "trains on the last turn alone. An interrupted run leaves OUT.partial; rerunning the "
+        "same command continues from it."
+    )
+
+
+def _run_gatt(args: argparse.Namespace) -> None:
+    from herd.posttrain.gatt import run_gatt
+
+    run_gatt(args)
+
+
 def _add_ppo(p: argparse.ArgumentParser) -> None:
     _add_posttrain(
         p,
@@ -500,6 +579,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "direct preference optimisation of a checkpoint on preference pairs (Llama 3 recipe)",
         _add_dpo,
         _run_dpo,
+    ),
+    "gatt": (
+        "Ghost Attention data: dialogues resampled to follow an instruction (Llama 2 sec. 3.3)",
+        _add_gatt,
+        _run_gatt,
     ),
     "rm": (
         "train reward models on preference pairs (Llama 2 recipe), score and evaluate them",

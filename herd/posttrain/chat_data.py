@@ -10,7 +10,9 @@ SFT rows (Llama 2 paper, section 3.1; Llama 3 paper, section 4.1):
     {"messages": [{"role": "system"|"user"|"assistant"|"tool"|"ipython", "content": str,
                    "tool_calls": [...] (assistant only, optional)}, ...]}
 An SFT example is `encode_dialog(messages, add_generation_prompt=False)`: its ids, and a loss mask
-that is 1 on the assistant's content and its end-of-turn token.
+that is 1 on the assistant's content and its end-of-turn token. An assistant message with
+"weight": 0 (OpenAI's fine-tuning flag; 1 is the default) stays in the context with a mask of 0:
+Ghost Attention's rows train on their last turn alone this way (herd/posttrain/gatt.py).
 
 DPO rows follow TRL's conversational preference format:
     {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
@@ -209,8 +211,20 @@ def check_sft_row(row: object, chat_format: str) -> list[dict]:
     if not isinstance(row, dict) or "messages" not in row:
         raise ValueError("expected an object with a 'messages' list")
     messages = check_messages(row["messages"], chat_format)
-    if not any(m["role"] == "assistant" for m in messages):
+    replies = [m for m in messages if m["role"] == "assistant"]
+    if not replies:
         raise ValueError("no assistant turn (nothing to train on)")
+    for i, m in enumerate(messages):
+        if "weight" not in m:
+            continue
+        weight = m["weight"]
+        if m["role"] != "assistant" or isinstance(weight, bool) or weight not in (0, 1):
+            raise ValueError(
+                f"message {i} ({m['role']}) has weight {weight!r}; expected 0 or 1 on an "
+                "assistant message"
+            )
+    if all(m.get("weight", 1) == 0 for m in replies):
+        raise ValueError("every assistant turn has weight 0 (nothing to train on)")
     return messages
 
 

@@ -8,6 +8,11 @@ Messages are OpenAI-style dicts: {"role": "system"|"user"|"assistant"|"tool"|"ip
 "content": str}; an assistant message may carry "tool_calls": [{"function": {"name": ...,
 "arguments": {...} or a JSON string}}] and "stop_reason": "end_of_turn"|"end_of_message".
 
+An assistant message may carry "weight": 0 (or 1, the default), the per-message loss flag of
+OpenAI's fine-tuning format (axolotl reads the same key): 0 keeps the message in the context but
+gives its tokens a mask of 0, so SFT computes no loss on them. Ghost Attention needs it: its rows
+train on the last turn only (Llama 2 paper, section 3.3; herd/posttrain/gatt.py).
+
 Llama 3 follows llama-models' `ChatFormat` (llama3/chat_format.py): each message is
 <|start_header_id|>role<|end_header_id|>\\n\\n + content + <|eot_id|> (or <|eom_id|> when the assistant
 stops to let a tool run); content is not stripped; tool results use the "ipython" role; a call of
@@ -51,6 +56,19 @@ def _check(messages: list[dict]) -> None:
             )
         if not isinstance(m.get("content", ""), str):
             raise HerdError(f"dialog: message {i} content must be a string")
+        if "weight" in m:
+            weight = m["weight"]
+            if m["role"] != "assistant":
+                raise HerdError(
+                    f"dialog: message {i} ({m['role']}) has 'weight'; only assistant messages may"
+                )
+            if isinstance(weight, bool) or weight not in (0, 1):
+                raise HerdError(f"dialog: message {i} has weight {weight!r}, expected 0 or 1")
+
+
+def _weight(message: dict) -> int:
+    """Mask value of a message's tokens: 1 on an assistant message unless its "weight" is 0."""
+    return int(message["role"] == "assistant" and message.get("weight", 1) == 1)
 
 
 def _tool_calls(message: dict, index: int) -> list[tuple[str, dict]]:
@@ -114,8 +132,7 @@ def encode_llama3(tok, messages: list[dict], add_generation_prompt: bool) -> Enc
         eom = m["role"] == "assistant" and stop == "end_of_message"
         body.append(special["<|eom_id|>" if eom else "<|eot_id|>"])
         ids += head + body
-        weight = 1 if m["role"] == "assistant" else 0
-        mask += [0] * len(head) + [weight] * len(body)
+        mask += [0] * len(head) + [_weight(m)] * len(body)
     if add_generation_prompt:
         head = header("assistant")
         ids += head
@@ -151,7 +168,7 @@ def encode_llama2(tok, messages: list[dict], add_generation_prompt: bool) -> Enc
         while n < min(len(head), len(full)) and head[n] == full[n]:
             n += 1
         ids += full
-        mask += [0] * n + [1] * (len(full) - n)
+        mask += [0] * n + [_weight(a)] * (len(full) - n)
     if len(dialog) % 2 == 1:
         last = tok.encode(f"{B_INST} {dialog[-1].get('content', '').strip()} {E_INST}", bos=True)
         ids += last
