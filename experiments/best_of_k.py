@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (out / "best_of_k.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "best_of_k.md").write_text(report + "\n")
-    print(f"wrote {out / 'best_of_k.json'}, {out / 'best_of_k.md'}, best_of_k.png, rm_score_differences.png")
+    print(
+        f"wrote {out / 'best_of_k.json'}, {out / 'best_of_k.md'}, best_of_k.png, rm_score_differences.png"
+    )
     return summary
 
 

@@ -46,8 +46,8 @@ import torch
 from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
 from herd.cli import main as herd_main
+from herd.generation import generate_batch
 from herd.model.transformer import build_model
-from herd.posttrain.batch_sampling import sample_batch
 from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints
@@ -145,9 +145,9 @@ def follow_rates(checkpoint: Path, dialogues: list, system: bool) -> dict[str, l
             h.append({"role": "user", "content": pairs[t][0]})
             prompts.append(tok.encode_dialog(h, add_generation_prompt=True).ids)
         gens = [torch.Generator() for _ in prompts]
-        sampled = sample_batch(model, prompts, gens, 24, 0.0, 1.0, stops)
-        for h, pairs, (ids, _) in zip(histories, dialogues, sampled, strict=True):
-            reply = tok.decode(ids, skip_special=True).strip()
+        sampled = generate_batch(model, prompts, 24, 0.0, stop_ids=sorted(stops), generators=gens)
+        for h, pairs, ids in zip(histories, dialogues, sampled, strict=True):
+            reply = tok.decode([t for t in ids if t not in stops], skip_special=True).strip()
             answer = pairs[t][1].upper() if system else pairs[t][1]
             rule[t] += in_case(reply, upper=system)
             exact[t] += reply == answer

@@ -271,6 +271,7 @@ def generate_batch(
     seed: int = 0,
     stop_ids: Sequence[int] = (),
     num_samples: int = 1,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> list[list[int]]:
     """New token ids for prompts of different lengths, `num_samples` rows each, decoded as one
     batch: len(prompts) x num_samples lists, prompt-major, each ending at its first stop id
@@ -280,8 +281,11 @@ def generate_batch(
     padding. Each prompt is prefilled once, into its first row, and its KV copied to its other
     rows (as `num_samples` does in `stream_generate`); then every row decodes together. Rows
     that have stopped keep decoding until all have (fixed shapes), their tokens dropped.
-    Sampling draws one batch of noise per step, so a row's tokens depend on the batch it is in
-    (greedy rows do not: each equals `generate` on its prompt alone).
+    Sampling draws one batch of noise per step from a generator seeded with `seed`, so a row's
+    tokens depend on the batch it is in (greedy rows do not: each equals `generate` on its prompt
+    alone). With `generators`, one per row, each row samples from its own and draws from it only
+    while it runs: what a prompt gets, and where its generator is left, do not depend on the rows
+    beside it (GAtt samples a dialogue's turns from one generator, whatever the batch).
     """
     from herd.model.cache import SlotKVCache
 
@@ -302,6 +306,8 @@ def generate_batch(
     if any(min(p) < 0 or max(p) >= config.vocab_size for p in prompts):
         raise HerdError(f"prompt token ids must be in [0, {config.vocab_size})")
     k, rows = num_samples, len(prompts) * num_samples
+    if generators is not None and len(generators) != rows:
+        raise HerdError(f"{len(generators)} generators for {rows} rows (one per prompt and sample)")
     cache = SlotKVCache(config, rows, longest, device, model.embed.weight.dtype)
     firsts = []
     for i, prompt in enumerate(prompts):
@@ -320,7 +326,14 @@ def generate_batch(
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
     for step in range(max_new_tokens):
-        token = sample(logits, temperature, top_k, top_p, generator)
+        if generators is None:
+            token = sample(logits, temperature, top_k, top_p, generator)
+        else:  # a row that has stopped feeds a dummy token and draws nothing
+            token = torch.cat([
+                logits.new_zeros(1, dtype=torch.long) if done[r]
+                else sample(logits[r : r + 1], temperature, top_k, top_p, g)
+                for r, g in enumerate(generators)
+            ])  # fmt: skip
         for r, t in enumerate(token.tolist()):
             if not done[r]:
                 out[r].append(t)

@@ -49,7 +49,7 @@ import torch
 
 from herd.atomic_files import file_sha256, write_file_atomically
 from herd.errors import HerdError
-from herd.posttrain.batch_sampling import sample_batch
+from herd.generation import generate_batch
 from herd.posttrain.chat_data import TOOL_ROLES, check_messages, read_rows, require_chat_format
 
 HOBBIES = ["tennis", "chess", "gardening", "photography", "rock climbing", "baking", "astronomy",
@@ -331,11 +331,14 @@ def _sample_dialogues(
             prompts.append(ids)
         if not active:
             break
-        sampled = sample_batch(
-            model, prompts, [gens[i] for i in active], max_new_tokens, temperature, top_p, stop_ids
-        )
-        for i, (ids, ended) in zip(active, sampled, strict=True):
-            records[i]["replies"].append(tok.decode(ids, skip_special=True).strip())
+        sampled = generate_batch(
+            model, prompts, max_new_tokens, temperature, top_p,
+            stop_ids=sorted(stop_ids), generators=[gens[i] for i in active],
+        )  # fmt: skip
+        for i, ids in zip(active, sampled, strict=True):
+            ended = bool(ids) and ids[-1] in stop_ids
+            content = ids[:-1] if ended else ids
+            records[i]["replies"].append(tok.decode(content, skip_special=True).strip())
             records[i]["finished"].append(ended)
     return [records[i] for i in batch]
 

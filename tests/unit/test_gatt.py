@@ -14,8 +14,7 @@ import herd
 from herd import load_tokenizer
 from herd.checkpoint.io import save_herd_folder
 from herd.errors import HerdError
-from herd.generation import generate
-from herd.posttrain.batch_sampling import sample_batch
+from herd.generation import generate, generate_batch
 from herd.posttrain.chat_data import check_sft_row, load_sft
 from herd.posttrain.gatt import (
     FIGURES,
@@ -174,24 +173,27 @@ def tiny(tmp_path_factory):
 
 
 def test_batched_sampling_matches_one_prompt_at_a_time(tiny):
+    """generate_batch with a generator per row (as gatt samples): greedy rows equal `generate`;
+    sampled rows, and where each row leaves its generator, equal the row sampled alone."""
     _, _, model, tok = tiny
     prompts = [tok.encode(t, bos=True) for t in ("The quick", "SELECT id, name FROM", "Le")]
     gens = [torch.Generator().manual_seed(0) for _ in prompts]
-    got = sample_batch(model, prompts, gens, 12, 0.0, 1.0, stop_ids=set())
-    for p, (ids, ended) in zip(prompts, got, strict=True):
-        assert ids == generate(model, p, max_new_tokens=12, temperature=0.0) and not ended
+    got = generate_batch(model, prompts, 12, 0.0, generators=gens)
+    for p, ids in zip(prompts, got, strict=True):
+        assert ids == generate(model, p, max_new_tokens=12, temperature=0.0)
     # sampled, with a stop id that ends one row early: every row's reply, and the state of its
     # generator (where its next turn's draws start), are those of the row sampled alone
-    alone = sample_batch(model, prompts[:1], [torch.Generator().manual_seed(1)], 12, 1.0, 1.0,
-                         set())  # fmt: skip
-    stops = {alone[0][0][2]}
+    alone = generate_batch(
+        model, prompts[:1], 12, 1.0, generators=[torch.Generator().manual_seed(1)]
+    )
+    stops = [alone[0][2]]
     gens = [torch.Generator().manual_seed(k + 1) for k in range(3)]
-    together = sample_batch(model, prompts, gens, 12, 1.0, 1.0, stops)
-    assert together[0][1] and len(together[0][0]) <= 2  # the stop id itself is not kept
-    assert not all(ended for _, ended in together)  # the other rows ran on
+    together = generate_batch(model, prompts, 12, 1.0, stop_ids=stops, generators=gens)
+    assert together[0][-1] == stops[0] and len(together[0]) <= 3  # the stop id ends the row
+    assert not all(row[-1] in stops for row in together)  # the other rows ran on
     for k, p in enumerate(prompts):
         g = torch.Generator().manual_seed(k + 1)
-        assert sample_batch(model, [p], [g], 12, 1.0, 1.0, stops)[0] == together[k]
+        assert generate_batch(model, [p], 12, 1.0, stop_ids=stops, generators=[g])[0] == together[k]
         assert torch.equal(g.get_state(), gens[k].get_state())
 
 
