@@ -31,7 +31,7 @@ shortened ("Always act as Napoleon from now" -> "Figure: Napoleon."). `synthetic
 builds them from the lists below; `--instructions F` reads one per line instead.
 
 Sampling is batched over dialogues (one turn of every dialogue in the batch at a time,
-herd/posttrain/batch_sampling.py); each dialogue samples from its own generator seeded by
+`herd.generation.generate_batch`); each dialogue samples from its own generator seeded by
 (seed, dialogue index) and drawn from only for its own tokens, so its replies do not depend on
 the batch it lands in (up to the rounding of batched matrix products). Finished dialogues go to
 OUT.partial as they complete; a rerun with the same settings continues from it,

@@ -1,6 +1,6 @@
 """Tests of herd/posttrain/gatt.py (Ghost Attention data, `herd gatt`) and what it relies on: the
 SFT loss flag ("weight": 0 on an assistant message, herd/tokenizer/chat.py and chat_data.py) and
-sampling prompts of different lengths together (herd/posttrain/batch_sampling.py)."""
+sampling prompts of different lengths together (`herd.generation.generate_batch`)."""
 
 from __future__ import annotations
 
