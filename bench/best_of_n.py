@@ -10,7 +10,9 @@ weights, and both ratios printed:
 - a batch of K copies: one `herd.generate` call on K copies of the prompt, which prefills all K
   (batched sampling without sharing; the stricter comparison).
 Every form draws `--new-tokens` tokens per sample at temperature 1 (no stop token: a random model),
-so each does the same decoding work and differs only in how the prompt is prefilled.
+so each does the same decoding work and differs only in how the prompt is prefilled. The issue's
+target (at least 2x) is judged against K calls, K independent generations as the issue words it;
+the ratio to a batch of copies is printed beside it.
 
     .venv/bin/python bench/best_of_n.py                       # ~2 minutes on 2 CPU cores
     .venv/bin/python bench/best_of_n.py --k 4,16 --prompt-tokens 1024 --device cuda
@@ -115,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{copies * 1000:7.0f} ms ({row['vs_batch_of_copies']:.2f}x), K calls "
                 f"{calls * 1000:7.0f} ms ({row['vs_k_calls']:.2f}x)"
             )
-    worst = min(min(r["vs_batch_of_copies"], r["vs_k_calls"]) for r in rows)
+    calls = min(r["vs_k_calls"] for r in rows)
+    copies = [r["vs_batch_of_copies"] for r in rows]
     print(
-        f"\nshared prefill vs K independent generations, smallest ratio: {worst:.2f}x "
-        f"(target >= 2x: {'met' if worst >= 2 else 'NOT met'})"
+        f"\nshared prefill vs K independent generate calls, smallest ratio: {calls:.2f}x "
+        f"(target >= 2x: {'met' if calls >= 2 else 'NOT met'})"
+    )
+    print(
+        f"shared prefill vs one batch of K prefilled copies: {min(copies):.2f}x to "
+        f"{max(copies):.2f}x (the saving grows with the prompt's share of the work)"
     )
     print(
         f"model: dim {args.dim}, {args.layers} layers, {dtype} on {device}; "
