@@ -245,7 +245,7 @@ def test_cli_runs_and_bad_input_is_one_line(setup, tmp_path):
     config.write_text("[ppo]\nbatch_size = 6\nmini_batch_size = 4\n")
     bad = [
         ((config, *args), "ppo.batch_size 6: expected a multiple of ppo.mini_batch_size 4"),
-        ((*args, "--ppo.reward_model", root / "sft"), "not a reward model"),
+        ((*args, "--ppo.reward_model", root / "sft"), "needs a reward model"),
         ((*args, "--ppo.kl_estimator", "k2"), "ppo.kl_estimator 'k2': expected k1 or k3"),
         ((*args, "--ppo.temperature", "0"), "ppo.temperature 0.0: expected > 0"),
         ((*args, "--ppo.nope", "1"), "unknown key 'ppo.nope'"),
