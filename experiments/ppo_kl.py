@@ -57,15 +57,39 @@ WORDS = [
 ]
 
 
-def _good(vocab_size: int):
+def good_tokens(vocab_size: int):
+    """u(t) = ±1: a fixed, seeded half of the vocabulary is good."""
     import torch
 
     return torch.randperm(vocab_size, generator=torch.Generator().manual_seed(7)) % 2 * 2.0 - 1
 
 
+def rule_reward_model(config) -> dict:
+    """The weights of a reward model (config.head "score") whose score is known by rule: it
+    rises with the share of good tokens (`good_tokens`) in the conversation. u(t) sits in
+    dimension 0 of each embedding; attention with zero queries and keys averages it over the
+    conversation into dimension 1 (no embedding uses it), the MLPs add nothing, and the head
+    reads dimension 1 after the final norm. tests/unit/test_ppo_run.py uses it too."""
+    import torch
+
+    import herd
+
+    model = herd.build_model(config, seed=3)
+    with torch.no_grad():
+        model.embed.weight[:, 0] = 0.05 * good_tokens(config.vocab_size)
+        model.embed.weight[:, 1] = 0.0
+        for block in model.layers:
+            for w in (block.attn.wq, block.attn.wk, block.attn.wv, block.attn.wo, block.ffn.w2):
+                w.weight.zero_()
+            block.attn.wv.weight[0, 0] = 0.1
+            block.attn.wo.weight[1, 0] = 0.05
+        model.output.weight.zero_()
+        model.output.weight[0, 1] = 4.0
+    return model.state_dict()
+
+
 def build(out: Path) -> tuple[Path, object, list[dict], list[dict]]:
     """Tokenizer, the start policy, the reward model and the train / held-out prompts."""
-    import torch
 
     import herd
     from herd.checkpoint.io import save_herd_folder
@@ -83,21 +107,7 @@ def build(out: Path) -> tuple[Path, object, list[dict], list[dict]]:
         policy, herd.build_model(policy, seed=0).state_dict(), out / "sft", tok.files(), True
     )
     rm_config = herd.ModelConfig(vocab_size=tok.vocab_size, head="score", **shape)
-    rm = herd.build_model(rm_config, seed=3)
-    with torch.no_grad():
-        # u(t) = ±1 in dimension 0 of each embedding; attention with zero queries and keys
-        # averages it over the conversation into dimension 1 (no embedding uses it), the MLPs
-        # add nothing, and the head reads dimension 1 after the final norm
-        rm.embed.weight[:, 0] = 0.05 * _good(tok.vocab_size)
-        rm.embed.weight[:, 1] = 0.0
-        for block in rm.layers:
-            for w in (block.attn.wq, block.attn.wk, block.attn.wv, block.attn.wo, block.ffn.w2):
-                w.weight.zero_()
-            block.attn.wv.weight[0, 0] = 0.1
-            block.attn.wo.weight[1, 0] = 0.05
-        rm.output.weight.zero_()
-        rm.output.weight[0, 1] = 4.0
-    save_herd_folder(rm_config, rm.state_dict(), out / "rm", tok.files(), True)
+    save_herd_folder(rm_config, rule_reward_model(rm_config), out / "rm", tok.files(), True)
     # held-out prompts name words that no training prompt names
     train = [{"prompt": f"say {a} {b}"} for a in WORDS[:10] for b in WORDS[:10] if a != b]
     held = [{"prompt": f"say {a} {b}"} for a in WORDS[10:] for b in WORDS[10:] if a != b]
@@ -122,7 +132,7 @@ def evaluate(runner, prompts: list[dict], samples: int, seed: int, reference: bo
     )
     from herd.tokenizer.chat import encode_dialog
 
-    tok, good = runner.tokenizer, _good(runner.tokenizer.vocab_size) > 0
+    tok, good = runner.tokenizer, good_tokens(runner.tokenizer.vocab_size) > 0
     messages = [[{"role": "user", "content": p["prompt"]}] for p in prompts for _ in range(samples)]
     ids = [encode_dialog(tok, m, add_generation_prompt=True).ids for m in messages]
     runner.policy.eval()

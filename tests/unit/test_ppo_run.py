@@ -14,6 +14,8 @@ raises it, which no unrelated change can do.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +28,10 @@ from herd.posttrain.ppo_run import PPO_DEFAULTS, TIMING_FIELDS, PPORunner
 from herd.train.config import load_run_config
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
+
+# the reward model known by rule, shared with the study (experiments/ppo_kl.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from ppo_kl import rule_reward_model
 
 SHAPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=96)
 WORDS = [
@@ -44,28 +50,6 @@ WORDS = [
 ]
 
 
-def _good(vocab_size: int) -> torch.Tensor:
-    """u(t) = ±1: a fixed, seeded half of the vocabulary is good."""
-    return torch.randperm(vocab_size, generator=torch.Generator().manual_seed(7)) % 2 * 2.0 - 1
-
-
-def _reward_model_weights(config) -> dict[str, torch.Tensor]:
-    model = herd.build_model(config, seed=3)
-    with torch.no_grad():
-        model.embed.weight[:, 0] = 0.05 * _good(config.vocab_size)
-        model.embed.weight[:, 1] = 0.0
-        for block in model.layers:
-            for w in (block.attn.wq, block.attn.wk, block.attn.wv, block.attn.wo, block.ffn.w2):
-                w.weight.zero_()
-            # dimension 0 into kv head 0's first channel, read by query head 0 and written to
-            # dimension 1, which no embedding uses: the head reads the mean of u alone there
-            block.attn.wv.weight[0, 0] = 0.1
-            block.attn.wo.weight[1, 0] = 0.05
-        model.output.weight.zero_()
-        model.output.weight[0, 1] = 4.0
-    return model.state_dict()
-
-
 def make_checkpoints(root):
     """A tiny SFT policy, the reward model above and a prompt file under `root`."""
     corpus = root / "corpus.txt"
@@ -76,7 +60,7 @@ def make_checkpoints(root):
         policy, herd.build_model(policy, seed=0).state_dict(), root / "sft", tok.files()
     )
     rm = herd.ModelConfig(vocab_size=tok.vocab_size, head="score", **SHAPE)
-    save_herd_folder(rm, _reward_model_weights(rm), root / "rm", tok.files())
+    save_herd_folder(rm, rule_reward_model(rm), root / "rm", tok.files())
     prompts = root / "prompts.jsonl"
     rows = [{"prompt": f"say {a} {b}"} for a in WORDS[:6] for b in WORDS[6:8]]
     rows[1] = {"messages": [{"role": "user", "content": "name a colour"}], "safety": True}
