@@ -44,7 +44,7 @@ from herd.posttrain.dpo import (
     dpo_loss,
     preference_logps,
 )
-from herd.posttrain.preference_batches import PairBatch, PreferenceBatches
+from herd.posttrain.preference_batches import PairBatch, PreferenceBatches, pair_weighted_means
 from herd.posttrain.reference_tables import (
     record_tables,
     reference_fingerprint,
@@ -192,16 +192,9 @@ class DPOObjective:
 
     def read_metrics(self) -> dict[str, float]:
         """TRL's metrics, means over the pairs since the last read (one host read)."""
-        if not self._metrics:
-            return {}
-        names = list(self._metrics[0][1])
-        weights = torch.tensor([n for n, _ in self._metrics], dtype=torch.float64)
-        values = torch.stack(
-            [torch.stack([m[k].double() for k in names]) for _, m in self._metrics]
-        ).cpu()
+        means = pair_weighted_means(self._metrics)
         self._metrics.clear()
-        means = (values * weights[:, None]).sum(0) / weights.sum()
-        return dict(zip(names, means.tolist(), strict=True))
+        return means
 
 
 def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:

@@ -104,3 +104,17 @@ class PreferenceBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.order.load_state_dict(state)
+
+
+def pair_weighted_means(records: list) -> dict[str, float]:
+    """Means of logged batch metrics, each batch weighted by its pairs: `records` is a list of
+    (pairs, {name: 0-d tensor}); one host read for all of them."""
+    import torch
+
+    if not records:
+        return {}
+    names = list(records[0][1])
+    weights = torch.tensor([n for n, _ in records], dtype=torch.float64)
+    values = torch.stack([torch.stack([m[k].double() for k in names]) for _, m in records]).cpu()
+    means = (values * weights[:, None]).sum(0) / weights.sum()
+    return dict(zip(names, means.tolist(), strict=True))

@@ -30,7 +30,7 @@ import sys
 import torch
 
 from herd.errors import HerdError
-from herd.posttrain.preference_batches import PairBatch, PreferenceBatches
+from herd.posttrain.preference_batches import PairBatch, PreferenceBatches, pair_weighted_means
 from herd.posttrain.reward import (
     LEVELS,
     check_margin_table,
@@ -151,16 +151,9 @@ class RewardObjective:
 
     def read_metrics(self) -> dict[str, float]:
         """The batch metrics, means over the pairs since the last read (one host read)."""
-        if not self._metrics:
-            return {}
-        names = list(self._metrics[0][1])
-        weights = torch.tensor([n for n, _ in self._metrics], dtype=torch.float64)
-        values = torch.stack(
-            [torch.stack([m[k].double() for k in names]) for _, m in self._metrics]
-        ).cpu()
+        means = pair_weighted_means(self._metrics)
         self._metrics.clear()
-        means = (values * weights[:, None]).sum(0) / weights.sum()
-        return dict(zip(names, means.tolist(), strict=True))
+        return means
 
 
 def resolve_schedule(run: RunConfig, train_pairs: int) -> None:

@@ -31,23 +31,9 @@ from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
 # the reward model known by rule, shared with the study (experiments/ppo_kl.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from ppo_kl import rule_reward_model
+from ppo_kl import WORDS, rule_reward_model
 
 SHAPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=96)
-WORDS = [
-    "red",
-    "green",
-    "blue",
-    "cat",
-    "dog",
-    "sun",
-    "moon",
-    "tree",
-    "river",
-    "stone",
-    "apple",
-    "bread",
-]
 
 
 def make_checkpoints(root):
