@@ -34,8 +34,6 @@ from pathlib import Path
 
 from herd.errors import HerdError
 
-SAFETY_THRESHOLD = 0.15  # Llama 2 section 3.2.2: below it the safety score decides
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from herd import options
@@ -144,18 +142,18 @@ def read_pool(paths: list[str]) -> dict[str, list[str]]:
 def combined_rewards(
     helpful: list[float], safety: list[float] | None, safety_prompt: bool
 ) -> list[float]:
-    """Each candidate's reward in (0, 1): sigmoid of the helpfulness score, or Llama 2's R_c."""
+    """Each candidate's reward in (0, 1): sigmoid of the helpfulness score, or Llama 2's R_c
+    (herd.posttrain.ppo.combine_rewards); -inf for an empty reply (scored -inf), never kept."""
+    import torch
 
-    def prob(score: float) -> float:
-        return 1.0 / (1.0 + math.exp(-score)) if score > -math.inf else -math.inf
+    from herd.posttrain.ppo import combine_rewards
 
-    if safety is None:
-        return [prob(h) for h in helpful]
-    out = []
-    for h, s in zip(helpful, safety, strict=True):
-        r_s = prob(s)
-        out.append(r_s if safety_prompt or r_s < SAFETY_THRESHOLD else prob(h))
-    return out
+    h = torch.tensor(helpful, dtype=torch.float64)
+    out = torch.sigmoid(h)
+    if safety is not None:
+        r_s = torch.sigmoid(torch.tensor(safety, dtype=torch.float64))
+        out = combine_rewards(out, r_s, torch.full_like(h, safety_prompt, dtype=torch.bool))
+    return out.masked_fill(h == -math.inf, -math.inf).tolist()
 
 
 def sample_responses(model, tok, messages: list[dict], args, seed: int) -> list[str]:
