@@ -230,13 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    items = pt.split_items(args)
-    corpus = pt.pretraining_corpus(args, items, out / "pretrain_corpus")
-    rows = pt.chat_rows(args, items)
-    (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        pt.train_bpe([corpus], args.vocab_size, tok_dir, overwrite=True, show_progress=False)
+    items, corpus, tok_dir = pt.write_inputs(args, out)
     start, _ = pt.pretrain(args, tok_dir, corpus, out)
     sft, _ = pt.sft(args, out, "pretrained", start)
 

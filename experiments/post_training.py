@@ -695,13 +695,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
+def write_inputs(args: argparse.Namespace, out: Path) -> tuple[dict, Path, Path]:
+    """The items, the pretraining prose, OUT/sft.jsonl and the BPE (trained once): what every
+    stage reads (experiments/best_of_k.py starts from them too)."""
     items = split_items(args)
     corpus = pretraining_corpus(args, items, out / "pretrain_corpus")
     rows = chat_rows(args, items)
@@ -710,6 +706,17 @@ def main(argv: list[str] | None = None) -> dict:
     if not (tok_dir / "tokenizer.json").exists():
         print(f"training a {args.vocab_size}-token BPE on the pretraining prose")
         train_bpe([corpus], args.vocab_size, tok_dir, overwrite=True, show_progress=False)
+    return items, corpus, tok_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    items, corpus, tok_dir = write_inputs(args, out)
     prompts = {"held_out": eval_prompts(args, items, "held_out"),
                "train": eval_prompts(args, items, "train")}  # fmt: skip
 
