@@ -387,9 +387,17 @@ def load_sft(
 
 
 def load_dpo(
-    tok, sources: str | Path | list, max_len: int, strict: bool = False, split: str = "train"
+    tok,
+    sources: str | Path | list,
+    max_len: int,
+    strict: bool = False,
+    split: str = "train",
+    extend=None,
 ) -> ChatData:
-    """DPO examples of `sources` whose prompt plus longer response fits `max_len` tokens."""
+    """DPO examples of `sources` whose prompt plus longer response fits `max_len` tokens.
+    `extend(row, example)`, when given, makes each kept example from its row (the reward
+    model's rating and margin, herd/posttrain/reward_data.py); a ValueError from it makes the
+    row malformed like any other problem."""
     chat_format = require_chat_format(tok)
     data = ChatData()
     for source in _sources(sources):
@@ -397,6 +405,8 @@ def load_dpo(
             data.counts["rows"] += 1
             try:
                 example = encode_dpo(tok, *check_dpo_row(row, chat_format), where)
+                if extend is not None:
+                    example = extend(row, example)
             except ValueError as e:
                 _problem(data, where, e, strict)
                 continue

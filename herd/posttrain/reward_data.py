@@ -16,15 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.posttrain.chat_data import (
-    ChatData,
-    _problem,
-    _sources,
-    check_dpo_row,
-    encode_dpo,
-    read_rows,
-    require_chat_format,
-)
+from herd.posttrain.chat_data import ChatData, load_dpo
 from herd.posttrain.reward import pair_margin, parse_rating
 
 
@@ -68,32 +60,18 @@ def load_reward_pairs(
 ) -> ChatData:
     """Reward examples of `sources` whose prompt plus longer response fits `max_len` tokens,
     margins from the `margin` table (none, small, large) unless a row gives its own."""
-    chat_format = require_chat_format(tok)
-    data = ChatData()
-    for source in _sources(sources):
-        for where, row in read_rows(source, split):
-            data.counts["rows"] += 1
-            try:
-                pair = check_dpo_row(row, chat_format)
-                level, explicit = _rating_and_margin(row)
-                e = encode_dpo(tok, *pair, where)
-            except ValueError as error:
-                _problem(data, where, error, strict)
-                continue
-            if len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_len:
-                data.counts["too_long"] += 1
-                continue
-            data.examples.append(
-                RewardExample(
-                    e.prompt_ids,
-                    e.chosen_ids,
-                    e.chosen_mask,
-                    e.rejected_ids,
-                    e.rejected_mask,
-                    where,
-                    level,
-                    pair_margin(level, explicit, margin),
-                )
-            )
-    data.counts["kept"] = len(data.examples)
-    return data
+
+    def rated(row: dict, e) -> RewardExample:
+        level, explicit = _rating_and_margin(row)
+        return RewardExample(
+            e.prompt_ids,
+            e.chosen_ids,
+            e.chosen_mask,
+            e.rejected_ids,
+            e.rejected_mask,
+            e.source,
+            level,
+            pair_margin(level, explicit, margin),
+        )
+
+    return load_dpo(tok, sources, max_len, strict, split, extend=rated)
