@@ -16,6 +16,18 @@ import httpx
 from tests.serve.conftest import free_port
 
 
+def wait_until_healthy(url: str, timeout: float = 120) -> None:
+    """Poll GET /health until the server answers 200 (the model is loaded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 def test_help_explains_every_option():
     from herd.cli import build_parser
 
@@ -37,14 +49,7 @@ def test_serve_process_answers_and_drains_on_sigterm(checkpoint, tmp_path):
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_healthy(url)
         r = httpx.post(
             url + "/v1/completions",
             json={"model": "tiny", "prompt": "The", "max_tokens": 3},
@@ -97,14 +102,7 @@ def test_overload_answers_429_and_memory_stays_bounded(checkpoint):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_healthy(url)
 
         async def burst(n: int) -> list[int]:
             limits = httpx.Limits(max_connections=n)
