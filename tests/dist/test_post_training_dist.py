@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.posttrain.reference_tables import reference_files
-from herd.vocab.bpe import train_bpe
 from tests.dist.launch import torchrun
+from tests.sums_tokenizer import sums_tokenizer
 
 CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
 LORA = {"lora.r": "4", "lora.target_modules": "q_proj,v_proj,down_proj"}
@@ -29,11 +29,7 @@ LORA = {"lora.r": "4", "lora.target_modules": "q_proj,v_proj,down_proj"}
 def setup(tmp_path_factory):
     """A start checkpoint with a chat tokenizer, 48 conversations and 48 preference pairs."""
     root = tmp_path_factory.mktemp("posttrain")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10)) * 3
-    )
-    tok = herd.load_tokenizer(train_bpe([corpus], 400, root / "tok", show_progress=False))
+    tok = sums_tokenizer(root)
     config = herd.ModelConfig(vocab_size=tok.vocab_size, **CONFIG)
     save_herd_folder(
         config, herd.build_model(config, seed=0).state_dict(), root / "base", tok.files()

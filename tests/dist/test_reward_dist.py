@@ -12,8 +12,8 @@ import pytest
 
 import herd
 from herd.checkpoint.io import save_herd_folder
-from herd.vocab.bpe import train_bpe
 from tests.dist.launch import torchrun
+from tests.sums_tokenizer import sums_tokenizer
 
 CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
 RATINGS = ["significantly better", "better", "slightly better", "unsure"]
@@ -22,11 +22,7 @@ RATINGS = ["significantly better", "better", "slightly better", "unsure"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rm-dist")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10)) * 3
-    )
-    tok = herd.load_tokenizer(train_bpe([corpus], 400, root / "tok", show_progress=False))
+    tok = sums_tokenizer(root)
     config = herd.ModelConfig(vocab_size=tok.vocab_size, **CONFIG)
     save_herd_folder(
         config, herd.build_model(config, seed=0).state_dict(), root / "base", tok.files()

@@ -13,8 +13,8 @@ from safetensors import safe_open
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.posttrain.reward import conversation_ids, load_reward_model, score_sequences
-from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
+from tests.sums_tokenizer import sums_tokenizer
 
 CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
 RATINGS = ["significantly better", "better", "slightly better", "unsure"]
@@ -42,11 +42,7 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10)) * 3
-    )
-    tok = herd.load_tokenizer(train_bpe([corpus], 400, root / "tok", show_progress=False))
+    tok = sums_tokenizer(root)
     # tied, as small chat models are: the reward model unties (its head is its own matrix)
     config = herd.ModelConfig(vocab_size=tok.vocab_size, tie_embeddings=True, **CONFIG)
     base = root / "base"

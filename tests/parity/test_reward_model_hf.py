@@ -20,7 +20,7 @@ import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.cli import main
 from herd.posttrain.reward import conversation_ids, load_reward_model, score_sequences
-from herd.vocab.bpe import train_bpe
+from tests.sums_tokenizer import sums_tokenizer
 
 LLAMA2_TOKENIZER = Path(__file__).parents[1] / "data" / "llama2-tokenizer.model"
 CONVERSATIONS = [
@@ -44,11 +44,7 @@ def _tokenizer(kind: str, root: Path):
     if kind == "llama2":  # under the name checkpoint folders carry it by
         (root / "tokenizer.model").write_bytes(LLAMA2_TOKENIZER.read_bytes())
         return herd.load_tokenizer(root / "tokenizer.model")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10))
-    )
-    return herd.load_tokenizer(train_bpe([corpus], 320, root / "tok", show_progress=False))
+    return sums_tokenizer(root, 320, repeats=1)
 
 
 @pytest.mark.parametrize("kind", ["llama2", "llama3"])

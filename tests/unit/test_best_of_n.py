@@ -17,6 +17,7 @@ from herd.posttrain.best_of_n import (
     read_pool,
     read_prompts,
 )
+from tests.sums_tokenizer import sums_tokenizer
 
 
 def sig(x):
@@ -89,14 +90,9 @@ def models(tmp_path_factory):
     """A tiny chat policy and a tiny reward model (score head) sharing a trained BPE."""
     import herd
     from herd.checkpoint.io import save_herd_folder
-    from herd.vocab.bpe import train_bpe
 
     root = tmp_path_factory.mktemp("bon")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10)) * 3
-    )
-    tok = herd.load_tokenizer(train_bpe([corpus], 400, root / "tok", show_progress=False))
+    tok = sums_tokenizer(root)
     shape = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=256)
     policy_config = herd.ModelConfig(vocab_size=tok.vocab_size, **shape)
     policy = save_herd_folder(

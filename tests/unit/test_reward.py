@@ -24,7 +24,7 @@ from herd.posttrain.reward import (
 from herd.posttrain.reward_data import load_reward_pairs
 from herd.posttrain.reward_run import RewardObjective, resolve_schedule
 from herd.train.config import load_run_config
-from herd.vocab.bpe import train_bpe
+from tests.sums_tokenizer import sums_tokenizer
 
 # Llama 2 Table 27, written out: significantly better, better, slightly better, negligibly/unsure
 PAPER = {"small": [1.0, 2 / 3, 1 / 3, 0.0], "large": [3.0, 2.0, 1.0, 0.0], "none": [0.0] * 4}
@@ -87,11 +87,7 @@ def test_the_tables_and_ratings():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("reward")
-    corpus = root / "corpus.txt"
-    corpus.write_text(
-        "\n".join(f"What is {a} plus {b}? {a + b}." for a in range(10) for b in range(10))
-    )
-    tok = herd.load_tokenizer(train_bpe([corpus], 320, root / "tok", show_progress=False))
+    tok = sums_tokenizer(root, 320, repeats=1)
     config = herd.ModelConfig(
         dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=tok.vocab_size,
         max_seq_len=128, head="score",
