@@ -48,8 +48,7 @@ import torch
 
 from herd.checkpoint.convert import load
 from herd.errors import HerdError
-from herd.generation import generate
-from herd.posttrain.reward import conversation_ids, reward_pad_id, score_sequences
+from herd.posttrain.best_of_n import sample_responses, score_responses
 from herd.posttrain.reward_cli import evaluate_pairs, plot_differences
 from herd.posttrain.reward_data import load_reward_pairs
 from herd.posttrain.reward_run import RM_DEFAULTS, rm_data
@@ -144,26 +143,17 @@ def best_of_k(args, sft: Path, rm: Path, asked) -> dict:
     """Exact match of the reward model's pick among the first K of 16 samples, of a random
     sample, and of the oracle, for each K."""
     policy, tok = load(sft).eval(), load_tokenizer(sft)
-    reward, rm_tok = load(rm).eval(), load_tokenizer(rm)
-    pad = reward_pad_id(rm_tok)
+    reward = load(rm).eval(), load_tokenizer(rm)
     n = max(KS)
     picked = {k: 0 for k in KS}
     oracle = {k: 0 for k in KS}
     random_hit = 0.0
     for i, (prompt, answer) in enumerate(asked):
+        # as `herd best-of-n` samples and scores (an empty reply scores -inf, never picked)
         messages = [{"role": "user", "content": prompt}]
-        ids = tok.encode_dialog(messages).ids
-        rows = generate(policy, ids, args.max_new_tokens, temperature=1.0, seed=args.seed + i,
-                        stop_ids=tok.stop_ids, num_samples=n)  # fmt: skip
-        texts = []
-        for row in rows:
-            end = next((j for j, t in enumerate(row) if t in tok.stop_ids), len(row))
-            texts.append(tok.decode(row[:end], skip_special=True).strip())
-        nonempty = [j for j, t in enumerate(texts) if t]  # an empty reply is never picked
-        scores = [float("-inf")] * n
-        seqs = [conversation_ids(rm_tok, messages, texts[j]) for j in nonempty]
-        for j, value in zip(nonempty, score_sequences(reward, seqs, n, pad), strict=True):
-            scores[j] = value
+        texts = sample_responses(policy, tok, messages, n, args.max_new_tokens, 1.0, 1.0,
+                                 args.seed + i)  # fmt: skip
+        scores = score_responses(reward, messages, texts, n)
         right = [t == answer for t in texts]
         random_hit += sum(right) / n
         for k in KS:

@@ -156,8 +156,18 @@ def combined_rewards(
     return out.masked_fill(h == -math.inf, -math.inf).tolist()
 
 
-def sample_responses(model, tok, messages: list[dict], args, seed: int) -> list[str]:
-    """K responses to `messages`, sampled from one shared prefill."""
+def sample_responses(
+    model,
+    tok,
+    messages: list[dict],
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> list[str]:
+    """K responses to `messages`, sampled from one shared prefill, decoded without their stop
+    token and stripped."""
     import herd
     from herd.tokenizer.chat import encode_dialog
 
@@ -172,12 +182,12 @@ def sample_responses(model, tok, messages: list[dict], args, seed: int) -> list[
     rows = herd.generate(
         model,
         ids,
-        min(args.max_new_tokens, room),
-        temperature=args.temperature,
-        top_p=args.top_p,
+        min(max_new_tokens, room),
+        temperature=temperature,
+        top_p=top_p,
         seed=seed,
         stop_ids=sorted(stop),
-        num_samples=args.k,
+        num_samples=k,
     )
     texts = []
     for row in rows:
@@ -252,7 +262,10 @@ def run_best_of_n(args: argparse.Namespace) -> None:
     with partial.open("a", encoding="utf-8") as f:
         for i in tqdm(range(done, len(prompts)), initial=done, total=len(prompts), unit="prompt"):
             p = prompts[i]
-            responses = sample_responses(model, tok, p["messages"], args, args.seed + i)
+            responses = sample_responses(
+                model, tok, p["messages"], args.k, args.max_new_tokens, args.temperature,
+                args.top_p, args.seed + i,
+            )  # fmt: skip
             sources = ["sample"] * len(responses)
             for earlier in pool.get(prompt_key(p["messages"]), []):
                 responses.append(earlier)
