@@ -401,6 +401,7 @@ def _run_ppo(args: argparse.Namespace) -> None:
 
 
 RM_ACTIONS = ("train", "score", "eval")
+GUARD_ACTIONS = ("check", "train", "eval")
 
 
 def _add_rm(p: argparse.ArgumentParser) -> None:
@@ -423,6 +424,30 @@ def _add_rm(p: argparse.ArgumentParser) -> None:
 
 def _run_rm(args: argparse.Namespace) -> None:
     from herd.posttrain.reward_cli import run
+
+    run(args)
+
+
+def _add_guard(p: argparse.ArgumentParser) -> None:
+    from herd.guard.cli import add_arguments
+
+    add_arguments(
+        p,
+        lambda train: _add_posttrain(
+            train,
+            "[model] checkpoint = FOLDER names the checkpoint to fine-tune (a Llama 3 chat "
+            'tokenizer); [data] path names labelled conversations, rows {"messages": [...], '
+            '"label": "safe" | "unsafe", "categories": ["S1", ...]}; [guard] policy = '
+            "POLICY.toml (default Llama Guard 3's S1-S14), drop_other and drop_violated (category "
+            "dropping), copies. Each row is trained as the guard prompt and its answer, through "
+            "`herd sft`. Defaults that differ from `herd train`: optim.lr 1e-5, "
+            "optim.warmup_steps 10.",
+        ),
+    )
+
+
+def _run_guard(args: argparse.Namespace) -> None:
+    from herd.guard.cli import run
 
     run(args)
 
@@ -600,6 +625,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _add_best_of_n,
         _run_best_of_n,
     ),
+    "guard": (
+        "Llama Guard 3 safety classification: check conversations, train and evaluate guards",
+        _add_guard,
+        _run_guard,
+    ),
     "stability": (
         "Adam-instability dashboards and loss-spike summary of a training run",
         _add_stability,
@@ -657,7 +687,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {}
         if argv[:1] == ["rm"] and (argv[1:2] or [""])[0] not in (*RM_ACTIONS, "-h", "--help"):
             argv.insert(1, "train")  # `herd rm CONFIG.toml` is `herd rm train CONFIG.toml`
-        if argv[:1] in (["train"], ["sft"], ["dpo"], ["ppo"]) or argv[:2] == ["rm", "train"]:
+        if argv[:1] == ["guard"] and (argv[1:2] or [""])[0] not in (*GUARD_ACTIONS, "-h", "--help"):
+            argv.insert(1, "check")  # `herd guard CKPT ...` is `herd guard check CKPT ...`
+        if argv[:1] in (["train"], ["sft"], ["dpo"], ["ppo"]) or argv[:2] in (
+            ["rm", "train"],
+            ["guard", "train"],
+        ):
             from herd.train.config import split_overrides
 
             try:

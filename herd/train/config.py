@@ -170,6 +170,33 @@ class RMConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Guard training (`herd guard train`; Llama Guard 3, herd/guard/data.py)."""
+
+    policy: str = field(
+        default="",
+        metadata={"help": "POLICY.toml of the categories to train on ('': Llama Guard 3's S1-S14)"},
+    )
+    drop_other: float = field(
+        default=0.5,
+        metadata={
+            "help": "chance a row's prompt leaves out a random number of the categories "
+            "it does not violate (category dropping)"
+        },
+    )
+    drop_violated: float = field(
+        default=0.1,
+        metadata={
+            "help": "chance an unsafe row's prompt leaves out all its violated categories, "
+            "its label becoming safe"
+        },
+    )
+    copies: int = field(
+        default=1, metadata={"help": "training conversations per labelled row (own drops each)"}
+    )
+
+
+@dataclass
 class PPOConfig:
     """PPO for RLHF (`herd ppo`; Llama 2 section 3.2.3, herd/posttrain/ppo.py)."""
 
@@ -261,6 +288,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     lora: LoraRunConfig = field(default_factory=LoraRunConfig)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
@@ -298,6 +326,7 @@ SECTIONS = {
     "dpo": DPOConfig,
     "rm": RMConfig,
     "ppo": PPOConfig,
+    "guard": GuardConfig,
     "lora": LoraRunConfig,
 }
 
