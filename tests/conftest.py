@@ -36,3 +36,24 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_guard(tmp_path_factory) -> str:
+    """The tiny keyword guard of tests/guard_model.py (a checkpoint path), trained once per test
+    run: xdist workers share one folder of the run's temporary tree, and the first to take its
+    lock trains while the others wait for the result."""
+    import fcntl
+    import json
+
+    from tests.guard_model import train_tiny_guard
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-guard"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "done.json"
+        if not done.is_file():
+            done.write_text(json.dumps({"checkpoint": str(train_tiny_guard(root / "guard"))}))
+        return json.loads(done.read_text())["checkpoint"]

@@ -30,7 +30,8 @@ def guard_rows(n: int, seed: int) -> list[dict]:
         word = rng.choice(list(UNSAFE_WORDS)) if unsafe else rng.choice(SAFE_WORDS)
         ask = rng.choice(ASKS).format(w=word)
         if i % 2:  # the agent's reply is assessed
-            messages = [{"role": "user", "content": rng.choice(ASKS).format(w="thing")},
+            asked = rng.choice([*UNSAFE_WORDS, *SAFE_WORDS])  # the reply decides, not the ask
+            messages = [{"role": "user", "content": rng.choice(ASKS).format(w=asked)},
                         {"role": "assistant", "content": rng.choice(REPLIES).format(w=word)}]  # fmt: skip
         else:
             messages = [{"role": "user", "content": ask}]
@@ -40,7 +41,7 @@ def guard_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def train_tiny_guard(root: Path, steps: int = 300) -> Path:
+def train_tiny_guard(root: Path, steps: int = 600) -> Path:
     """The last checkpoint of `herd guard train` on `guard_rows` (policy S1,S9), in ROOT."""
     import herd
     from herd.checkpoint.io import save_herd_folder
