@@ -100,6 +100,7 @@ def train_guard(args, out: Path, start: Path, data: Path) -> Path:
         "train.checkpoint_every": str(args.steps), "train.keep_checkpoints": "1",
         "optim.lr": str(args.lr), "optim.warmup_steps": str(max(1, args.steps // 20)),
         "train.out": str(run_dir), "guard.copies": str(args.copies),
+        "guard.drop_other": str(args.drop_other), "guard.drop_violated": str(args.drop_violated),
     }  # fmt: skip
     run = load_guard_config(None, overrides)
     with tempfile.TemporaryDirectory() as tmp:  # as run_guard_train feeds the SFT loader
@@ -154,6 +155,9 @@ def report(result: dict) -> str:
     for name, key in (("guard", "guard"), ("guard at 5% FPR", "guard_fpr5"),
                       ("keyword baseline", "keywords")):  # fmt: skip
         lines += table(name, result[key])
+    for name, a in result["safe_flagged"].items():
+        lines += ["", f"Safe {name} rows flagged ({a['rows']}): guard "
+                  f"{a['guard']:.3f}, keywords {a['keywords']:.3f}."]  # fmt: skip
     lines += ["", "| category | rows | guard F1 | guard FPR | keyword F1 | keyword FPR |",
               "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     names = guard_data.CATEGORIES
@@ -176,6 +180,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=600, help="guard training steps (batch 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--copies", type=int, default=2, help="augmented copies of each row")
+    p.add_argument("--drop-other", type=float, default=0.5, help="guard.drop_other")
+    p.add_argument("--drop-violated", type=float, default=0.1, help="guard.drop_violated")
     p.add_argument("--dim", type=int, default=128, help="model width")
     p.add_argument("--n-layers", type=int, default=4, help="transformer layers")
     p.add_argument("--vocab", type=int, default=2000, help="BPE vocabulary size")
@@ -213,6 +219,17 @@ def main(argv: list[str] | None = None) -> dict:
     guard.threshold = 0.5
     result["keywords"] = guard_metrics(held_out, keyword_results(held_out), 0.5, codes)
     result["policy_following"] = policy_following(guard, held_out)
+    # the safe rows that share an unsafe template's trigger words (not the everyday ones)
+    alike = np.array(
+        [r["label"] == "safe" and not r["template"].startswith("generic") for r in held_out]
+    )
+    keyword_flags = np.array([r.label == "unsafe" for r in keyword_results(held_out)])
+    everyday = np.array([r["template"].startswith("generic") for r in held_out])
+    result["safe_flagged"] = {
+        name: {"rows": int(rows.sum()), "guard": float((probs[rows] >= 0.5).mean()),
+               "keywords": float(keyword_flags[rows].mean())}
+        for name, rows in (("look-alike", alike), ("everyday", everyday))
+    }  # fmt: skip
     plot_curves(held_out, results, default_policy(), out / "eval")
     result["rows"] = {"train": len(train), "held_out": len(held_out)}
     result["minutes"] = (time.perf_counter() - began) / 60
