@@ -158,12 +158,13 @@ def report(result: dict) -> str:
     for name, a in result["safe_flagged"].items():
         lines += ["", f"Safe {name} rows flagged ({a['rows']}): guard "
                   f"{a['guard']:.3f}, keywords {a['keywords']:.3f}."]  # fmt: skip
-    lines += ["", "| category | rows | guard F1 | guard FPR | keyword F1 | keyword FPR |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| category | rows | guard flagged | guard F1 | guard FPR | keyword F1 | "
+              "keyword FPR |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     names = guard_data.CATEGORIES
     for code, m in result["guard"]["categories"].items():
         k = result["keywords"]["categories"].get(code, {"f1": 0.0, "fpr": 0.0})
-        lines.append(f"| {code} {names[code]} | {m['rows']} | {m['f1']:.3f} | {m['fpr']:.3f} | "
+        lines.append(f"| {code} {names[code]} | {m['rows']} | {m['flagged']:.3f} | "
+                     f"{m['f1']:.3f} | {m['fpr']:.3f} | "
                      f"{k['f1']:.3f} | {k['fpr']:.3f} |")  # fmt: skip
     lines += ["", "| left out of the prompt | rows | flagged with it listed | flagged without |",
               "|---|---:|---:|---:|"]  # fmt: skip
@@ -177,11 +178,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/guard", help="folder for everything written")
     p.add_argument("--per-template", type=int, default=6, help="rows per template")
-    p.add_argument("--steps", type=int, default=600, help="guard training steps (batch 16)")
+    p.add_argument("--steps", type=int, default=900, help="guard training steps (batch 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--copies", type=int, default=2, help="augmented copies of each row")
+    p.add_argument("--copies", type=int, default=3, help="augmented copies of each row")
     p.add_argument("--drop-other", type=float, default=0.5, help="guard.drop_other")
-    p.add_argument("--drop-violated", type=float, default=0.1, help="guard.drop_violated")
+    p.add_argument("--drop-violated", type=float, default=0.3, help="guard.drop_violated")
     p.add_argument("--dim", type=int, default=128, help="model width")
     p.add_argument("--n-layers", type=int, default=4, help="transformer layers")
     p.add_argument("--vocab", type=int, default=2000, help="BPE vocabulary size")
