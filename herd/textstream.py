@@ -4,7 +4,8 @@ Tokens are decoded incrementally: the whole continuation is re-decoded each step
 suffix is printed, so multi-byte characters split across tokens print once complete. Text that could
 still turn into a `--stop` string is held back until it cannot. With `--chat` (and in `herd chat`)
 the prompt is laid out in the checkpoint tokenizer's chat format and generation stops at the
-end-of-turn token.
+end-of-turn token. `herd chat --guard GUARD` checks each user line and each reply with a safety
+guard (herd/serve/moderation.py); its replies are then generated whole and printed once checked.
 """
 
 from __future__ import annotations
@@ -76,9 +77,16 @@ def _check_sampling(args: argparse.Namespace) -> None:
 
 
 def stream_reply(
-    model, tokenizer, prompt: list[int], args: argparse.Namespace, bidirectional_prefix: int = 0
+    model,
+    tokenizer,
+    prompt: list[int],
+    args: argparse.Namespace,
+    bidirectional_prefix: int = 0,
+    echo: bool = True,
 ) -> tuple[str, int]:
-    """Generate after `prompt`, writing text (or ids) to stdout as it comes; (text, tokens)."""
+    """Generate after `prompt`, writing text (or ids) to stdout as it comes unless not `echo`;
+    (text, tokens)."""
+    write = sys.stdout.write if echo else (lambda text: None)
     stop_ids = tokenizer.stop_ids if tokenizer else []
     streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
     count = 0
@@ -98,13 +106,13 @@ def stream_reply(
         count += 1
         if token in stop_ids:
             break
-        sys.stdout.write(f"{token} " if streamer is None else streamer.push(token))
+        write(f"{token} " if streamer is None else streamer.push(token))
         sys.stdout.flush()
         if streamer is not None and streamer.stopped:
             break
     if streamer is None:
         return "", count
-    sys.stdout.write(streamer.flush())
+    write(streamer.flush())
     return tokenizer.decode(streamer.ids, skip_special=True)[: streamer.printed], count
 
 
@@ -207,7 +215,10 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_chat(args: argparse.Namespace) -> None:
     """A read-eval-print loop over a growing conversation; /reset clears it, /exit or EOF ends."""
+    from herd.serve.cli import guard_policy, load_moderator
+
     _check_sampling(args)
+    policy = guard_policy(args)  # a bad --guard fails before the model loads
     model, tokenizer, _ = load_for_command(
         args.checkpoint, args.device, args.dtype, "to read and write the conversation"
     )
@@ -215,6 +226,7 @@ def run_chat(args: argparse.Namespace) -> None:
         raise HerdError(f"{args.checkpoint}: carries no tokenizer file")
     if tokenizer.chat_format is None:
         raise HerdError(f"{tokenizer.path}: this tokenizer has no chat format")
+    guard = load_moderator(args, policy)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
     sys.stderr.write(f"herd chat ({tokenizer.chat_format} format); /reset, /exit\n")
@@ -232,11 +244,29 @@ def run_chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
+        if guard is not None and _unsafe(guard, "input", guard.check_input_sync(messages)):
+            # The unsafe line stays out of the history: later turns (and their checks) would
+            # otherwise carry it.
+            messages.pop()
+            sys.stdout.write(guard.refusal + "\n")
+            continue
         prompt = tokenizer.encode_dialog(messages).ids
         if len(prompt) + args.max_new_tokens > model.config.max_seq_len:
             sys.stderr.write("conversation too long for the context; starting over (/reset)\n")
             messages = [*system, {"role": "user", "content": line}]
             prompt = tokenizer.encode_dialog(messages).ids
-        reply, _ = stream_reply(model, tokenizer, prompt, args)
+        reply, _ = stream_reply(model, tokenizer, prompt, args, echo=guard is None)
+        if guard is not None:  # generated whole, shown only once checked
+            if _unsafe(guard, "output", guard.check_output_sync(messages, reply)):
+                reply = guard.refusal
+            sys.stdout.write(reply)
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": reply})
+
+
+def _unsafe(guard, stage: str, result) -> bool:
+    """Whether the guard's `result` refuses; its decision goes to stderr as one line."""
+    if result is None:
+        return False
+    sys.stderr.write(f"guard: {guard.describe(stage, result)}\n")
+    return result.label == "unsafe"

@@ -8,6 +8,7 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 `response_format` (json_object, json_schema) and forced tool calls (`tool_choice` "required" or a
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
+With a safety guard (`--guard`), requests and replies are checked (herd/serve/moderation.py).
 
 `GET /` is the chat page (herd/serve/web/index.html): one static file that calls the API above from
 the browser. It needs no key to load; its requests carry the key the user types into it.
@@ -27,16 +28,19 @@ from herd.serve import protocol as p
 from herd.serve.completions import ChatCompletion, TextCompletion
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServeMetrics
+from herd.serve.moderation import Moderator
 from herd.serve.relay import APIError
 
 
 class ServerState:
-    """What the routes share: the engine (None while the model loads), names, key, metrics."""
+    """What the routes share: the engine (None while the model loads), names, key, metrics, and
+    the safety guard's Moderator (None: no guard)."""
 
     def __init__(self, model_name: str, api_key: str | None = None) -> None:
         self.model_name = model_name
         self.api_key = api_key
         self.engine: Engine | None = None
+        self.moderator: Moderator | None = None
         self.metrics = ServeMetrics()
         self.draining = False
         self.created = p.now()

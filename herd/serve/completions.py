@@ -3,6 +3,11 @@ legacy text completions, each as one JSON response or an SSE stream of chunks.
 
 A request with n choices runs as n engine requests with the same prompt (the prefix cache shares
 its KV); a seeded request's choice i uses seed + i, so choices differ and each reproduces.
+
+With a safety guard (`herd serve --guard`, herd/serve/moderation.py) an unsafe input is answered
+with the refusal without running the model, and each choice is held until its whole reply has
+passed the guard (then sent: one content chunk when streamed) or been replaced by the refusal;
+either refusal has finish_reason "content_filter".
 """
 
 from __future__ import annotations
@@ -67,6 +72,16 @@ class _Completion:
             for i in range(b.n)
         ]
 
+    async def launch(self, prompts, params, dialogs: list[list[dict]]) -> Generation:
+        """The choices started on the engine; with a guard, the inputs (`dialogs`, one per
+        choice) checked first and each reply released after its output check."""
+        moderator = self.state.moderator
+        if moderator is not None:
+            return await moderator.start(self.engine, prompts, params, dialogs)
+        gen = Generation(self.engine)
+        gen.start(prompts, params)
+        return gen
+
     def chunk(self, choices: list[dict], **extra) -> str:
         return sse(
             {
@@ -102,6 +117,7 @@ class ChatCompletion(_Completion):
         except ValueError as e:
             raise APIError(400, f"messages: {e}", param="messages") from None
         self.tools = None
+        dialog = messages  # what the guard reads: the chat without the tool prompt
         grammar = None
         try:
             if b.tools and tools.resolve_tool_choice(b.tool_choice, b.tools) != "none":
@@ -124,8 +140,7 @@ class ChatCompletion(_Completion):
         constraint_for = grammar.start if grammar is not None else (lambda: None)
         max_tokens = b.max_completion_tokens or b.max_tokens
         params = self.params(prompt, max_tokens, logprobs, constraint_for)
-        gen = Generation(self.engine)
-        gen.start([prompt] * b.n, params)
+        gen = await self.launch([prompt] * b.n, params, [dialog] * b.n)
         self.prompt_tokens = len(prompt)
         if b.stream:
             return self.stream(gen, self._events(gen))
@@ -195,14 +210,16 @@ class TextCompletion(_Completion):
         b = self.body
         prompts = self._prompts()
         texts = [self.tok.decode(ids) for ids in prompts] if b.echo else [""] * len(prompts)
-        jobs, params = [], []
+        jobs, params, dialogs = [], [], []
         for prompt in prompts:
             jobs += [prompt] * b.n
             params += self.params(prompt, b.max_tokens, b.logprobs, lambda: None)
+            # the guard reads a prompt as a user turn and the completion as the agent's reply
+            text = self.tok.decode(prompt, skip_special=True)
+            dialogs += [[{"role": "user", "content": text}]] * b.n
         self.echo = [t for t in texts for _ in range(b.n)]
         self.prompt_tokens = sum(len(x) for x in prompts)
-        gen = Generation(self.engine)
-        gen.start(jobs, params)
+        gen = await self.launch(jobs, params, dialogs)
         if b.stream:
             return self.stream(gen, self._events(gen))
         deltas = await gen.collect(request)

@@ -3,7 +3,8 @@ tests) in one process never share counters.
 
 Names follow vLLM's where they overlap, so existing dashboards read them: requests by final status,
 running and waiting requests, prompt and generated tokens, time to first token, inter-token
-latency and KV-cache use.
+latency and KV-cache use. With a safety guard (herd/serve/moderation.py): its decisions by stage
+(input, output) and verdict (safe, unsafe), and the time of each check.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class ServeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.guard_decisions = Counter(
+            "herd_guard_decisions",
+            "safety guard verdicts by stage (input, output) and verdict (safe, unsafe, error)",
+            ["stage", "verdict"],
+            registry=r,
+        )
+        self.guard_seconds = Histogram(
+            "herd_guard_seconds",
+            "time of one safety guard check",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def watch(self, engine) -> None:
         """Read the engine's gauges at scrape time."""
@@ -56,6 +70,19 @@ class ServeMetrics:
     def tokens(self, prompt: int, generated: int) -> None:
         self.prompt_tokens.inc(prompt)
         self.generation_tokens.inc(generated)
+
+    def guard_ready(self) -> None:
+        """Start the guard's series at zero, so a dashboard sees them before the first decision."""
+        for stage in ("input", "output"):
+            self.guard_seconds.labels(stage)
+            for verdict in ("safe", "unsafe"):
+                self.guard_decisions.labels(stage, verdict)
+
+    def guard_decision(self, stage: str, verdict: str, seconds: float | None = None) -> None:
+        """A guard's verdict ("safe", "unsafe", or "error" when the check failed)."""
+        self.guard_decisions.labels(stage, verdict).inc()
+        if seconds is not None:
+            self.guard_seconds.labels(stage).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
 """A tiny served checkpoint: dim 64, 2 layers, a herd-trained byte-level BPE (Llama 3 chat format);
-and `Running`, a server for it on a free port (the API and web page tests)."""
+`Running`, a server for it on a free port (the API and web page tests); and a Guard on the tiny
+keyword guard (tests/conftest.py's `tiny_guard`) for the safety-guard tests."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from herd.checkpoint.io import save_herd_folder
 from herd.serve.app import ServerState, create_app
 from herd.serve.cli import draining_server
 from herd.serve.engine import Engine
+from herd.serve.moderation import Moderator
 from herd.vocab.bpe import train_bpe
+from tests.guard_model import CATEGORIES
 from tests.tokenizer_corpus import CORPUS
 
 CONFIG = herd.ModelConfig(
@@ -44,6 +47,14 @@ def loaded(checkpoint):
     return model.eval(), tok
 
 
+@pytest.fixture(scope="session")
+def guard(tiny_guard):
+    from herd.guard.classify import Guard
+    from herd.guard.policy import resolve_policy
+
+    return Guard.load(tiny_guard, resolve_policy(None, CATEGORIES), device="cpu")
+
+
 KEY = "sk-test"
 
 
@@ -56,11 +67,13 @@ def free_port() -> int:
 class Running:
     """A server in a background thread (uvicorn), its engine, and clients for it."""
 
-    def __init__(self, loaded, max_batch=8, max_queue=64, load=True):
+    def __init__(self, loaded, max_batch=8, max_queue=64, load=True, guard=None):
         import uvicorn
 
         model, tok = loaded
         self.state = ServerState("tiny", KEY)
+        if guard is not None:
+            self.state.moderator = Moderator(guard, metrics=self.state.metrics)
         self.port = free_port()
         config = uvicorn.Config(
             create_app(self.state), host="127.0.0.1", port=self.port, log_level="warning"
