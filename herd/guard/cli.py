@@ -25,16 +25,6 @@ from herd.errors import HerdError
 ACTIONS = ("check", "train", "eval")
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value}: expected a probability in [0, 1]")
-    return value
-
-
 def _add_guard_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "checkpoint",
@@ -79,7 +69,10 @@ def add_arguments(p: argparse.ArgumentParser, add_train: Callable) -> None:
     source.add_argument("--conversation", metavar="C.json", help="one conversation (JSON)")
     source.add_argument("--data", metavar="ROWS", help='many: rows {"messages": [...]}')
     check.add_argument(
-        "--threshold", type=_probability, default=0.5, help="unsafe at this probability or above"
+        "--threshold",
+        type=options.probability,
+        default=0.5,
+        help="unsafe at this probability or above",
     )
     check.add_argument("--out", help="JSONL file: the --data rows with a 'guard' result each")
     options.add_json(check, "the results")
@@ -99,11 +92,14 @@ def add_arguments(p: argparse.ArgumentParser, add_train: Callable) -> None:
     ev.add_argument("--data", required=True, metavar="ROWS", help="labelled rows")
     how = ev.add_mutually_exclusive_group()
     how.add_argument(
-        "--threshold", type=_probability, default=0.5, help="unsafe at this probability or above"
+        "--threshold",
+        type=options.probability,
+        default=0.5,
+        help="unsafe at this probability or above",
     )
     how.add_argument(
         "--target-fpr",
-        type=_probability,
+        type=options.probability,
         metavar="R",
         help="pick the lowest threshold whose false-positive rate on the safe rows is at most R",
     )

@@ -109,8 +109,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_guard_options(p: argparse.ArgumentParser, chat: bool = False) -> None:
     """--guard and its settings (`herd serve` and `herd chat`)."""
-    from herd.guard.cli import _probability
-
     if chat:
         what = (
             "each line you type and each reply: an unsafe line is answered with the refusal "
@@ -134,7 +132,7 @@ def add_guard_options(p: argparse.ArgumentParser, chat: bool = False) -> None:
     )
     p.add_argument(
         "--guard-threshold",
-        type=_probability,
+        type=options.probability,
         metavar="P",
         help="unsafe when the guard's P(unsafe) is at least P (default 0.5; `herd guard eval "
         "--target-fpr` picks one)",
