@@ -182,7 +182,7 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 
 def _add_chat(p: argparse.ArgumentParser) -> None:
-    from herd.serve.cli import add_guard_options
+    from herd.guard.cli import add_guard_options
 
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder with a tokenizer")
     _add_sampling(p)

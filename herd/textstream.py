@@ -5,7 +5,7 @@ suffix is printed, so multi-byte characters split across tokens print once compl
 still turn into a `--stop` string is held back until it cannot. With `--chat` (and in `herd chat`)
 the prompt is laid out in the checkpoint tokenizer's chat format and generation stops at the
 end-of-turn token. `herd chat --guard GUARD` checks each user line and each reply with a safety
-guard (herd/serve/moderation.py); its replies are then generated whole and printed once checked.
+guard (herd/guard/moderator.py); its replies are then generated whole and printed once checked.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_chat(args: argparse.Namespace) -> None:
     """A read-eval-print loop over a growing conversation; /reset clears it, /exit or EOF ends."""
-    from herd.serve.cli import guard_policy, load_moderator
+    from herd.guard.cli import guard_policy
+    from herd.guard.moderator import load_moderator
 
     _check_sampling(args)
     policy = guard_policy(args)  # a bad --guard fails before the model loads

@@ -216,3 +216,71 @@ def run_eval(args: argparse.Namespace) -> None:
     print(format_report(metrics, guard.policy))
     if args.out:
         print(f"wrote eval.json, predictions.jsonl, pr_curve.png and roc_curve.png to {args.out}")
+
+
+def add_guard_options(p: argparse.ArgumentParser, chat: bool = False) -> None:
+    """--guard and its settings (`herd serve` and `herd chat`)."""
+    if chat:
+        what = (
+            "each line you type and each reply: an unsafe line is answered with the refusal "
+            "without running the model (and left out of the conversation), an unsafe reply is "
+            "replaced by it; with a guard a reply is generated whole, checked, then printed (no "
+            "token-by-token streaming); each decision is one line on stderr"
+        )
+    else:
+        what = (
+            "each request's last user turn and each reply: an unsafe request is answered with the "
+            "refusal without running the model, an unsafe reply is replaced by it (both with "
+            "finish_reason content_filter); a streamed reply is held until it has finished and "
+            "passed, then sent as one chunk; each decision is logged on stderr and counted in "
+            "/metrics"
+        )
+    p.add_argument(
+        "--guard",
+        metavar="CKPT",
+        help="a Llama Guard 3 style safety guard (a converted Llama Guard 3, or `herd guard "
+        f"train` output; loaded on --device in --dtype) that checks {what}",
+    )
+    p.add_argument(
+        "--guard-threshold",
+        type=options.probability,
+        metavar="P",
+        help="unsafe when the guard's P(unsafe) is at least P (default 0.5; `herd guard eval "
+        "--target-fpr` picks one)",
+    )
+    p.add_argument(
+        "--guard-categories",
+        metavar="S1,S9",
+        help="keep only these categories of the guard's policy (default: all of them)",
+    )
+    p.add_argument(
+        "--guard-policy",
+        metavar="POLICY.toml",
+        help="the guard's policy file, as `herd guard --policy` reads it (default: Llama Guard "
+        "3's S1-S14)",
+    )
+    p.add_argument(
+        "--guard-refusal",
+        metavar="TEXT",
+        help="what an unsafe input or reply is answered with (default: \"I can't help with that "
+        'request.")',
+    )
+
+
+def guard_policy(args: argparse.Namespace):
+    """The guard's Policy (None without --guard), checked before anything loads: a bad --guard
+    path or policy is a one-line error."""
+    from herd.checkpoint.convert import detect_format
+    from herd.guard.policy import resolve_policy
+
+    if args.guard is None:
+        given = [f for f in ("threshold", "categories", "policy", "refusal")
+                 if getattr(args, f"guard_{f}") is not None]  # fmt: skip
+        if given:
+            raise HerdError(f"--guard-{given[0]} needs --guard CKPT")
+        return None
+    try:
+        detect_format(Path(args.guard))
+    except HerdError as e:
+        raise HerdError(f"--guard {e}") from None
+    return resolve_policy(args.guard_policy, args.guard_categories)

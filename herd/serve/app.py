@@ -24,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from herd.guard.moderator import Moderator
 from herd.serve import protocol as p
 from herd.serve.completions import ChatCompletion, TextCompletion
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServeMetrics
-from herd.serve.moderation import Moderator
 from herd.serve.relay import APIError
 
 

@@ -6,8 +6,8 @@ checkpoint, then serves: uvicorn on a thread of its own, the engine on the main 
 --drain-timeout seconds, then the server exits; a second signal exits at once.
 
 With --guard a safety guard loads after the model (same --device and --dtype) and checks each
-request and reply (herd/serve/moderation.py); its decisions are logged on stderr. `herd chat`
-takes the same guard options (`add_guard_options`).
+request and reply (herd/guard/moderator.py, herd/serve/moderation.py); its decisions are logged
+on stderr. `herd chat` takes the same guard options (herd/guard/cli.py `add_guard_options`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from herd import options
 from herd.errors import HerdError
+from herd.guard.cli import add_guard_options, guard_policy
 
 _LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -107,85 +108,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_threads(p, "the model")
 
 
-def add_guard_options(p: argparse.ArgumentParser, chat: bool = False) -> None:
-    """--guard and its settings (`herd serve` and `herd chat`)."""
-    if chat:
-        what = (
-            "each line you type and each reply: an unsafe line is answered with the refusal "
-            "without running the model (and left out of the conversation), an unsafe reply is "
-            "replaced by it; with a guard a reply is generated whole, checked, then printed (no "
-            "token-by-token streaming); each decision is one line on stderr"
-        )
-    else:
-        what = (
-            "each request's last user turn and each reply: an unsafe request is answered with the "
-            "refusal without running the model, an unsafe reply is replaced by it (both with "
-            "finish_reason content_filter); a streamed reply is held until it has finished and "
-            "passed, then sent as one chunk; each decision is logged on stderr and counted in "
-            "/metrics"
-        )
-    p.add_argument(
-        "--guard",
-        metavar="CKPT",
-        help="a Llama Guard 3 style safety guard (a converted Llama Guard 3, or `herd guard "
-        f"train` output; loaded on --device in --dtype) that checks {what}",
-    )
-    p.add_argument(
-        "--guard-threshold",
-        type=options.probability,
-        metavar="P",
-        help="unsafe when the guard's P(unsafe) is at least P (default 0.5; `herd guard eval "
-        "--target-fpr` picks one)",
-    )
-    p.add_argument(
-        "--guard-categories",
-        metavar="S1,S9",
-        help="keep only these categories of the guard's policy (default: all of them)",
-    )
-    p.add_argument(
-        "--guard-policy",
-        metavar="POLICY.toml",
-        help="the guard's policy file, as `herd guard --policy` reads it (default: Llama Guard "
-        "3's S1-S14)",
-    )
-    p.add_argument(
-        "--guard-refusal",
-        metavar="TEXT",
-        help="what an unsafe input or reply is answered with (default: \"I can't help with that "
-        'request.")',
-    )
-
-
-def guard_policy(args: argparse.Namespace):
-    """The guard's Policy (None without --guard), checked before anything loads: a bad --guard
-    path or policy is a one-line error."""
-    from herd.checkpoint.convert import detect_format
-    from herd.guard.policy import resolve_policy
-
-    if args.guard is None:
-        given = [f for f in ("threshold", "categories", "policy", "refusal")
-                 if getattr(args, f"guard_{f}") is not None]  # fmt: skip
-        if given:
-            raise HerdError(f"--guard-{given[0]} needs --guard CKPT")
-        return None
-    try:
-        detect_format(Path(args.guard))
-    except HerdError as e:
-        raise HerdError(f"--guard {e}") from None
-    return resolve_policy(args.guard_policy, args.guard_categories)
-
-
-def load_moderator(args: argparse.Namespace, policy, metrics=None):
-    """The Moderator of --guard (None without it), on --device in --dtype."""
-    from herd.serve.moderation import REFUSAL, Moderator
-
-    if policy is None:
-        return None
-    threshold = 0.5 if args.guard_threshold is None else args.guard_threshold
-    refusal = REFUSAL if args.guard_refusal is None else args.guard_refusal
-    return Moderator.load(args.guard, policy, threshold, refusal, args.device, args.dtype, metrics)
-
-
 def _api_key(args: argparse.Namespace) -> str | None:
     if args.api_key_file is None:
         return args.api_key
@@ -231,6 +153,8 @@ def run_serve(args: argparse.Namespace) -> None:
     if not server.started:
         raise HerdError(f"cannot listen on {args.host}:{args.port} (see the error above)")
     try:
+        from herd.guard.moderator import load_moderator
+
         engine = _load_engine(args, state)
         state.moderator = load_moderator(args, policy, state.metrics)
     except Exception as e:

@@ -19,6 +19,7 @@ from herd.errors import HerdError
 from herd.serve import constraints, tools
 from herd.serve import protocol as p
 from herd.serve.engine import Engine
+from herd.serve.moderation import start_guarded
 from herd.serve.relay import APIError, Generation, sse
 from herd.serve.sampling import SamplingParams
 
@@ -77,7 +78,7 @@ class _Completion:
         choice) checked first and each reply released after its output check."""
         moderator = self.state.moderator
         if moderator is not None:
-            return await moderator.start(self.engine, prompts, params, dialogs)
+            return await start_guarded(moderator, self.engine, prompts, params, dialogs)
         gen = Generation(self.engine)
         gen.start(prompts, params)
         return gen

@@ -14,10 +14,10 @@ import torch
 
 import herd
 from herd.checkpoint.io import save_herd_folder
+from herd.guard.moderator import Moderator
 from herd.serve.app import ServerState, create_app
 from herd.serve.cli import draining_server
 from herd.serve.engine import Engine
-from herd.serve.moderation import Moderator
 from herd.vocab.bpe import train_bpe
 from tests.guard_model import CATEGORIES
 from tests.tokenizer_corpus import CORPUS

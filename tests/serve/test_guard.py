@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from herd.guard.classify import CATEGORY_TOKENS
-from herd.serve.moderation import REFUSAL, Moderator
+from herd.guard.moderator import REFUSAL, Moderator
 from tests.e2e.cli_runner import herd_cli_inprocess, one_line_error
 from tests.guard_model import CATEGORIES
 from tests.serve.conftest import Running, free_port
