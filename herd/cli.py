@@ -455,6 +455,30 @@ def _run_guard(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _add_agent(p: argparse.ArgumentParser) -> None:
+    from herd.agent.cli import add_agent_arguments
+
+    add_agent_arguments(p)
+
+
+def _run_agent(args: argparse.Namespace) -> None:
+    from herd.agent.cli import run_agent
+
+    run_agent(args)
+
+
+def _add_index(p: argparse.ArgumentParser) -> None:
+    from herd.agent.cli import add_index_arguments
+
+    add_index_arguments(p)
+
+
+def _run_index(args: argparse.Namespace) -> None:
+    from herd.agent.cli import run_index
+
+    run_index(args)
+
+
 def _add_best_of_n(p: argparse.ArgumentParser) -> None:
     from herd.posttrain.best_of_n import add_arguments
 
@@ -632,6 +656,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "Llama Guard 3 safety classification: check conversations, train and evaluate guards",
         _add_guard,
         _run_guard,
+    ),
+    "agent": (
+        "a BlenderBot 3-style agent's long-term memory: list, delete, export its notes",
+        _add_agent,
+        _run_agent,
+    ),
+    "index": (
+        "build and query local BM25 search indexes (the agent's search backend)",
+        _add_index,
+        _run_index,
     ),
     "stability": (
         "Adam-instability dashboards and loss-spike summary of a training run",
