@@ -44,7 +44,7 @@ DEDUP_MIN_UNSHARED = 1
 SPEAKERS = ("partner", "self")
 # BB3's `is_valid_memory` rejects these outputs of the memory generator: the MSC "no persona" target
 # (parlai/tasks/msc/agents.py NOPERSONA), the OPT prompt's "no persona" (projects/bb3/prompts.py
-# NO_MEMORY) and the API's failure text. Compared after `_squash`, so case, underscores and
+# NO_MEMORY) and the API's failure text. Compared after `squash_text`, so case, underscores and
 # punctuation variants ("No persona.", "no_persona") are rejected too.
 NO_PERSONA_NOTES = ("__NO__PERSONA__BEAM__MIN__LEN__20__", "no persona", "METASEQ RESPONSE FAILED.")
 
@@ -132,14 +132,14 @@ def _retrieval_stopwords() -> frozenset[str]:
     return _DEDUP_STOPWORDS | frozenset(STOPWORDS_EN_PLUS)
 
 
-def _squash(text: str) -> str:
+def squash_text(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-_REJECTED_NOTES = frozenset(_squash(n) for n in NO_PERSONA_NOTES)
+_REJECTED_NOTES = frozenset(squash_text(n) for n in NO_PERSONA_NOTES)
 
 
-def _token_f1(note: list[str], query: list[str]) -> float:
+def token_f1(note: list[str], query: list[str]) -> float:
     common = sum((Counter(note) & Counter(query)).values())
     return 0.0 if common == 0 else 2 * common / (len(note) + len(query))
 
@@ -274,9 +274,9 @@ class MemoryStore:
             raise HerdError(f"memory speaker {speaker!r} is unknown; expected 'partner' or 'self'")
         if not isinstance(text, str):
             raise HerdError(f"memory text {text!r} is not a string")
-        if not _squash(text):
+        if not squash_text(text):
             return "empty note"
-        if _squash(text) in _REJECTED_NOTES:
+        if squash_text(text) in _REJECTED_NOTES:
             return f"'no persona' note {text.strip()!r}"
         tokens = set(normalise_tokens(text))
         if not tokens:
@@ -350,7 +350,7 @@ class MemoryStore:
             if skip_this_session and entry.session == self.session:
                 continue
             tokens = normalise_tokens(entry.text, drop_pronouns=True)
-            if not set(tokens) & set(query) or _token_f1(tokens, query) < min_overlap:
+            if not set(tokens) & set(query) or token_f1(tokens, query) < min_overlap:
                 continue
             candidates.append(entry)
             docs.append(tokens)
