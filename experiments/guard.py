@@ -208,14 +208,18 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = train_guard(args, out, start, data)
 
     guard = Guard.load(checkpoint, default_policy(), device="cpu", batch_size=16)
-    probs = np.array(guard.unsafe_probabilities([r["messages"] for r in held_out]))
+    conversations = [r["messages"] for r in held_out]
+    probs = np.array(guard.unsafe_probabilities(conversations))  # one forward pass each
     unsafe = np.array([r["label"] == "unsafe" for r in held_out])
-    results = guard.classify([r["messages"] for r in held_out])
+    results = guard.classify(conversations, probabilities=probs.tolist())
     codes = default_policy().codes
     result = {"guard": guard_metrics(held_out, results, 0.5, codes)}
     guard.threshold = threshold_for_fpr(probs, unsafe, 0.05)
     result["guard_fpr5"] = guard_metrics(
-        held_out, guard.classify([r["messages"] for r in held_out]), guard.threshold, codes
+        held_out,
+        guard.classify(conversations, probabilities=probs.tolist()),
+        guard.threshold,
+        codes,
     )
     guard.threshold = 0.5
     result["keywords"] = guard_metrics(held_out, keyword_results(held_out), 0.5, codes)

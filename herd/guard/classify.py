@@ -87,30 +87,22 @@ class Guard:
             out.append(ids)
         return out
 
-    @torch.inference_mode()
     def unsafe_probabilities(self, conversations: list[list[dict]]) -> list[float]:
-        """P(first answer token = "unsafe") for each conversation: one forward per batch,
-        prompts sorted by length and right-padded (causal attention: padding after a prompt's
-        last token changes nothing before it)."""
+        """P(first answer token = "unsafe") for each conversation: one forward per batch
+        (`last_position_values`: prompts sorted by length and right-padded)."""
+        from herd.posttrain.reward import last_position_values
         from herd.tokenizer.chat import conversation_pad_id
 
+        unsafe = self.unsafe_ids[0]
+
+        def read(model, ids, lengths) -> list[float]:
+            logits = model(ids, last=lengths - 1).float()
+            return torch.softmax(logits, dim=-1)[:, unsafe].tolist()
+
         prompts = self._encode_all(conversations)
-        device = self.model.embed.weight.device
         pad = conversation_pad_id(self.tokenizer)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        out = [0.0] * len(prompts)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            width = max(len(prompts[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, : len(prompts[i])] = torch.tensor(prompts[i])
-            last = torch.tensor([len(prompts[i]) - 1 for i in chunk], device=device)
-            logits = self.model(ids.to(device), last=last).float()
-            probs = torch.softmax(logits, dim=-1)[:, self.unsafe_ids[0]].tolist()
-            for i, p in zip(chunk, probs, strict=True):
-                out[i] = p
-        return out
+        with torch.inference_mode():
+            return last_position_values(self.model, prompts, read, self.batch_size, pad)
 
     def _categories(self, prompts: list[list[int]]) -> list[tuple[tuple[str, ...], str]]:
         """Greedy category lines after a forced "unsafe" (codes outside the policy dropped)."""
@@ -133,11 +125,19 @@ class Guard:
         return out
 
     def classify(
-        self, conversations: list[list[dict]], categories: bool = True
+        self,
+        conversations: list[list[dict]],
+        categories: bool = True,
+        probabilities: list[float] | None = None,
     ) -> list[GuardResult]:
         """Each conversation's verdict (assessing its last message), unsafe probability and,
-        when unsafe and `categories`, the violated categories."""
-        probs = self.unsafe_probabilities(conversations)
+        when unsafe and `categories`, the violated categories. `probabilities`, when the caller
+        already has them (`unsafe_probabilities`), spare the forward passes."""
+        probs = probabilities
+        if probs is None:
+            probs = self.unsafe_probabilities(conversations)
+        elif len(probs) != len(conversations):
+            raise HerdError(f"{len(probs)} probabilities for {len(conversations)} conversations")
         unsafe = [i for i, p in enumerate(probs) if p >= self.threshold]
         found = {}
         if categories and unsafe:

@@ -194,7 +194,7 @@ def run_eval(args: argparse.Namespace) -> None:
         unsafe = np.array([row["label"] == "unsafe" for _, row in rows])
         threshold = threshold_for_fpr(np.array(probs), unsafe, args.target_fpr)
     guard.threshold = threshold
-    results = guard.classify(conversations)
+    results = guard.classify(conversations, probabilities=probs)
     labelled = [row for _, row in rows]
     metrics = guard_metrics(labelled, results, threshold, guard.policy.codes)
     if args.target_fpr is not None:

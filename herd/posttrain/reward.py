@@ -139,27 +139,27 @@ def reward_pad_id(tok) -> int:
 
 
 @torch.no_grad()
-def score_sequences(
-    model, token_ids: Sequence[Sequence[int]], batch_size: int = 8, pad_id: int = 0
-) -> list[float]:
-    """The reward of each token sequence (a formatted conversation, `conversation_ids`), in
-    order, without gradients. Sequences are batched by length (fewer pad positions) and
-    right-padded with `pad_id`, which changes no score (causal attention; `reward_pad_id(tok)`
-    is the one the HF export declares)."""
+def last_position_values(
+    model, token_ids: Sequence[Sequence[int]], read, batch_size: int = 8, pad_id: int = 0
+) -> list:
+    """`read(model, ids [B, T], lengths [B])` (a list of B values, from each row's last real
+    position) for every token sequence, in order, without gradients. Sequences are batched by
+    length (fewer pad positions) and right-padded with `pad_id`, which changes nothing at a
+    row's last real token (causal attention): one forward per batch. Reward scores and a guard's
+    unsafe probability both come out this way."""
     if batch_size < 1:
         raise HerdError(f"batch_size {batch_size}: expected a positive integer")
     limit = getattr(getattr(model, "config", None), "max_seq_len", None)
     for i, t in enumerate(token_ids):
         if len(t) == 0:
-            raise HerdError(f"score_sequences: sequence {i} is empty (no last token to score)")
+            raise HerdError(f"sequence {i} is empty (no last token to read)")
         if limit is not None and len(t) > limit:
             raise HerdError(
-                f"score_sequences: sequence {i} has {len(t)} tokens, more than the model's "
-                f"context {limit}"
+                f"sequence {i} has {len(t)} tokens, more than the model's context {limit}"
             )
     device = next(model.parameters()).device
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-    scores = [0.0] * len(token_ids)
+    out: list = [None] * len(token_ids)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         width = max(len(token_ids[i]) for i in chunk)
@@ -167,10 +167,21 @@ def score_sequences(
         for r, i in enumerate(chunk):
             ids[r, : len(token_ids[i])] = torch.as_tensor(token_ids[i], dtype=torch.long)
         lengths = torch.tensor([len(token_ids[i]) for i in chunk], device=device)
-        values = sequence_scores(model, ids.to(device), lengths).tolist()
-        for i, value in zip(chunk, values, strict=True):
-            scores[i] = value
-    return scores
+        for i, value in zip(chunk, read(model, ids.to(device), lengths), strict=True):
+            out[i] = value
+    return out
+
+
+def score_sequences(
+    model, token_ids: Sequence[Sequence[int]], batch_size: int = 8, pad_id: int = 0
+) -> list[float]:
+    """The reward of each token sequence (a formatted conversation, `conversation_ids`), in
+    order (`last_position_values`; `reward_pad_id(tok)` is the pad id the HF export declares)."""
+
+    def read(model, ids, lengths) -> list[float]:
+        return sequence_scores(model, ids, lengths).tolist()
+
+    return last_position_values(model, token_ids, read, batch_size, pad_id)
 
 
 def conversation_ids(tok, prompt: str | list[dict], response: str | dict | list[dict]) -> list[int]:
