@@ -405,6 +405,7 @@ def _run_ppo(args: argparse.Namespace) -> None:
 
 RM_ACTIONS = ("train", "score", "eval")
 GUARD_ACTIONS = ("check", "train", "eval")
+AGENT_ACTIONS = ("chat", "memory", "feedback", "director")
 
 
 def _add_rm(p: argparse.ArgumentParser) -> None:
@@ -658,7 +659,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _run_guard,
     ),
     "agent": (
-        "a BlenderBot 3-style agent's long-term memory: list, delete, export its notes",
+        "a BlenderBot 3-style agent (search, memory, tools, safety, feedback) in a terminal; its "
+        "memory, feedback export and Director head",
         _add_agent,
         _run_agent,
     ),
@@ -726,6 +728,12 @@ def main(argv: list[str] | None = None) -> int:
             argv.insert(1, "train")  # `herd rm CONFIG.toml` is `herd rm train CONFIG.toml`
         if argv[:1] == ["guard"] and (argv[1:2] or [""])[0] not in (*GUARD_ACTIONS, "-h", "--help"):
             argv.insert(1, "check")  # `herd guard CKPT ...` is `herd guard check CKPT ...`
+        if argv[:1] == ["agent"] and (argv[1:2] or ["-"])[0] not in (
+            *AGENT_ACTIONS,
+            "-h",
+            "--help",
+        ):
+            argv.insert(1, "chat")  # `herd agent CKPT ...` is `herd agent chat CKPT ...`
         if argv[:1] in (["train"], ["sft"], ["dpo"], ["ppo"]) or argv[:2] in (
             ["rm", "train"],
             ["guard", "train"],

@@ -18,7 +18,8 @@ what `herd agent memory list|delete|export` edits. From BB3 (projects/bb3/agents
   search index already has), and order every result by that score.
 
 The schema's version is SQLite's `PRAGMA user_version`, set in the same transaction as the tables,
-so later stores in this file (per-turn traces, feedback) arrive as further entries of `_MIGRATIONS`.
+so later stores in this file arrive as further entries of `_MIGRATIONS` (version 2: the agent's
+per-turn traces and feedback, herd/agent/traces.py).
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             session TEXT NOT NULL)""",
         "CREATE INDEX memories_by_user ON memories (user, speaker)",
         "CREATE INDEX memories_by_session ON memories (user, session)",
+    ),
+    (  # herd.agent.traces: one row per agent turn, with its trace and the user's rating
+        """CREATE TABLE turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user TEXT NOT NULL,
+            session TEXT NOT NULL,
+            turn INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            context TEXT NOT NULL,
+            reply TEXT NOT NULL,
+            flagged TEXT,
+            trace TEXT NOT NULL,
+            rating INTEGER CHECK (rating IN (-1, 1)),
+            feedback TEXT,
+            correction TEXT,
+            rated_at REAL)""",
+        "CREATE INDEX turns_by_user ON turns (user, session, turn)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -223,6 +241,17 @@ class MemoryStore:
                 for statement in statements:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self):
+        """One write transaction on the file (for the other tables of the store: traces.py)."""
+        with self._transaction() as db:
+            yield db
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a read-only statement, under the store's lock."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     @contextmanager
     def _transaction(self):

@@ -9,6 +9,8 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
 With a safety guard (`--guard`), requests and replies are checked (herd/serve/moderation.py).
+With `--agent`, a second model name runs the agent (herd/serve/agent.py), and
+`POST /v1/agent/feedback` rates its replies.
 
 `GET /` is the chat page (herd/serve/web/index.html): one static file that calls the API above from
 the browser. It needs no key to load; its requests carry the key the user types into it.
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from herd.guard.moderator import Moderator
 from herd.serve import protocol as p
+from herd.serve.agent import FeedbackRequest
 from herd.serve.completions import ChatCompletion, TextCompletion
 from herd.serve.engine import Engine
 from herd.serve.metrics import ServeMetrics
@@ -41,6 +44,7 @@ class ServerState:
         self.api_key = api_key
         self.engine: Engine | None = None
         self.moderator: Moderator | None = None
+        self.agent = None  # herd.serve.agent.AgentService with --agent
         self.metrics = ServeMetrics()
         self.draining = False
         self.created = p.now()
@@ -102,12 +106,23 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [_model_card(state)]}
+        cards = [_model_card(state)]
+        if state.agent is not None:
+            cards.append({**cards[0], "id": state.agent.name})
+        return {"object": "list", "data": cards}
 
     @app.post("/v1/chat/completions")
     async def chat(body: p.ChatCompletionRequest, request: Request):
         engine = _ready(state, body.model)
+        if state.agent is not None and body.model == state.agent.name:
+            return await state.agent.chat(state, engine, body)
         return await ChatCompletion(state, engine, body).respond(request)
+
+    @app.post("/v1/agent/feedback")
+    async def agent_feedback(body: FeedbackRequest):
+        if state.agent is None:
+            raise APIError(404, "this server runs no agent (start it with --agent)")
+        return await state.agent.feedback(body)
 
     @app.post("/v1/completions")
     async def completions(body: p.CompletionRequest, request: Request):
@@ -138,10 +153,11 @@ def _ready(state: ServerState, model: str) -> Engine:
         raise APIError(503, "the server is shutting down")
     if state.engine is None:
         raise APIError(503, "the model is still loading")
-    if model != state.model_name:
+    names = [state.model_name] + ([state.agent.name] if state.agent is not None else [])
+    if model not in names:
         raise APIError(
             404,
-            f"the model '{model}' does not exist (this server has '{state.model_name}')",
+            f"the model '{model}' does not exist (this server has {', '.join(map(repr, names))})",
             param="model",
             code="model_not_found",
         )

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from herd import options
+from herd.agent.repl import add_agent_options
 from herd.errors import HerdError
 from herd.guard.cli import add_guard_options, guard_policy
 
@@ -106,6 +107,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_guard_options(p)
     options.add_device(p)
     options.add_threads(p, "the model")
+    agent = p.add_argument_group(
+        "agent",
+        "with --agent, a second model name runs herd's agent (`herd agent`): BB3 modules, "
+        "search, long-term memory, tools; the options below are `herd agent`'s",
+    )
+    agent.add_argument(
+        "--agent",
+        action="store_true",
+        help="serve the agent as a second model (named by --agent-name) and POST "
+        "/v1/agent/feedback for ratings; memory is per request `user`",
+    )
+    agent.add_argument(
+        "--agent-name", metavar="NAME", help="the agent's model name (default: <model name>-agent)"
+    )
+    add_agent_options(agent, serve=True)
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -131,6 +147,7 @@ def run_serve(args: argparse.Namespace) -> None:
         raise HerdError(f"--max-queue {args.max_queue}: expected at least 0")
     detect_format(Path(args.checkpoint))  # a missing checkpoint fails before the server starts
     policy = guard_policy(args)  # and so does a missing guard
+    agent_parts = _agent_parts(args)  # and a bad agent option
     if args.host not in _LOCAL and key is None:
         sys.stderr.write(
             f"herd serve: warning: listening on {args.host} without --api-key: anyone who can "
@@ -163,12 +180,32 @@ def run_serve(args: argparse.Namespace) -> None:
         raise e if isinstance(e, HerdError) else HerdError(f"{type(e).__name__}: {e}") from e
     if state.moderator is not None:
         _log_guard_decisions()
+    if agent_parts is not None:
+        from herd.agent.llm import check_chat_tokenizer
+        from herd.serve.agent import AgentService
+
+        check_chat_tokenizer(engine.tokenizer)
+        agent_name = args.agent_name or f"{name}-agent"
+        state.agent = AgentService(args, agent_name, *agent_parts, state.moderator)
     state.set_engine(engine)
     logging.getLogger("uvicorn.error").info("model '%s' loaded; serving", state.model_name)
     # when the server stops (drained, or a second signal), so does the engine loop below
     threading.Thread(target=lambda: (http.join(), engine.shutdown()), daemon=True).start()
     engine.run()
     http.join()
+
+
+def _agent_parts(args):
+    """(search, toolbox) of --agent, checked before the model loads; None without --agent."""
+    if not args.agent:
+        return None
+    if args.director is not None:
+        raise HerdError("--director: Director decoding runs in `herd agent`, not in the server")
+    from herd.agent.memory import MemoryStore
+    from herd.agent.repl import open_parts
+
+    MemoryStore(args.memory).close()  # a bad --memory file fails now, not on the first request
+    return open_parts(args)
 
 
 def _load_engine(args, state):

@@ -90,6 +90,7 @@ class ChatCompletionRequest(_Sampling):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    user: str | None = None  # whose long-term memory, for the agent (herd serve --agent)
 
     @field_validator("response_format")
     @classmethod
