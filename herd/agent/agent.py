@@ -64,7 +64,6 @@ class AgentTurn:
     knowledge: dict = field(default_factory=dict)  # search, memory, entity: what the reply saw
     modules: list[m.ModuleTrace] = field(default_factory=list)
     tools: list[dict] = field(default_factory=list)  # each call, its result, its seconds
-    tool_calls: list[dict] = field(default_factory=list)  # calls left to the caller (serve)
     seconds: float = 0.0
 
     def trace(self) -> dict:
@@ -73,7 +72,6 @@ class AgentTurn:
             "knowledge": self.knowledge,
             "modules": [t.to_dict() for t in self.modules],
             "tools": self.tools,
-            "tool_calls": self.tool_calls,
             "seconds": round(self.seconds, 4),
         }
 
@@ -122,10 +120,8 @@ class Agent:
 
     # -- the turn ----------------------------------------------------------------------------------
 
-    def respond(self, context: list[dict], tools: list[dict] | None = None) -> AgentTurn:
-        """The reply to `context` (chat messages ending with the user's), with its trace. `tools`:
-        OpenAI function definitions a client offers for this turn (calls of them are returned in
-        `tool_calls`, not run)."""
+    def respond(self, context: list[dict]) -> AgentTurn:
+        """The reply to `context` (chat messages ending with the user's), with its trace."""
         began = time.perf_counter()
         context = [dict(x) for x in context]
         if not context or context[-1].get("role") != "user":
@@ -221,15 +217,14 @@ class Agent:
             )
             turn.knowledge["entity"] = entity
 
-        messages = m.build_response_messages(
-            dialogue,
-            search_knowledge=turn.knowledge.get("search"),
-            memory_note=note,
-            entity=entity,
-            system=self.config.system,
-        )
-        reply = self._reply(turn, context, messages, tools)
-        checked = self.guard is not None and reply and not turn.tool_calls
+        def build(turns: int) -> list[dict]:
+            return m.build_response_messages(
+                dialogue, search_knowledge=turn.knowledge.get("search"), memory_note=note,
+                entity=entity, max_turns=turns, system=self.config.system,
+            )  # fmt: skip
+
+        reply = self._reply(turn, context, build)
+        checked = self.guard is not None and reply
         if checked and _unsafe(self.guard.check_output_sync(context, reply), turn, "output"):
             reply = self.guard.refusal
         turn.reply = reply
@@ -253,26 +248,27 @@ class Agent:
             {"speaker": speaker, "text": text, "id": added, "rejected": why}
         )
 
-    def _reply(
-        self, turn: AgentTurn, context: list[dict], messages: list[dict], tools: list[dict] | None
-    ) -> str:
-        """The response module, with the Llama 3.1 tool loop when there is a toolbox."""
+    def _reply(self, turn: AgentTurn, context: list[dict], build) -> str:
+        """The response module (`build(max_turns)` gives its messages), with the Llama 3.1 tool
+        loop when there is a toolbox."""
         box = self.toolbox
-        if box is not None or tools:
-            from herd.agent.toolbox import Toolbox
-
-            box = box or Toolbox(code=False)
-            if tools:
-                box = Toolbox(
-                    box.search,
-                    code=box.code,
-                    limits=box.limits,
-                    functions=[*box.functions, *tools],
-                    commands=box.commands,
-                )
-            messages = box.prompt(messages)
+        for turns in (m.CONTEXT_TURNS, 8, 4, 2, 1):  # fewer turns until the prompt fits
+            messages = build(turns)
+            if box is not None:
+                messages = box.prompt(messages)
+            try:
+                out = self._complete_reply(messages)
+                break
+            except PromptTooLong:
+                if turns == 1:
+                    raise
         for step in range(self.config.max_tool_steps + 1):
-            out = self._complete_reply(messages)
+            if step:
+                try:
+                    out = self._complete_reply(messages)
+                except PromptTooLong:  # tool results filled the context: answer with what we have
+                    turn.modules.append(m.ModuleTrace("response", messages, "", None, 0.0))
+                    return ""
             decoded = decode_reply(out.text) if box is not None else None
             turn.modules.append(m.ModuleTrace("response", messages, out.text, None, out.seconds))
             if decoded is None or not decoded.wants_tool or step == self.config.max_tool_steps:
@@ -283,46 +279,26 @@ class Agent:
                 turn.modules[-1].parsed = reply
                 return reply
             calls = list(decoded.tool_calls)
-            assistant = {
-                "role": "assistant",
-                "content": "",
-                "stop_reason": "end_of_message",
-                "tool_calls": [
-                    {"function": {"name": c.name, "arguments": c.arguments}} for c in calls
-                ],
-            }
-            if not all(box.runs_here(c.name) for c in calls):  # the client's to run (serve)
-                turn.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in calls]
-                return ""
-            messages = [*messages, assistant]
+            messages = [*messages, {
+                "role": "assistant", "content": "", "stop_reason": "end_of_message",
+                "tool_calls": [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+            }]  # fmt: skip
             for call in calls:
                 if call.name == CODE_INTERPRETER and self.guard is not None:
                     code = str(call.arguments.get("code", ""))
-                    verdict = self.guard.check_output_sync(context, code)
-                    if _unsafe(verdict, turn, "tool"):
-                        turn.tools.append(
-                            {
-                                "name": call.name,
-                                "arguments": call.arguments,
-                                "output": None,
-                                "refused": True,
-                            }
-                        )
+                    if _unsafe(self.guard.check_output_sync(context, code), turn, "tool"):
+                        turn.tools.append({"name": call.name, "arguments": call.arguments,
+                                           "output": None, "refused": True})  # fmt: skip
                         return self.guard.refusal
                 result = box.run(call)
-                turn.tools.append(
-                    {
-                        "name": result.name,
-                        "arguments": result.arguments,
-                        "output": result.output,
-                        "seconds": round(result.seconds, 4),
-                        **result.details,
-                    }
-                )
+                turn.tools.append({"name": result.name, "arguments": result.arguments,
+                                   "output": result.output, "seconds": round(result.seconds, 4),
+                                   **result.details})  # fmt: skip
                 messages.append({"role": "ipython", "content": result.output})
         raise AssertionError("unreachable")
 
     def _complete_reply(self, messages: list[dict]):
+        """The reply's generation; a prompt that leaves too little room gets a smaller budget."""
         limit = self.config.response_tokens
         while True:
             try:

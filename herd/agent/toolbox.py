@@ -2,11 +2,11 @@
 search backend: a local BM25 index, the stdlib documentation or an HTTP endpoint), the
 `code_interpreter` (herd.agent.sandbox) and custom JSON functions declared in a file.
 
-Declaration follows Meta's Llama 3.1 prompt format: the system message opens with
-`Environment: ipython` (which alone enables the code interpreter), then `Tools: brave_search` for
-the built-in search tools, the knowledge cut-off and today's date; custom functions go into the
-first user message as JSON definitions after Meta's instruction (herd.serve.tools.tool_prompt, the
-same text `herd serve` writes for OpenAI `tools`).
+Declaration follows Meta's Llama 3.1 chat template: the system message opens with
+`Environment: ipython` (which with no other tool listed enables the code interpreter), then
+`Tools: brave_search` for the built-in search tool, the knowledge cut-off and today's date; custom
+functions go into the first user message as JSON definitions after Meta's instruction
+(herd.serve.tools.tool_prompt, the same text `herd serve` writes for OpenAI `tools`).
 
 A tool file is a JSON list of OpenAI tool definitions (`{"type": "function", "function": {"name",
 "description", "parameters"}}`). An entry may add `"command": ["program", "arg", ...]`: the agent
@@ -111,28 +111,26 @@ class Toolbox:
         return set(self.builtins) | {t["function"]["name"] for t in self.functions}
 
     def prompt(self, messages: list[dict], date=None) -> list[dict]:
-        """`messages` (a system message first, then the dialogue) with the tools declared."""
+        """`messages` (a system message first, then the dialogue) with the tools declared, as
+        Meta's Llama 3.1 chat template writes them: "Environment: ipython", then "Tools: ..." for
+        the built-ins other than the code interpreter, the cut-off and the date, then the system
+        prompt; custom functions go into the first user message."""
         import datetime
 
         from herd.serve.tools import KNOWLEDGE_CUTOFF, tool_prompt
 
-        if self.functions:
-            messages = tool_prompt(messages, self.functions, "auto", date)
-            system = messages[0]["content"].split("\n\n", 1)[1]  # tool_prompt's header, redone
-        else:
-            messages = [dict(m) for m in messages]
-            system = messages.pop(0)["content"] if messages[0]["role"] == "system" else ""
-        day = (date or datetime.date.today()).strftime("%d %b %Y")
-        search = [SEARCH_TOOL] if self.search is not None else []
-        lines = ["Environment: ipython"] if self.code or self.functions else []
-        if search:
-            lines.append("Tools: " + ", ".join(search))
-        if not lines:
+        messages = [dict(x) for x in messages]
+        system = messages.pop(0)["content"] if messages and messages[0]["role"] == "system" else ""
+        if not (self.builtins or self.functions):
             return [{"role": "system", "content": system}, *messages]
-        lines += [f"Cutting Knowledge Date: {KNOWLEDGE_CUTOFF}", f"Today Date: {day}"]
-        if messages and messages[0]["role"] == "system":
-            messages.pop(0)
-        return [{"role": "system", "content": "\n".join(lines) + "\n\n" + system}, *messages]
+        if self.functions:  # the instruction and definitions into the first user message
+            messages = tool_prompt(messages, self.functions, "auto", date)[1:]
+        day = (date or datetime.date.today()).strftime("%d %b %Y")
+        header = "Environment: ipython\n"
+        if self.search is not None:
+            header += f"Tools: {SEARCH_TOOL}\n\n"
+        header += f"Cutting Knowledge Date: {KNOWLEDGE_CUTOFF}\nToday Date: {day}\n\n"
+        return [{"role": "system", "content": header + system}, *messages]
 
     def runs_here(self, name: str) -> bool:
         """Whether a call of `name` runs in the agent (else it is the client's to run)."""

@@ -1,0 +1,89 @@
+"""`herd serve --agent`: the agent as a second model name over the server's own engine, through
+the `openai` client; ratings through /v1/agent/feedback; and the code interpreter round trip on
+the tiny agent model (tests/agent_model.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+import httpx
+import openai
+import pytest
+
+from herd.agent.memory import MemoryStore
+from herd.agent.toolbox import Toolbox
+from herd.agent.traces import TurnLog
+from herd.serve.agent import AgentService
+from tests.serve.conftest import KEY, Running
+
+
+def agent_args(tmp_path, **kw) -> argparse.Namespace:
+    values = {"memory": str(tmp_path / "agent.db"), "no_memory": False, "response_tokens": 16,
+              "max_tool_steps": 4}  # fmt: skip
+    return argparse.Namespace(**{**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def served(loaded, tmp_path_factory):
+    srv = Running(loaded)
+    args = agent_args(tmp_path_factory.mktemp("agent-serve"))
+    srv.state.agent = AgentService(args, "tiny-agent", None, Toolbox(code=True), None)
+    yield srv
+    srv.stop()
+
+
+def test_the_agent_is_a_second_model_with_its_turn_and_feedback(served):
+    assert [m.id for m in served.client.models.list().data] == ["tiny", "tiny-agent"]
+    ask = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "hello there"}]
+    reply = served.client.chat.completions.create(model="tiny-agent", messages=ask, user="ann")
+    extra = reply.model_extra["agent"]
+    assert reply.model == "tiny-agent" and reply.choices[0].finish_reason == "stop"
+    assert extra["decisions"] == {"search": False, "memory": False} and extra["turn"] >= 1
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    with MemoryStore(served.state.agent.args.memory, "ann") as store:
+        record = TurnLog(store).get(extra["turn"])
+        assert record.user == "ann" and record.reply == reply.choices[0].message.content
+        assert record.context == ask[1:]  # the client's system message is not the agent's
+    url = served.url + "/v1/agent/feedback"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    ok = httpx.post(url, json={"turn": extra["turn"], "rating": "bad", "correction": "Hi!"},
+                    headers=headers)  # fmt: skip
+    assert ok.status_code == 200 and ok.json() == {
+        "turn": extra["turn"],
+        "rating": "bad",
+        "stored": True,
+    }
+    with MemoryStore(served.state.agent.args.memory, "ann") as store:
+        assert TurnLog(store).get(extra["turn"]).correction == "Hi!"
+    gone = httpx.post(url, json={"turn": 9999, "rating": "good"}, headers=headers)
+    assert (
+        gone.status_code == 404 and "no agent turn with id 9999" in gone.json()["error"]["message"]
+    )
+    bad = httpx.post(url, json={"turn": 1, "rating": "meh"}, headers=headers)
+    assert bad.status_code == 400
+
+
+def test_streaming_sends_the_finished_reply_and_plain_requests_still_work(served):
+    ask = [{"role": "user", "content": "hello there"}]
+    chunks = list(
+        served.client.chat.completions.create(model="tiny-agent", messages=ask, stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].model_extra["agent"]["turn"]
+    whole = served.client.chat.completions.create(model="tiny-agent", messages=ask)
+    assert text == whole.choices[0].message.content  # greedy modules, greedy reply
+    plain = served.client.chat.completions.create(model="tiny", messages=ask, max_tokens=4)
+    assert plain.model == "tiny" and plain.choices[0].message.content is not None
+
+
+def test_client_tools_and_bad_requests_are_refused(served):
+    ask = [{"role": "user", "content": "hi"}]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="uses its own tools"):
+        served.client.chat.completions.create(model="tiny-agent", messages=ask, tools=[tool])
+    with pytest.raises(openai.BadRequestError, match="answers a last user message"):
+        served.client.chat.completions.create(
+            model="tiny-agent", messages=[{"role": "assistant", "content": "hi"}]
+        )
+    with pytest.raises(openai.NotFoundError, match="'tiny', 'tiny-agent'"):
+        served.client.chat.completions.create(model="other", messages=ask)
