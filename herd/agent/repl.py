@@ -131,6 +131,8 @@ def open_parts(args: argparse.Namespace):
     from herd.agent.search import open_backend
     from herd.agent.toolbox import Toolbox, load_tool_file
 
+    if args.gamma is not None and args.director is None:
+        raise HerdError("--gamma needs --director DIR")
     functions, commands = load_tool_file(args.tools) if args.tools else ([], {})
     if args.max_tool_steps < 0:
         raise HerdError(f"--max-tool-steps {args.max_tool_steps}: expected 0 or more")
@@ -171,8 +173,6 @@ def make_agent(args, chat, user: str, search, toolbox, guard, session: str | Non
 
 def load_director(args, model):
     if args.director is None:
-        if args.gamma is not None:
-            raise HerdError("--gamma needs --director DIR")
         return None
     from herd.agent.director import load_director as load
 

@@ -194,3 +194,34 @@ def test_tool_files_commands_and_the_declared_prompt(tmp_path):
         tools.write_text(text)
         with pytest.raises(HerdError, match=match):
             load_tool_file(tools)
+
+
+def test_director_trains_from_the_ratings_and_the_repl_decodes_with_it(model_dir, tmp_path):
+    db, out = tmp_path / "agent.db", tmp_path / "director"
+    with MemoryStore(db, "ann") as store:
+        log = TurnLog(store)
+        for i in range(6):
+            turn = log.add(i + 1, [{"role": "user", "content": f"hello {i}"}],
+                           "the search" if i % 2 else "a person", {}, None)  # fmt: skip
+            log.rate(turn, "good" if i % 2 else "bad")
+        one_sided = tmp_path / "one.db"
+    with MemoryStore(one_sided, "ann") as store:
+        TurnLog(store).rate(
+            TurnLog(store).add(1, [{"role": "user", "content": "hi"}], "x", {}, None), "good"
+        )
+    proc = herd_cli_inprocess(
+        "agent", "director", model_dir, "--memory", one_sided, "--out", out, check=False
+    )
+    assert proc.returncode == 2 and "needs both good and bad" in proc.stderr and not out.exists()
+    done = herd_cli_inprocess("agent", "director", model_dir, "--memory", db, "--out", out,
+                              "--steps", "30", "--gamma", "2", "--context", "dialogue")  # fmt: skip
+    assert "6 rated replies" in done.stdout and (out / "director.safetensors").is_file()
+    assert json.loads((out / "director.json").read_text())["gamma"] == 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", "agent", str(model_dir), "--index", "none", "--memory",
+         str(tmp_path / "chat.db"), "--director", str(out), "--response-tokens", "4"],
+        input="hello there\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    gamma = herd_cli_inprocess("agent", model_dir, "--gamma", "1", check=False)
+    assert gamma.returncode == 2 and "--gamma needs --director" in gamma.stderr

@@ -87,3 +87,17 @@ def test_client_tools_and_bad_requests_are_refused(served):
         )
     with pytest.raises(openai.NotFoundError, match="'tiny', 'tiny-agent'"):
         served.client.chat.completions.create(model="other", messages=ask)
+
+
+def test_bad_agent_options_fail_before_the_server_starts(checkpoint, tmp_path):
+    from tests.e2e.cli_runner import herd_cli_inprocess
+
+    for extra, message in (
+        (["--director", str(tmp_path)], "--director: Director decoding runs in `herd agent`"),
+        (["--memory", str(tmp_path / "no" / "a.db")], "does not exist; create it first"),
+        (["--index", str(tmp_path / "nothing")], "nothing"),
+        (["--max-tool-steps", "-1"], "--max-tool-steps -1"),
+    ):
+        proc = herd_cli_inprocess("serve", checkpoint, "--agent", "--port", "1", *extra, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
