@@ -112,8 +112,9 @@ def add_repl_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trace",
         action="store_true",
-        help="print each turn's modules (prompt size, output, parsed value, seconds), tool calls "
-        "and knowledge on stderr",
+        help="print each turn's modules (the end of each prompt, the output, the parsed value, "
+        "milliseconds), tool calls and knowledge on stderr; the whole trace is stored with the "
+        "turn in --memory either way",
     )
     p.add_argument(
         "--temperature", type=float, default=0.0, help="reply sampling temperature (default 0)"
@@ -248,7 +249,9 @@ def format_trace(turn) -> str:
     for t in turn.modules:
         shown = t.parsed if isinstance(t.parsed, str | bool | None) else json.dumps(t.parsed)
         out = " ".join(t.output.split())[:120]
+        asked = " ".join(t.messages[-1]["content"].split()) if t.messages else ""
         lines.append(f"   {t.module:<24} {t.seconds * 1000:7.0f} ms  {out!r} -> {shown!r}")
+        lines.append(f"   {'':<24} prompt ({len(t.messages)} messages) ...{asked[-160:]!r}")
     for call in turn.tools:
         output = " ".join(str(call.get("output")).split())[:120]
         lines.append(f"   tool {call['name']}({json.dumps(call['arguments'])[:80]}) -> {output!r}")
