@@ -204,8 +204,9 @@ def _agent_parts(args):
     from herd.agent.memory import MemoryStore
     from herd.agent.repl import open_parts
 
+    parts = open_parts(args)
     MemoryStore(args.memory).close()  # a bad --memory file fails now, not on the first request
-    return open_parts(args)
+    return parts
 
 
 def _load_engine(args, state):

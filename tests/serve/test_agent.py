@@ -98,6 +98,10 @@ def test_bad_agent_options_fail_before_the_server_starts(checkpoint, tmp_path):
         (["--index", str(tmp_path / "nothing")], "nothing"),
         (["--max-tool-steps", "-1"], "--max-tool-steps -1"),
     ):
-        proc = herd_cli_inprocess("serve", checkpoint, "--agent", "--port", "1", *extra, check=False)
+        memory = [] if "--memory" in extra else ["--memory", str(tmp_path / "agent.db")]
+        proc = herd_cli_inprocess(
+            "serve", checkpoint, "--agent", "--port", "1", *memory, *extra, check=False
+        )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "agent.db").exists()  # options are checked before the file is made
