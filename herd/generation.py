@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from herd.errors import HerdError
 from herd.model.cache import KVCache
 from herd.model.transformer import Transformer
+
+if TYPE_CHECKING:
+    from herd.model.multimodal import Images
 
 
 def sample(
@@ -128,6 +132,7 @@ def stream_generate(
     compile: bool | None = None,
     bidirectional_prefix: int = 0,
     num_samples: int = 1,
+    images: Images | None = None,
 ) -> Iterator[list[int]]:
     """Yield one list of new token ids (one per batch row) per step, until done or stopped.
 
@@ -141,6 +146,10 @@ def stream_generate(
     `bidirectional_prefix` = n: the prompt's first n tokens attend each other both ways in the
     prefill, as a model trained with bidirectional attention (data.objective nxtpre or mskbi) saw
     its prefix or infilling context; every later token attends causally, as in training.
+
+    `images` (a vision model's `herd.model.multimodal.Images`): the prompt's <|image|> tokens
+    show them; they are encoded once, in the prefill, and every decode step reads their cached
+    keys and values (eager decode steps unless `compile` is asked for).
     """
     config = model.config
     device = model.embed.weight.device
@@ -159,8 +168,15 @@ def stream_generate(
             f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the model's "
             f"context of {config.max_seq_len} tokens"
         )
-    if int(prompt.max()) >= config.vocab_size or int(prompt.min()) < 0:
-        raise HerdError(f"prompt token ids must be in [0, {config.vocab_size})")
+    limit = config.vocab_size
+    if images is not None:
+        if config.vision is None:
+            raise HerdError("images were given, but the model has no image encoder")
+        if num_samples > 1:
+            raise HerdError("num_samples > 1 with images is not supported yet")
+        limit += config.vision.extra_tokens  # <|image|> and the other rows past the vocabulary
+    if int(prompt.max()) >= limit or int(prompt.min()) < 0:
+        raise HerdError(f"prompt token ids must be in [0, {limit})")
     if not 0 <= bidirectional_prefix <= prompt_len:
         raise HerdError(
             f"bidirectional_prefix is {bidirectional_prefix}, expected 0 to the prompt's "
@@ -169,14 +185,19 @@ def stream_generate(
     if max_new_tokens == 0:
         return
     if compile is None:
-        compile = device.type == "cuda"
+        compile = device.type == "cuda" and images is None
     decode = _compiled_decode(device.type) if compile else _decode_step
     generator = torch.Generator(device=device).manual_seed(seed)
     # Compiled steps are specialised to the cache length: bucket it. Eager steps are not: size it
     # exactly, so attention reads no padding.
     length = cache_length(total, config.max_seq_len) if compile else total
     rows = batch * num_samples
-    cache = KVCache(config, rows, length, device, model.embed.weight.dtype)
+    cache_type, with_images = KVCache, {}
+    if images is not None:
+        from herd.model.multimodal import ImageKVCache
+
+        cache_type, with_images = ImageKVCache, {"images": images.to(device)}
+    cache = cache_type(config, rows, length, device, model.embed.weight.dtype)
     if compile:
         for t in (*cache.keys, *cache.values):
             torch._dynamo.mark_static_address(t)
@@ -189,7 +210,9 @@ def stream_generate(
     # vocabulary would be 4 GiB of float32 logits per row).
     last = torch.full((batch,), prompt_len - 1, device=device)
     prefill = cache.first_row() if num_samples > 1 else cache
-    logits = model(prompt, torch.arange(prompt_len, device=device), prefill, last=last)
+    logits = model(
+        prompt, torch.arange(prompt_len, device=device), prefill, last=last, **with_images
+    )
     if num_samples > 1:
         cache.share_prefix(prompt_len)
         logits = logits.expand(num_samples, -1)
@@ -224,13 +247,15 @@ def generate(
     compile: bool | None = None,
     bidirectional_prefix: int = 0,
     num_samples: int = 1,
+    images: Images | None = None,
 ):
     """New token ids after `prompt_ids`.
 
     A list of ids in gives a list out; a LongTensor [T] gives [N], [B, T] gives [B, N]. Generation
     ends at `max_new_tokens` or when every row has produced one of `stop_ids` (kept in the output);
-    in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix` and
-    `num_samples`: as in `stream_generate`; with K samples, K lists (or [K, N]) come back.
+    in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix`,
+    `num_samples` and `images`: as in `stream_generate`; with K samples, K lists (or [K, N]) come
+    back.
     """
     steps = list(
         stream_generate(
@@ -245,6 +270,7 @@ def generate(
             compile,
             bidirectional_prefix,
             num_samples,
+            images,
         )
     )
     batch = len(steps[0]) if steps else _as_batch(prompt_ids, torch.device("cpu")).shape[0]

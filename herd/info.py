@@ -29,7 +29,7 @@ def resolve_config(target: str) -> ModelConfig:
 
 def describe(config: ModelConfig) -> dict:
     s = config.rope_scaling
-    return {
+    out = {
         "parameters": config.num_params(),
         "layers": config.n_layers,
         "dim": config.dim,
@@ -44,6 +44,9 @@ def describe(config: ModelConfig) -> dict:
         "context": config.max_seq_len,
         "tied_embeddings": config.tie_embeddings,
     }
+    if config.vision is not None:  # only then, so text models' JSON reads as before
+        out["vision"] = config.to_dict()["vision"]
+    return out
 
 
 def _human(n: int) -> str:
@@ -74,9 +77,21 @@ def format_table(name: str, d: dict) -> str:
         ("rope_scaling", scaling),
         ("context", d["context"]),
         ("tied_embeddings", "yes" if d["tied_embeddings"] else "no"),
+        *_vision_rows(d.get("vision")),
         ("parameters", f"{d['parameters']:,} ({_human(d['parameters'])})"),
     ]
     return "\n".join([name, *(f"  {k:<16}{v}" for k, v in rows)])
+
+
+def _vision_rows(v: dict | None) -> list[tuple[str, str]]:
+    if v is None:
+        return []
+    encoder = (
+        f"{v['dim']} wide, {v['n_layers']} + {v['n_global_layers']} gated layers, up to "
+        f"{v['max_tiles']} tiles of {v['image_size']} px (patch {v['patch_size']})"
+    )
+    places = ", ".join(str(i) for i in v["cross_attention_layers"])
+    return [("vision", encoder), ("cross_attention", f"at {places}")]
 
 
 def run_info(target: str | None, as_json: bool = False, list_presets: bool = False) -> None:

@@ -2,7 +2,8 @@
 
 Every reader returns a `ModelConfig` and a state dict in herd's tensor names and RoPE layout; every
 writer takes the same. `load` (the public `herd.load`) reads any format into a ready model;
-`convert` rewrites any readable format as a herd or Hugging Face folder, carrying tokenizer files;
+`convert` rewrites any readable format as a herd or Hugging Face folder, carrying tokenizer files
+(a vision model's Hugging Face folder is transformers' Mllama, herd/checkpoint/mllama.py);
 with `merge_lora` its source is a PEFT LoRA adapter folder, merged into its base checkpoint.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from herd.checkpoint import hf, io, llama2c, meta
+from herd.checkpoint import hf, io, llama2c, meta, mllama
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
 from herd.model.transformer import Transformer
@@ -50,7 +51,7 @@ def read_config(path: str | Path, fmt: str = "auto") -> ModelConfig:
     if fmt == "herd":
         return io.read_herd_config(path)
     if fmt == "hf":
-        return hf.read_hf_config(path)
+        return _hf_kind(path).read_hf_config(path)
     if fmt == "llama2c":
         return llama2c.read_llama2c_config(path)
     return read_checkpoint(path, fmt)[0]  # Meta: shapes come from the shards
@@ -72,7 +73,7 @@ def read_checkpoint(
         return _merged_adapter_checkpoint(path)
     readers = {
         "herd": io.read_herd_folder,
-        "hf": hf.read_hf_folder,
+        "hf": lambda folder: _hf_kind(folder).read_hf_folder(folder),
         "meta": meta.read_meta_folder,
         "llama2c": llama2c.read_llama2c,
     }
@@ -132,8 +133,15 @@ def convert(
     else:
         model = load(src, "cpu", target_dtype, src_format)  # checks names and shapes
         state_dict = {k: v for k, v in model.state_dict().items()}
-    writer = io.save_herd_folder if dst_format == "herd" else hf.write_hf_folder
+    writer = io.save_herd_folder
+    if dst_format == "hf":
+        writer = hf.write_hf_folder if model.config.vision is None else mllama.write_hf_folder
     return writer(model.config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
+
+
+def _hf_kind(folder: Path):
+    """The module that reads a Hugging Face folder: Llama 3.2 Vision's, or the Llama one."""
+    return mllama if mllama.is_mllama_folder(folder) else hf
 
 
 def _holds_adapters_only(folder: Path) -> bool:

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -237,18 +237,23 @@ def _hf_weight_files(folder: Path) -> list[Path]:
     return bins
 
 
+def read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder, by its transformers name (safetensors or .bin)."""
+    files = _hf_weight_files(folder)
+    if files[0].suffix != ".bin":
+        return load_safetensors(files)
+    raw: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:  # weights_only: never unpickle arbitrary objects from a downloaded file
+            raw.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:
+            raise HerdError(f"{f}: unreadable PyTorch weights ({e})") from None
+    return raw
+
+
 def read_hf_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     config = read_hf_config(folder)
-    files = _hf_weight_files(folder)
-    if files[0].suffix == ".bin":
-        raw: dict[str, torch.Tensor] = {}
-        for f in files:
-            try:  # weights_only: never unpickle arbitrary objects from a downloaded file
-                raw.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-            except Exception as e:
-                raise HerdError(f"{f}: unreadable PyTorch weights ({e})") from None
-    else:
-        raw = load_safetensors(files)
+    raw = read_hf_tensors(folder)
     state_dict = {}
     for name, t in raw.items():
         herd_name = hf_to_herd_name(name, str(folder))
@@ -264,15 +269,21 @@ def write_hf_folder(
     tokenizer: Iterable[Path] = (),
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    tensors: dict[str, torch.Tensor] | None = None,
+    config_dict: Callable[[ModelConfig, torch.dtype], dict] | None = None,
 ) -> Path:
     """Write a folder that transformers' LlamaForCausalLM.from_pretrained and AutoTokenizer load
     (a reward model, config.head "score": LlamaForSequenceClassification with one label).
 
     The carried tokenizer is rewritten as the files transformers reads (herd/tokenizer/hf_export.py)
-    so that it encodes as herd does; a `tokenizer.model` is copied beside them as well."""
+    so that it encodes as herd does; a `tokenizer.model` is copied beside them as well.
+
+    Another architecture's writer (herd/checkpoint/mllama.py) passes its `tensors` in
+    transformers' names and its `config_dict` (config, dtype -> config.json's object)."""
     from herd.tokenizer.hf_export import UnsupportedTokenizer, hf_tokenizer_files, write_text_files
 
-    tensors = {herd_to_hf_name(k): v for k, v in state_dict.items()}
+    if tensors is None:
+        tensors = {herd_to_hf_name(k): v for k, v in state_dict.items()}
     if config.head == "score":
         tensors[SCORE_KEY] = tensors.pop("lm_head.weight")
     if config.tie_embeddings:
@@ -288,9 +299,11 @@ def write_hf_folder(
             print(f"warning: {e}; its files are copied as they are", file=sys.stderr)
 
     def fill(tmp: Path) -> None:
-        cfg = hf_config_dict(config, dtype)
+        cfg = (config_dict or hf_config_dict)(config, dtype)
         if tok is not None:
             cfg.update(_special_ids(tok))
+            if "text_config" in cfg:  # a composite model's decoder reads them there
+                cfg["text_config"].update(_special_ids(tok))
         if config.head == "score":
             from herd.tokenizer.chat import conversation_pad_id
 

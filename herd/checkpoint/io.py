@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from herd.atomic_files import write_folder_atomically
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
+from herd.model.multimodal import model_class
 from herd.model.transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -251,7 +252,7 @@ def instantiate(
 ) -> Transformer:
     """A Transformer holding `state_dict` (herd names), after checking every name and shape."""
     with torch.device("meta"):
-        model = Transformer(config)
+        model = model_class(config)(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if config.tie_embeddings:
         expected.pop("output.weight", None)

@@ -1,4 +1,5 @@
-"""Named architectures: the published LLaMA, Llama 2 and Llama 3.x shapes, plus a CPU demo.
+"""Named architectures: the published LLaMA, Llama 2 and Llama 3.x shapes (Llama 3.2 Vision too),
+plus a CPU demo.
 
 Each preset is a small function returning a `ModelConfig`. FFN widths are derived exactly as Meta's
 reference code does (`llama_ffn_dim`) from `multiple_of` and `ffn_dim_multiplier` in the released
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from herd.errors import HerdError
-from herd.model.config import ModelConfig, RopeScaling, llama_ffn_dim
+from herd.model.config import ModelConfig, RopeScaling, VisionConfig, llama_ffn_dim
 
 # Llama 3.1 long-context scaling as released (params.json use_scaled_rope=true).
 LLAMA31_SCALING = RopeScaling(
@@ -75,6 +76,13 @@ def _llama3(
     )
 
 
+def _llama32_vision() -> ModelConfig:
+    # Llama 3.2 11B Vision: Llama 3.1 8B's decoder (its 32 blocks are the text model, kept as
+    # they were) with 8 gated cross-attention layers and a 1280-wide encoder on 560-pixel tiles
+    # (VisionConfig's defaults), 10,670,220,835 parameters as released.
+    return _llama3(4096, 32, 32, 1024, 1.3, LLAMA31_SCALING).replace(vision=VisionConfig())
+
+
 def demo() -> ModelConfig:
     """A 15M-parameter model shaped like llama2.c's stories15M (tied classifier), for CPU."""
     return ModelConfig(
@@ -103,6 +111,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "llama3-405b": lambda: _llama3(16384, 126, 128, 4096, 1.2, LLAMA31_SCALING),
     "llama3.2-1b": lambda: _llama3(2048, 16, 32, 256, 1.5, LLAMA32_SCALING, tie=True),
     "llama3.2-3b": lambda: _llama3(3072, 28, 24, 256, 1.0, LLAMA32_SCALING, tie=True),
+    "llama3.2-11b-vision": _llama32_vision,
     "demo": demo,
 }
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from herd.errors import HerdError
 from herd.model.cache import KVCache
 from herd.model.config import ModelConfig
 from herd.model.linear import Linear
@@ -140,6 +141,11 @@ class Transformer(nn.Module):
     """tokens [B, T] -> logits [B, T, vocab_size]."""
 
     def __init__(self, config: ModelConfig) -> None:
+        if config.vision is not None and type(self) is Transformer:  # never silently text-only
+            raise HerdError(
+                "a config with vision builds herd.model.multimodal.VisionLanguageModel "
+                "(herd.model.multimodal.build_model)"
+            )
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.dim)
