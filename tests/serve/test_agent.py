@@ -105,3 +105,38 @@ def test_bad_agent_options_fail_before_the_server_starts(checkpoint, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "agent.db").exists()  # options are checked before the file is made
+
+
+def test_code_interpreter_round_trip_through_the_openai_client(tiny_agent, tmp_path):
+    """A trained model (tests/agent_model.py) served with --agent: the client asks, the agent
+    calls the code interpreter in the sandbox, reads the result and answers with it."""
+    from herd.checkpoint.loading import load_for_command
+    from tests.agent_model import agent_data
+
+    checkpoint, _ = tiny_agent
+    model, tok, _ = load_for_command(checkpoint, device="cpu", tokenizer_needed="to serve")
+    srv = Running((model.eval(), tok))
+    try:
+        srv.state.agent = AgentService(agent_args(tmp_path, response_tokens=48), "agent", None,
+                                       Toolbox(code=True), None)  # fmt: skip
+        copied = 0
+        for question in agent_data.arithmetic_questions(3, seed=3, held_out=True):
+            reply = srv.client.chat.completions.create(
+                model="agent", messages=[{"role": "user", "content": question["question"]}]
+            )
+            tools = reply.model_extra["agent"]["tools"]
+            assert [t["name"] for t in tools] == ["code_interpreter"] and tools[0]["exit_code"] == 0
+            assert tools[0]["arguments"]["code"].startswith("print(")
+            assert tools[0]["output"] == question["answer"]  # the sandbox computed it
+            # the answer comes after the result (a 64-wide model copies digits most of the time)
+            assert reply.choices[0].message.content.startswith("The answer is")
+            copied += tools[0]["output"] in reply.choices[0].message.content
+            with MemoryStore(tmp_path / "agent.db", "default") as store:
+                trace = TurnLog(store).get(reply.model_extra["agent"]["turn"]).trace
+            # the stored trace holds the tool step: the call, the ipython result, the final reply
+            responses = [t for t in trace["modules"] if t["module"] == "response"]
+            last = responses[-1]["messages"]
+            assert last[-1] == {"role": "ipython", "content": tools[0]["output"]}
+        assert copied >= 2
+    finally:
+        srv.stop()
