@@ -57,3 +57,26 @@ def tiny_guard(tmp_path_factory) -> str:
         if not done.is_file():
             done.write_text(json.dumps({"checkpoint": str(train_tiny_guard(root / "guard"))}))
         return json.loads(done.read_text())["checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def tiny_agent(tmp_path_factory) -> tuple[str, str]:
+    """The tiny agent model of tests/agent_model.py and the search index of its world
+    (checkpoint path, index folder), trained once per test run: xdist workers share one folder
+    of the run's temporary tree, and the first to take its lock trains while the others wait."""
+    import fcntl
+    import json
+
+    from tests.agent_model import train_tiny_agent
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny-agent"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "done.json"
+        if not done.is_file():
+            checkpoint, index = train_tiny_agent(root / "agent")
+            done.write_text(json.dumps({"checkpoint": str(checkpoint), "index": str(index)}))
+        paths = json.loads(done.read_text())
+        return paths["checkpoint"], paths["index"]
