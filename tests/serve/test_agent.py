@@ -119,7 +119,6 @@ def test_code_interpreter_round_trip_through_the_openai_client(tiny_agent, tmp_p
     try:
         srv.state.agent = AgentService(agent_args(tmp_path, response_tokens=48), "agent", None,
                                        Toolbox(code=True), None)  # fmt: skip
-        copied = 0
         for question in agent_data.arithmetic_questions(3, seed=3, held_out=True):
             reply = srv.client.chat.completions.create(
                 model="agent", messages=[{"role": "user", "content": question["question"]}]
@@ -128,15 +127,14 @@ def test_code_interpreter_round_trip_through_the_openai_client(tiny_agent, tmp_p
             assert [t["name"] for t in tools] == ["code_interpreter"] and tools[0]["exit_code"] == 0
             assert tools[0]["arguments"]["code"].startswith("print(")
             assert tools[0]["output"] == question["answer"]  # the sandbox computed it
-            # the answer comes after the result (a 64-wide model copies digits most of the time)
+            # the answer comes after the result; how well this 64-wide model copies the digits
+            # is tests/agent/test_agent_model.py's to measure, not the server's
             assert reply.choices[0].message.content.startswith("The answer is")
-            copied += tools[0]["output"] in reply.choices[0].message.content
             with MemoryStore(tmp_path / "agent.db", "default") as store:
                 trace = TurnLog(store).get(reply.model_extra["agent"]["turn"]).trace
             # the stored trace holds the tool step: the call, the ipython result, the final reply
             responses = [t for t in trace["modules"] if t["module"] == "response"]
             last = responses[-1]["messages"]
             assert last[-1] == {"role": "ipython", "content": tools[0]["output"]}
-        assert copied >= 2
     finally:
         srv.stop()
