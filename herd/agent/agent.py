@@ -43,6 +43,10 @@ MODULE_TOKENS = {
 }
 
 
+# A prompt too long for the model is built again with fewer turns of context, these in turn.
+FEWER_TURNS = (m.CONTEXT_TURNS, 8, 4, 2, 1)
+
+
 @dataclass
 class AgentConfig:
     response_tokens: int = 256
@@ -101,7 +105,7 @@ class Agent:
     def _module(self, turn: AgentTurn, name: str, build, parse, context: list[dict]):
         """Run a module: its prompt (fewer context turns until it fits), the model, the parser."""
         began = time.perf_counter()
-        for turns in (m.CONTEXT_TURNS, 8, 4, 2, 1):
+        for turns in FEWER_TURNS:
             messages = build(context[-turns * 2 :] if turns < m.CONTEXT_TURNS else context)
             try:
                 out = self.chat.complete(messages, MODULE_TOKENS[name.split(":")[0]], 0.0)
@@ -252,7 +256,7 @@ class Agent:
         """The response module (`build(max_turns)` gives its messages), with the Llama 3.1 tool
         loop when there is a toolbox."""
         box = self.toolbox
-        for turns in (m.CONTEXT_TURNS, 8, 4, 2, 1):  # fewer turns until the prompt fits
+        for turns in FEWER_TURNS:
             messages = build(turns)
             if box is not None:
                 messages = box.prompt(messages)

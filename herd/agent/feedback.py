@@ -38,7 +38,7 @@ def turn_prompt(record: TurnRecord, context: str = "module") -> list[dict]:
     return [dict(m) for m in record.context]
 
 
-def _regenerate(chat, prompt: list[dict], bad: str, seed: int) -> str | None:
+def _regenerate(chat, prompt: list[dict], bad: str) -> str | None:
     from herd.agent.modules import parse_response
     from herd.agent.tool_calls import decode_reply
 
@@ -84,7 +84,7 @@ def export_feedback(
         if chosen:
             counts["corrected"] += 1
         elif chat is not None:
-            chosen = _regenerate(chat, prompt, record.reply, record.id)
+            chosen = _regenerate(chat, prompt, record.reply)
             counts["regenerated" if chosen else "no_chosen"] += 1
         else:
             counts["no_chosen"] += 1

@@ -222,7 +222,7 @@ class MemoryStore:
             raise HerdError(f"{self.path}: not a usable SQLite database ({exc})") from None
 
     def _migrate(self) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise HerdError(
@@ -242,19 +242,14 @@ class MemoryStore:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @contextmanager
-    def transaction(self):
-        """One write transaction on the file (for the other tables of the store: traces.py)."""
-        with self._transaction() as db:
-            yield db
-
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Rows of a read-only statement, under the store's lock."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
     @contextmanager
-    def _transaction(self):
+    def transaction(self):
+        """One write transaction on the file (the notes here; the turns in traces.py)."""
         # BEGIN IMMEDIATE takes the write lock up front, so a read-then-write (dedup, then insert)
         # cannot interleave with another process's write.
         with self._lock:
@@ -322,7 +317,7 @@ class MemoryStore:
     def add(self, text: str, speaker: str, turn: int = 0) -> int | None:
         """Store a note about `speaker` ("partner" or "self") made at `turn`; its id, or None when it
         is rejected (empty, a "no persona" note, or a near-duplicate, see `why_rejected`)."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             if self._rejection(db, text, speaker) is not None:
                 return None
             cursor = db.execute(
@@ -335,7 +330,7 @@ class MemoryStore:
     def advance_turn(self) -> None:
         """One turn passed: every note of this user is one turn further from its last use. Call it
         once per turn before `mark_used`, as BB3's `update_memory_usage` does."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE memories SET turns_since_used = turns_since_used + 1 WHERE user = ?",
                 (self.user,),
@@ -344,7 +339,7 @@ class MemoryStore:
     def mark_used(self, ids: list[int], turn: int) -> None:
         """The reply at `turn` used these notes: reset their counters."""
         ids = sorted({int(i) for i in ids})
-        with self._transaction() as db:
+        with self.transaction() as db:
             for entry_id in ids:
                 if not db.execute(
                     "UPDATE memories SET last_used_turn = ?, turns_since_used = 0, uses = uses + 1 "
@@ -404,7 +399,7 @@ class MemoryStore:
         """Delete notes by id, whatever their user; the ids that existed and are now gone."""
         ids = sorted({int(i) for i in ids})
         deleted = []
-        with self._transaction() as db:
+        with self.transaction() as db:
             for entry_id in ids:
                 if db.execute("DELETE FROM memories WHERE id = ?", (entry_id,)).rowcount:
                     deleted.append(entry_id)

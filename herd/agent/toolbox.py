@@ -132,10 +132,6 @@ class Toolbox:
         header += f"Cutting Knowledge Date: {KNOWLEDGE_CUTOFF}\nToday Date: {day}\n\n"
         return [{"role": "system", "content": header + system}, *messages]
 
-    def runs_here(self, name: str) -> bool:
-        """Whether a call of `name` runs in the agent (else it is the client's to run)."""
-        return name in self.builtins or name in self.commands
-
     def run(self, call: ToolCall) -> ToolResult:
         began = time.perf_counter()
         details: dict = {}

@@ -83,6 +83,7 @@ class AgentService:
         self.args, self.name = args, name
         self.search, self.toolbox, self.moderator = search, toolbox, moderator
         self._agents: dict[str, tuple] = {}
+        self._log = None
         self._lock = threading.Lock()
 
     def agent(self, engine, user: str):
@@ -96,20 +97,17 @@ class AgentService:
             return self._agents[user]
 
     def log(self):
+        """The turn log ratings go to: any store on the file rates any user's turn by id, so one
+        is opened, once, and kept."""
+        from herd.agent.memory import MemoryStore
         from herd.agent.traces import TurnLog
 
         with self._lock:
-            if self._agents:
-                return next(iter(self._agents.values()))[0].log
-        from herd.agent.memory import MemoryStore
+            if self._log is None:
+                self._log = TurnLog(MemoryStore(self.args.memory, "default"))
+            return self._log
 
-        return TurnLog(MemoryStore(self.args.memory, "default"))
-
-    def close(self) -> None:
-        for agent, _ in self._agents.values():
-            agent.log.store.close()
-
-    async def chat(self, state, engine, body) -> JSONResponse | StreamingResponse:
+    async def chat(self, engine, body) -> JSONResponse | StreamingResponse:
         if body.tools:
             raise APIError(
                 400, f"tools: the agent '{self.name}' uses its own tools (--tools)", param="tools"

@@ -115,7 +115,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def chat(body: p.ChatCompletionRequest, request: Request):
         engine = _ready(state, body.model)
         if state.agent is not None and body.model == state.agent.name:
-            return await state.agent.chat(state, engine, body)
+            return await state.agent.chat(engine, body)
         return await ChatCompletion(state, engine, body).respond(request)
 
     @app.post("/v1/agent/feedback")
