@@ -172,7 +172,22 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
         "when CHECKPOINT sits in a herd run folder (RUN/checkpoints/step-N) whose config.toml "
         "trained such an objective, else causal",
     )
+    _add_image(p, "the prompt")
     _add_sampling(p)
+
+
+def _add_image(p: argparse.ArgumentParser, where: str) -> None:
+    """`--image` for `generate` and `chat` (Llama 3.2 Vision models)."""
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=f"show the picture at PATH to a vision model (Llama 3.2 Vision; repeatable, in "
+        f"order): {where} gets one <|image|> token per picture before its text, as Meta's chat "
+        "format places them (with --prompt-ids, the ids must hold them already); pictures are "
+        "resized and cut into the model's tiles as transformers' MllamaImageProcessor does",
+    )
 
 
 def _run_generate(args: argparse.Namespace) -> None:
@@ -185,6 +200,7 @@ def _add_chat(p: argparse.ArgumentParser) -> None:
     from herd.guard.cli import add_guard_options
 
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder with a tokenizer")
+    _add_image(p, "the first user turn (and the first after /reset)")
     _add_sampling(p)
     add_guard_options(p, chat=True)
     p.set_defaults(max_new_tokens=512)

@@ -6,6 +6,13 @@ still turn into a `--stop` string is held back until it cannot. With `--chat` (a
 the prompt is laid out in the checkpoint tokenizer's chat format and generation stops at the
 end-of-turn token. `herd chat --guard GUARD` checks each user line and each reply with a safety
 guard (herd/guard/moderator.py); its replies are then generated whole and printed once checked.
+
+`--image PATH` (a Llama 3.2 Vision model) shows pictures to the model: they are read and cut into
+tiles (herd/model/image_processing.py) before the weights load, so a bad file fails fast, and the
+prompt gets one <|image|> id per picture where Meta's format puts them: at the start of the
+user turn's text with --chat (and in `herd chat`, the first user turn), else before the BOS token,
+as transformers' MllamaProcessor lays out a plain prompt. The id is the model's (the first one
+past its vocabulary), not the tokenizer's: Meta's tiktoken file gives <|image|> another id.
 """
 
 from __future__ import annotations
@@ -14,10 +21,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from herd.checkpoint.loading import load_for_command
 from herd.errors import HerdError
 from herd.generation import stream_generate
+
+if TYPE_CHECKING:
+    from herd.model.multimodal import Images
 
 
 class TextStreamer:
@@ -83,9 +94,10 @@ def stream_reply(
     args: argparse.Namespace,
     bidirectional_prefix: int = 0,
     echo: bool = True,
+    images: Images | None = None,
 ) -> tuple[str, int]:
-    """Generate after `prompt`, writing text (or ids) to stdout as it comes unless not `echo`;
-    (text, tokens)."""
+    """Generate after `prompt` (showing a vision model `images`), writing text (or ids) to stdout
+    as it comes unless not `echo`; (text, tokens)."""
     write = sys.stdout.write if echo else (lambda text: None)
     stop_ids = tokenizer.stop_ids if tokenizer else []
     streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
@@ -101,6 +113,7 @@ def stream_reply(
         stop_ids=stop_ids,
         compile=args.compile,
         bidirectional_prefix=bidirectional_prefix,
+        images=images,
     ):
         token = step[0]
         count += 1
@@ -185,8 +198,59 @@ def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
     return len(prompt) - 1 if args.infill else len(prompt)
 
 
+def read_images(args: argparse.Namespace) -> tuple[Images | None, int]:
+    """(the --image pictures as the model's `Images`, the model's <|image|> id), or (None, 0)
+    without --image; read before the weights, so a text model or a bad file fails fast."""
+    if not args.image:
+        return None, 0
+    from herd.checkpoint.convert import detect_format, read_config
+    from herd.model.image_processing import ImageProcessor
+
+    path = Path(args.checkpoint)
+    fmt = detect_format(path)
+    config = read_config(path, fmt) if fmt in ("herd", "hf") else None  # only these hold vision
+    if config is None or config.vision is None:
+        raise HerdError(
+            f"{path}: a text-only model; --image needs a vision model (Llama 3.2 Vision)"
+        )
+    return ImageProcessor(config.vision)([args.image]), config.image_token_id
+
+
+def _check_image_chat(tokenizer) -> None:
+    if tokenizer.chat_format != "llama3":
+        raise HerdError(
+            f"{tokenizer.path}: --image in a chat needs the Llama 3 chat format, not "
+            f"{tokenizer.chat_format}"
+        )
+
+
+def show_images(tokenizer, prompt: list[int], count: int, image_id: int, chat: bool) -> list[int]:
+    """`prompt` with `count` <|image|> ids where Meta's format shows a turn's pictures: in a Llama
+    3 chat, at the start of the first user turn's text (right after its header); in plain text,
+    first (before BOS, as transformers' MllamaProcessor puts leading images)."""
+    at = 0
+    if chat:
+        special = tokenizer.special_tokens
+        header = [
+            special["<|start_header_id|>"],
+            *tokenizer.encode("user"),
+            special["<|end_header_id|>"],
+            *tokenizer.encode("\n\n"),
+        ]
+        ends = (
+            i + len(header) for i in range(len(prompt)) if prompt[i : i + len(header)] == header
+        )
+        at = next(ends, None)
+        if at is None:
+            raise HerdError("the chat prompt has no user turn to show the images in")
+    return [*prompt[:at], *[image_id] * count, *prompt[at:]]
+
+
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
+    if args.image and args.infill:
+        raise HerdError("--image and --infill cannot be combined")
+    images, image_id = read_images(args)
     needed = "to encode --prompt (or pass the prompt as --prompt-ids)" if args.prompt else None
     model, tokenizer, device = load_for_command(args.checkpoint, args.device, args.dtype, needed)
     stop_strings = list(args.stop)
@@ -196,16 +260,22 @@ def run_generate(args: argparse.Namespace) -> None:
         prompt, prefix, suffix = _infill_prompt(tokenizer, args.prompt)
         sys.stdout.write(prefix)
     elif args.chat:
+        if images is not None:
+            _check_image_chat(tokenizer)
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": args.prompt})
         prompt = tokenizer.encode_dialog(messages).ids
     else:
         prompt = tokenizer.encode(args.prompt, bos=args.bos)
+    if images is not None and args.prompt is not None:
+        prompt = show_images(tokenizer, prompt, len(args.image), image_id, args.chat)
     start = time.perf_counter()
     if args.infill:
         # the span ends where the model opens the next sentinel
         args.stop = [*stop_strings, *(tokenizer.decode([i]) for i in _sentinel_ids(tokenizer)[1:])]
-    _, count = stream_reply(model, tokenizer, prompt, args, bidirectional_prefix(args, prompt))
+    _, count = stream_reply(
+        model, tokenizer, prompt, args, bidirectional_prefix(args, prompt), images=images
+    )
     if args.infill:
         sys.stdout.write(suffix)
     sys.stdout.write("\n")
@@ -220,6 +290,7 @@ def run_chat(args: argparse.Namespace) -> None:
 
     _check_sampling(args)
     policy = guard_policy(args)  # a bad --guard fails before the model loads
+    images, image_id = read_images(args)
     model, tokenizer, _ = load_for_command(
         args.checkpoint, args.device, args.dtype, "to read and write the conversation"
     )
@@ -227,6 +298,15 @@ def run_chat(args: argparse.Namespace) -> None:
         raise HerdError(f"{args.checkpoint}: carries no tokenizer file")
     if tokenizer.chat_format is None:
         raise HerdError(f"{tokenizer.path}: this tokenizer has no chat format")
+    if images is not None:
+        _check_image_chat(tokenizer)
+
+    def encode(messages: list[dict]) -> list[int]:
+        prompt = tokenizer.encode_dialog(messages).ids
+        if images is None:
+            return prompt
+        return show_images(tokenizer, prompt, len(args.image), image_id, chat=True)
+
     guard = load_moderator(args, policy)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
@@ -251,12 +331,12 @@ def run_chat(args: argparse.Namespace) -> None:
             messages.pop()
             sys.stdout.write(guard.refusal + "\n")
             continue
-        prompt = tokenizer.encode_dialog(messages).ids
+        prompt = encode(messages)
         if len(prompt) + args.max_new_tokens > model.config.max_seq_len:
             sys.stderr.write("conversation too long for the context; starting over (/reset)\n")
             messages = [*system, {"role": "user", "content": line}]
-            prompt = tokenizer.encode_dialog(messages).ids
-        reply, _ = stream_reply(model, tokenizer, prompt, args, echo=guard is None)
+            prompt = encode(messages)
+        reply, _ = stream_reply(model, tokenizer, prompt, args, echo=guard is None, images=images)
         if guard is not None:  # generated whole, shown only once checked
             if _unsafe(guard, "output", guard.check_output_sync(messages, reply)):
                 reply = guard.refusal
