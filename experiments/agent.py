@@ -8,22 +8,26 @@ search and to recall, write a query and notes, pick knowledge from passages, not
 conversation, then reply with it. This script runs herd's agent (herd/agent/agent.py) on a model
 trained from scratch on those modules' prompts, on CPU:
 
-1. A world (experiments/agent_data.py): invented entities (towns, rivers, inventors, mountains,
-   bands) with 1-3 facts each, one document each in a BM25 index (`herd index build`'s code),
-   distractor documents, and partners who state facts about themselves. Held-out entities and
-   partners never occur in training text: the held-out answers are only in the index, or only in
-   what a partner said in an earlier session.
+1. A world (experiments/agent_world.py): invented entities (towns, rivers, inventors, mountains,
+   bands) with 1-3 facts each whose values are common words ("Dalpe holds a fair every
+   Tuesday."), one document each in a BM25 index (`herd index build`'s code), distractor
+   documents, and partners who state facts about themselves. Held-out entities and partners
+   never occur in training text: which value a held-out entity has is only in the index, and a
+   held-out partner's facts only in what they said in an earlier session.
 2. Rows for every module (search and memory decisions, query, memory notes, knowledge from
    search, memory and the conversation, the response with and without Llama 3.1 tool prompts,
    code-interpreter calls), built with the agent's own prompt builders on simulated turns.
 3. A byte-level BPE (herd.vocab.bpe) whose merges cover the prompts' English but not the
    invented names (they stay letters and common pairs, as held-out names must), and a random
    dim-128, 2-layer model; `herd sft`'s code (herd/posttrain/sft.py on the trainer) on the rows,
-   5,000 steps at lr 3e-3. Why this shape: every knowledge module copies names out of its
+   5,000 steps at lr 3e-3. Why this shape: every knowledge module copies words out of its
    prompt, and a small model only does that once it has formed induction heads. In the time
    this study has on two cores, a dim-160, 4-layer model (1,200 steps) learnt every decision
    and format but copied nothing; two layers at a third of the cost per step, for four times
-   the steps, copy.
+   the steps, copy. Why entity values are common words (agent_world.KINDS): with invented
+   values (names, years: several BPE pieces each) this model copied the value out of the passage
+   for 3% of held-out questions; a one-token value it copies for 94%, so the study measures the
+   agent's search path rather than the toy model's spelling.
 4. On held-out entities and partners, through `Agent.respond` (greedy):
    - search: the answer in the reply, with the world's index vs with no search backend;
    - memory: session one, the partner states 2-3 facts over a few turns and the agent writes
@@ -34,7 +38,7 @@ trained from scratch on those modules' prompts, on CPU:
      hit is the entity's document), search knowledge (holds the answer), memory knowledge (the
      right note), the memory generator (the right note, or none) and the entity module.
 
-    .venv/bin/python experiments/agent.py                     # ~20 minutes on 2 CPU cores
+    .venv/bin/python experiments/agent.py                     # ~15 minutes on 2 CPU cores
     .venv/bin/python experiments/agent.py --quick             # a smoke test, seconds
 
 Results on stdout, in OUT/summary.json, OUT/summary.md and OUT/agent.png; example turns with
@@ -56,7 +60,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as experiments/post_training.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import agent_data  # the sibling generator
+import agent_data  # the sibling generators: rows, turns, world
+import agent_turns
+import agent_world
 import torch
 from tqdm import tqdm
 
@@ -103,7 +109,7 @@ def scaled(sizes: dict[str, int], scale: float, least: int = 1) -> dict[str, int
 # --- 1-3: world, rows, tokenizer, model, training ---------------------------------------------
 
 
-def prepare(args, out: Path) -> tuple[agent_data.World, Path, dict, Path, Path]:
+def prepare(args, out: Path) -> tuple[agent_world.World, Path, dict, Path, Path]:
     """The world, the training rows (OUT/rows.jsonl) and their count per module, the index of the
     world's documents and the random starting model with its BPE; what exists already is
     reused."""
@@ -115,7 +121,7 @@ def prepare(args, out: Path) -> tuple[agent_data.World, Path, dict, Path, Path]:
         )
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(settings, indent=1) + "\n")
-    world = agent_data.make_world(args.seed, **scaled(WORLD, args.world_scale, least=2))
+    world = agent_world.make_world(args.seed, **scaled(WORLD, args.world_scale, least=2))
     rows = agent_data.module_rows(world, scaled(ROWS, args.rows_scale, least=4), args.seed)
     leaks = agent_data.held_out_leaks(world, rows)
     if leaks:
@@ -211,11 +217,11 @@ def eval_search(chat, index, questions, config, examples, quiet) -> dict:
     for q in bar(questions, "search", quiet):
         for arm, agent in arms.items():
             turn = agent.respond(user(q["question"]))
-            hits[arm].append(agent_data.answer_in(q["answer"], turn.reply))
+            hits[arm].append(agent_turns.answer_in(q["answer"], turn.reply))
             examples.add(arm, user(q["question"]), turn, answer=q["answer"])
             if arm == "with_search":
                 decided.append(turn.decisions["search"])
-                found.append(agent_data.answer_in(q["answer"], turn.knowledge.get("search") or ""))
+                found.append(agent_turns.answer_in(q["answer"], turn.knowledge.get("search") or ""))
     return {**{k: share(v) for k, v in hits.items()}, "questions": len(questions),
             "decided_search": share(decided), "knowledge_with_answer": share(found)}  # fmt: skip
 
@@ -244,12 +250,12 @@ def eval_memory(chat, index, cases, config, folder: Path, examples, quiet) -> di
                 turn = Agent(chat, search=index, memory=store, config=config).respond(
                     user(probe["question"])
                 )
-            hits["with_memory"].append(agent_data.answer_in(probe["answer"], turn.reply))
+            hits["with_memory"].append(agent_turns.answer_in(probe["answer"], turn.reply))
             recalled.append(turn.decisions.get("memory", False))
             examples.add("with_memory", user(probe["question"]), turn, answer=probe["answer"],
                          session_one=context)  # fmt: skip
             turn = plain.respond(user(probe["question"]))
-            hits["without_memory"].append(agent_data.answer_in(probe["answer"], turn.reply))
+            hits["without_memory"].append(agent_turns.answer_in(probe["answer"], turn.reply))
             examples.add("without_memory", user(probe["question"]), turn, answer=probe["answer"])
     return {**{k: share(v) for k, v in hits.items()}, "probes": len(stored),
             "partners": len(cases), "gold_note_stored": share(stored),
@@ -266,7 +272,7 @@ def eval_code(chat, index, questions, config, examples, quiet) -> dict:
     for q in bar(questions, "code", quiet):
         for arm, agent in arms.items():
             turn = agent.respond(user(q["question"]))
-            hits[arm].append(agent_data.answer_in(q["answer"], turn.reply))
+            hits[arm].append(agent_turns.answer_in(q["answer"], turn.reply))
             examples.add(arm, user(q["question"]), turn, answer=q["answer"])
             if arm == "with_tools":
                 called.append(any(t["name"] == "code_interpreter" for t in turn.tools))
@@ -280,7 +286,7 @@ def module_output(chat, name: str, messages: list[dict]) -> str:
 
 def eval_modules(chat, index, world, args, questions, cases, quiet) -> dict:
     """Each module alone on held-out labelled inputs (its prompt as the agent builds it)."""
-    turns = agent_data.decision_turns(world, args.turns, seed=args.seed + 1)
+    turns = agent_turns.decision_turns(world, args.turns, seed=args.seed + 1)
     out = {}
     rights = {"search": [], "do not search": []}
     for t in bar(turns["search"], "search decision", quiet):
@@ -296,7 +302,7 @@ def eval_modules(chat, index, world, args, questions, cases, quiet) -> dict:
                                  for k, v in rights.items() if v}}  # fmt: skip
     rights = {"access memory": [], "do not access memory": []}
     for t in bar(turns["memory"], "memory decision", quiet):
-        notes = [agent_data.Note(x) for x in t["notes"]]
+        notes = [agent_turns.Note(x) for x in t["notes"]]
         messages = m.build_memory_decision_messages(user(t["text"]), notes)
         said = m.parse_memory_decision(module_output(chat, "memory_decision", messages))
         rights["access memory" if t["memory"] else "do not access memory"].append(
@@ -316,12 +322,12 @@ def eval_modules(chat, index, world, args, questions, cases, quiet) -> dict:
         passages = index.search(q["query"], m.PASSAGES)
         messages = m.build_search_knowledge_messages(user(q["question"]), passages)
         said = m.parse_search_knowledge(module_output(chat, "search_knowledge", messages))
-        knowledge.append(agent_data.answer_in(q["answer"], said or ""))
+        knowledge.append(agent_turns.answer_in(q["answer"], said or ""))
     out["search_query"] = {"accuracy": share(query), "turns": len(query)}
     out["search_knowledge"] = {"accuracy": share(knowledge), "turns": len(knowledge)}
     notes_right, picks = [], []
     for case in bar(cases, "notes", quiet):
-        gold = [agent_data.Note(p["note"]) for p in case["probes"]]
+        gold = [agent_turns.Note(p["note"]) for p in case["probes"]]
         for p in case["probes"]:
             messages = m.build_memory_generator_messages(user(p["statement"]), "partner")
             said = m.parse_memory_generator(module_output(chat, "memory_generator", messages))
@@ -329,7 +335,7 @@ def eval_modules(chat, index, world, args, questions, cases, quiet) -> dict:
             messages = m.build_memory_generator_messages(user(p["question"]), "partner")
             said = m.parse_memory_generator(module_output(chat, "memory_generator", messages))
             notes_right.append(said is None)
-            shown = agent_data.retrieve(gold, p["question"])
+            shown = agent_turns.retrieve(gold, p["question"])
             if any(n.text == p["note"] for n in shown):
                 messages = m.build_memory_knowledge_messages(user(p["question"]), shown)
                 said = m.parse_memory_knowledge(
@@ -342,14 +348,14 @@ def eval_modules(chat, index, world, args, questions, cases, quiet) -> dict:
     entity = []
     for i in bar(range(args.turns), "entity", quiet):
         if i % 2 == 0:  # a held-out chit-chat topic
-            first = agent_data.chitchat_turn(rng, held_out=True)
+            first = agent_turns.chitchat_turn(rng, held_out=True)
             said, reply, topic = first.text, first.replies[0], first.topic
         else:  # a held-out entity asked about earlier
             q = questions[i % len(questions)]
             said, topic = q["question"], q["entity"]
-            reply = agent_data.UNKNOWN[0].format(name=topic)
+            reply = agent_turns.UNKNOWN[0].format(name=topic)
         dialogue = [*user(said), {"role": "assistant", "content": reply},
-                    *user(agent_data.greeting_turn(rng).text)]  # fmt: skip
+                    *user(agent_turns.greeting_turn(rng).text)]  # fmt: skip
         messages = m.build_contextual_knowledge_messages(dialogue)
         picked = m.parse_contextual_knowledge(
             module_output(chat, "contextual_knowledge", messages), dialogue
@@ -472,9 +478,9 @@ def main(argv: list[str] | None = None) -> dict:
     chat = LocalChat(model, tok)
     index = SearchIndex.load(index_dir)
     config = AgentConfig(response_tokens=args.response_tokens)
-    questions = agent_data.search_questions(world, args.questions, seed=args.seed + 3)
-    cases = agent_data.memory_cases(world, args.partners, seed=args.seed + 4)
-    arithmetic = agent_data.arithmetic_questions(args.arithmetic, seed=args.seed + 5)
+    questions = agent_turns.search_questions(world, args.questions, seed=args.seed + 3)
+    cases = agent_turns.memory_cases(world, args.partners, seed=args.seed + 4)
+    arithmetic = agent_turns.arithmetic_questions(args.arithmetic, seed=args.seed + 5)
     examples = Examples()
     evaluated = time.perf_counter()
     summary = {

@@ -1,10 +1,10 @@
 """A tiny agent model the agent tests share, trained through `herd sft` on rows of
-experiments/agent_data.py (the world of issue 24's study, made small).
+experiments/agent_data.py (the world of issue 24's study, experiments/agent_world.py, made small).
 
 It learns two of the agent's skills, in about a minute on two CPU cores:
 
-- the search decision: "search" for a question about an entity ("Which river flows through
-  Valmordek?"), "do not search" for chit-chat, greetings, a partner's statements and questions
+- the search decision: "search" for a question about an entity ("On which day is the market
+  in Dalpe?"), "do not search" for chit-chat, greetings, a partner's statements and questions
   about themselves, and arithmetic;
 - the code interpreter, with the system prompt `Toolbox(...).prompt` writes (with and without
   brave_search, any "Today Date:"): "What is 37 * 91?" -> `<|python_tag|>print(37 * 91)<|eom_id|>`,
@@ -25,17 +25,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
-import agent_data  # the study's generator, in experiments/
+import agent_data  # the study's generators, in experiments/
+import agent_turns  # noqa: F401  (the tests take their turns and questions from here)
+import agent_world
 
 # The world's sizes: small, since the fixture learns only the search decision and tool calls.
 WORLD = {"entities": 150, "held_out_entities": 20, "distractors": 30, "ghosts": 10,
          "partners": 60, "held_out_partners": 8}  # fmt: skip
 ROWS = {"search_decision": 1000, "code_interpreter": 900, "search_query": 40, "response": 100}
-STEPS = 850
+STEPS = 1200  # the digits are copied from about 1,000 steps on (850 copied 2 of 24 results)
 
 
-def tiny_agent_world() -> agent_data.World:
-    return agent_data.make_world(seed=0, **WORLD)
+def tiny_agent_world() -> agent_world.World:
+    return agent_world.make_world(seed=0, **WORLD)
 
 
 def train_tiny_agent(root: Path, steps: int = STEPS) -> tuple[Path, Path]:

@@ -124,9 +124,11 @@ class Agent:
 
     # -- the turn ----------------------------------------------------------------------------------
 
-    def respond(self, context: list[dict]) -> AgentTurn:
-        """The reply to `context` (chat messages ending with the user's), with its trace."""
+    def respond(self, context: list[dict], response_tokens: int | None = None) -> AgentTurn:
+        """The reply to `context` (chat messages ending with the user's), with its trace; the reply
+        gets at most `response_tokens` tokens (default: the config's) per generation."""
         began = time.perf_counter()
+        limit = response_tokens or self.config.response_tokens
         context = [dict(x) for x in context]
         if not context or context[-1].get("role") != "user":
             raise HerdError("agent context: the last message must be the user's")
@@ -227,7 +229,7 @@ class Agent:
                 entity=entity, max_turns=turns, system=self.config.system,
             )  # fmt: skip
 
-        reply = self._reply(turn, context, build)
+        reply = self._reply(turn, context, build, limit)
         checked = self.guard is not None and reply
         if checked and _unsafe(self.guard.check_output_sync(context, reply), turn, "output"):
             reply = self.guard.refusal
@@ -252,7 +254,7 @@ class Agent:
             {"speaker": speaker, "text": text, "id": added, "rejected": why}
         )
 
-    def _reply(self, turn: AgentTurn, context: list[dict], build) -> str:
+    def _reply(self, turn: AgentTurn, context: list[dict], build, limit: int) -> str:
         """The response module (`build(max_turns)` gives its messages), with the Llama 3.1 tool
         loop when there is a toolbox."""
         box = self.toolbox
@@ -261,7 +263,7 @@ class Agent:
             if box is not None:
                 messages = box.prompt(messages)
             try:
-                out = self._complete_reply(messages)
+                out = self._complete_reply(messages, limit)
                 break
             except PromptTooLong:
                 if turns == 1:
@@ -269,7 +271,7 @@ class Agent:
         for step in range(self.config.max_tool_steps + 1):
             if step:
                 try:
-                    out = self._complete_reply(messages)
+                    out = self._complete_reply(messages, limit)
                 except PromptTooLong:  # tool results filled the context: answer with what we have
                     turn.modules.append(m.ModuleTrace("response", messages, "", None, 0.0))
                     return ""
@@ -301,9 +303,8 @@ class Agent:
                 messages.append({"role": "ipython", "content": result.output})
         raise AssertionError("unreachable")
 
-    def _complete_reply(self, messages: list[dict]):
+    def _complete_reply(self, messages: list[dict], limit: int):
         """The reply's generation; a prompt that leaves too little room gets a smaller budget."""
-        limit = self.config.response_tokens
         while True:
             try:
                 return self.chat.complete(messages, limit)

@@ -126,7 +126,7 @@ class AgentService:
         def turn():
             with lock:
                 agent.chat.prompt_tokens = agent.chat.completion_tokens = 0
-                done = agent.respond(context)
+                done = agent.respond(context, body.max_completion_tokens or body.max_tokens)
                 return done, p.usage(agent.chat.prompt_tokens, agent.chat.completion_tokens)
 
         try:

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from tests.agent_model import agent_data, tiny_agent_world
+from tests.agent_model import agent_turns, tiny_agent_world
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_arithmetic_runs_the_code_interpreter_and_answers_with_its_result(agent)
     # the code interpreter alone: with brave_search declared too, this 64-wide model copies the
     # numbers into its code less reliably
     agent = Agent(agent.chat, toolbox=Toolbox(code=True))
-    questions = agent_data.arithmetic_questions(6, seed=11, held_out=True)  # triples never trained
+    questions = agent_turns.arithmetic_questions(6, seed=11, held_out=True)  # triples never trained
     right = computed = 0
     for q in questions:
         turn = ask(agent, q["question"])
@@ -58,12 +58,12 @@ def test_arithmetic_runs_the_code_interpreter_and_answers_with_its_result(agent)
 def test_search_decision_for_entities_not_for_chit_chat(agent):
     world = tiny_agent_world()
     rng = random.Random(5)
-    asks = [f["question"] for f in agent_data.search_questions(world, 8, seed=5)]
-    chat = [agent_data.chitchat_turn(rng, held_out=True).text for _ in range(3)]
-    chat += [agent_data.greeting_turn(rng).text for _ in range(2)]
+    asks = [f["question"] for f in agent_turns.search_questions(world, 8, seed=5)]
+    chat = [agent_turns.chitchat_turn(rng, held_out=True).text for _ in range(3)]
+    chat += [agent_turns.greeting_turn(rng).text for _ in range(2)]
     partner = world.partners["held_out"][0]
-    chat += [agent_data.statement_turn(partner.facts[0], rng).text,
-             agent_data.personal_turn(partner.facts[1], rng).text]  # fmt: skip
+    chat += [agent_turns.statement_turn(partner.facts[0], rng).text,
+             agent_turns.personal_turn(partner.facts[1], rng).text]  # fmt: skip
     searched = [ask(agent, q).decisions["search"] for q in asks]
     assert sum(searched) >= 7, list(zip(asks, searched, strict=True))
     not_searched = [not ask(agent, t).decisions["search"] for t in chat]

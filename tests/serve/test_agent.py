@@ -63,6 +63,20 @@ def test_the_agent_is_a_second_model_with_its_turn_and_feedback(served):
     assert bad.status_code == 400
 
 
+def test_max_tokens_limits_the_reply(served, loaded):
+    _, tok = loaded
+    ask = [{"role": "user", "content": "hello there"}]
+    replies = {}
+    for limit in (None, 1):
+        reply = served.client.chat.completions.create(
+            model="tiny-agent", messages=ask, user="cap", max_tokens=limit
+        )
+        with MemoryStore(served.state.agent.args.memory, "cap") as store:
+            trace = TurnLog(store).get(reply.model_extra["agent"]["turn"]).trace
+        replies[limit] = [t["output"] for t in trace["modules"] if t["module"] == "response"][-1]
+    assert len(tok.encode(replies[1])) <= 1 < len(tok.encode(replies[None])), replies
+
+
 def test_streaming_sends_the_finished_reply_and_plain_requests_still_work(served):
     ask = [{"role": "user", "content": "hello there"}]
     chunks = list(
@@ -111,7 +125,7 @@ def test_code_interpreter_round_trip_through_the_openai_client(tiny_agent, tmp_p
     """A trained model (tests/agent_model.py) served with --agent: the client asks, the agent
     calls the code interpreter in the sandbox, reads the result and answers with it."""
     from herd.checkpoint.loading import load_for_command
-    from tests.agent_model import agent_data
+    from tests.agent_model import agent_turns
 
     checkpoint, _ = tiny_agent
     model, tok, _ = load_for_command(checkpoint, device="cpu", tokenizer_needed="to serve")
@@ -119,7 +133,7 @@ def test_code_interpreter_round_trip_through_the_openai_client(tiny_agent, tmp_p
     try:
         srv.state.agent = AgentService(agent_args(tmp_path, response_tokens=48), "agent", None,
                                        Toolbox(code=True), None)  # fmt: skip
-        for question in agent_data.arithmetic_questions(3, seed=3, held_out=True):
+        for question in agent_turns.arithmetic_questions(3, seed=3, held_out=True):
             reply = srv.client.chat.completions.create(
                 model="agent", messages=[{"role": "user", "content": question["question"]}]
             )
