@@ -70,6 +70,14 @@ class TrainConfig:
         metadata={"help": "full (gathered), sharded (DCP per process) or auto (sharded if >1)"},
     )
     out: str = field(default="runs/run", metadata={"help": "run folder"})
+    vision_train: str = field(
+        default="adapter",
+        metadata={
+            "help": "with [model] vision: adapter (the text model frozen; the image encoder, "
+            "projector, cross-attention layers and <|image|> row train, Llama 3 section 7) or "
+            "full (everything trains)"
+        },
+    )
 
 
 @dataclass
@@ -307,6 +315,14 @@ class RunConfig:
             base = preset(values.pop("preset", "demo")).to_dict()
             if vocab_size is not None and "vocab_size" not in values:
                 values["vocab_size"] = vocab_size
+        vision = values.get("vision")
+        if isinstance(vision, dict) and "cross_attention_layers" not in vision:
+            n_layers = values.get("n_layers", base.get("n_layers"))
+            if isinstance(n_layers, int) and n_layers > 0:
+                values["vision"] = {
+                    **vision,
+                    "cross_attention_layers": cross_attention_places(n_layers),
+                }
         return ModelConfig.from_dict({**base, **values}, source="[model]")
 
     @property
@@ -316,6 +332,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def cross_attention_places(n_layers: int) -> list[int]:
+    """Llama 3.2 Vision's placement for a text model of `n_layers` blocks: a cross-attention
+    layer before text blocks 3, 7, 11, ... (11B: places 3, 8, ..., 38 of 40), or before the last
+    block of a model with fewer than 4; as places in the combined stack."""
+    before = list(range(3, n_layers, 4)) or [n_layers - 1]
+    return [block + k for k, block in enumerate(before)]
 
 
 SECTIONS = {

@@ -28,12 +28,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from herd.checkpoint.loading import load_weights
 from herd.data.loader import StepLoader
 from herd.errors import HerdError
 from herd.model.lora import apply_lora, peft_config_dict, peft_names
 from herd.model.loss import release_workspace
-from herd.model.transformer import build_model
+from herd.model.multimodal import build_model
 from herd.train import distributed, throughput
 from herd.train.checkpoint import (
     check_same_model,
@@ -54,6 +53,12 @@ from herd.train.step import accumulate_gradients, clip_gradients, guarded_update
 from herd.train.training_data import TrainingData, pretraining_data
 from herd.train.validation import validate
 from herd.train.verdicts import Verdicts
+from herd.train.vision_adapter import (
+    freeze_for_vision,
+    image_text_data,
+    is_vision_run,
+    load_start_weights,
+)
 
 PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -89,7 +94,17 @@ class Trainer:
         self.checkpoint_format = resolve_format(
             t.checkpoint_format, self.world_size, self.lora is not None
         )
-        data = data or pretraining_data(run, self.rank)
+        vision = is_vision_run(run)
+        if vision and self.lora is not None:
+            raise HerdError(
+                "[lora] with [model] vision is not supported yet (LoRA checkpoints hold the "
+                "adapters alone, not the image encoder); set train.vision_train adapter or full"
+            )
+        # `herd train` of a vision model: image-text rows, and the text model frozen (Llama 3
+        # section 7) unless train.vision_train is full; a text model trains on shards.
+        adapter_run = data is None and vision
+        if data is None:
+            data = image_text_data(run, self.rank) if vision else pretraining_data(run, self.rank)
         self.tokenizer, self.val_batches = data.tokenizer, data.val
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
         self.model_config = run.model_config(vocab_size=self.tokenizer.vocab_size)
@@ -109,7 +124,9 @@ class Trainer:
         dtype = PARAM_DTYPES[t.param_dtype]
         self.model = build_model(self.model_config, self.device, dtype, t.seed).train()
         if run.init_checkpoint:
-            load_weights(self.model, run.init_checkpoint)
+            load_start_weights(self.model, run.init_checkpoint)
+        if adapter_run:
+            freeze_for_vision(self.model, t.vision_train)
         if self.lora is not None:  # frozen base, trainable adapters (B = 0: the base's outputs)
             # A's random start drawn from the run's seed, not from whatever the process drew first
             cuda = [self.device] if self.device.type == "cuda" else []

@@ -1,0 +1,389 @@
+"""Image-text training data for a vision adapter (Llama 3 section 7; Llama 3.2 Vision).
+
+Rows (JSONL, Parquet, folders of them, or a Hugging Face dataset, read as SFT's are) take one of
+three forms; each is one training sample, padded (not packed) into a batch row:
+
+    {"image": PICTURE or [PICTURE, ...], "text": "a caption"}      (or "images")
+        ids: one <|image|> per picture, then BOS, the caption, EOS, as transformers'
+        MllamaProcessor lays out a plain prompt (`<|image|><|begin_of_text|>...`); loss on the
+        caption and its EOS.
+    {"text": "plain text"}
+        a text-only sample: BOS text EOS, loss on everything after BOS.
+    {"messages": [...], "images": [PICTURE, ...] (optional)}
+        a conversation in the tokenizer's chat format with the assistant's turns as targets
+        (herd/posttrain/chat_data.py's rules and loss mask). A user message's content may be a
+        list of OpenAI-style parts: {"type": "text", "text": ...}, {"type": "image", "path" |
+        "image": PICTURE}, {"type": "image_url", "image_url": {"url": PICTURE}}, or a bare
+        {"type": "image"} that takes the row's next "images" entry (TRL's layout). Each image
+        part becomes one <|image|> id where it stands, as Meta's chat format encodes content.
+
+A PICTURE is a file path (relative to the JSONL/Parquet file), a `data:image/...;base64,` URL,
+or a Hugging Face Image value {"bytes": ..., "path": ...}. The <|image|> id is the model's (the
+first past its vocabulary), given by the caller; labels there are IGNORE_INDEX.
+
+Problems are one line naming FILE:LINE and the field ("image 2", "messages[1].content[0]"): a
+missing or unreadable picture, a row with neither text nor messages, more "images" than image
+parts (or fewer), image parts outside a user turn. Files are checked when rows are read (Pillow
+reads their headers); pixels are decoded when a batch is built, so a file damaged past its
+header fails there, naming its row.
+
+This module knows pictures, not the model: the caller's `tiler(picture, name)` cuts a picture
+(a Path or an RGB PIL image) into tiles and its aspect-ratio id (herd/model/image_processing.py).
+`ImageTextBatches` collates: tokens right-padded to the batch's longest row, pictures to the
+batch's most pictures per row and most tiles per picture, absent slots with aspect-ratio id 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from herd.data.epoch_order import EpochOrder
+from herd.data.objectives import IGNORE_INDEX
+from herd.errors import HerdError
+
+# SFT's row reader and conversation rules (they live in posttrain; the import points up the
+# pipeline until they move to data/)
+from herd.posttrain.chat_data import check_sft_row, read_rows
+from herd.tokenizer.chat import encode_dialog
+
+Picture = Path | bytes  # a file, or an encoded file's bytes (a data URL, a Parquet cell)
+Tiler = Callable[[object, str], tuple[torch.Tensor, int]]
+
+
+@dataclass
+class ImageTextExample:
+    ids: list[int]
+    mask: list[int]  # 1 where the token is a target
+    pictures: list[Picture]  # in the order of the <|image|> ids
+    source: str  # FILE:LINE
+
+
+@dataclass
+class ImageTextData:
+    examples: list[ImageTextExample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict(rows=0, kept=0, malformed=0, too_long=0, truncated=0)
+    )
+
+
+# --- pictures --------------------------------------------------------------------------------------
+
+
+def _picture(value: object, base: Path | None, what: str) -> Picture:
+    """A row's PICTURE as a checked file path or encoded bytes; ValueError naming `what`."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):  # HF Image feature
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, bytes | bytearray):
+        data = bytes(value)
+    elif isinstance(value, str) and value.startswith("data:"):
+        head, comma, payload = value.partition(",")
+        if not comma or ";base64" not in head:
+            raise ValueError(f"{what}: a data URL must be data:image/...;base64,...")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{what}: the data URL is not valid base64") from None
+    elif isinstance(value, str) and value.strip():
+        path = Path(value.removeprefix("file://"))
+        path = path if path.is_absolute() or base is None else base / path
+        if not path.is_file():
+            raise ValueError(f"{what}: {path}: no such image file")
+        try:
+            Image.open(path).close()  # the header only: pixels are decoded per batch
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise ValueError(f"{what}: {path}: not an image Pillow can read") from None
+        return path
+    else:
+        raise ValueError(f"{what}: expected a file path, a data: URL or image bytes")
+    try:
+        Image.open(io.BytesIO(data)).close()
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ValueError(f"{what}: the image bytes are not an image Pillow can read") from None
+    return data
+
+
+def decode_picture(picture: Picture, name: str):
+    """A Path as it is (the tiler reads files), or encoded bytes as an upright RGB image, read
+    as a file is (EXIF orientation applied, alpha dropped)."""
+    if isinstance(picture, Path):
+        return picture
+    try:
+        with Image.open(io.BytesIO(picture)) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise HerdError(f"{name}: a damaged image ({e})") from None
+
+
+# --- rows ------------------------------------------------------------------------------------------
+
+
+def _pictures_of(row: dict, base: Path | None) -> list[Picture]:
+    for key in ("image", "images"):
+        if row.get(key) is not None:
+            value = row[key]
+            items = value if isinstance(value, list) else [value]
+            return [_picture(v, base, f"{key} {i + 1}") for i, v in enumerate(items)]
+    return []
+
+
+def _caption(tok, row: dict, pictures: list[Picture], image_id: int) -> tuple[list, list]:
+    text = row["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text: expected a non-empty string")
+    ids = tok.encode(text, bos=True, eos=True)
+    lead = [image_id] * len(pictures)
+    # no loss on the image ids or BOS: the caption (and its EOS) are the targets
+    return lead + ids, [0] * (len(lead) + 1) + [1] * (len(ids) - 1)
+
+
+def _split_parts(messages: object, row_pictures: list[Picture], base: Path | None):
+    """(messages with string content, {message index: content pieces}) where a piece is a text
+    or a Picture; bare image parts take `row_pictures` in order, all of which must be used."""
+    if not isinstance(messages, list):
+        raise ValueError("messages: expected a list of messages")
+    plain, pieces, pending = [], {}, list(row_pictures)
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, list):
+            plain.append(m)
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            what = f"messages[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+                continue
+            if kind not in ("image", "image_url"):
+                raise ValueError(f"{what}: expected a text, image or image_url part")
+            if m.get("role") != "user":
+                raise ValueError(f"{what}: an image in a {m.get('role')!r} turn; only user turns")
+            if kind == "image_url":
+                url = part.get("image_url")
+                url = url.get("url") if isinstance(url, dict) else url
+                parts.append(_picture(url, base, what))
+            elif part.get("path") is not None or part.get("image") is not None:
+                value = part.get("path") if part.get("path") is not None else part["image"]
+                parts.append(_picture(value, base, what))
+            elif pending:
+                parts.append(pending.pop(0))
+            else:
+                raise ValueError(f"{what}: an image part without a picture (no 'images' left)")
+        text = "".join(p for p in parts if isinstance(p, str))
+        # validated with its text, or a stand-in when the turn is pictures alone
+        plain.append({**m, "content": text if text.strip() else "<image>"})
+        pieces[i] = parts
+    if pending:
+        raise ValueError(f"images: {len(pending)} more pictures than image parts in the messages")
+    return plain, pieces
+
+
+def _chat(tok, row: dict, pictures: list[Picture], base, image_id: int):
+    """Ids, loss mask and pictures of a conversation whose user turns may hold pictures."""
+    plain, pieces = _split_parts(row["messages"], pictures, base)
+    if tok.chat_format not in ("llama3", "llama2"):
+        raise HerdError(f"{tok.path}: conversations need a Llama 3 or Llama 2 chat tokenizer")
+    messages = check_sft_row({"messages": plain}, tok.chat_format)
+    if not pieces:
+        ids, mask = encode_dialog(tok, messages, add_generation_prompt=False)
+        return ids, mask, []
+    if tok.chat_format != "llama3":
+        raise ValueError("messages: pictures in a conversation need the Llama 3 chat format")
+    # Llama 3's format is one segment per message (header, content, end of turn), so the
+    # dialogue with each picture turn's content left empty is cut into segments, and the pieces
+    # (text encoded piece by piece, a picture as <|image|>, as Meta's ChatFormat) go before
+    # the turn's end token.
+    empty = [{**m, "content": ""} if i in pieces else m for i, m in enumerate(messages)]
+    ids, mask, shown, done = [], [], [], 0
+    for i in range(len(empty)):
+        seg_ids, seg_mask = encode_dialog(tok, empty[: i + 1], add_generation_prompt=False)
+        seg_ids, seg_mask = seg_ids[done:], seg_mask[done:]
+        done += len(seg_ids)
+        if i in pieces:
+            body = []
+            for piece in pieces[i]:
+                body += tok.encode(piece) if isinstance(piece, str) else [image_id]
+            shown += [p for p in pieces[i] if not isinstance(p, str)]
+            seg_ids = seg_ids[:-1] + body + seg_ids[-1:]
+            seg_mask = seg_mask[:-1] + [0] * len(body) + seg_mask[-1:]
+        ids += seg_ids
+        mask += seg_mask
+    return ids, mask, shown
+
+
+def encode_row(tok, row: object, where: str, image_id: int) -> ImageTextExample:
+    """One row as an example; ValueError naming the field that is wrong."""
+    if isinstance(row, Exception):
+        raise ValueError(str(row))
+    if not isinstance(row, dict):
+        raise ValueError("expected an object with 'text' or 'messages'")
+    file = where.rpartition(":")[0]
+    base = Path(file).parent if file and Path(file).is_file() else None
+    pictures = _pictures_of(row, base)
+    if row.get("messages") is not None:
+        ids, mask, shown = _chat(tok, row, pictures, base, image_id)
+        return ImageTextExample(ids, mask, shown, where)
+    if row.get("text") is None:
+        raise ValueError("neither 'text' nor 'messages' (expected one of them)")
+    ids, mask = _caption(tok, row, pictures, image_id)
+    return ImageTextExample(ids, mask, pictures, where)
+
+
+def load_image_text(
+    tok,
+    sources: str | Path | list,
+    seq_len: int,
+    image_id: int,
+    on_long: str = "drop",
+    strict: bool = False,
+    split: str = "train",
+) -> ImageTextData:
+    """Examples of `sources` that fit `seq_len` positions (a sample of n ids fills n - 1);
+    longer ones dropped, or with `on_long="truncate"` cut (pictures whose <|image|> was cut go
+    too) and kept while a target remains. Malformed rows are skipped and reported, or fatal
+    with `strict`."""
+    if on_long not in ("drop", "truncate"):
+        raise HerdError(f"data.too_long must be 'drop' or 'truncate', got {on_long!r}")
+    data = ImageTextData()
+    for source in [sources] if isinstance(sources, str | Path) else sources:
+        for where, row in read_rows(source, split):
+            data.counts["rows"] += 1
+            try:
+                example = encode_row(tok, row, where, image_id)
+            except ValueError as e:
+                if strict:
+                    raise HerdError(f"{where}: {e}") from None
+                data.problems.append(f"{where}: {e}")
+                data.counts["malformed"] += 1
+                continue
+            if len(example.ids) > seq_len + 1:
+                example.ids, example.mask = example.ids[: seq_len + 1], example.mask[: seq_len + 1]
+                if on_long == "drop" or not any(example.mask[1:]):
+                    data.counts["too_long"] += 1
+                    continue
+                example.pictures = example.pictures[: example.ids.count(image_id)]
+                data.counts["truncated"] += 1
+            data.examples.append(example)
+    data.counts["kept"] = len(data.examples)
+    return data
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageTextBatch:
+    """A padded micro-batch: tokens and targets [B, T]; with pictures, pixels [B, N, tiles, 3,
+    S, S] and aspect_ratio_ids [B, N] (0: an empty slot), else both None."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    pixels: torch.Tensor | None = None
+    aspect_ratio_ids: torch.Tensor | None = None
+
+    def map(self, fn) -> ImageTextBatch:
+        pixels, ids = self.pixels, self.aspect_ratio_ids
+        return ImageTextBatch(
+            fn(self.inputs),
+            fn(self.targets),
+            None if pixels is None else fn(pixels),
+            None if ids is None else fn(ids),
+        )
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> ImageTextBatch:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def loss_count(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+def collate(examples: Sequence[ImageTextExample], tiler: Tiler, pad_id: int = 0) -> ImageTextBatch:
+    """Examples as one batch: inputs ids[:-1], targets ids[1:] where the mask is 1, right-padded
+    to the longest; pictures cut by `tiler` and padded to the most per row and tiles each."""
+    T = max(len(e.ids) - 1 for e in examples)
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    rows = []
+    for b, e in enumerate(examples):
+        n = len(e.ids) - 1
+        inputs[b, :n] = torch.tensor(e.ids[:-1])
+        kept = [t if m else IGNORE_INDEX for t, m in zip(e.ids[1:], e.mask[1:], strict=True)]
+        targets[b, :n] = torch.tensor(kept)
+        row = []
+        for i, picture in enumerate(e.pictures):
+            name = f"{e.source}: image {i + 1}"
+            try:
+                row.append(tiler(decode_picture(picture, name), name))
+            except HerdError as err:  # the processor names the file; add the row and field
+                message = str(err)
+                raise HerdError(
+                    message if message.startswith(name) else f"{name}: {message}"
+                ) from None
+        rows.append(row)
+    N = max(len(r) for r in rows)
+    if N == 0:
+        return ImageTextBatch(inputs, targets)
+    tiles = max(len(t) for r in rows for t, _ in r)
+    shape = next(t for r in rows for t, _ in r).shape[1:]
+    pixels = torch.zeros(len(examples), N, tiles, *shape)
+    ids = torch.zeros(len(examples), N, dtype=torch.long)
+    for b, row in enumerate(rows):
+        for n, (t, layout) in enumerate(row):
+            pixels[b, n, : len(t)] = t
+            ids[b, n] = layout
+    return ImageTextBatch(inputs, targets, pixels, ids)
+
+
+class ImageTextBatches:
+    """A resumable stream of micro-batches of `batch_size` samples (a BatchSource): each epoch
+    in a seeded permutation, the cursor the whole state, as SFT's packed rows."""
+
+    def __init__(
+        self,
+        examples: Sequence[ImageTextExample],
+        batch_size: int,
+        tiler: Tiler,
+        seed: int = 0,
+        pad_id: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise HerdError(f"data.batch_size {batch_size} must be positive")
+        if len(examples) < batch_size:
+            raise HerdError(
+                f"{len(examples)} samples, fewer than one batch of {batch_size}; lower batch_size"
+            )
+        self.examples, self.batch_size = examples, batch_size
+        self.tiler, self.pad_id = tiler, pad_id
+        self.order = EpochOrder(len(examples), seed)
+
+    def next_micro_batch(self, rows: slice | None = None) -> ImageTextBatch:
+        keep = range(self.batch_size)[rows or slice(None)]
+        chosen = [self.order.advance() for _ in range(self.batch_size)]
+        return collate([self.examples[chosen[b]] for b in keep], self.tiler, self.pad_id)
+
+    def sequential(self, max_batches: int | None = None, rows: slice | None = None):
+        """Validation: the batches in dataset order (the first `max_batches`); no cursor."""
+        n = len(self.examples) // self.batch_size
+        n = n if max_batches is None else min(n, max_batches)
+        for b in range(n):
+            chosen = range(b * self.batch_size, (b + 1) * self.batch_size)[rows or slice(None)]
+            yield collate([self.examples[i] for i in chosen], self.tiler, self.pad_id)
+
+    def skip(self, n_batches: int) -> None:
+        self.order.skip(n_batches * self.batch_size)
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
