@@ -681,7 +681,7 @@ def check_same_pairs(trainer, herd_engine: HerdDPO, order: list[int]) -> dict:
     """TRL's tokenized rows against herd's pairs, row by row: prompt ids, prompt + chosen and
     prompt + rejected ids, and the scored tokens (TRL scores the whole completion, content and
     <|eot_id|>; herd's DPO term masks terminators out, as Llama 3 does)."""
-    from herd.posttrain.chat_data import termination_ids
+    from herd.data.chat_data import termination_ids
 
     stops = set(termination_ids(herd_engine.data.tokenizer))
     ds = trainer.train_dataset

@@ -11,7 +11,7 @@ three forms; each is one training sample, padded (not packed) into a batch row:
         a text-only sample: BOS text EOS, loss on everything after BOS.
     {"messages": [...], "images": [PICTURE, ...] (optional)}
         a conversation in the tokenizer's chat format with the assistant's turns as targets
-        (herd/posttrain/chat_data.py's rules and loss mask). A user message's content may be a
+        (herd/data/chat_data.py's rules and loss mask). A user message's content may be a
         list of OpenAI-style parts: {"type": "text", "text": ...}, {"type": "image", "path" |
         "image": PICTURE}, {"type": "image_url", "image_url": {"url": PICTURE}}, or a bare
         {"type": "image"} that takes the row's next "images" entry (TRL's layout). Each image
@@ -45,13 +45,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from herd.data.chat_data import check_sft_row, read_rows  # SFT's row reader and rules
 from herd.data.epoch_order import EpochOrder
 from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
-
-# SFT's row reader and conversation rules (they live in posttrain; the import points up the
-# pipeline until they move to data/)
-from herd.posttrain.chat_data import check_sft_row, read_rows
 from herd.tokenizer.chat import encode_dialog
 
 Picture = Path | bytes  # a file, or an encoded file's bytes (a data URL, a Parquet cell)

@@ -52,7 +52,7 @@ def check_labelled_row(row: object, where: str, require_label: bool = True) -> d
 
 def read_labelled(source: str, split: str = "train", require_label: bool = True) -> list:
     """[(FILE:LINE, row)] of every row, checked; the first bad row is a one-line error."""
-    from herd.posttrain.chat_data import read_rows
+    from herd.data.chat_data import read_rows
 
     rows = [
         (where, check_labelled_row(row, where, require_label))

@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_prompts(source: str, chat_format: str, split: str = "train") -> list[dict]:
     """[{"messages", "safety"}] of every prompt row; HerdError naming the first bad row."""
-    from herd.posttrain.chat_data import check_messages, read_rows
+    from herd.data.chat_data import check_messages, read_rows
 
     prompts = []
     for where, row in read_rows(source, split):
@@ -230,7 +230,7 @@ def run_best_of_n(args: argparse.Namespace) -> None:
 
     from herd.atomic_files import write_file_atomically
     from herd.checkpoint.loading import load_for_command
-    from herd.posttrain.chat_data import require_chat_format
+    from herd.data.chat_data import require_chat_format
     from herd.posttrain.reward import load_reward_model
 
     out = Path(args.out)

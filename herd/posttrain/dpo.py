@@ -8,7 +8,7 @@ chosen response, which stabilises training and keeps the chosen responses' forma
 
 with β = 0.1 and α = 0.2, log π(y) summed over the response's content tokens only: header and
 termination tokens are masked out of both responses (mask value 1 marks the content; the data
-side's masks, herd/posttrain/chat_data.py), as Llama 3 masks them because they are shared by both
+side's masks, herd/data/chat_data.py), as Llama 3 masks them because they are shared by both
 sides and would be pushed up and down at once. The first term is averaged over the pairs of a
 batch. NLL(y_c) is TRL's `sft` loss term (trl 1.16, `loss_type=["sigmoid", "sft"]`,
 `loss_weights=[1.0, 0.2]`): the mean negative log-likelihood per chosen-response token over the

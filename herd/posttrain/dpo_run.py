@@ -199,7 +199,7 @@ class DPOObjective:
 
 def dpo_data(run: RunConfig, run_dir: Path, rank: int = 0) -> TrainingData:
     """The checkpoint's tokenizer, the preference pairs of [data] path, and the DPO objective."""
-    from herd.posttrain.chat_data import load_dpo
+    from herd.data.chat_data import load_dpo
     from herd.posttrain.sft import split_held_out, start_tokenizer
 
     tokenizer = start_tokenizer(run, "DPO")

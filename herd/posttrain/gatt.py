@@ -48,9 +48,9 @@ from pathlib import Path
 import torch
 
 from herd.atomic_files import file_sha256, write_file_atomically
+from herd.data.chat_data import TOOL_ROLES, check_messages, read_rows, require_chat_format
 from herd.errors import HerdError
 from herd.generation import generate_batch
-from herd.posttrain.chat_data import TOOL_ROLES, check_messages, read_rows, require_chat_format
 
 HOBBIES = ["tennis", "chess", "gardening", "photography", "rock climbing", "baking", "astronomy",
            "jazz", "knitting", "sailing", "birdwatching", "painting", "cycling", "poetry"]  # fmt: skip

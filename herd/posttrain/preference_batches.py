@@ -1,7 +1,7 @@
 """Batches of preference pairs for DPO: prompt + chosen and prompt + rejected, right-padded.
 
 A pair is one row on each side: the prompt's tokens followed by the response's, with a mask that
-is 1 on the response tokens DPO scores (herd/posttrain/chat_data.py masks headers and terminators
+is 1 on the response tokens DPO scores (herd/data/chat_data.py masks headers and terminators
 out). Each side is right-padded to the longest row of its micro-batch; `PairBatch.index` names the
 pairs so their reference log-probabilities (computed once, herd/posttrain/dpo.py) can be looked up.
 

@@ -188,8 +188,8 @@ def conversation_ids(tok, prompt: str | list[dict], response: str | dict | list[
     """Token ids of prompt + response in the tokenizer's chat format, as the reward model saw
     them in training: `prompt` a string (one user turn) or messages, `response` a string (one
     assistant turn), a message or messages ending with an assistant turn. ValueError on a
-    malformed conversation (herd/posttrain/chat_data.py's checks)."""
-    from herd.posttrain.chat_data import check_messages, require_chat_format
+    malformed conversation (herd/data/chat_data.py's checks)."""
+    from herd.data.chat_data import check_messages, require_chat_format
     from herd.tokenizer.chat import encode_dialog
 
     chat_format = require_chat_format(tok)

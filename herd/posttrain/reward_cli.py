@@ -97,7 +97,7 @@ def _load(args):
 
 def run_score(args: argparse.Namespace) -> None:
     from herd.atomic_files import write_file_atomically
-    from herd.posttrain.chat_data import read_rows
+    from herd.data.chat_data import read_rows
     from herd.posttrain.reward import conversation_ids, reward_pad_id, score_sequences
 
     model, tok = _load(args)

@@ -1,6 +1,6 @@
 """Preference pairs for reward models: DPO's rows plus an optional `rating` or `margin` each.
 
-A row is a DPO row (herd/posttrain/chat_data.py: `prompt`, `chosen`, `rejected` in TRL's
+A row is a DPO row (herd/data/chat_data.py: `prompt`, `chosen`, `rejected` in TRL's
 conversational or plain-string forms) with, optionally,
     "rating": "significantly better" | "better" | "slightly better" |
               "negligibly better / unsure" (or "unsure") | 3 | 2 | 1 | 0
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.posttrain.chat_data import ChatData, load_dpo
+from herd.data.chat_data import ChatData, load_dpo
 from herd.posttrain.reward import pair_margin, parse_rating
 
 

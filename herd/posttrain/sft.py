@@ -32,7 +32,7 @@ SFT_DEFAULTS = {"optim.lr": "1e-5", "optim.warmup_steps": "10"}
 
 def sft_data(run: RunConfig, rank: int = 0) -> TrainingData:
     """The checkpoint's tokenizer and the packed conversations of [data] path."""
-    from herd.posttrain.chat_data import load_sft
+    from herd.data.chat_data import load_sft
     from herd.posttrain.sft_batches import SFTBatches
 
     tokenizer = start_tokenizer(run, "SFT")

@@ -18,8 +18,8 @@ from herd.agent.tool_calls import ToolCall
 from herd.agent.toolbox import Toolbox, load_tool_file
 from herd.agent.traces import TurnLog
 from herd.checkpoint.io import save_herd_folder
+from herd.data.chat_data import load_dpo, load_sft
 from herd.errors import HerdError
-from herd.posttrain.chat_data import load_dpo, load_sft
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli_inprocess
 

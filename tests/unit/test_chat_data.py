@@ -1,4 +1,4 @@
-"""Tests of herd/posttrain/chat_data.py and herd/posttrain/sft_batches.py: SFT and DPO rows from
+"""Tests of herd/data/chat_data.py and herd/posttrain/sft_batches.py: SFT and DPO rows from
 JSONL and Parquet, their validation, masks and length rules, and packed SFT batches."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ import torch
 
 import herd
 from herd import load_tokenizer
-from herd.data.objectives import IGNORE_INDEX
-from herd.errors import HerdError
-from herd.model.masks import PackedAttention
-from herd.posttrain.chat_data import (
+from herd.data.chat_data import (
     check_dpo_row,
     encode_dpo,
     load_dpo,
     load_sft,
     termination_ids,
 )
+from herd.data.objectives import IGNORE_INDEX
+from herd.errors import HerdError
+from herd.model.masks import PackedAttention
 from herd.posttrain.sft_batches import SFTBatches, pack_dialogues
 from herd.tokenizer.chat import encode_dialog
 from tests import references

@@ -13,9 +13,9 @@ import torch
 import herd
 from herd import load_tokenizer
 from herd.checkpoint.io import save_herd_folder
+from herd.data.chat_data import check_sft_row, load_sft
 from herd.errors import HerdError
 from herd.generation import generate, generate_batch
-from herd.posttrain.chat_data import check_sft_row, load_sft
 from herd.posttrain.gatt import (
     FIGURES,
     HOBBIES,

@@ -1,4 +1,4 @@
-"""Tests of herd/data/hf_datasets.py through herd/posttrain/chat_data.py: SFT and DPO rows from a
+"""Tests of herd/data/hf_datasets.py through herd/data/chat_data.py: SFT and DPO rows from a
 Hugging Face dataset name resolved offline from the Hub's file cache, and from folders written by
 `save_to_disk`, give the tokenized examples of the same rows in JSONL; `data.split` picks the
 split; what cannot be read is one HerdError line.
@@ -20,8 +20,8 @@ import datasets  # a dev dependency: missing, the tests fail rather than skip
 import pytest
 
 from herd import load_tokenizer
+from herd.data.chat_data import load_dpo, load_sft
 from herd.errors import HerdError
-from herd.posttrain.chat_data import load_dpo, load_sft
 from tests import references
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ WORKER = """
 import json, sys
 from herd import load_tokenizer
 from herd.errors import HerdError
-from herd.posttrain.chat_data import load_dpo, load_sft
+from herd.data.chat_data import load_dpo, load_sft
 tok = load_tokenizer(sys.argv[1])
 out = []
 for kind, name, split in json.loads(sys.argv[2]):
