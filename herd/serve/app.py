@@ -9,6 +9,7 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
 With a safety guard (`--guard`), requests and replies are checked (herd/serve/moderation.py).
+A vision model's chat requests may show pictures as `image_url` parts (herd/serve/media.py).
 With `--agent`, a second model name runs the agent (herd/serve/agent.py), and
 `POST /v1/agent/feedback` rates its replies.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +47,8 @@ class ServerState:
         self.engine: Engine | None = None
         self.moderator: Moderator | None = None
         self.agent = None  # herd.serve.agent.AgentService with --agent
+        # the folder `file://` image URLs and paths may name (--allowed-local-media-path)
+        self.local_media: Path | None = None
         self.metrics = ServeMetrics()
         self.draining = False
         self.created = p.now()

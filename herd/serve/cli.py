@@ -104,6 +104,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="on SIGTERM, seconds to let requests in flight finish before exiting (default 30)",
     )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a vision model's (Llama 3.2 Vision) most pictures per chat request; more is HTTP "
+        "400. Each KV slot reserves room for N images' cross-attention keys and values "
+        "(default 1)",
+    )
+    p.add_argument(
+        "--allowed-local-media-path",
+        metavar="DIR",
+        help="let image_url parts name files under DIR (file:///DIR/x.png or /DIR/x.png); "
+        "without it only data: URLs are taken. http(s) URLs are always refused: the server "
+        "makes no outbound requests",
+    )
     add_guard_options(p)
     options.add_device(p)
     options.add_threads(p, "the model")
@@ -145,6 +161,13 @@ def run_serve(args: argparse.Namespace) -> None:
     key = _api_key(args)
     if args.max_queue < 0:
         raise HerdError(f"--max-queue {args.max_queue}: expected at least 0")
+    if args.max_images < 0:
+        raise HerdError(f"--max-images {args.max_images}: expected at least 0")
+    local_media = None
+    if args.allowed_local_media_path is not None:
+        local_media = Path(args.allowed_local_media_path).resolve()
+        if not local_media.is_dir():
+            raise HerdError(f"--allowed-local-media-path {local_media}: not a folder")
     detect_format(Path(args.checkpoint))  # a missing checkpoint fails before the server starts
     policy = guard_policy(args)  # and so does a missing guard
     agent_parts = _agent_parts(args)  # and a bad agent option
@@ -155,6 +178,7 @@ def run_serve(args: argparse.Namespace) -> None:
         )
     name = args.served_model_name or Path(args.checkpoint).resolve().name
     state = ServerState(name, key)
+    state.local_media = local_media
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, timeout_graceful_shutdown=5
     )
@@ -230,6 +254,7 @@ def _load_engine(args, state):
         compile=args.compile,
         metrics=state.metrics,
         prefix_cache=args.prefix_cache,
+        max_images=args.max_images,
     )
 
 

@@ -12,13 +12,16 @@ either refusal has finish_reason "content_filter".
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from herd.errors import HerdError
-from herd.serve import constraints, tools
+from herd.serve import constraints, media, tools
 from herd.serve import protocol as p
 from herd.serve.engine import Engine
+from herd.serve.image_slots import Pictures
 from herd.serve.moderation import start_guarded
 from herd.serve.relay import APIError, Generation, sse
 from herd.serve.sampling import SamplingParams
@@ -73,14 +76,15 @@ class _Completion:
             for i in range(b.n)
         ]
 
-    async def launch(self, prompts, params, dialogs: list[list[dict]]) -> Generation:
-        """The choices started on the engine; with a guard, the inputs (`dialogs`, one per
-        choice) checked first and each reply released after its output check."""
+    async def launch(self, prompts, params, dialogs: list[list[dict]], images=None) -> Generation:
+        """The choices started on the engine (each showing `images`, when given); with a
+        guard, the inputs (`dialogs`, one per choice) checked first and each reply released
+        after its output check."""
         moderator = self.state.moderator
         if moderator is not None:
-            return await start_guarded(moderator, self.engine, prompts, params, dialogs)
+            return await start_guarded(moderator, self.engine, prompts, params, dialogs, images)
         gen = Generation(self.engine)
-        gen.start(prompts, params)
+        gen.start(prompts, params, images)
         return gen
 
     def chunk(self, choices: list[dict], **extra) -> str:
@@ -113,10 +117,19 @@ class ChatCompletion(_Completion):
 
     async def respond(self, request: Request):
         b = self.body
-        try:
-            messages = [m.as_dialog() for m in b.messages]
-        except ValueError as e:
-            raise APIError(400, f"messages: {e}", param="messages") from None
+        messages, pictures, counts = [], [], []  # pictures: (the part's name, the part)
+        for i, m in enumerate(b.messages):
+            found: list = []
+            try:
+                messages.append(m.as_dialog(found))
+            except ValueError as e:
+                raise APIError(400, f"messages[{i}].{e}", param="messages") from None
+            if found and m.role != "user":
+                name = f"messages[{i}].{found[0][0]}"
+                raise APIError(400, f"{name}: images go in user turns only", param=name)
+            if m.role == "user":
+                counts.append(len(found))
+            pictures += [(f"messages[{i}].{name}", part) for name, part in found]
         self.tools = None
         dialog = messages  # what the guard reads: the chat without the tool prompt
         grammar = None
@@ -134,6 +147,11 @@ class ChatCompletion(_Completion):
             prompt = self.tok.encode_dialog(messages, add_generation_prompt=True).ids
         except HerdError as e:
             raise APIError(400, str(e), param="messages") from None
+        images = None
+        if pictures:
+            images = await self._images(pictures)
+            image_id = self.engine.model.config.image_token_id
+            prompt = media.show_in_user_turns(self.tok, prompt, counts, image_id)
         if b.top_logprobs is not None and not b.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (b.top_logprobs or 0) if b.logprobs else None
@@ -141,8 +159,8 @@ class ChatCompletion(_Completion):
         constraint_for = grammar.start if grammar is not None else (lambda: None)
         max_tokens = b.max_completion_tokens or b.max_tokens
         params = self.params(prompt, max_tokens, logprobs, constraint_for)
-        gen = await self.launch([prompt] * b.n, params, [dialog] * b.n)
-        self.prompt_tokens = len(prompt)
+        gen = await self.launch([prompt] * b.n, params, [dialog] * b.n, images)
+        self.prompt_tokens = len(prompt)  # an <|image|> id per picture included
         if b.stream:
             return self.stream(gen, self._events(gen))
         deltas = await gen.collect(request)
@@ -158,6 +176,47 @@ class ChatCompletion(_Completion):
                 "usage": p.usage(self.prompt_tokens, completion),
             }
         )
+
+    async def _images(self, pictures: list[tuple[str, dict]]):
+        """The request's pictures as the model's Images, fingerprinted (read, tiled and hashed
+        on a worker thread)."""
+        first = pictures[0][0]
+        engine = self.engine
+        if engine.images is None:
+            raise APIError(
+                400,
+                f"{first}: the model '{self.state.model_name}' is text-only: it takes no images",
+                param=first,
+            )
+        if self.tok.chat_format != "llama3":
+            raise APIError(
+                400, f"{first}: images need the Llama 3 chat format, not "
+                f"{self.tok.chat_format}", param=first,
+            )  # fmt: skip
+        if len(pictures) > engine.max_images:
+            raise APIError(
+                400,
+                f"messages: {len(pictures)} images; this server takes at most "
+                f"{engine.max_images} per request",
+                param="messages",
+            )
+        root = self.state.local_media
+
+        def read():
+            from herd.model.image_processing import ImageProcessor
+
+            rows = [
+                media.read_picture(media.image_url_of(part, name), name, root)
+                for name, part in pictures
+            ]
+            return Pictures.of(ImageProcessor(engine.model.config.vision)([rows]))
+
+        try:
+            return await asyncio.to_thread(read)
+        except media.MediaError as e:
+            raise APIError(400, str(e), param=e.param) from None
+        except HerdError as e:
+            raise APIError(400, f"messages: {e}", param="messages") from None
 
     def _finish(self, text: str, reason: str) -> tuple[dict, str]:
         """The message (content or tool calls) of a finished choice, and its finish_reason."""

@@ -24,6 +24,13 @@ compiled once (a CUDA graph on CUDA).
 
 Greedy decoding of a request gives the tokens it would alone: every row attends only to its own
 row of the cache, at its own positions.
+
+A Llama 3.2 Vision model's requests may bring pictures (`submit(..., images=)`): they run in the
+same batch. A picture request's images are encoded at its first prefill chunk into its slot's
+row of image keys and values (image_slots.py); a decode step whose rows include one runs the
+cross-attention layers over the range (eagerly, also with `compile`), rows without pictures
+adding exactly zero there. The prefix cache keys such a prompt's <|image|> positions by the
+image's pixels, so KV is shared only between prompts with the same pictures up to that point.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ import torch
 
 from herd.errors import HerdError
 from herd.model.cache import SlotKVCache, SlotRows
+from herd.model.cross_attention import image_visibility
+from herd.model.multimodal import Images, prepare_images
+from herd.serve.image_slots import ImageSlots, Pictures
 from herd.serve.sampling import (
     SamplingParams,
     adjust_logits,
@@ -85,6 +95,12 @@ class Sequence:
 
     def __init__(self, prompt: list[int], params: SamplingParams, seed: int, sink, streamer):
         self.prompt = prompt
+        # what the prefix cache matches: the prompt, with each <|image|> id replaced by its
+        # image's fingerprint when the request brings pictures
+        self.key: list = prompt
+        self.images: Images | None = None  # prepared for the model, one batch row
+        self.visible: torch.Tensor | None = None  # [prompt length, images]: what each sees
+        self.encoded = False  # the images' keys and values are in the slot's row
         self.params = params
         self.seed = seed
         self.sink: Callable[[Delta], None] = sink
@@ -112,6 +128,7 @@ class Engine:
         compile: bool = False,
         metrics=None,
         prefix_cache: bool = True,
+        max_images: int = 1,
     ) -> None:
         config = model.config
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
@@ -131,6 +148,10 @@ class Engine:
         dtype = model.embed.weight.dtype
         self.cache = SlotKVCache(config, max_batch, self.max_model_len, self.device, dtype)
         self.slots = SlotTable(max_batch, prefix_cache)
+        self.max_images = max_images if config.vision is not None else 0
+        self.images = None
+        if config.vision is not None and max_images > 0:
+            self.images = ImageSlots(model, max_batch, max_images, self.device, dtype)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.reused_tokens = 0  # prompt tokens served from the prefix cache, all requests
@@ -155,12 +176,21 @@ class Engine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
-    def submit(self, prompt: list[int], params: SamplingParams, sink) -> Sequence:
-        """Queue a request; its deltas go to `sink`. Raises RequestError or QueueFull."""
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        sink,
+        images: Images | Pictures | None = None,
+    ) -> Sequence:
+        """Queue a request; its deltas go to `sink`. `images` (a vision model's, one batch row,
+        or as `Pictures` with their fingerprints): the pictures its <|image|> ids show. Raises
+        RequestError or QueueFull."""
         if not prompt:
             raise RequestError("the prompt is empty")
-        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
-            raise RequestError(f"prompt token ids must be in [0, {self.vocab_size})")
+        limit = self.vocab_size + (1 if images is not None else 0)  # <|image|> is the first past
+        if min(prompt) < 0 or max(prompt) >= limit:
+            raise RequestError(f"prompt token ids must be in [0, {limit})")
         if params.max_tokens < 1:
             raise RequestError(f"max_tokens is {params.max_tokens}, expected >= 1")
         if len(prompt) + params.max_tokens > self.max_model_len:
@@ -171,12 +201,35 @@ class Engine:
             )
         seed = params.seed if params.seed is not None else random.getrandbits(31)
         seq = Sequence(prompt, params, seed, sink, TextStreamer(self.tokenizer, params.stop))
+        if images is not None:
+            self._attach_images(seq, images)
         with self._cond:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests)")
             self.waiting.append(seq)
             self._cond.notify()
         return seq
+
+    def _attach_images(self, seq: Sequence, images: Images | Pictures) -> None:
+        pictures = images if isinstance(images, Pictures) else Pictures.of(images)
+        images = pictures.images
+        if self.images is None:
+            raise RequestError("this model takes no images (it has no image encoder)")
+        count = images.pixels.shape[1]
+        if count > self.max_images:
+            raise RequestError(
+                f"{count} images in one request; this server takes at most {self.max_images}"
+            )
+        tokens = torch.tensor([seq.prompt])
+        try:
+            images = prepare_images(images, tokens, self.model.config)
+        except HerdError as e:
+            raise RequestError(str(e)) from None
+        image_id = self.model.config.image_token_id
+        prints = iter(pictures.fingerprints)
+        seq.key = [next(prints) if t == image_id else t for t in seq.prompt]
+        seq.images = images.to(self.device)
+        seq.visible = image_visibility(tokens, image_id, count)[0].to(self.device)
 
     def cancel(self, seq: Sequence) -> None:
         """End a request now (a client went away); its slot is freed at the next token boundary."""
@@ -220,7 +273,7 @@ class Engine:
     def _admit(self) -> None:
         while self.waiting and self.slots.free_count():
             seq = self.waiting.popleft()
-            place = self.slots.acquire(seq.prompt)
+            place = self.slots.acquire(seq.key)
             row = len(self.running)  # the first row past the running ones
             if place.slot != row:  # a donor is running, so it lies below `row` and stays put
                 self._swap_rows(place.slot, row)
@@ -244,6 +297,8 @@ class Engine:
         held = self.slots.slots
         self.cache.swap(a, b, len(held[a].tokens), len(held[b].tokens))
         self.slots.swap(a, b)
+        if self.images is not None:
+            self.images.swap(a, b)
 
     def _step(self) -> None:
         prefilling = [s for s in self.running if s.prefilled < len(s.prompt)]
@@ -261,8 +316,15 @@ class Engine:
         pos = torch.arange(start, end, device=self.device).unsqueeze(0)
         rows = self.cache.rows(seq.slot, seq.slot + 1, length=end)
         last = torch.tensor([end - start - 1], device=self.device)
-        logits = self.model(tokens, pos, rows, last=last)
-        self.slots.wrote(seq.slot, chunk)
+        if seq.images is None:
+            logits = self.model(tokens, pos, rows, last=last)
+        else:
+            if not seq.encoded:  # once, at the first chunk (prefix reuse or not)
+                self.images.write(self.model, seq.slot, seq.images)
+                seq.encoded = True
+            visible = seq.visible[start:end].unsqueeze(0)
+            logits = self.images.forward(self.model, tokens, pos, rows, visible, last)
+        self.slots.wrote(seq.slot, seq.key[start:end])
         seq.prefilled = end
         if end == len(seq.prompt):
             self._sample([seq], logits)
@@ -270,7 +332,9 @@ class Engine:
     def _decode_step(self, seqs: list[Sequence]) -> None:
         last = [s.generated[-1] for s in seqs]
         pos = [len(s.prompt) + len(s.generated) - 1 for s in seqs]
-        if self._decode is not None:  # every slot, at fixed shapes
+        pictured = [s for s in seqs if s.images is not None]
+        compiled = self._decode is not None and not pictured
+        if compiled:  # every slot, at fixed shapes
             lo, hi = 0, self.max_batch
         else:  # the range of rows from the first generating one to the last
             lo, hi = min(s.slot for s in seqs), max(s.slot for s in seqs) + 1
@@ -280,8 +344,15 @@ class Engine:
             tokens[s.slot - lo], positions[s.slot - lo] = t, p
         tokens = torch.tensor(tokens, device=self.device).unsqueeze(1)
         positions = torch.tensor(positions, device=self.device).unsqueeze(1)
-        if self._decode is not None:
+        if compiled:
             logits = self._decode(self.model, tokens, positions, self._all_rows)
+        elif pictured:  # with each row's images; rows without pictures see none
+            n = max(s.visible.shape[1] for s in pictured)
+            visible = torch.zeros(hi - lo, 1, n, dtype=torch.bool, device=self.device)
+            for s in pictured:  # generated tokens see what the prompt's last token saw
+                visible[s.slot - lo, 0, : s.visible.shape[1]] = s.visible[-1]
+            rows = self.cache.rows(lo, hi, length=max(pos) + 1)
+            logits = self.images.forward(self.model, tokens, positions, rows, visible)[:, -1]
         else:
             rows = self.cache.rows(lo, hi, length=max(pos) + 1)
             logits = self.model(tokens, positions, rows)[:, -1]

@@ -31,7 +31,7 @@ from herd.serve.relay import APIError, Generation
 
 
 async def start_guarded(
-    moderator: Moderator, engine, prompts, params, dialogs
+    moderator: Moderator, engine, prompts, params, dialogs, images=None
 ) -> GuardedGeneration:
     """The request's choices started on `engine` (choice i is the reply to `dialogs[i]`), or
     refused without running when an input is unsafe (one check per distinct input)."""
@@ -48,7 +48,7 @@ async def start_guarded(
             if unsafe(result):
                 gen.refused = True
                 return gen
-    gen.inner.start(prompts, params)
+    gen.inner.start(prompts, params, images)
     return gen
 
 

@@ -31,14 +31,21 @@ class ChatMessage(_Body):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
-    def as_dialog(self) -> dict:
-        """The message as herd's chat formatting takes it (herd.tokenizer.chat)."""
+    def as_dialog(self, images: list[tuple[str, dict]] | None = None) -> dict:
+        """The message as herd's chat formatting takes it (herd.tokenizer.chat): its text parts
+        joined. `images`: where its `image_url` parts go, as (the part's name in errors, the
+        part), with `field` naming the message (`messages[2]`); without it they are refused."""
         content = self.content
-        if isinstance(content, list):  # content parts: only text is understood
+        if isinstance(content, list):  # content parts: text, and image_url where asked for
             parts = []
-            for part in content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ValueError("only text content parts are supported")
+            for j, part in enumerate(content):
+                kind = part.get("type")
+                if kind == "image_url" and images is not None:
+                    images.append((f"content[{j}]", part))
+                    continue
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    what = "text and image_url" if images is not None else "only text"
+                    raise ValueError(f"content[{j}]: {what} content parts are supported")
                 parts.append(part["text"])
             content = "".join(parts)
         role = "system" if self.role == "developer" else self.role

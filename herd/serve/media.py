@@ -1,0 +1,143 @@
+"""Pictures in chat requests: OpenAI `image_url` content parts read into the `Images` a Llama 3.2
+Vision model takes, and the prompt's <|image|> ids placed where Meta's chat format shows them.
+
+A part is `{"type": "image_url", "image_url": {"url": URL}}` (a bare string URL is taken too).
+URL is
+  - `data:image/...;base64,...`: always accepted;
+  - `file:///abs/path` or a plain path: only when the server was started with
+    `--allowed-local-media-path DIR`, and only for files inside DIR once symlinks and `..` are
+    resolved (vLLM's option, with the same meaning);
+  - `http://` / `https://`: refused. The server makes no outbound requests (it may run where
+    nothing else can be reached, and fetching client-named URLs would let any client make it
+    reach other hosts); clients send the bytes as a data URL instead.
+Anything that cannot be used is a `MediaError` naming the part (`messages[1].content[0]`), which
+the API answers with HTTP 400.
+
+A data URL's bytes are read as `herd generate --image` reads a file (read_image: upright by EXIF
+orientation, any alpha channel dropped), so a picture sent either way gives the same pixels.
+Each user turn's pictures become <|image|> ids at the start of that turn's text, in the order of
+its parts, where `herd chat --image` puts them (herd/textstream.py `show_images`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from herd.errors import HerdError
+
+DATA_URL = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.DOTALL)
+
+
+class MediaError(HerdError):
+    """A picture a request names that cannot be used; `param` is the content part."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def image_url_of(part: dict, param: str) -> str:
+    """The URL of an `image_url` content part."""
+    url = part.get("image_url")
+    if isinstance(url, dict):
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise MediaError(param, 'expected "image_url": {"url": "data:image/...;base64,..."}')
+    return url
+
+
+def read_picture(url: str, param: str, local_root: Path | None):
+    """The picture `url` names, as an 8-bit RGB PIL image (module doc says which URLs)."""
+    from herd.model.image_processing import read_image
+
+    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
+    if url.startswith("data:"):
+        return _data_picture(url, param)
+    if scheme in ("http", "https"):
+        raise MediaError(
+            param,
+            f"{scheme} image URLs are not fetched: this server makes no outbound requests; send "
+            "the picture's bytes as a data URL (data:image/png;base64,...)",
+        )
+    if scheme not in ("", "file"):
+        raise MediaError(param, f"unsupported image URL scheme {scheme!r}; send a data URL")
+    if local_root is None:
+        raise MediaError(
+            param,
+            "local image files are not allowed on this server (start it with "
+            "--allowed-local-media-path DIR to allow files under DIR); send a data URL",
+        )
+    path = Path(unquote(urlparse(url).path) if scheme == "file" else url)
+    resolved = path.resolve()
+    if not path.is_absolute() or not resolved.is_relative_to(local_root):
+        raise MediaError(
+            param,
+            f"{path} is not an absolute path inside the allowed folder {local_root}",
+        )
+    try:
+        return read_image(resolved)
+    except HerdError as e:
+        raise MediaError(param, str(e)) from None
+
+
+def _data_picture(url: str, param: str):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from herd.model.image_processing import EIGHT_BIT_MODES
+
+    match = DATA_URL.fullmatch(url)
+    if match is None:
+        raise MediaError(param, "a malformed data URL (expected data:image/png;base64,...)")
+    mime, flags, payload = match.group(1).lower(), match.group(2).lower(), match.group(3)
+    if mime and not mime.startswith("image/"):
+        raise MediaError(param, f"the data URL holds {mime}, not an image")
+    if ";base64" not in flags:
+        raise MediaError(param, "the data URL is not base64 (expected data:image/...;base64,...)")
+    try:
+        data = base64.b64decode(payload.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError(param, "the data URL's base64 payload does not decode") from None
+    if not data:
+        raise MediaError(param, "the data URL is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()  # decode now: a truncated picture fails here
+            width, height = opened.size
+            if width == 0 or height == 0:
+                raise MediaError(param, f"the image has no pixels ({width}x{height})")
+            if opened.mode not in EIGHT_BIT_MODES:
+                raise MediaError(
+                    param, f"pixel mode {opened.mode} (16-bit or floating point); expected 8-bit"
+                )
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except UnidentifiedImageError:
+        raise MediaError(param, "the data URL is not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise MediaError(param, "the image has too many pixels to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(param, f"a damaged image ({e})") from None
+
+
+def show_in_user_turns(tokenizer, prompt: list[int], counts: list[int], image_id: int) -> list[int]:
+    """`prompt` (a Llama 3 chat) with counts[i] <|image|> ids at the start of the i-th user
+    turn's text, right after its header."""
+    special = tokenizer.special_tokens
+    header = [
+        special["<|start_header_id|>"],
+        *tokenizer.encode("user"),
+        special["<|end_header_id|>"],
+        *tokenizer.encode("\n\n"),
+    ]
+    starts = [i + len(header) for i in range(len(prompt)) if prompt[i : i + len(header)] == header]
+    if len(starts) != len(counts):  # a user's text cannot hold header ids: never expected
+        raise HerdError(f"found {len(starts)} user turns in the prompt, expected {len(counts)}")
+    out, done = [], 0
+    for at, count in zip(starts, counts, strict=True):
+        out += [*prompt[done:at], *[image_id] * count]
+        done = at
+    return out + prompt[done:]
