@@ -260,12 +260,36 @@ class VisionLanguageModel(Transformer):
                 self._refuse_image_tokens(tokens, "images come with the prefill")
             kv, tile_mask, visible = cache.image_kv, cache.tile_mask, cache.visible[:, input_pos]
         xmask, seeing = cross_attention_mask(visible, tile_mask, self.config.vision.patches)
+        return self.decode(
+            tokens, kv, (xmask, seeing), rope, input_pos, cache, mask, targets, reduction, last,
+            hidden,
+        )  # fmt: skip
 
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        image_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        cross_masks: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
+        input_pos: torch.Tensor | None,
+        cache,
+        mask: torch.Tensor | None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "sum",
+        last: torch.Tensor | None = None,
+        hidden: bool = False,
+    ) -> torch.Tensor:
+        """The decoder over `tokens` with image keys and values already computed
+        (`image_keys_values`) and the cross-attention masks `cross_attention_mask` gives: the part
+        of `forward` that a caller holding its own image state (the server's KV slots) runs
+        too. `rope`, `input_pos`, `cache` and `mask` go to the text blocks as in
+        `Transformer.forward`."""
+        xmask, seeing = cross_masks
         x = self._embed(tokens)
         n = len(self.layers)
         for i in range(n + 1):
             for k in self.cross_before.get(i, ()):
-                x = self.cross_layers[k](x, kv[k], xmask, seeing)
+                x = self.cross_layers[k](x, image_kv[k], xmask, seeing)
             if i < n:
                 x = self.layers[i](x, rope, input_pos, cache, mask)
         return self._outputs(x, targets, reduction, last, hidden)

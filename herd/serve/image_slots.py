@@ -105,11 +105,4 @@ class ImageSlots:
             visible, self.tile_mask[lo:hi, :n], model.config.vision.patches
         )
         rope, mask = model.rope[positions], rows.mask(positions)
-        x = model._embed(tokens)
-        blocks = len(model.layers)
-        for i in range(blocks + 1):
-            for k in model.cross_before.get(i, ()):
-                x = model.cross_layers[k](x, kv[k], xmask, seeing)
-            if i < blocks:
-                x = model.layers[i](x, rope, positions, rows, mask)
-        return model._outputs(x, None, "sum", last, False)
+        return model.decode(tokens, kv, (xmask, seeing), rope, positions, rows, mask, last=last)
