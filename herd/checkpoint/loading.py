@@ -66,13 +66,16 @@ def load_for_command(
     return load(path, chosen, dtype_name), tokenizer, chosen
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+def load_weights(model: torch.nn.Module, path: str | Path, new: tuple[str, ...] = ()) -> None:
     """Copy the weights of the checkpoint at `path` (any format `herd.load` reads) into `model`,
-    which was built for the same architecture (fine-tuning starts from a pretrained model)."""
+    which was built for the same architecture (fine-tuning starts from a pretrained model).
+    Parameters whose names start with a prefix in `new` are parts the checkpoint lacks (an image
+    adapter added to a text model): they keep their initialisation."""
     from herd.checkpoint.convert import read_checkpoint
 
     source, state = read_checkpoint(path)
-    own = dict(model.named_parameters())  # a tied output projection is the embedding, once
+    # a tied output projection is the embedding, once
+    own = {n: p for n, p in model.named_parameters() if not n.startswith(new)}
     config = getattr(model, "config", None)
     if config is not None and config.head != source.head:
         # A reward model started from a language model (Llama 2 section 3.2.2): the body is the

@@ -186,29 +186,11 @@ def split_held_out(examples: list, fraction: float) -> tuple[list, list]:
 def load_start_weights(model: torch.nn.Module, path: str) -> None:
     """The start checkpoint's weights into `model`: all of them, or, when `model` adds vision
     to a text checkpoint, the text model's (the new parts keep their initialisation)."""
-    from herd.checkpoint.convert import read_checkpoint, read_config
+    from herd.checkpoint.convert import read_config
     from herd.checkpoint.loading import load_weights
 
-    if model.config.vision is None or read_config(path).vision is not None:
-        load_weights(model, path)
-        return
-    _, state = read_checkpoint(path)
-    own = {n: p for n, p in model.named_parameters() if not n.startswith(ADAPTER_PREFIXES)}
-    missing = sorted(set(own) - set(state))
-    unknown = sorted(set(state) - set(own))
-    if missing or unknown:
-        name = (missing or unknown)[0]
-        why = "has no weight" if missing else "has a weight the text model does not:"
-        raise HerdError(f"{path}: {why} '{name}' ([model] overrides must keep the text model)")
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise HerdError(
-                f"{path}: weight '{name}' has shape {tuple(tensor.shape)}, the model being "
-                f"trained {tuple(own[name].shape)} ([model] overrides must keep the shapes)"
-            )
-    with torch.no_grad():
-        for name, param in own.items():
-            param.copy_(state[name])
+    adding = model.config.vision is not None and read_config(path).vision is None
+    load_weights(model, path, new=ADAPTER_PREFIXES if adding else ())
 
 
 def freeze_for_vision(model: torch.nn.Module, vision_train: str) -> None:
