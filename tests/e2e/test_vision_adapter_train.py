@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+from vision_adapter import draw_shape  # the study's shapes (experiments/vision_adapter.py)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220)}
 SHAPES = ("square", "circle", "triangle")
@@ -30,13 +35,7 @@ VISION = (
 
 def _draw(path, colour: str, shape: str, wide: bool) -> None:
     image = Image.new("RGB", (56 if wide else 28, 28), (255, 255, 255))
-    draw, box, fill = ImageDraw.Draw(image), (4, 4, 23, 23), COLOURS[colour]
-    if shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "circle":
-        draw.ellipse(box, fill=fill)
-    else:
-        draw.polygon([(4, 23), (23, 23), (13, 4)], fill=fill)
+    draw_shape(ImageDraw.Draw(image), shape, (4, 4, 23, 23), COLOURS[colour])
     image.save(path)
 
 
