@@ -31,9 +31,9 @@ def srv(loaded):
         time.sleep(STEP_S)
         decode(seqs)
 
-    def recording_submit(prompt, params, sink):
+    def recording_submit(prompt, params, sink, images=None):
         s.submitted.append((list(prompt), params))
-        return submit(prompt, params, sink)
+        return submit(prompt, params, sink, images=images)
 
     engine._decode_step, engine.submit = slow_decode, recording_submit
     yield s
