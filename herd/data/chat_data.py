@@ -352,16 +352,17 @@ def _sources(sources) -> list:
     return [sources] if isinstance(sources, str | Path) else list(sources)
 
 
-def load_sft(
-    tok,
+def load_examples(
     sources: str | Path | list,
+    split: str,
+    encode,
     seq_len: int,
     on_long: str = "drop",
     strict: bool = False,
-    split: str = "train",
 ) -> ChatData:
-    """SFT examples of `sources`, each fitting a training row of `seq_len` positions."""
-    chat_format = require_chat_format(tok)
+    """The rows of `sources` made examples by `encode(row, where)` (a ValueError makes the row
+    malformed), each example's `ids` and `mask` fitting a training row of `seq_len` positions:
+    longer ones dropped, or with `on_long="truncate"` cut and kept while a target remains."""
     if on_long not in ("drop", "truncate"):
         raise HerdError(f"on_long must be 'drop' or 'truncate', got {on_long!r}")
     if seq_len < 1:
@@ -371,7 +372,7 @@ def load_sft(
         for where, row in read_rows(source, split):
             data.counts["rows"] += 1
             try:
-                example = encode_sft(tok, check_sft_row(row, chat_format), where)
+                example = encode(row, where)
             except ValueError as e:
                 _problem(data, where, e, strict)
                 continue
@@ -384,6 +385,23 @@ def load_sft(
             data.examples.append(example)
     data.counts["kept"] = len(data.examples)
     return data
+
+
+def load_sft(
+    tok,
+    sources: str | Path | list,
+    seq_len: int,
+    on_long: str = "drop",
+    strict: bool = False,
+    split: str = "train",
+) -> ChatData:
+    """SFT examples of `sources`, each fitting a training row of `seq_len` positions."""
+    chat_format = require_chat_format(tok)
+
+    def encode(row, where: str) -> SFTExample:
+        return encode_sft(tok, check_sft_row(row, chat_format), where)
+
+    return load_examples(sources, split, encode, seq_len, on_long, strict)
 
 
 def load_dpo(

@@ -39,13 +39,13 @@ import base64
 import binascii
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from herd.data.chat_data import check_sft_row, read_rows  # SFT's row reader and rules
+from herd.data.chat_data import ChatData, check_sft_row, load_examples
 from herd.data.epoch_order import EpochOrder
 from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
@@ -61,15 +61,6 @@ class ImageTextExample:
     mask: list[int]  # 1 where the token is a target
     pictures: list[Picture]  # in the order of the <|image|> ids
     source: str  # FILE:LINE
-
-
-@dataclass
-class ImageTextData:
-    examples: list[ImageTextExample] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict(rows=0, kept=0, malformed=0, too_long=0, truncated=0)
-    )
 
 
 # --- pictures --------------------------------------------------------------------------------------
@@ -244,34 +235,20 @@ def load_image_text(
     on_long: str = "drop",
     strict: bool = False,
     split: str = "train",
-) -> ImageTextData:
+) -> ChatData:
     """Examples of `sources` that fit `seq_len` positions (a sample of n ids fills n - 1);
     longer ones dropped, or with `on_long="truncate"` cut (pictures whose <|image|> was cut go
     too) and kept while a target remains. Malformed rows are skipped and reported, or fatal
     with `strict`."""
     if on_long not in ("drop", "truncate"):
         raise HerdError(f"data.too_long must be 'drop' or 'truncate', got {on_long!r}")
-    data = ImageTextData()
-    for source in [sources] if isinstance(sources, str | Path) else sources:
-        for where, row in read_rows(source, split):
-            data.counts["rows"] += 1
-            try:
-                example = encode_row(tok, row, where, image_id)
-            except ValueError as e:
-                if strict:
-                    raise HerdError(f"{where}: {e}") from None
-                data.problems.append(f"{where}: {e}")
-                data.counts["malformed"] += 1
-                continue
-            if len(example.ids) > seq_len + 1:
-                example.ids, example.mask = example.ids[: seq_len + 1], example.mask[: seq_len + 1]
-                if on_long == "drop" or not any(example.mask[1:]):
-                    data.counts["too_long"] += 1
-                    continue
-                example.pictures = example.pictures[: example.ids.count(image_id)]
-                data.counts["truncated"] += 1
-            data.examples.append(example)
-    data.counts["kept"] = len(data.examples)
+
+    def encode(row, where: str) -> ImageTextExample:
+        return encode_row(tok, row, where, image_id)
+
+    data = load_examples(sources, split, encode, seq_len, on_long, strict)
+    for example in data.examples:  # a truncated example keeps the pictures it still shows
+        example.pictures = example.pictures[: example.ids.count(image_id)]
     return data
 
 

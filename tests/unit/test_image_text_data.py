@@ -14,23 +14,10 @@ from PIL import Image
 from herd.data.image_text import ImageTextBatches, collate, load_image_text
 from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
-from herd.model.config import VisionConfig
 from herd.train.vision_adapter import vision_tiler
 from tests.sums_tokenizer import sums_tokenizer
+from tests.unit.test_generate_image import VISION  # the same tiny encoder
 
-VISION = VisionConfig(
-    dim=16,
-    n_layers=2,
-    n_global_layers=1,
-    n_heads=2,
-    ffn_dim=32,
-    image_size=28,
-    patch_size=14,
-    max_tiles=2,
-    aspect_ratios=((1, 1), (1, 2), (2, 1)),
-    feature_layers=(0, 1),
-    cross_attention_layers=(1, 3),
-)
 IMAGE_ID = 1000  # the model's <|image|>: past the tokenizer's vocabulary
 
 
