@@ -155,9 +155,20 @@ def _holds_adapters_only(folder: Path) -> bool:
 def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The base a LoRA checkpoint's adapter_config.json names, with the adapters merged in, so
     `herd.load`, `herd generate` and `herd chat` take a LoRA run's checkpoints as they are."""
+    from herd.checkpoint.loading import load_weights
     from herd.model import lora
+    from herd.model.multimodal import ADDED_PARTS, build_model
 
-    model = lora.load_adapter(load(_adapter_base(folder, None)), folder)
+    base = _adapter_base(folder, None)
+    config = io.read_herd_config(folder)
+    if config.vision is not None and read_config(base).vision is None:
+        # a vision adapter trained with LoRA on a text model: the vision model of the folder's
+        # config, its text weights the base's; the added parts come with the adapters
+        model = build_model(config)
+        load_weights(model, base, new=tuple(f"{part}." for part in ADDED_PARTS))
+    else:
+        model = load(base)
+    model = lora.load_adapter(model, folder)
     return model.config, lora.merge_lora(model)
 
 

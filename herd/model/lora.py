@@ -78,12 +78,17 @@ class LoraConfig:
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     """projections to adapt: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, herd's
     wq wk wv wo w1 w3 w2, or "all-linear"; the default is the paper's W_q and W_v (section 7.1)"""
+    modules_to_save: tuple[str, ...] = ()
+    """top-level modules trained whole beside the adapters and saved with them (PEFT's
+    modules_to_save): a vision model's added parts (herd.model.multimodal.ADDED_PARTS) when its
+    text model gets LoRA"""
     targets: tuple[str, ...] = field(init=False, repr=False)
     """the targets as PEFT names, sorted (derived)"""
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
             self.target_modules = (self.target_modules,)
+        self.modules_to_save = tuple(self.modules_to_save or ())
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise HerdError(f"LoRA rank r must be a positive integer, got {self.r!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -148,14 +153,27 @@ class LoraLinear(Linear):
 
 
 def _target_paths(model: nn.Module, config: LoraConfig) -> list[str]:
-    """herd module paths (layers.{i}.attn.wq, ...) of every targeted projection."""
+    """herd module paths (layers.{i}.attn.wq, ...) of every targeted projection: the text
+    blocks' (a vision model's encoder and cross-attention layers have projections of the same
+    names; they are trained whole, as modules_to_save, or frozen)."""
     wanted = {HF_TO_HERD_TARGET[t] for t in config.targets}
     paths = []
     for name, module in model.named_modules():
-        parent, _, leaf = name.rpartition(".")
-        if leaf in wanted and parent.endswith((".attn", ".ffn")) and isinstance(module, Linear):
+        parts = name.split(".")
+        if (
+            len(parts) == 4
+            and parts[0] == "layers"
+            and parts[2] in _HF_SUBBLOCK
+            and parts[3] in wanted
+            and isinstance(module, Linear)
+        ):
             paths.append(name)
     return paths
+
+
+def _saved_whole(name: str, config: LoraConfig) -> bool:
+    """Whether parameter `name` belongs to one of the config's modules_to_save."""
+    return name.split(".", 1)[0] in config.modules_to_save
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
@@ -164,14 +182,18 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
 
 
 def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Wrap the targeted projections in place and freeze everything but the adapters."""
+    """Wrap the targeted projections in place and freeze everything but the adapters (and the
+    config's modules_to_save)."""
     if lora_layers(model):
         raise HerdError("the model already has LoRA adapters")
     paths = _target_paths(model, config)
     if not paths:
         raise HerdError(f"no projections named {', '.join(config.targets)} in the model")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    missing = sorted(set(config.modules_to_save) - {n for n, _ in model.named_children()})
+    if missing:
+        raise HerdError(f"modules_to_save '{missing[0]}' is not a part of the model")
+    for name, p in model.named_parameters():
+        p.requires_grad_(_saved_whole(name, config))
     for path in paths:
         parent_path, _, leaf = path.rpartition(".")
         parent = model.get_submodule(parent_path)
@@ -218,24 +240,27 @@ def _peft_key(path: str, which: str) -> str:
     return f"{_PEFT_PREFIX}{hf}.{which}.weight"
 
 
-def peft_names(herd_names) -> dict[str, str]:
+def peft_names(herd_names, modules_to_save: tuple[str, ...] = ()) -> dict[str, str]:
     """herd parameter name (layers.0.attn.wq.lora_A) -> PEFT key, for every adapter tensor
-    among `herd_names` (the keys of a full state dict, e.g. gathered under FSDP2)."""
+    among `herd_names` (the keys of a full state dict, e.g. gathered under FSDP2), and for the
+    parameters of `modules_to_save`, which PEFT saves whole under base_model.model.<name> (herd's
+    name here: the base of a vision LoRA is a herd text model, with no transformers twin)."""
     out = {}
     for name in herd_names:
         path, _, which = name.rpartition(".")
         if which in ("lora_A", "lora_B"):
             out[name] = _peft_key(path, which)
+        elif name.split(".", 1)[0] in modules_to_save:
+            out[name] = f"{_PEFT_PREFIX}{name}"
     return out
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters under PEFT's key names (without the adapter name, as PEFT saves them)."""
-    out = {}
-    for path, m in lora_layers(model).items():
-        out[_peft_key(path, "lora_A")] = m.lora_A.detach()
-        out[_peft_key(path, "lora_B")] = m.lora_B.detach()
-    return out
+    """The adapters (and modules_to_save) under PEFT's key names (without the adapter name, as
+    PEFT saves them)."""
+    params = dict(model.named_parameters())
+    names = peft_names(params, model.lora_config.modules_to_save)
+    return {peft: params[n].detach() for n, peft in names.items()}
 
 
 def peft_config_dict(config: LoraConfig, base_path: str | Path | None) -> dict:
@@ -256,7 +281,7 @@ def peft_config_dict(config: LoraConfig, base_path: str | Path | None) -> dict:
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": list(config.modules_to_save) or None,
         "inference_mode": True,
     }
 
@@ -305,8 +330,14 @@ def read_adapter_config(folder: str | Path) -> tuple[LoraConfig, str | None]:
     )
     for flag in ("use_dora", "use_rslora", "fan_in_fan_out"):
         _expect(not data.get(flag), path, f"'{flag}: true' is not supported")
-    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+    for key in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
         _expect(not data.get(key), path, f"'{key}' is not supported")
+    saved = data.get("modules_to_save") or []
+    _expect(
+        isinstance(saved, list) and all(isinstance(m, str) for m in saved),
+        path,
+        f"modules_to_save {saved!r}: expected a list of module names",
+    )
     _expect(data.get("bias", "none") == "none", path, f"bias {data.get('bias')!r} is not supported")
     targets = data.get("target_modules")
     if isinstance(targets, str) and targets != "all-linear":
@@ -318,6 +349,7 @@ def read_adapter_config(folder: str | Path) -> tuple[LoraConfig, str | None]:
             alpha=float(data.get("lora_alpha", 8)),
             dropout=float(data.get("lora_dropout", 0.0)),
             target_modules=tuple([targets] if isinstance(targets, str) else targets),
+            modules_to_save=tuple(saved),
         )
     except KeyError as e:
         raise HerdError(f"{path}: missing key {e}") from None
@@ -342,14 +374,19 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise HerdError(f"{weights}: unreadable safetensors file ({e})") from None
+    parts = {n for n, _ in model.named_children()}
+    absent = [m for m in config.modules_to_save if m not in parts]
+    _expect(not absent, folder, f"modules_to_save {', '.join(absent)}: not parts of the model")
     if not lora_layers(model):
         apply_lora(model, config)
-    elif model.lora_config.targets != config.targets or model.lora_config.r != config.r:
-        raise HerdError(f"{folder}: its targets or rank differ from the model's adapters")
-    params: dict[str, nn.Parameter] = {}
-    for path, m in lora_layers(model).items():
-        params[_peft_key(path, "lora_A")] = m.lora_A
-        params[_peft_key(path, "lora_B")] = m.lora_B
+    elif (model.lora_config.targets, model.lora_config.r, model.lora_config.modules_to_save) != (
+        config.targets,
+        config.r,
+        config.modules_to_save,
+    ):
+        raise HerdError(f"{folder}: its targets, rank or modules differ from the model's adapters")
+    state = dict(model.named_parameters())
+    params = {peft: state[n] for n, peft in peft_names(state, config.modules_to_save).items()}
     missing = sorted(set(params) - set(tensors))
     _expect(not missing, weights, f"missing tensor '{missing[0]}'" if missing else "")
     extra = sorted(set(tensors) - set(params))

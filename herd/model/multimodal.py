@@ -191,6 +191,10 @@ def build_model(
     return model
 
 
+# The modules a vision model adds to its text model (what an adapter run trains).
+ADDED_PARTS = ("vision", "cross_layers", "extra_embed")
+
+
 class VisionLanguageModel(Transformer):
     """tokens [B, T] (+ images) -> logits [B, T, vocab_size]; a `Transformer` for text alone."""
 

@@ -21,6 +21,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from herd.data.loader import StepLoader
 from herd.errors import HerdError
 from herd.model.lora import apply_lora, peft_config_dict, peft_names
 from herd.model.loss import release_workspace
-from herd.model.multimodal import build_model
+from herd.model.multimodal import ADDED_PARTS, build_model
 from herd.train import distributed, throughput
 from herd.train.checkpoint import (
     check_same_model,
@@ -95,14 +96,17 @@ class Trainer:
             t.checkpoint_format, self.world_size, self.lora is not None
         )
         vision = is_vision_run(run)
-        if vision and self.lora is not None:
-            raise HerdError(
-                "[lora] with [model] vision is not supported yet (LoRA checkpoints hold the "
-                "adapters alone, not the image encoder); set train.vision_train adapter or full"
-            )
         # `herd train` of a vision model: image-text rows, and the text model frozen (Llama 3
         # section 7) unless train.vision_train is full; a text model trains on shards.
         adapter_run = data is None and vision
+        if adapter_run and self.lora is not None:
+            if t.vision_train == "full":
+                raise HerdError(
+                    "[lora] with train.vision_train full: LoRA keeps the text model frozen; use "
+                    "vision_train adapter (the added parts train whole) or drop [lora]"
+                )
+            # the added parts train whole beside the text model's adapters and are saved with them
+            self.lora = dataclasses.replace(self.lora, modules_to_save=ADDED_PARTS)
         if data is None:
             data = image_text_data(run, self.rank) if vision else pretraining_data(run, self.rank)
         self.tokenizer, self.val_batches = data.tokenizer, data.val
@@ -283,7 +287,7 @@ class Trainer:
 
     def _adapter_names(self) -> dict[str, str]:
         """herd name -> PEFT key of every LoRA adapter tensor (the same in every process)."""
-        return peft_names(distributed.state_names(self.model))
+        return peft_names(distributed.state_names(self.model), self.lora.modules_to_save)
 
     # --- steps ---------------------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ text block, as the 11B and 90B models place them) over `[model] checkpoint`, a t
   validation loss and bits per byte on their targets.
 
 Checkpoints are herd folders whose config.json holds the vision config (`herd.load`,
-`herd generate --image` read them). LoRA on the text model ([lora] r > 0) is refused for now: its
-checkpoints hold the adapters alone, which would drop the trained encoder.
+`herd generate --image` read them). With [lora] r > 0 (adapter runs only) the text model's
+projections get LoRA adapters as well, while the added parts train whole: the checkpoints hold
+the adapters and the added parts (PEFT's modules_to_save) in adapter_model.safetensors, and
+`herd.load` builds the vision model on the text checkpoint their adapter_config.json names.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from pathlib import Path
 import torch
 
 from herd.errors import HerdError
+from herd.model.multimodal import ADDED_PARTS
 from herd.train.config import RunConfig
 from herd.train.training_data import TrainingData
 
 VISION_TRAIN = ("adapter", "full")
 # What an adapter run trains: the parts the text model does not have.
-ADAPTER_PREFIXES = ("vision.", "cross_layers.", "extra_embed.")
+ADAPTER_PREFIXES = tuple(f"{part}." for part in ADDED_PARTS)
 
 
 def vision_tiler(vision):

@@ -146,7 +146,10 @@ def test_full_unfreezing_and_option_errors(setup, tmp_path):
         return herd_cli_inprocess("train", config, *flags, check=False)
 
     one_line_error(error("--train.vision_train", "lora"), "train.vision_train 'lora'")
-    one_line_error(error("--lora.r", "4"), "[lora] with [model] vision is not supported")
+    one_line_error(
+        error("--lora.r", "4", "--train.vision_train", "full"),
+        "[lora] with train.vision_train full",
+    )
     one_line_error(error("--model.checkpoint", ""), "[model] vision needs [model] checkpoint")
     one_line_error(
         error(config=_config(root, text, root / "nothing.jsonl", tmp_path / "x")), "nothing.jsonl"
@@ -159,7 +162,52 @@ def test_full_unfreezing_and_option_errors(setup, tmp_path):
     )
 
 
-def test_a_stopped_run_resumes_exactly(setup, tmp_path):
+def test_lora_on_the_text_model_beside_the_adapter(setup, tmp_path):
+    """[lora] on an adapter run: the text blocks' projections get adapters, the encoder and
+    cross-attention layers train whole; the checkpoint holds both (no full weights) and loads
+    as the model that was trained."""
+    from safetensors.torch import load_file
+
+    from herd.model.image_processing import ImageProcessor
+    from herd.train.config import load_run_config
+    from herd.train.trainer import Trainer
+
+    root, text, data, picture = setup
+    out = tmp_path / "lora"
+    flags = {"lora.r": "4", "lora.target_modules": "all-linear"}
+    trainer = Trainer(load_run_config(_config(root, text, data, out), flags), out)
+    trainer.fit(show_progress=False)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] - 0.2, losses
+
+    step = out / "checkpoints" / "step-00000030"
+    assert not (step / "model.safetensors").exists()
+    adapter = json.loads((step / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["vision", "cross_layers", "extra_embed"]
+    keys = set(load_file(step / "adapter_model.safetensors"))
+    lora = {k for k in keys if ".lora_" in k}
+    assert len(lora) == 2 * 7 * 2  # A and B of all seven projections of both text blocks
+    assert all(k.startswith("base_model.model.model.layers.") for k in lora)
+    whole = {k.removeprefix("base_model.model.") for k in keys - lora}
+    trained = dict(trainer.model.named_parameters())
+    assert whole == {n for n in trained if n.startswith(("vision.", "cross_layers.", "extra_"))}
+
+    loaded, base = herd.load(step).eval(), herd.load(text)
+    assert loaded.config.vision is not None
+    wq = loaded.layers[0].attn.wq.weight
+    assert not torch.equal(wq, base.layers[0].attn.wq.weight)  # the adapter, merged
+    images = ImageProcessor(loaded.config.vision)([[picture]])
+    tokens = torch.tensor([[loaded.config.image_token_id, 1, 5, 9, 14]])
+    trainer.model.eval()
+    with torch.no_grad():
+        want = trainer.model(tokens, images=images)
+        got = loaded(tokens, images=images)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lora", [[], ["--lora.r", "4"]], ids=["adapter", "lora"])
+def test_a_stopped_run_resumes_exactly(setup, tmp_path, lora):
     """Stopped after its step-4 checkpoint and resumed with `herd train --resume`: the
     uninterrupted run's losses (the data cursor, the adapter's weights and moments restored)."""
     from herd.train.config import load_run_config
@@ -167,6 +215,7 @@ def test_a_stopped_run_resumes_exactly(setup, tmp_path):
 
     root, text, data, _ = setup
     flags = ["--train.checkpoint_every", "4", "--train.eval_every", "4", "--train.log_every", "1"]
+    flags += lora
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert herd_cli_inprocess("train", _config(root, text, data, whole, 8), *flags).returncode == 0
     config = _config(root, text, data, part, 8)

@@ -194,3 +194,33 @@ def test_load_adapter_errors(tmp_path):
     (out / "adapter_config.json").write_text("{")
     with pytest.raises(HerdError, match="not valid JSON"):
         read_adapter_config(out)
+
+
+def test_a_vision_model_gets_adapters_on_its_text_blocks_and_saves_its_added_parts(tmp_path):
+    """The encoder and cross-attention layers have projections of the same names: LoRA leaves
+    them to modules_to_save (trained whole, saved whole under herd's names) or frozen."""
+    from herd.model.multimodal import ADDED_PARTS
+    from herd.model.multimodal import build_model as build_any
+    from tests.unit.test_generate_image import VISION
+
+    config = dataclasses.replace(CONFIG, vision=VISION)
+    model = apply_lora(build_any(config), dataclasses.replace(ALL, modules_to_save=ADDED_PARTS))
+    assert sorted({p.split(".")[0] for p in lora_layers(model)}) == ["layers"]
+    assert len(lora_layers(model)) == 7 * CONFIG.n_layers
+    for name, p in model.named_parameters():
+        expected = ".lora_" in name or name.startswith(tuple(f"{m}." for m in ADDED_PARTS))
+        assert p.requires_grad == expected, name
+    _randomise_adapters(model)
+    out = save_adapter(model, tmp_path / "vision", base_path=None)
+    assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == list(
+        ADDED_PARTS
+    )
+    other = load_adapter(build_any(config, seed=5), out)
+    saved, loaded = adapter_state_dict(model), adapter_state_dict(other)
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert "base_model.model.vision.patch_embed.weight" in saved
+    # a text model has no such parts: one line, nothing loaded
+    with pytest.raises(HerdError, match="modules_to_save vision, cross_layers, extra_embed"):
+        load_adapter(build_model(CONFIG), out)
+    plain = apply_lora(build_any(config), ALL)  # no modules_to_save: the added parts freeze
+    assert not any(p.requires_grad for n, p in plain.named_parameters() if ".lora_" not in n)
