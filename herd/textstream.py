@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from herd.checkpoint.loading import load_for_command
 from herd.errors import HerdError
 from herd.generation import stream_generate
+from herd.tokenizer.chat import encode_pictured_dialog
 
 if TYPE_CHECKING:
     from herd.model.multimodal import Images
@@ -224,26 +225,14 @@ def _check_image_chat(tokenizer) -> None:
         )
 
 
-def show_images(tokenizer, prompt: list[int], count: int, image_id: int, chat: bool) -> list[int]:
-    """`prompt` with `count` <|image|> ids where Meta's format shows a turn's pictures: in a Llama
-    3 chat, at the start of the first user turn's text (right after its header); in plain text,
-    first (before BOS, as transformers' MllamaProcessor puts leading images)."""
-    at = 0
-    if chat:
-        special = tokenizer.special_tokens
-        header = [
-            special["<|start_header_id|>"],
-            *tokenizer.encode("user"),
-            special["<|end_header_id|>"],
-            *tokenizer.encode("\n\n"),
-        ]
-        ends = (
-            i + len(header) for i in range(len(prompt)) if prompt[i : i + len(header)] == header
-        )
-        at = next(ends, None)
-        if at is None:
-            raise HerdError("the chat prompt has no user turn to show the images in")
-    return [*prompt[:at], *[image_id] * count, *prompt[at:]]
+def pictures_first(messages: list[dict], count: int) -> list[dict]:
+    """`messages` with `count` pictures before the first user turn's text, where `--image` puts
+    them (as a client that sends image parts first: transformers' Mllama template and Meta's
+    format show each where it stands, herd.tokenizer.chat.encode_pictured_dialog)."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    out = list(messages)
+    out[first] = {**out[first], "content": [*range(count), out[first]["content"]]}
+    return out
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -264,11 +253,13 @@ def run_generate(args: argparse.Namespace) -> None:
             _check_image_chat(tokenizer)
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": args.prompt})
-        prompt = tokenizer.encode_dialog(messages).ids
+        if images is not None:
+            messages = pictures_first(messages, len(args.image))
+        prompt = encode_pictured_dialog(tokenizer, messages, image_id)[0].ids
     else:
         prompt = tokenizer.encode(args.prompt, bos=args.bos)
-    if images is not None and args.prompt is not None:
-        prompt = show_images(tokenizer, prompt, len(args.image), image_id, args.chat)
+        if images is not None:  # before BOS, as transformers' MllamaProcessor puts them
+            prompt = [image_id] * len(args.image) + prompt
     start = time.perf_counter()
     if args.infill:
         # the span ends where the model opens the next sentinel
@@ -302,10 +293,9 @@ def run_chat(args: argparse.Namespace) -> None:
         _check_image_chat(tokenizer)
 
     def encode(messages: list[dict]) -> list[int]:
-        prompt = tokenizer.encode_dialog(messages).ids
-        if images is None:
-            return prompt
-        return show_images(tokenizer, prompt, len(args.image), image_id, chat=True)
+        if images is not None:
+            messages = pictures_first(messages, len(args.image))
+        return encode_pictured_dialog(tokenizer, messages, image_id)[0].ids
 
     guard = load_moderator(args, policy)
     system = [{"role": "system", "content": args.system}] if args.system else []

@@ -49,7 +49,7 @@ from herd.data.chat_data import ChatData, check_sft_row, load_examples
 from herd.data.epoch_order import EpochOrder
 from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
-from herd.tokenizer.chat import encode_dialog
+from herd.tokenizer.chat import encode_pictured_dialog
 
 Picture = Path | bytes  # a file, or an encoded file's bytes (a data URL, a Parquet cell)
 Tiler = Callable[[object, str], tuple[torch.Tensor, int]]
@@ -182,31 +182,12 @@ def _chat(tok, row: dict, pictures: list[Picture], base, image_id: int):
     if tok.chat_format not in ("llama3", "llama2"):
         raise HerdError(f"{tok.path}: conversations need a Llama 3 or Llama 2 chat tokenizer")
     messages = check_sft_row({"messages": plain}, tok.chat_format)
-    if not pieces:
-        ids, mask = encode_dialog(tok, messages, add_generation_prompt=False)
-        return ids, mask, []
-    if tok.chat_format != "llama3":
+    if pieces and tok.chat_format != "llama3":
         raise ValueError("messages: pictures in a conversation need the Llama 3 chat format")
-    # Llama 3's format is one segment per message (header, content, end of turn), so the
-    # dialogue with each picture turn's content left empty is cut into segments, and the pieces
-    # (text encoded piece by piece, a picture as <|image|>, as Meta's ChatFormat) go before
-    # the turn's end token.
-    empty = [{**m, "content": ""} if i in pieces else m for i, m in enumerate(messages)]
-    ids, mask, shown, done = [], [], [], 0
-    for i in range(len(empty)):
-        seg_ids, seg_mask = encode_dialog(tok, empty[: i + 1], add_generation_prompt=False)
-        seg_ids, seg_mask = seg_ids[done:], seg_mask[done:]
-        done += len(seg_ids)
-        if i in pieces:
-            body = []
-            for piece in pieces[i]:
-                body += tok.encode(piece) if isinstance(piece, str) else [image_id]
-            shown += [p for p in pieces[i] if not isinstance(p, str)]
-            seg_ids = seg_ids[:-1] + body + seg_ids[-1:]
-            seg_mask = seg_mask[:-1] + [0] * len(body) + seg_mask[-1:]
-        ids += seg_ids
-        mask += seg_mask
-    return ids, mask, shown
+    # each picture where its part stands (the pieces in place of the turn's joined text)
+    pictured = [{**m, "content": pieces[i]} if i in pieces else m for i, m in enumerate(messages)]
+    encoded, shown = encode_pictured_dialog(tok, pictured, image_id, add_generation_prompt=False)
+    return encoded.ids, encoded.mask, shown
 
 
 def encode_row(tok, row: object, where: str, image_id: int) -> ImageTextExample:

@@ -25,6 +25,7 @@ from herd.serve.image_slots import Pictures
 from herd.serve.moderation import start_guarded
 from herd.serve.relay import APIError, Generation, sse
 from herd.serve.sampling import SamplingParams
+from herd.tokenizer.chat import encode_pictured_dialog
 
 
 class _Completion:
@@ -117,21 +118,22 @@ class ChatCompletion(_Completion):
 
     async def respond(self, request: Request):
         b = self.body
-        messages, pictures, counts = [], [], []  # pictures: (the part's name, the part)
+        messages, dialog, pictures = [], [], []  # pictures: (the part's name, the part)
         for i, m in enumerate(b.messages):
             found: list = []
             try:
-                messages.append(m.as_dialog(found))
+                plain = m.as_dialog(found, f"messages[{i}]")
             except ValueError as e:
                 raise APIError(400, f"messages[{i}].{e}", param="messages") from None
             if found and m.role != "user":
-                name = f"messages[{i}].{found[0][0]}"
-                raise APIError(400, f"{name}: images go in user turns only", param=name)
-            if m.role == "user":
-                counts.append(len(found))
-            pictures += [(f"messages[{i}].{name}", part) for name, part in found]
+                raise APIError(
+                    400, f"{found[0][0]}: images go in user turns only", param=found[0][0]
+                )
+            dialog.append(plain)  # what the guard reads: the chat's text, without the tool prompt
+            # a turn with pictures keeps its parts in order: each shown where it stands
+            messages.append({**plain, "content": m.pieces(f"messages[{i}]")} if found else plain)
+            pictures += found
         self.tools = None
-        dialog = messages  # what the guard reads: the chat without the tool prompt
         grammar = None
         try:
             if b.tools and tools.resolve_tool_choice(b.tool_choice, b.tools) != "none":
@@ -143,15 +145,14 @@ class ChatCompletion(_Completion):
                 grammar = constraints.response_format_grammar(b.response_format, self.tok)
         except ValueError as e:  # "FIELD...: what is wrong", one line
             raise APIError(400, str(e), param=str(e).split(":", 1)[0].split(".", 1)[0]) from None
-        try:
-            prompt = self.tok.encode_dialog(messages, add_generation_prompt=True).ids
-        except HerdError as e:
-            raise APIError(400, str(e), param="messages") from None
-        images = None
-        if pictures:
+        images, image_id = None, None
+        if pictures:  # read first: a text-only model or a bad picture is the error to report
             images = await self._images(pictures)
             image_id = self.engine.model.config.image_token_id
-            prompt = media.show_in_user_turns(self.tok, prompt, counts, image_id)
+        try:
+            prompt = encode_pictured_dialog(self.tok, messages, image_id)[0].ids
+        except HerdError as e:
+            raise APIError(400, str(e), param="messages") from None
         if b.top_logprobs is not None and not b.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (b.top_logprobs or 0) if b.logprobs else None

@@ -1,5 +1,5 @@
 """Pictures in chat requests: OpenAI `image_url` content parts read into the `Images` a Llama 3.2
-Vision model takes, and the prompt's <|image|> ids placed where Meta's chat format shows them.
+Vision model takes.
 
 A part is `{"type": "image_url", "image_url": {"url": URL}}` (a bare string URL is taken too).
 URL is
@@ -15,8 +15,9 @@ the API answers with HTTP 400.
 
 A data URL's bytes are read as `herd generate --image` reads a file (read_image: upright by EXIF
 orientation, any alpha channel dropped), so a picture sent either way gives the same pixels.
-Each user turn's pictures become <|image|> ids at the start of that turn's text, in the order of
-its parts, where `herd chat --image` puts them (herd/textstream.py `show_images`).
+Each picture becomes one <|image|> id where its part stands among the turn's text parts
+(herd.tokenizer.chat.encode_pictured_dialog, as transformers' Mllama chat template and vLLM
+place them), the encoding image-text training data gets too.
 """
 
 from __future__ import annotations
@@ -121,23 +122,3 @@ def _data_picture(url: str, param: str):
         raise MediaError(param, "the image has too many pixels to decode safely") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(param, f"a damaged image ({e})") from None
-
-
-def show_in_user_turns(tokenizer, prompt: list[int], counts: list[int], image_id: int) -> list[int]:
-    """`prompt` (a Llama 3 chat) with counts[i] <|image|> ids at the start of the i-th user
-    turn's text, right after its header."""
-    special = tokenizer.special_tokens
-    header = [
-        special["<|start_header_id|>"],
-        *tokenizer.encode("user"),
-        special["<|end_header_id|>"],
-        *tokenizer.encode("\n\n"),
-    ]
-    starts = [i + len(header) for i in range(len(prompt)) if prompt[i : i + len(header)] == header]
-    if len(starts) != len(counts):  # a user's text cannot hold header ids: never expected
-        raise HerdError(f"found {len(starts)} user turns in the prompt, expected {len(counts)}")
-    out, done = [], 0
-    for at, count in zip(starts, counts, strict=True):
-        out += [*prompt[done:at], *[image_id] * count]
-        done = at
-    return out + prompt[done:]

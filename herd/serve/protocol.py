@@ -31,17 +31,18 @@ class ChatMessage(_Body):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
-    def as_dialog(self, images: list[tuple[str, dict]] | None = None) -> dict:
+    def as_dialog(self, images: list[tuple[str, dict]] | None = None, field: str = "") -> dict:
         """The message as herd's chat formatting takes it (herd.tokenizer.chat): its text parts
         joined. `images`: where its `image_url` parts go, as (the part's name in errors, the
-        part), with `field` naming the message (`messages[2]`); without it they are refused."""
+        part), with `field` naming the message (`messages[2]`); without it they are refused.
+        """
         content = self.content
         if isinstance(content, list):  # content parts: text, and image_url where asked for
             parts = []
             for j, part in enumerate(content):
                 kind = part.get("type")
                 if kind == "image_url" and images is not None:
-                    images.append((f"content[{j}]", part))
+                    images.append((f"{field}.content[{j}]", part))
                     continue
                 if kind != "text" or not isinstance(part.get("text"), str):
                     what = "text and image_url" if images is not None else "only text"
@@ -53,6 +54,14 @@ class ChatMessage(_Body):
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         return out
+
+    def pieces(self, field: str) -> list:
+        """Its content parts in order (after `as_dialog` accepted them), as herd.tokenizer.chat's
+        pictured content: each text, and (name, part) for each picture where it stands."""
+        return [
+            p["text"] if p.get("type") == "text" else (f"{field}.content[{j}]", p)
+            for j, p in enumerate(self.content)
+        ]
 
 
 class _Sampling(_Body):

@@ -112,12 +112,27 @@ def tool_prompt(
     )
     definitions = "".join(json.dumps(t, indent=4, ensure_ascii=False) + "\n\n" for t in tools)
     first = messages[0]
-    user = TOOL_INSTRUCTIONS + definitions + first["content"].strip()
+    content = first["content"]
+    if isinstance(content, list):  # pictures among its text (herd.tokenizer.chat's pieces)
+        user = [TOOL_INSTRUCTIONS + definitions, *_strip_pieces(content)]
+    else:
+        user = TOOL_INSTRUCTIONS + definitions + content.strip()
     return [
         {"role": "system", "content": header + system},
         {**first, "content": user},
         *messages[1:],
     ]
+
+
+def _strip_pieces(pieces: list) -> list:
+    """Pictured content stripped as its joined text would be: the first text's leading and the
+    last text's trailing whitespace (the pictures keep their places)."""
+    out = list(pieces)
+    texts = [i for i, p in enumerate(out) if isinstance(p, str)]
+    if texts:
+        out[texts[0]] = out[texts[0]].lstrip()
+        out[texts[-1]] = out[texts[-1]].rstrip()
+    return out
 
 
 def parse_tool_calls(text: str, tools: list[dict] | None) -> list[dict] | None:

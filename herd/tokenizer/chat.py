@@ -186,6 +186,53 @@ def encode_dialog(tok, messages: list[dict], add_generation_prompt: bool = True)
     raise HerdError(f"{tok.path}: this tokenizer has no chat format (no BOS/EOS or header tokens)")
 
 
+def encode_pictured_dialog(
+    tok, messages: list[dict], image_id: int, add_generation_prompt: bool = True
+) -> tuple[EncodedDialog, list]:
+    """`encode_dialog` for messages whose content may be a list of pieces: strings, and pictures
+    (any other object: the caller's), each shown as one `image_id` where it stands, as Meta's
+    ChatFormat encodes content (text piece by piece) and transformers' Mllama chat template
+    renders image parts. Returns the encoding (mask 0 on the pictures) and the pictures in the
+    order of their ids. Pictures need the Llama 3 format."""
+    pieces = {i: m["content"] for i, m in enumerate(messages) if isinstance(m.get("content"), list)}
+    if not pieces:
+        return encode_dialog(tok, messages, add_generation_prompt), []
+    if tok.chat_format != "llama3":
+        raise HerdError(
+            f"{tok.path}: pictures in a conversation need the Llama 3 chat format, not "
+            f"{tok.chat_format}"
+        )
+    # Llama 3's format is one segment per message (header, content, end of turn), so the
+    # dialogue with each pictured message's content left empty is cut into segments, and the
+    # pieces go before the segment's end-of-turn token.
+    empty = [{**m, "content": ""} if i in pieces else m for i, m in enumerate(messages)]
+    ids, mask, shown, done = [], [], [], 0
+    for i in range(len(empty)):
+        seg = encode_dialog(tok, empty[: i + 1], add_generation_prompt=False)
+        seg_ids, seg_mask = seg.ids[done:], seg.mask[done:]
+        done += len(seg_ids)
+        if i in pieces:
+            body, body_mask = [], []
+            for piece in pieces[i]:
+                if isinstance(piece, str):  # the turn's own mask (its end token's: 1 for a
+                    text = tok.encode(piece)  # trained assistant turn)
+                    body.extend(text)
+                    body_mask.extend([seg_mask[-1]] * len(text))
+                else:
+                    body.append(image_id)
+                    body_mask.append(0)
+                    shown.append(piece)
+            seg_ids = seg_ids[:-1] + body + seg_ids[-1:]
+            seg_mask = seg_mask[:-1] + body_mask + seg_mask[-1:]
+        ids += seg_ids
+        mask += seg_mask
+    if add_generation_prompt:
+        header = encode_dialog(tok, empty, add_generation_prompt=True).ids[done:]
+        ids += header
+        mask += [0] * len(header)
+    return EncodedDialog(ids, mask), shown
+
+
 def conversation_pad_id(tok) -> int:
     """An id for right-padding formatted conversations that they never contain: transformers'
     sequence classifiers (a reward model's HF export) find a row's last token as the last one that

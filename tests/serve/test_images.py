@@ -1,7 +1,7 @@
 """`herd serve` with pictures (herd/serve/media.py, herd/serve/image_slots.py, the engine): OpenAI
 `image_url` content parts on a tiny random Llama 3.2 Vision model (tests/unit/test_generate_image.py's
 shape and tokenizer), through the `openai` client. A reply is `herd.generate`'s on the prompt with
-<|image|> at the start of the user turn's text and the processor's Images; requests with and
+each <|image|> where its part stands and the processor's Images; requests with and
 without pictures share the batch and the prefix cache without changing each other's tokens; bad
 pictures are HTTP 400 naming the part."""
 
@@ -136,6 +136,26 @@ def test_image_replies_are_generates(vision_server):
     # a text request after all that: as before, and herd.generate's
     assert ask(client, chat("What is 3 plus 4?")).choices[0].message.content == text_before
     assert text_before == expected(model, tok, "What is 3 plus 4?", [])[0]
+
+
+def test_pictures_stand_where_their_parts_do(vision_server):
+    """Text before, between and after two pictures: each <|image|> where its part stands, as the
+    training data and transformers' Mllama template place them."""
+    server, model, tok, pictures, _ = vision_server
+    text = [{"type": "text", "text": t} for t in ("What is ", " plus ", "?")]
+    parts = [text[0], image_part(data_url(pictures[0])), text[1]]
+    parts += [image_part(data_url(pictures[1], "image/jpeg")), text[2]]
+    reply = ask(server.client, [{"role": "user", "content": parts}])
+    image = model.config.image_token_id
+    plain = tok.encode_dialog([{"role": "user", "content": "X"}]).ids
+    at = plain.index(tok.encode("X")[0])
+    body = [*tok.encode("What is "), image, *tok.encode(" plus "), image, *tok.encode("?")]
+    prompt = plain[:at] + body + plain[at + 1 :]
+    assert reply.usage.prompt_tokens == len(prompt)
+    images = ImageProcessor(model.config.vision)([pictures])
+    new = herd.generate(model, prompt, max_new_tokens=TOKENS, images=images)
+    new = new[: next((i for i, t in enumerate(new) if t in tok.stop_ids), len(new))]
+    assert reply.choices[0].message.content == tok.decode(new, skip_special=True)
 
 
 def test_prefix_cache_never_shares_kv_across_different_images(vision_server):

@@ -256,3 +256,16 @@ def test_forced_calls_from_a_random_model(llama3, choice, names):
     finally:
         torch.set_num_threads(threads)
     assert seen and seen <= names
+
+
+def test_tool_prompt_keeps_pictures_where_they_stand():
+    """A first user turn with pictures among its text parts: the instructions go first, the
+    text is stripped as the joined text would be, and the pictures keep their places."""
+    picture = ("picture", 0)  # the server's (name, part) of an image_url part
+    text = [{"role": "user", "content": "  What is in it? "}]
+    pictured = [{"role": "user", "content": [" Look:", picture, " What is in it? "]}]
+    plain, out = tool_prompt(text, TOOLS, date=DATE), tool_prompt(pictured, TOOLS, date=DATE)
+    assert out[0] == plain[0]  # the system turn
+    head, *rest = out[1]["content"]
+    assert rest == ["Look:", picture, " What is in it?"]
+    assert plain[1]["content"] == head + "What is in it?"

@@ -173,3 +173,57 @@ def test_bad_dialogs(llama2, llama3):
                 }
             ]
         )
+
+
+def test_pictured_dialog_matches_meta_reference(llama3, tmp_path):
+    """encode_pictured_dialog: each picture's <|image|> where its part stands, the text piece by
+    piece, as llama-models' ChatFormat encodes RawMediaItem content; the mask trains the
+    assistant's text parts and never a picture; other formats refuse pictures."""
+    import io
+
+    from llama_models.datatypes import RawMediaItem, RawMessage, RawTextItem
+    from llama_models.llama3 import chat_format
+    from llama_models.llama3.tokenizer import Tokenizer
+    from PIL import Image
+
+    from herd.tokenizer.chat import encode_pictured_dialog
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    a, b = ("picture", 1), ("picture", 2)  # the caller's objects (not strings: text)
+    messages = [
+        {"role": "system", "content": "Describe pictures."},
+        {"role": "user", "content": ["Compare ", a, " with", b, " please."]},
+        {"role": "assistant", "content": ["They differ", " in colour."]},
+        {"role": "user", "content": [b, "And this one?"]},
+    ]
+    image_id = 128256  # the model's <|image|>, past the vocabulary, as Meta's ChatFormat maps it
+    encoded, shown = encode_pictured_dialog(llama3, messages, image_id)
+    assert shown == [a, b, b]
+
+    def raw(piece):
+        return (
+            RawTextItem(text=piece) if isinstance(piece, str) else RawMediaItem(data=png.getvalue())
+        )
+
+    meta = chat_format.ChatFormat(Tokenizer(llama3.path)).encode_dialog_prompt(
+        [
+            RawMessage(role=m["role"], content=[raw(p) for p in m["content"]])
+            if isinstance(m["content"], list)
+            else RawMessage(role=m["role"], content=m["content"])
+            for m in messages
+        ]
+    )
+    assert encoded.ids == meta.tokens
+    trained = llama3.decode([i for i, m in zip(encoded.ids, encoded.mask, strict=True) if m])
+    assert trained == "They differ in colour.<|eot_id|>"
+    # no pictures: encode_dialog's encoding
+    plain = [{"role": "user", "content": "Hi"}]
+    assert encode_pictured_dialog(llama3, plain, image_id) == (llama3.encode_dialog(plain), [])
+
+
+def test_pictured_dialog_needs_llama3(llama2):
+    from herd.tokenizer.chat import encode_pictured_dialog
+
+    with pytest.raises(HerdError, match="pictures in a conversation need the Llama 3 chat format"):
+        encode_pictured_dialog(llama2, [{"role": "user", "content": [object(), "Hi"]}], 7)
