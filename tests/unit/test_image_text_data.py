@@ -221,3 +221,25 @@ def test_a_picture_damaged_past_its_header_fails_when_batched(tok, pictures):
     with pytest.raises(HerdError, match=r"d\.jsonl:1: image 1.*cut\.png") as e:
         collate(data.examples, vision_tiler(VISION))
     assert "\n" not in str(e.value)
+
+
+def test_parquet_with_image_bytes_as_hugging_face_datasets_writes_it(tok, tmp_path):
+    """A Parquet file written by `datasets` with an Image feature (a struct of bytes and path per
+    row), as Hugging Face image-text datasets ship: the pictures are the bytes, decoded to the
+    same tiles as the pictures themselves."""
+    import datasets
+
+    drawn = [Image.new("RGB", (20, 20), (255, 0, 0)), Image.new("RGB", (60, 20), (0, 0, 255))]
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    table = datasets.Dataset.from_dict(
+        {"image": drawn, "text": ["What is 3 plus 4?", "7."]}, features=features
+    )
+    table.to_parquet(str(tmp_path / "pictures.parquet"))
+    data = load_image_text(tok, str(tmp_path / "pictures.parquet"), 64, IMAGE_ID, strict=True)
+    assert [e.ids[0] for e in data.examples] == [IMAGE_ID, IMAGE_ID]
+    assert all(isinstance(e.pictures[0], bytes) for e in data.examples)
+    tiler = vision_tiler(VISION)
+    batch = collate(data.examples, tiler, pad_id=0)
+    for row, picture in enumerate(drawn):
+        tiles, _ = tiler(picture, "drawn")
+        assert torch.equal(batch.pixels[row, 0, : len(tiles)], tiles)
