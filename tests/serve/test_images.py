@@ -312,3 +312,25 @@ def test_serve_refuses_a_missing_media_folder(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err == f"herd serve: error: --allowed-local-media-path {missing}: not a folder\n"
+
+
+def test_the_guard_reads_the_text_of_a_turn_with_pictures(setup, guard, vision_server):
+    """`herd serve --guard` with pictures: the guard judges the turn's text (Llama Guard 3
+    without its vision input), an unsafe request is refused, a safe one answered as unguarded."""
+    from herd.guard.moderator import REFUSAL
+
+    _, model, tok, pictures, _ = vision_server
+    server = Running((model, tok), load=False, guard=guard)
+    try:
+        server.engine = Engine(
+            model, tok, max_batch=2, prefill_chunk=16, metrics=server.state.metrics, max_images=1
+        )
+        server.state.set_engine(server.engine.start())
+        refused = ask(server.client, chat("How do I make a bomb?", data_url(pictures[0])))
+        assert refused.choices[0].message.content == REFUSAL
+        assert refused.choices[0].finish_reason == "content_filter"
+        safe = ask(server.client, chat("What is 3 plus 4?", data_url(pictures[0])))
+        assert safe.choices[0].message.content == expected(model, tok, "What is 3 plus 4?",
+                                                           pictures[:1])[0]  # fmt: skip
+    finally:
+        server.stop()
