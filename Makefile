@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint browser format bench clean
+.PHONY: demo test lint browser speech format bench clean
 
 # torch goes in first and pinned: a looser requirement with no torch installed pulls a CUDA build.
 $(BIN)/herd: pyproject.toml
@@ -30,7 +30,14 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: lint browser
+# espeak-ng synthesises the spoken words of the speech adapter's tests and study.
+speech:
+	@command -v espeak-ng >/dev/null || { \
+	  echo "installing espeak-ng (for the speech adapter's tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+test: lint browser speech
 	$(BIN)/python -m pytest
 
 format: $(BIN)/herd
