@@ -22,6 +22,8 @@ A vision model (Llama 3.2 Vision, `ModelConfig.vision`) is the text decoder plus
 an image encoder and gated cross-attention layers between the decoder's blocks
 (herd/model/multimodal.py). Its parameters are counted exactly, from the shapes as well;
 `flops_per_token` applies the text formula to all of them, a stand-in until training on images.
+A speech model (`ModelConfig.speech`, herd/model/speech_config.py) adds a speech encoder and
+adapter whose frames enter the decoder as tokens, counted the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from herd.errors import HerdError
+from herd.model.speech_config import SpeechConfig, speech_from_dict
 
 HEADS = ("lm", "score")
 
@@ -209,6 +212,14 @@ class ModelConfig:
         },
     )
 
+    speech: SpeechConfig | None = field(
+        default=None,
+        metadata={
+            "help": "speech encoder and adapter whose frames enter as tokens (Llama 3 section "
+            "8), or none"
+        },
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -244,12 +255,27 @@ class ModelConfig:
             if self.head != "lm" or self.tie_embeddings:
                 raise HerdError(f"{source}: a vision model has an untied language-model head")
             self.vision.validate(source, self.n_layers)
+        if self.speech is not None:
+            if self.head != "lm" or self.tie_embeddings:
+                raise HerdError(f"{source}: a speech model has an untied language-model head")
+            if self.vision is not None:
+                raise HerdError(f"{source}: speech and vision in one model are not supported yet")
+            self.speech.validate(source)
 
     @property
     def image_token_id(self) -> int | None:
         """Id of <|image|>: the first embedding row after the vocabulary (Llama 3.2 Vision's
         128256), or None for a text model."""
         return None if self.vision is None else self.vocab_size
+
+    @property
+    def speech_token_ids(self) -> tuple[int, int, int] | None:
+        """(<|speech_start|>, <|speech_end|>, <|speech|>): the rows after the vocabulary, or None
+        for a model without speech."""
+        if self.speech is None:
+            return None
+        v = self.vocab_size
+        return v, v + 1, v + 2
 
     @property
     def output_size(self) -> int:
@@ -272,6 +298,8 @@ class ModelConfig:
             cross = block + 2 * h + 2
             total += len(v.cross_attention_layers) * cross + v.extra_tokens * d
             total += v.encoder_params(d)
+        if self.speech is not None:
+            total += self.speech.extra_tokens * d + self.speech.encoder_params(d)
         return total
 
     def dense_params(self) -> int:
@@ -291,6 +319,8 @@ class ModelConfig:
             del out["head"]
         if self.vision is None:
             del out["vision"]  # likewise: written only for vision models
+        if self.speech is None:
+            del out["speech"]
         return out
 
     @classmethod
@@ -324,6 +354,8 @@ class ModelConfig:
         vision = values.get("vision")
         if vision is not None:
             values["vision"] = _vision_from_dict(vision, source)
+        if values.get("speech") is not None:
+            values["speech"] = speech_from_dict(values["speech"], source)
         for name, f in known.items():
             if name in values and f.type in ("int", int) and isinstance(values[name], float):
                 if not values[name].is_integer():

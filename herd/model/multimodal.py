@@ -170,7 +170,12 @@ class ImageKVCache(KVCache):
 
 
 def model_class(config: ModelConfig) -> type[Transformer]:
-    """The module a config describes: the text model, or with `config.vision` the vision model."""
+    """The module a config describes: the text model, with `config.vision` the vision model,
+    with `config.speech` the speech model (herd/model/speech_model.py)."""
+    if config.speech is not None:
+        from herd.model.speech_model import SpeechLanguageModel
+
+        return SpeechLanguageModel
     return Transformer if config.vision is None else VisionLanguageModel
 
 

@@ -141,9 +141,11 @@ class Transformer(nn.Module):
     """tokens [B, T] -> logits [B, T, vocab_size]."""
 
     def __init__(self, config: ModelConfig) -> None:
-        if config.vision is not None and type(self) is Transformer:  # never silently text-only
+        if type(self) is Transformer and (config.vision or config.speech):  # never text-only
+            kind = "VisionLanguageModel" if config.vision else "speech_model.SpeechLanguageModel"
             raise HerdError(
-                "a config with vision builds herd.model.multimodal.VisionLanguageModel "
+                f"a config with {'vision' if config.vision else 'speech'} builds "
+                f"herd.model.{'multimodal.' if config.vision else ''}{kind} "
                 "(herd.model.multimodal.build_model)"
             )
         super().__init__()
@@ -170,6 +172,7 @@ class Transformer(nn.Module):
         reduction: str = "sum",
         last: torch.Tensor | None = None,
         hidden: bool = False,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for `tokens`, or with `targets` the cross-entropy against them.
 
@@ -189,6 +192,9 @@ class Transformer(nn.Module):
         With `last` [B] (a position per row) only those positions' logits are computed, [B, vocab]:
         scoring and prefill need one position, and the output projection is the widest layer.
         A reward model (config.head "score") returns [B, T, 1], or [B, 1] with `last`.
+
+        `embeds` [B, T, dim]: the input embeddings to use in place of the tokens' rows (a model
+        that puts other inputs among the tokens, herd/model/speech_model.py).
         """
         T = tokens.shape[1]
         if packed is not None:
@@ -204,7 +210,7 @@ class Transformer(nn.Module):
         else:
             rope = self.rope[input_pos]
             mask = cache.mask(input_pos)
-        x = self.embed(tokens)
+        x = self.embed(tokens) if embeds is None else embeds
         for block in self.layers:
             x = block(x, rope, input_pos, cache, mask)
         if targets is not None:
