@@ -157,15 +157,15 @@ def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, tor
     `herd.load`, `herd generate` and `herd chat` take a LoRA run's checkpoints as they are."""
     from herd.checkpoint.loading import load_weights
     from herd.model import lora
-    from herd.model.multimodal import ADDED_PARTS, build_model
+    from herd.model.multimodal import added_parts, build_model
 
     base = _adapter_base(folder, None)
     config = io.read_herd_config(folder)
-    if config.vision is not None and read_config(base).vision is None:
-        # a vision adapter trained with LoRA on a text model: the vision model of the folder's
-        # config, its text weights the base's; the added parts come with the adapters
+    if added_parts(config) and not added_parts(read_config(base)):
+        # a vision or speech adapter trained with LoRA on a text model: the model of the
+        # folder's config, its text weights the base's; the added parts come with the adapters
         model = build_model(config)
-        load_weights(model, base, new=tuple(f"{part}." for part in ADDED_PARTS))
+        load_weights(model, base, new=tuple(f"{part}." for part in added_parts(config)))
     else:
         model = load(base)
     model = lora.load_adapter(model, folder)

@@ -46,8 +46,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from herd.data.chat_data import ChatData, check_sft_row, load_examples
-from herd.data.epoch_order import EpochOrder
 from herd.data.objectives import IGNORE_INDEX
+from herd.data.padded_batches import PaddedBatches
 from herd.errors import HerdError
 from herd.tokenizer.chat import encode_pictured_dialog
 
@@ -299,9 +299,9 @@ def collate(examples: Sequence[ImageTextExample], tiler: Tiler, pad_id: int = 0)
     return ImageTextBatch(inputs, targets, pixels, ids)
 
 
-class ImageTextBatches:
-    """A resumable stream of micro-batches of `batch_size` samples (a BatchSource): each epoch
-    in a seeded permutation, the cursor the whole state, as SFT's packed rows."""
+class ImageTextBatches(PaddedBatches):
+    """Image-text micro-batches of `batch_size` samples (herd/data/padded_batches.py), pictures
+    cut by `tiler` when a batch is built."""
 
     def __init__(
         self,
@@ -311,34 +311,4 @@ class ImageTextBatches:
         seed: int = 0,
         pad_id: int = 0,
     ) -> None:
-        if batch_size < 1:
-            raise HerdError(f"data.batch_size {batch_size} must be positive")
-        if len(examples) < batch_size:
-            raise HerdError(
-                f"{len(examples)} samples, fewer than one batch of {batch_size}; lower batch_size"
-            )
-        self.examples, self.batch_size = examples, batch_size
-        self.tiler, self.pad_id = tiler, pad_id
-        self.order = EpochOrder(len(examples), seed)
-
-    def next_micro_batch(self, rows: slice | None = None) -> ImageTextBatch:
-        keep = range(self.batch_size)[rows or slice(None)]
-        chosen = [self.order.advance() for _ in range(self.batch_size)]
-        return collate([self.examples[chosen[b]] for b in keep], self.tiler, self.pad_id)
-
-    def sequential(self, max_batches: int | None = None, rows: slice | None = None):
-        """Validation: the batches in dataset order (the first `max_batches`); no cursor."""
-        n = len(self.examples) // self.batch_size
-        n = n if max_batches is None else min(n, max_batches)
-        for b in range(n):
-            chosen = range(b * self.batch_size, (b + 1) * self.batch_size)[rows or slice(None)]
-            yield collate([self.examples[i] for i in chosen], self.tiler, self.pad_id)
-
-    def skip(self, n_batches: int) -> None:
-        self.order.skip(n_batches * self.batch_size)
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
+        super().__init__(examples, batch_size, lambda chosen: collate(chosen, tiler, pad_id), seed)

@@ -200,6 +200,18 @@ def build_model(
 ADDED_PARTS = ("vision", "cross_layers", "extra_embed")
 
 
+def added_parts(config: ModelConfig) -> tuple[str, ...]:
+    """The modules a vision or speech model adds to its text model, by name; () for a text
+    model."""
+    if config.vision is not None:
+        return ADDED_PARTS
+    if config.speech is not None:
+        from herd.model.speech_model import ADDED_PARTS as SPEECH_PARTS
+
+        return SPEECH_PARTS
+    return ()
+
+
 class VisionLanguageModel(Transformer):
     """tokens [B, T] (+ images) -> logits [B, T, vocab_size]; a `Transformer` for text alone."""
 

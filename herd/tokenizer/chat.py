@@ -187,13 +187,15 @@ def encode_dialog(tok, messages: list[dict], add_generation_prompt: bool = True)
 
 
 def encode_pictured_dialog(
-    tok, messages: list[dict], image_id: int, add_generation_prompt: bool = True
+    tok, messages: list[dict], image_id, add_generation_prompt: bool = True
 ) -> tuple[EncodedDialog, list]:
-    """`encode_dialog` for messages whose content may be a list of pieces: strings, and pictures
-    (any other object: the caller's), each shown as one `image_id` where it stands, as Meta's
+    """`encode_dialog` for messages whose content may be a list of pieces: strings, and media
+    (any other object: the caller's pictures or clips), each shown where it stands, as Meta's
     ChatFormat encodes content (text piece by piece) and transformers' Mllama chat template
-    renders image parts. Returns the encoding (mask 0 on the pictures) and the pictures in the
-    order of their ids. Pictures need the Llama 3 format."""
+    renders image parts: as one `image_id`, or as the ids `image_id(piece)` returns (a clip's
+    speech tokens). Returns the encoding (mask 0 on the media) and the media in the order they
+    stand. Media need the Llama 3 format."""
+    ids_of = image_id if callable(image_id) else (lambda _piece: [image_id])
     pieces = {i: m["content"] for i, m in enumerate(messages) if isinstance(m.get("content"), list)}
     if not pieces:
         return encode_dialog(tok, messages, add_generation_prompt), []
@@ -219,8 +221,9 @@ def encode_pictured_dialog(
                     body.extend(text)
                     body_mask.extend([seg_mask[-1]] * len(text))
                 else:
-                    body.append(image_id)
-                    body_mask.append(0)
+                    shown_ids = ids_of(piece)
+                    body.extend(shown_ids)
+                    body_mask.extend([0] * len(shown_ids))
                     shown.append(piece)
             seg_ids = seg_ids[:-1] + body + seg_ids[-1:]
             seg_mask = seg_mask[:-1] + body_mask + seg_mask[-1:]

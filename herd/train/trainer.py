@@ -33,8 +33,15 @@ from herd.data.loader import StepLoader
 from herd.errors import HerdError
 from herd.model.lora import apply_lora, peft_config_dict, peft_names
 from herd.model.loss import release_workspace
-from herd.model.multimodal import ADDED_PARTS, build_model
+from herd.model.multimodal import build_model
 from herd.train import distributed, throughput
+from herd.train.adapters import (
+    adapter_data,
+    added_parts,
+    freeze_for_adapter,
+    is_adapter_run,
+    load_start_weights,
+)
 from herd.train.checkpoint import (
     check_same_model,
     load_latest,
@@ -54,12 +61,6 @@ from herd.train.step import accumulate_gradients, clip_gradients, guarded_update
 from herd.train.training_data import TrainingData, pretraining_data
 from herd.train.validation import validate
 from herd.train.verdicts import Verdicts
-from herd.train.vision_adapter import (
-    freeze_for_vision,
-    image_text_data,
-    is_vision_run,
-    load_start_weights,
-)
 
 PARAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -95,10 +96,11 @@ class Trainer:
         self.checkpoint_format = resolve_format(
             t.checkpoint_format, self.world_size, self.lora is not None
         )
-        vision = is_vision_run(run)
-        # `herd train` of a vision model: image-text rows, and the text model frozen (Llama 3
-        # section 7) unless train.vision_train is full; a text model trains on shards.
-        adapter_run = data is None and vision
+        adapter = is_adapter_run(run)
+        # `herd train` of a vision or speech model: image- or audio-text rows, and the text model
+        # frozen (Llama 3 sections 7, 8) unless train.vision_train is full; a text model trains
+        # on shards.
+        adapter_run = data is None and adapter
         if adapter_run and self.lora is not None:
             if t.vision_train == "full":
                 raise HerdError(
@@ -106,9 +108,10 @@ class Trainer:
                     "vision_train adapter (the added parts train whole) or drop [lora]"
                 )
             # the added parts train whole beside the text model's adapters and are saved with them
-            self.lora = dataclasses.replace(self.lora, modules_to_save=ADDED_PARTS)
+            parts = added_parts(run.model_config())
+            self.lora = dataclasses.replace(self.lora, modules_to_save=parts)
         if data is None:
-            data = image_text_data(run, self.rank) if vision else pretraining_data(run, self.rank)
+            data = adapter_data(run, self.rank) if adapter else pretraining_data(run, self.rank)
         self.tokenizer, self.val_batches = data.tokenizer, data.val
         self.token_bytes = torch.as_tensor(self.tokenizer.token_bytes, dtype=torch.long)
         self.model_config = run.model_config(vocab_size=self.tokenizer.vocab_size)
@@ -130,7 +133,7 @@ class Trainer:
         if run.init_checkpoint:
             load_start_weights(self.model, run.init_checkpoint)
         if adapter_run:
-            freeze_for_vision(self.model, t.vision_train)
+            freeze_for_adapter(self.model, t.vision_train)
         if self.lora is not None:  # frozen base, trainable adapters (B = 0: the base's outputs)
             # A's random start drawn from the run's seed, not from whatever the process drew first
             cuda = [self.device] if self.device.type == "cuda" else []

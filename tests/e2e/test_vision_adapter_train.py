@@ -1,4 +1,4 @@
-"""`herd train` of a vision adapter (herd/train/vision_adapter.py): `[model] vision = {...}` over a
+"""`herd train` of a vision adapter (herd/train/adapters.py): `[model] vision = {...}` over a
 tiny text checkpoint, trained on captions of generated pictures (coloured shapes drawn with
 Pillow) mixed with text-only rows and a conversation with image parts. The loss falls, the text
 model's weights stay bit for bit, the gates move off zero, the checkpoint loads with herd.load

@@ -14,7 +14,7 @@ from PIL import Image
 from herd.data.image_text import ImageTextBatches, collate, load_image_text
 from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
-from herd.train.vision_adapter import vision_tiler
+from herd.train.adapters import vision_tiler
 from tests.sums_tokenizer import sums_tokenizer
 from tests.unit.test_generate_image import VISION  # the same tiny encoder
 
