@@ -700,13 +700,17 @@ def write_inputs(args: argparse.Namespace, out: Path) -> tuple[dict, Path, Path]
     stage reads (experiments/best_of_k.py starts from them too)."""
     items = split_items(args)
     corpus = pretraining_corpus(args, items, out / "pretrain_corpus")
-    rows = chat_rows(args, items)
+    return items, corpus, write_sft_and_bpe(args, out, chat_rows(args, items), corpus)
+
+
+def write_sft_and_bpe(args: argparse.Namespace, out: Path, rows: list[dict], corpus: Path) -> Path:
+    """OUT/sft.jsonl of `rows`, and the BPE trained on `corpus` (once): its folder."""
     (out / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         print(f"training a {args.vocab_size}-token BPE on the pretraining prose")
         train_bpe([corpus], args.vocab_size, tok_dir, overwrite=True, show_progress=False)
-    return items, corpus, tok_dir
+    return tok_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
