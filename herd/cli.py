@@ -177,7 +177,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_image(p: argparse.ArgumentParser, where: str) -> None:
-    """`--image` for `generate` and `chat` (Llama 3.2 Vision models)."""
+    """`--image` (Llama 3.2 Vision models) and `--audio` (speech models) for generate and chat."""
     p.add_argument(
         "--image",
         action="append",
@@ -187,6 +187,15 @@ def _add_image(p: argparse.ArgumentParser, where: str) -> None:
         f"order): {where} gets one <|image|> token per picture before its text, as Meta's chat "
         "format places them (with --prompt-ids, the ids must hold them already); pictures are "
         "resized and cut into the model's tiles as transformers' MllamaImageProcessor does",
+    )
+    p.add_argument(
+        "--audio",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=f"let a speech model hear the clip at PATH (WAV, FLAC, OGG; resampled to 16 kHz; "
+        f"repeatable, in order): {where} gets <|speech_start|>, one <|speech|> per 80 ms and "
+        "<|speech_end|> per clip before its text (Llama 3 section 8)",
     )
 
 

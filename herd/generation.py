@@ -22,6 +22,7 @@ from herd.model.transformer import Transformer
 
 if TYPE_CHECKING:
     from herd.model.multimodal import Images
+    from herd.model.speech_model import Audio
 
 
 def sample(
@@ -133,6 +134,7 @@ def stream_generate(
     bidirectional_prefix: int = 0,
     num_samples: int = 1,
     images: Images | None = None,
+    audio: Audio | None = None,
 ) -> Iterator[list[int]]:
     """Yield one list of new token ids (one per batch row) per step, until done or stopped.
 
@@ -150,6 +152,10 @@ def stream_generate(
     `images` (a vision model's `herd.model.multimodal.Images`): the prompt's <|image|> tokens
     show them; they are encoded once, in the prefill, and every decode step reads their cached
     keys and values (eager decode steps unless `compile` is asked for).
+
+    `audio` (a speech model's `herd.model.speech_model.Audio`): the clips the prompt's
+    <|speech|> tokens stand for; read once, in the prefill (the decode steps are the text
+    model's).
     """
     config = model.config
     device = model.embed.weight.device
@@ -175,6 +181,12 @@ def stream_generate(
         if num_samples > 1:
             raise HerdError("num_samples > 1 with images is not supported yet")
         limit += config.vision.extra_tokens  # <|image|> and the other rows past the vocabulary
+    if audio is not None:
+        if config.speech is None:
+            raise HerdError("audio was given, but the model has no speech encoder")
+        if num_samples > 1:
+            raise HerdError("num_samples > 1 with audio is not supported yet")
+        limit += config.speech.extra_tokens  # the speech tokens past the vocabulary
     if int(prompt.max()) >= limit or int(prompt.min()) < 0:
         raise HerdError(f"prompt token ids must be in [0, {limit})")
     if not 0 <= bidirectional_prefix <= prompt_len:
@@ -185,7 +197,7 @@ def stream_generate(
     if max_new_tokens == 0:
         return
     if compile is None:
-        compile = device.type == "cuda" and images is None
+        compile = device.type == "cuda" and images is None and audio is None
     decode = _compiled_decode(device.type) if compile else _decode_step
     generator = torch.Generator(device=device).manual_seed(seed)
     # Compiled steps are specialised to the cache length: bucket it. Eager steps are not: size it
@@ -197,6 +209,8 @@ def stream_generate(
         from herd.model.multimodal import ImageKVCache
 
         cache_type, with_images = ImageKVCache, {"images": images.to(device)}
+    if audio is not None:
+        with_images = {"audio": audio.to(device)}
     cache = cache_type(config, rows, length, device, model.embed.weight.dtype)
     if compile:
         for t in (*cache.keys, *cache.values):
@@ -248,14 +262,15 @@ def generate(
     bidirectional_prefix: int = 0,
     num_samples: int = 1,
     images: Images | None = None,
+    audio: Audio | None = None,
 ):
     """New token ids after `prompt_ids`.
 
     A list of ids in gives a list out; a LongTensor [T] gives [N], [B, T] gives [B, N]. Generation
     ends at `max_new_tokens` or when every row has produced one of `stop_ids` (kept in the output);
     in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix`,
-    `num_samples` and `images`: as in `stream_generate`; with K samples, K lists (or [K, N]) come
-    back.
+    `num_samples`, `images` and `audio`: as in `stream_generate`; with K samples, K lists (or
+    [K, N]) come back.
     """
     steps = list(
         stream_generate(
@@ -271,6 +286,7 @@ def generate(
             bidirectional_prefix,
             num_samples,
             images,
+            audio,
         )
     )
     batch = len(steps[0]) if steps else _as_batch(prompt_ids, torch.device("cpu")).shape[0]

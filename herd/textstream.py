@@ -7,12 +7,10 @@ the prompt is laid out in the checkpoint tokenizer's chat format and generation 
 end-of-turn token. `herd chat --guard GUARD` checks each user line and each reply with a safety
 guard (herd/guard/moderator.py); its replies are then generated whole and printed once checked.
 
-`--image PATH` (a Llama 3.2 Vision model) shows pictures to the model: they are read and cut into
-tiles (herd/model/image_processing.py) before the weights load, so a bad file fails fast, and the
-prompt gets one <|image|> id per picture where Meta's format puts them: at the start of the
-user turn's text with --chat (and in `herd chat`, the first user turn), else before the BOS token,
-as transformers' MllamaProcessor lays out a plain prompt. The id is the model's (the first one
-past its vocabulary), not the tokenizer's: Meta's tiktoken file gives <|image|> another id.
+`--image PATH` (a Llama 3.2 Vision model) and `--audio PATH` (a speech model) show the model
+pictures or clips (herd/prompt_media.py): read before the weights load, so a bad file fails fast,
+and put in the prompt before the user turn's text with --chat (in `herd chat`, the first user
+turn), else before the BOS token, as transformers' MllamaProcessor lays out a plain prompt.
 """
 
 from __future__ import annotations
@@ -21,15 +19,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from herd.checkpoint.loading import load_for_command
 from herd.errors import HerdError
 from herd.generation import stream_generate
+from herd.prompt_media import read_media
 from herd.tokenizer.chat import encode_pictured_dialog
-
-if TYPE_CHECKING:
-    from herd.model.multimodal import Images
 
 
 class TextStreamer:
@@ -95,10 +90,10 @@ def stream_reply(
     args: argparse.Namespace,
     bidirectional_prefix: int = 0,
     echo: bool = True,
-    images: Images | None = None,
+    media: dict | None = None,
 ) -> tuple[str, int]:
-    """Generate after `prompt` (showing a vision model `images`), writing text (or ids) to stdout
-    as it comes unless not `echo`; (text, tokens)."""
+    """Generate after `prompt` (showing the model `media`: {"images": ...} or {"audio": ...}),
+    writing text (or ids) to stdout as it comes unless not `echo`; (text, tokens)."""
     write = sys.stdout.write if echo else (lambda text: None)
     stop_ids = tokenizer.stop_ids if tokenizer else []
     streamer = TextStreamer(tokenizer, args.stop) if tokenizer else None
@@ -114,7 +109,7 @@ def stream_reply(
         stop_ids=stop_ids,
         compile=args.compile,
         bidirectional_prefix=bidirectional_prefix,
-        images=images,
+        **(media or {}),
     ):
         token = step[0]
         count += 1
@@ -199,47 +194,11 @@ def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
     return len(prompt) - 1 if args.infill else len(prompt)
 
 
-def read_images(args: argparse.Namespace) -> tuple[Images | None, int]:
-    """(the --image pictures as the model's `Images`, the model's <|image|> id), or (None, 0)
-    without --image; read before the weights, so a text model or a bad file fails fast."""
-    if not args.image:
-        return None, 0
-    from herd.checkpoint.convert import detect_format, read_config
-    from herd.model.image_processing import ImageProcessor
-
-    path = Path(args.checkpoint)
-    fmt = detect_format(path)
-    config = read_config(path, fmt) if fmt in ("herd", "hf") else None  # only these hold vision
-    if config is None or config.vision is None:
-        raise HerdError(
-            f"{path}: a text-only model; --image needs a vision model (Llama 3.2 Vision)"
-        )
-    return ImageProcessor(config.vision)([args.image]), config.image_token_id
-
-
-def _check_image_chat(tokenizer) -> None:
-    if tokenizer.chat_format != "llama3":
-        raise HerdError(
-            f"{tokenizer.path}: --image in a chat needs the Llama 3 chat format, not "
-            f"{tokenizer.chat_format}"
-        )
-
-
-def pictures_first(messages: list[dict], count: int) -> list[dict]:
-    """`messages` with `count` pictures before the first user turn's text, where `--image` puts
-    them (as a client that sends image parts first: transformers' Mllama template and Meta's
-    format show each where it stands, herd.tokenizer.chat.encode_pictured_dialog)."""
-    first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-    out = list(messages)
-    out[first] = {**out[first], "content": [*range(count), out[first]["content"]]}
-    return out
-
-
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
-    if args.image and args.infill:
-        raise HerdError("--image and --infill cannot be combined")
-    images, image_id = read_images(args)
+    if (args.image or args.audio) and args.infill:
+        raise HerdError("--image or --audio and --infill cannot be combined")
+    media = read_media(args)
     needed = "to encode --prompt (or pass the prompt as --prompt-ids)" if args.prompt else None
     model, tokenizer, device = load_for_command(args.checkpoint, args.device, args.dtype, needed)
     stop_strings = list(args.stop)
@@ -249,24 +208,25 @@ def run_generate(args: argparse.Namespace) -> None:
         prompt, prefix, suffix = _infill_prompt(tokenizer, args.prompt)
         sys.stdout.write(prefix)
     elif args.chat:
-        if images is not None:
-            _check_image_chat(tokenizer)
         messages = [{"role": "system", "content": args.system}] if args.system else []
         messages.append({"role": "user", "content": args.prompt})
-        if images is not None:
-            messages = pictures_first(messages, len(args.image))
-        prompt = encode_pictured_dialog(tokenizer, messages, image_id)[0].ids
+        ids_of = None
+        if media is not None:
+            media.check_chat(tokenizer)
+            messages, ids_of = media.first_in_chat(messages), media.ids_of
+        prompt = encode_pictured_dialog(tokenizer, messages, ids_of)[0].ids
     else:
         prompt = tokenizer.encode(args.prompt, bos=args.bos)
-        if images is not None:  # before BOS, as transformers' MllamaProcessor puts them
-            prompt = [image_id] * len(args.image) + prompt
+        if media is not None:
+            prompt = media.before(prompt)
     start = time.perf_counter()
     if args.infill:
         # the span ends where the model opens the next sentinel
         args.stop = [*stop_strings, *(tokenizer.decode([i]) for i in _sentinel_ids(tokenizer)[1:])]
     _, count = stream_reply(
-        model, tokenizer, prompt, args, bidirectional_prefix(args, prompt), images=images
-    )
+        model, tokenizer, prompt, args, bidirectional_prefix(args, prompt),
+        media=media.inputs if media else None,
+    )  # fmt: skip
     if args.infill:
         sys.stdout.write(suffix)
     sys.stdout.write("\n")
@@ -281,7 +241,7 @@ def run_chat(args: argparse.Namespace) -> None:
 
     _check_sampling(args)
     policy = guard_policy(args)  # a bad --guard fails before the model loads
-    images, image_id = read_images(args)
+    media = read_media(args)
     model, tokenizer, _ = load_for_command(
         args.checkpoint, args.device, args.dtype, "to read and write the conversation"
     )
@@ -289,13 +249,13 @@ def run_chat(args: argparse.Namespace) -> None:
         raise HerdError(f"{args.checkpoint}: carries no tokenizer file")
     if tokenizer.chat_format is None:
         raise HerdError(f"{tokenizer.path}: this tokenizer has no chat format")
-    if images is not None:
-        _check_image_chat(tokenizer)
+    if media is not None:
+        media.check_chat(tokenizer)
 
     def encode(messages: list[dict]) -> list[int]:
-        if images is not None:
-            messages = pictures_first(messages, len(args.image))
-        return encode_pictured_dialog(tokenizer, messages, image_id)[0].ids
+        if media is None:
+            return encode_pictured_dialog(tokenizer, messages, None)[0].ids
+        return encode_pictured_dialog(tokenizer, media.first_in_chat(messages), media.ids_of)[0].ids
 
     guard = load_moderator(args, policy)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -326,7 +286,10 @@ def run_chat(args: argparse.Namespace) -> None:
             sys.stderr.write("conversation too long for the context; starting over (/reset)\n")
             messages = [*system, {"role": "user", "content": line}]
             prompt = encode(messages)
-        reply, _ = stream_reply(model, tokenizer, prompt, args, echo=guard is None, images=images)
+        reply, _ = stream_reply(
+            model, tokenizer, prompt, args, echo=guard is None,
+            media=media.inputs if media else None,
+        )  # fmt: skip
         if guard is not None:  # generated whole, shown only once checked
             if _unsafe(guard, "output", guard.check_output_sync(messages, reply)):
                 reply = guard.refusal
