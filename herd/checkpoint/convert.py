@@ -155,7 +155,6 @@ def _holds_adapters_only(folder: Path) -> bool:
 def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The base a LoRA checkpoint's adapter_config.json names, with the adapters merged in, so
     `herd.load`, `herd generate` and `herd chat` take a LoRA run's checkpoints as they are."""
-    from herd.checkpoint.loading import load_weights
     from herd.model import lora
     from herd.model.multimodal import added_parts, build_model
 
@@ -165,7 +164,11 @@ def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, tor
         # a vision or speech adapter trained with LoRA on a text model: the model of the
         # folder's config, its text weights the base's; the added parts come with the adapters
         model = build_model(config)
-        load_weights(model, base, new=tuple(f"{part}." for part in added_parts(config)))
+        missing, unexpected = model.load_state_dict(read_checkpoint(base)[1], strict=False)
+        new = tuple(f"{part}." for part in added_parts(config))
+        if unexpected or any(not name.startswith(new) for name in missing):
+            wrong = (unexpected or [n for n in missing if not n.startswith(new)])[0]
+            raise HerdError(f"{base}: weight '{wrong}' does not fit the model of {folder}")
     else:
         model = load(base)
     model = lora.load_adapter(model, folder)

@@ -202,13 +202,15 @@ def adapter_data(run: RunConfig, rank: int = 0) -> TrainingData:
 
 
 def split_held_out(examples: list, fraction: float) -> tuple[list, list]:
-    """(training, held-out) samples: held out when a hash of its tokens and row (FILE:LINE)
-    falls in `fraction`, so the split depends on the data alone, not on order or seed."""
+    """(training, held-out) samples: held out when a hash of its tokens and row (the file's
+    name and the line) falls in `fraction`, so the split depends on the data alone, not on
+    order, seed or the folder the data sits in."""
     if not 0.0 <= fraction < 1.0:
         raise HerdError(f"data.val_fraction {fraction}: expected a value in [0, 1)")
     train, held_out = [], []
     for e in examples:
-        digest = hashlib.sha256(repr((e.ids, e.source)).encode()).digest()
+        row = Path(e.source).name  # FILE:LINE without the folders
+        digest = hashlib.sha256(repr((e.ids, row)).encode()).digest()
         share = int.from_bytes(digest[:8], "big") / 2**64
         (held_out if share < fraction else train).append(e)
     return train, held_out

@@ -179,7 +179,7 @@ def test_lora_on_the_text_model_beside_the_adapter(setup, tmp_path):
     trainer.fit(show_progress=False)
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert losses[-1] < losses[0] - 0.2, losses
+    assert losses[-1] < losses[0] - 0.1, losses
 
     step = out / "checkpoints" / "step-00000030"
     assert not (step / "model.safetensors").exists()
