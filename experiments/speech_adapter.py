@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as experiments/post_train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # herd, when run from elsewhere
 
 import torch
+from vision_adapter import herd_train  # the sibling study's `herd train` runner
 
 import herd
 from herd.checkpoint.io import save_herd_folder
@@ -115,13 +116,29 @@ def train_text_model(args, out: Path) -> Path:
     y = torch.full((len(seqs), width), -100, dtype=torch.long)
     for i, s in enumerate(seqs):
         x[i, : len(s) - 1], y[i, : len(s) - 1] = torch.tensor(s[:-1]), torch.tensor(s[1:])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lm_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.lm_steps)
     for _ in range(args.lm_steps):
         loss = model(x, targets=y) / (y != -100).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
     return save_herd_folder(config, model.state_dict(), out / "text", tok.files())
+
+
+@torch.inference_mode()
+def copy_accuracy(text: Path, n: int, seed: int) -> float:
+    """How often the text model repeats a transcript given as text before BOS: the skill the
+    adapter relies on (a clip then only has to read like its words)."""
+    model, tok = herd.load(text).eval(), herd.load_tokenizer(text)
+    chosen = random.Random(seed).sample(transcripts(), n)
+    right = 0
+    for said in chosen:
+        new = herd.generate(model, tok.encode(said) + tok.encode(CUE, bos=True), 16,
+                            stop_ids=[tok.eos_id])  # fmt: skip
+        right += tok.decode([t for t in new if t != tok.eos_id]).strip() == said
+    return right / n
 
 
 SPEECH = (
@@ -144,20 +161,7 @@ def train_adapter(args, out: Path, text: Path, data: Path) -> tuple[Path, dict]:
         f"eval_every = {args.steps}\ncheckpoint_every = {args.steps}\n"
         f'device = "cpu"\nseed = {args.seed}\nout = "{run}"\n\n[stability]\nenabled = false\n'
     )
-    env = dict(os.environ) | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else {})
-    began = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "herd", "train", str(config)],
-        capture_output=args.quiet, text=True, cwd=Path(__file__).resolve().parents[1], env=env,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise HerdError(f"herd train failed: {(proc.stderr or '').strip().splitlines()[-1:]}")
-    seconds = time.perf_counter() - began
-    losses = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
-    checkpoint = run / "checkpoints" / f"step-{args.steps:08d}"
-    return checkpoint, {"seconds": round(seconds, 1), "first_loss": losses[0][1],
-                        "final_loss": losses[-1][1], "losses": losses}  # fmt: skip
+    return herd_train(args, config, run)
 
 
 @torch.inference_mode()
@@ -205,7 +209,8 @@ def report(s: dict) -> str:
             lines.append(f"| {name} | {label} | {100 * r['wer']:.1f}% | "
                          f"{100 * r['exact']:.1f}% | {r['clips']} |")  # fmt: skip
     t = s["adapter_training"]
-    lines += ["", f"Text model alone writes: \"{s['text_only_transcript']}\". Adapter: `herd "
+    lines += ["", f"Text model alone writes: \"{s['text_only_transcript']}\"; given the words "
+              f"as text it repeats {100 * s['text_model_copies']:.0f}% exactly. Adapter: `herd "
               f"train` {s['settings']['steps']} steps of {s['settings']['batch_size']} clips "
               f"({s['train_clips']} training clips) in {t['seconds'] / 60:.1f} minutes, loss "
               f"{t['first_loss']:.3f} -> {t['final_loss']:.3f}. "
@@ -222,8 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-clips", type=int, default=4000, help="training clips")
     p.add_argument("--test-clips", type=int, default=150, help="fresh clips per split")
     p.add_argument("--vocab", type=int, default=300, help="BPE vocabulary size (at most)")
-    p.add_argument("--dim", type=int, default=64, help="text model width")
-    p.add_argument("--lm-steps", type=int, default=300, help="text model steps (full batches)")
+    p.add_argument("--dim", type=int, default=96, help="text model width")
+    p.add_argument("--lm-steps", type=int, default=1500, help="text model steps (full batches)")
+    p.add_argument("--lm-lr", type=float, default=5e-3, help="text model peak lr (cosine)")
     p.add_argument("--speech-dim", type=int, default=96, help="Conformer width")
     p.add_argument("--speech-layers", type=int, default=3, help="Conformer blocks")
     p.add_argument("--steps", type=int, default=3000, help="adapter steps (herd train)")
@@ -253,12 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
     seen = speak(out, "seen", args.test_clips, heard, args.seed + 1)
     held_out = speak(out, "held_out", args.test_clips, HELD_OUT_VARIANTS, args.seed + 2)
     text = train_text_model(args, out)
+    copies = copy_accuracy(text, min(100, args.train_clips), args.seed)
     checkpoint, training = train_adapter(args, out, text, out / "train.jsonl")
 
     model, tok = herd.load(checkpoint).eval(), herd.load_tokenizer(checkpoint)
     guess = transcribe(model, tok, None, [{}])[0].strip()
     summary = {"settings": vars(args), "train_clips": len(rows), "adapter_training": training,
-               "text_only_transcript": guess}  # fmt: skip
+               "text_only_transcript": guess, "text_model_copies": copies}  # fmt: skip
     lines = []
     for split, clips in (("seen", seen), ("held_out", held_out)):
         said = transcribe(model, tok, out, clips)

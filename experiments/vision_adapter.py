@@ -214,6 +214,12 @@ def train_adapter(args, out: Path, text: Path, data: Path) -> tuple[Path, dict]:
         f"eval_every = {args.steps}\ncheckpoint_every = {args.steps}\n"
         f'device = "cpu"\nseed = {args.seed}\nout = "{run}"\n\n[stability]\nenabled = false\n'
     )
+    return herd_train(args, config, run)
+
+
+def herd_train(args, config: Path, run: Path) -> tuple[Path, dict]:
+    """`herd train CONFIG` in a subprocess, as a user runs it (experiments/speech_adapter.py's
+    too): the checkpoint of its last step (args.steps) and a record of the losses."""
     env = dict(os.environ) | ({"OMP_NUM_THREADS": str(args.threads)} if args.threads > 0 else {})
     began = time.perf_counter()
     proc = subprocess.run(

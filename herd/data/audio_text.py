@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 
 from herd.data.audio import SAMPLE_RATE, log_mel, read_audio
-from herd.data.chat_data import ChatData, check_sft_row, load_examples
+from herd.data.chat_data import ChatData, load_examples
+from herd.data.media_chat import encode_media_chat, split_media_parts
 from herd.data.objectives import IGNORE_INDEX
-from herd.data.padded_batches import PaddedBatches
+from herd.data.padded_batches import PaddedBatches, padded_tokens
 from herd.errors import HerdError
-from herd.tokenizer.chat import encode_pictured_dialog
 
 SpeechIds = Callable[[int], list[int]]  # samples at 16 kHz -> the ids that show the clip
 
@@ -106,36 +106,10 @@ def _part_clip(part: dict, base: Path | None, what: str) -> Clip:
 
 
 def _chat(tok, messages: object, base: Path | None, speech_ids: SpeechIds):
-    if not isinstance(messages, list):
-        raise ValueError("messages: expected a list of messages")
-    plain, pieces = [], {}
-    for i, m in enumerate(messages):
-        content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, list):
-            plain.append(m)
-            continue
-        parts = []
-        for j, part in enumerate(content):
-            what = f"messages[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif kind in ("input_audio", "audio"):
-                if m.get("role") != "user":
-                    raise ValueError(f"{what}: audio in a {m.get('role')!r} turn; only user turns")
-                parts.append(_part_clip(part, base, what))
-            else:
-                raise ValueError(f"{what}: expected a text, input_audio or audio part")
-        text = "".join(p for p in parts if isinstance(p, str))
-        plain.append({**m, "content": text if text.strip() else "<audio>"})
-        pieces[i] = parts
-    messages = check_sft_row({"messages": plain}, tok.chat_format)
-    if pieces and tok.chat_format != "llama3":
-        raise ValueError("messages: audio in a conversation needs the Llama 3 chat format")
-    heard = [{**m, "content": pieces[i]} if i in pieces else m for i, m in enumerate(messages)]
-    ids_of = lambda clip: speech_ids(clip.samples)  # noqa: E731
-    encoded, clips = encode_pictured_dialog(tok, heard, ids_of, add_generation_prompt=False)
-    return encoded.ids, encoded.mask, clips
+    plain, pieces = split_media_parts(
+        messages, ("input_audio", "audio"), lambda part, what: _part_clip(part, base, what), "audio"
+    )
+    return encode_media_chat(tok, plain, pieces, lambda clip: speech_ids(clip.samples), "audio")
 
 
 def encode_row(tok, row: object, where: str, speech_ids: SpeechIds) -> AudioTextExample:
@@ -218,15 +192,9 @@ def clip_features(clip: Clip, name: str) -> torch.Tensor:
 def collate(examples: Sequence[AudioTextExample], pad_id: int = 0) -> AudioTextBatch:
     """Examples as one batch: inputs ids[:-1], targets ids[1:] where the mask is 1, right-padded;
     clips decoded into log-mel frames and padded to the most per row and the longest."""
-    T = max(len(e.ids) - 1 for e in examples)
-    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    inputs, targets = padded_tokens(examples, pad_id)
     rows = []
-    for b, e in enumerate(examples):
-        n = len(e.ids) - 1
-        inputs[b, :n] = torch.tensor(e.ids[:-1])
-        kept = [t if m else IGNORE_INDEX for t, m in zip(e.ids[1:], e.mask[1:], strict=True)]
-        targets[b, :n] = torch.tensor(kept)
+    for e in examples:
         rows.append([clip_features(c, f"{e.source}: audio {i + 1}") for i, c in enumerate(e.clips)])
     N = max(len(r) for r in rows)
     if N == 0:

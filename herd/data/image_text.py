@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from herd.data.chat_data import ChatData, check_sft_row, load_examples
+from herd.data.chat_data import ChatData, load_examples
+from herd.data.media_chat import encode_media_chat, split_media_parts
 from herd.data.objectives import IGNORE_INDEX
-from herd.data.padded_batches import PaddedBatches
+from herd.data.padded_batches import PaddedBatches, padded_tokens
 from herd.errors import HerdError
-from herd.tokenizer.chat import encode_pictured_dialog
 
 Picture = Path | bytes  # a file, or an encoded file's bytes (a data URL, a Parquet cell)
 Tiler = Callable[[object, str], tuple[torch.Tensor, int]]
@@ -134,60 +134,28 @@ def _caption(tok, row: dict, pictures: list[Picture], image_id: int) -> tuple[li
     return lead + ids, [0] * (len(lead) + 1) + [1] * (len(ids) - 1)
 
 
-def _split_parts(messages: object, row_pictures: list[Picture], base: Path | None):
-    """(messages with string content, {message index: content pieces}) where a piece is a text
-    or a Picture; bare image parts take `row_pictures` in order, all of which must be used."""
-    if not isinstance(messages, list):
-        raise ValueError("messages: expected a list of messages")
-    plain, pieces, pending = [], {}, list(row_pictures)
-    for i, m in enumerate(messages):
-        content = m.get("content") if isinstance(m, dict) else None
-        if not isinstance(content, list):
-            plain.append(m)
-            continue
-        parts = []
-        for j, part in enumerate(content):
-            what = f"messages[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-                continue
-            if kind not in ("image", "image_url"):
-                raise ValueError(f"{what}: expected a text, image or image_url part")
-            if m.get("role") != "user":
-                raise ValueError(f"{what}: an image in a {m.get('role')!r} turn; only user turns")
-            if kind == "image_url":
-                url = part.get("image_url")
-                url = url.get("url") if isinstance(url, dict) else url
-                parts.append(_picture(url, base, what))
-            elif part.get("path") is not None or part.get("image") is not None:
-                value = part.get("path") if part.get("path") is not None else part["image"]
-                parts.append(_picture(value, base, what))
-            elif pending:
-                parts.append(pending.pop(0))
-            else:
-                raise ValueError(f"{what}: an image part without a picture (no 'images' left)")
-        text = "".join(p for p in parts if isinstance(p, str))
-        # validated with its text, or a stand-in when the turn is pictures alone
-        plain.append({**m, "content": text if text.strip() else "<image>"})
-        pieces[i] = parts
+def _chat(tok, row: dict, pictures: list[Picture], base, image_id: int):
+    """Ids, loss mask and pictures of a conversation whose user turns may hold pictures; bare
+    image parts take the row's "images" in order, all of which must be used."""
+    pending = list(pictures)
+
+    def read(part: dict, what: str) -> Picture:
+        if part["type"] == "image_url":
+            url = part.get("image_url")
+            return _picture(url.get("url") if isinstance(url, dict) else url, base, what)
+        if part.get("path") is not None or part.get("image") is not None:
+            value = part.get("path") if part.get("path") is not None else part["image"]
+            return _picture(value, base, what)
+        if pending:
+            return pending.pop(0)
+        raise ValueError(f"{what}: an image part without a picture (no 'images' left)")
+
+    plain, pieces = split_media_parts(row["messages"], ("image", "image_url"), read, "an image")
     if pending:
         raise ValueError(f"images: {len(pending)} more pictures than image parts in the messages")
-    return plain, pieces
-
-
-def _chat(tok, row: dict, pictures: list[Picture], base, image_id: int):
-    """Ids, loss mask and pictures of a conversation whose user turns may hold pictures."""
-    plain, pieces = _split_parts(row["messages"], pictures, base)
     if tok.chat_format not in ("llama3", "llama2"):
         raise HerdError(f"{tok.path}: conversations need a Llama 3 or Llama 2 chat tokenizer")
-    messages = check_sft_row({"messages": plain}, tok.chat_format)
-    if pieces and tok.chat_format != "llama3":
-        raise ValueError("messages: pictures in a conversation need the Llama 3 chat format")
-    # each picture where its part stands (the pieces in place of the turn's joined text)
-    pictured = [{**m, "content": pieces[i]} if i in pieces else m for i, m in enumerate(messages)]
-    encoded, shown = encode_pictured_dialog(tok, pictured, image_id, add_generation_prompt=False)
-    return encoded.ids, encoded.mask, shown
+    return encode_media_chat(tok, plain, pieces, image_id, "pictures")
 
 
 def encode_row(tok, row: object, where: str, image_id: int) -> ImageTextExample:
@@ -265,15 +233,9 @@ class ImageTextBatch:
 def collate(examples: Sequence[ImageTextExample], tiler: Tiler, pad_id: int = 0) -> ImageTextBatch:
     """Examples as one batch: inputs ids[:-1], targets ids[1:] where the mask is 1, right-padded
     to the longest; pictures cut by `tiler` and padded to the most per row and tiles each."""
-    T = max(len(e.ids) - 1 for e in examples)
-    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    inputs, targets = padded_tokens(examples, pad_id)
     rows = []
-    for b, e in enumerate(examples):
-        n = len(e.ids) - 1
-        inputs[b, :n] = torch.tensor(e.ids[:-1])
-        kept = [t if m else IGNORE_INDEX for t, m in zip(e.ids[1:], e.mask[1:], strict=True)]
-        targets[b, :n] = torch.tensor(kept)
+    for e in examples:
         row = []
         for i, picture in enumerate(e.pictures):
             name = f"{e.source}: image {i + 1}"

@@ -10,8 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from herd.data.epoch_order import EpochOrder
+from herd.data.objectives import IGNORE_INDEX
 from herd.errors import HerdError
+
+
+def padded_tokens(examples: Sequence, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) [B, T] of samples with `ids` and a target `mask`: inputs ids[:-1],
+    targets ids[1:] where the mask is 1 (else IGNORE_INDEX), right-padded to the longest."""
+    T = max(len(e.ids) - 1 for e in examples)
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e.ids) - 1
+        inputs[b, :n] = torch.tensor(e.ids[:-1])
+        kept = [t if m else IGNORE_INDEX for t, m in zip(e.ids[1:], e.mask[1:], strict=True)]
+        targets[b, :n] = torch.tensor(kept)
+    return inputs, targets
 
 
 class PaddedBatches:
