@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -162,3 +163,32 @@ def test_audio_errors_are_one_line(setup, tmp_path):
         ),
         "[model] speech needs [model] checkpoint",
     )
+
+
+def test_chat_hears_the_clip_in_the_first_user_turn(setup, tmp_path):
+    """`herd chat --audio`: the clip's speech tokens before the first user turn's text; the reply
+    is herd.generate's on that prompt."""
+    root, text, data, clip = setup
+    assert (
+        herd_cli_inprocess("train", _config(root, text, data, tmp_path / "c", steps=2)).returncode
+        == 0
+    )
+    step = tmp_path / "c" / "checkpoints" / "step-00000002"
+    model, tok = herd.load(step).eval(), herd.load_tokenizer(step)
+    wave = read_audio(clip)
+    features = log_mel(wave)
+    dialog = tok.encode_dialog([{"role": "user", "content": "X"}]).ids
+    at = dialog.index(tok.encode("X")[0])
+    said = "Repeat after me."
+    prompt = dialog[:at] + speech_prompt(model.config, len(wave)) + tok.encode(said)
+    prompt += dialog[at + 1 :]
+    audio = Audio(features[None, None], torch.tensor([[features.shape[0]]]))
+    new = herd.generate(model, prompt, 4, stop_ids=tok.stop_ids, audio=audio)
+    want = tok.decode([t for t in new if t not in tok.stop_ids])
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd", "chat", str(step), "--audio", str(clip),
+         "--max-new-tokens", "4", "--temperature", "0", "--device", "cpu", "--no-compile"],
+        input=f"{said}\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"> {want}\n> \n"
