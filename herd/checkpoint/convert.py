@@ -135,6 +135,11 @@ def convert(
         state_dict = {k: v for k, v in model.state_dict().items()}
     writer = io.save_herd_folder
     if dst_format == "hf":
+        if model.config.speech is not None:  # never write the text model alone, silently
+            raise HerdError(
+                f"{src}: a speech model has no Hugging Face form (transformers has no Llama 3 "
+                "speech adapter); convert it --to herd"
+            )
         writer = hf.write_hf_folder if model.config.vision is None else mllama.write_hf_folder
     return writer(model.config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
 

@@ -192,3 +192,21 @@ def test_chat_hears_the_clip_in_the_first_user_turn(setup, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"> {want}\n> \n"
+
+
+def test_a_speech_model_converts_to_herd_not_hf(setup, tmp_path):
+    root, text, data, _ = setup
+    assert (
+        herd_cli_inprocess("train", _config(root, text, data, tmp_path / "v", steps=1)).returncode
+        == 0
+    )
+    step = tmp_path / "v" / "checkpoints" / "step-00000001"
+    assert herd_cli_inprocess("convert", step, tmp_path / "copy").returncode == 0
+    copied, trained = herd.load(tmp_path / "copy"), herd.load(step)
+    assert all(torch.equal(a, b) for a, b in zip(copied.state_dict().values(),
+                                                 trained.state_dict().values(), strict=True))  # fmt: skip
+    one_line_error(
+        herd_cli_inprocess("convert", step, tmp_path / "hf", "--to", "hf", check=False),
+        "a speech model has no Hugging Face form",
+    )
+    assert not (tmp_path / "hf").exists()
