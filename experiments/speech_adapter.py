@@ -24,7 +24,7 @@ recipe at toy scale on CPU:
    words) and exact transcripts, against the text model alone (no clip: the trained model then
    is its text model, which can only write its likeliest transcript).
 
-    .venv/bin/python experiments/speech_adapter.py            # minutes on 2 CPU cores
+    .venv/bin/python experiments/speech_adapter.py            # ~15 minutes on 2 CPU cores
     .venv/bin/python experiments/speech_adapter.py --quick    # a smoke test, seconds
 
 Results on stdout, in OUT/summary.json and OUT/summary.md; every held-out transcript in
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lm-lr", type=float, default=5e-3, help="text model peak lr (cosine)")
     p.add_argument("--speech-dim", type=int, default=96, help="Conformer width")
     p.add_argument("--speech-layers", type=int, default=3, help="Conformer blocks")
-    p.add_argument("--steps", type=int, default=3000, help="adapter steps (herd train)")
+    p.add_argument("--steps", type=int, default=6000, help="adapter steps (herd train)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per adapter step")
     p.add_argument("--lr", type=float, default=3e-3, help="adapter peak learning rate")
     p.add_argument("--log-every", type=int, default=100, help="herd train's logging interval")
