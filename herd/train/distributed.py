@@ -23,6 +23,7 @@ function of the step).
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from contextlib import contextmanager
@@ -43,7 +44,16 @@ def world() -> tuple[int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        # Torn down before the interpreter exits: a process group left to die with the process
+        # can abort in its threads' destructors ("terminate called without an active
+        # exception"), failing a run that finished.
+        atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def place(device: str, batch_size: int) -> tuple[int, int, torch.device, slice]:
