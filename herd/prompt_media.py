@@ -70,9 +70,8 @@ def read_media(args: argparse.Namespace) -> PromptMedia | None:
         return PromptMedia("--image", {"images": pictures}, [[config.image_token_id]] * len(images))
     if config is None or config.speech is None:
         raise HerdError(f"{path}: a model without a speech encoder; --audio needs a speech model")
-    import torch
-
     from herd.data.audio import log_mel, read_audio
+    from herd.data.audio_text import pad_clips
     from herd.model.speech_model import Audio, speech_prompt
 
     features, shown = [], []
@@ -80,9 +79,4 @@ def read_media(args: argparse.Namespace) -> PromptMedia | None:
         wave = read_audio(clip)
         shown.append(speech_prompt(config, len(wave)))
         features.append(log_mel(wave, config.speech.n_mels, name=str(clip)))
-    longest = max(f.shape[0] for f in features)
-    batch = torch.zeros(1, len(features), longest, config.speech.n_mels)
-    for n, f in enumerate(features):
-        batch[0, n, : f.shape[0]] = f
-    lengths = torch.tensor([[f.shape[0] for f in features]])
-    return PromptMedia("--audio", {"audio": Audio(batch, lengths)}, shown)
+    return PromptMedia("--audio", {"audio": Audio(*pad_clips([features]))}, shown)

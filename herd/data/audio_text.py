@@ -37,7 +37,12 @@ import torch
 
 from herd.data.audio import SAMPLE_RATE, log_mel, read_audio
 from herd.data.chat_data import ChatData, load_examples
-from herd.data.media_chat import encode_media_chat, split_media_parts
+from herd.data.media_chat import (
+    encode_caption,
+    encode_media_chat,
+    row_folder,
+    split_media_parts,
+)
 from herd.data.objectives import IGNORE_INDEX
 from herd.data.padded_batches import PaddedBatches, padded_tokens
 from herd.errors import HerdError
@@ -118,20 +123,13 @@ def encode_row(tok, row: object, where: str, speech_ids: SpeechIds) -> AudioText
         raise ValueError(str(row))
     if not isinstance(row, dict):
         raise ValueError("expected an object with 'text' or 'messages'")
-    file = where.rpartition(":")[0]
-    base = Path(file).parent if file and Path(file).is_file() else None
+    base = row_folder(where)
     try:
         if row.get("messages") is not None:
             return AudioTextExample(*_chat(tok, row["messages"], base, speech_ids), where)
-        text = row.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("text: expected a non-empty string (or 'messages')")
         clips = _clips_of(row, base)
         lead = [i for clip in clips for i in speech_ids(clip.samples)]
-        ids = tok.encode(text, bos=True, eos=True)
-        # no loss on the speech tokens or BOS: the text (and its EOS) are the targets
-        return AudioTextExample(lead + ids, [0] * (len(lead) + 1) + [1] * (len(ids) - 1), clips,
-                                where)  # fmt: skip
+        return AudioTextExample(*encode_caption(tok, lead, row.get("text")), clips, where)
     except HerdError as e:  # a clip too short for one speech frame
         raise ValueError(str(e)) from None
 
@@ -193,21 +191,28 @@ def collate(examples: Sequence[AudioTextExample], pad_id: int = 0) -> AudioTextB
     """Examples as one batch: inputs ids[:-1], targets ids[1:] where the mask is 1, right-padded;
     clips decoded into log-mel frames and padded to the most per row and the longest."""
     inputs, targets = padded_tokens(examples, pad_id)
-    rows = []
-    for e in examples:
-        rows.append([clip_features(c, f"{e.source}: audio {i + 1}") for i, c in enumerate(e.clips)])
-    N = max(len(r) for r in rows)
-    if N == 0:
+    rows = [
+        [clip_features(c, f"{e.source}: audio {i + 1}") for i, c in enumerate(e.clips)]
+        for e in examples
+    ]
+    if not any(rows):
         return AudioTextBatch(inputs, targets)
+    return AudioTextBatch(inputs, targets, *pad_clips(rows))
+
+
+def pad_clips(rows: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [B, N, frames, n_mels], lengths [B, N]) of each row's clips' log-mel frames,
+    padded to the most clips per row and the longest clip (an empty slot has length 0)."""
+    N = max(len(r) for r in rows)
     frames = max(f.shape[0] for r in rows for f in r)
     n_mels = next(f for r in rows for f in r).shape[1]
-    features = torch.zeros(len(examples), N, frames, n_mels)
-    lengths = torch.zeros(len(examples), N, dtype=torch.long)
+    features = torch.zeros(len(rows), N, frames, n_mels)
+    lengths = torch.zeros(len(rows), N, dtype=torch.long)
     for b, row in enumerate(rows):
         for n, f in enumerate(row):
             features[b, n, : f.shape[0]] = f
             lengths[b, n] = f.shape[0]
-    return AudioTextBatch(inputs, targets, features, lengths)
+    return features, lengths
 
 
 class AudioTextBatches(PaddedBatches):

@@ -46,7 +46,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from herd.data.chat_data import ChatData, load_examples
-from herd.data.media_chat import encode_media_chat, split_media_parts
+from herd.data.media_chat import (
+    encode_caption,
+    encode_media_chat,
+    row_folder,
+    split_media_parts,
+)
 from herd.data.objectives import IGNORE_INDEX
 from herd.data.padded_batches import PaddedBatches, padded_tokens
 from herd.errors import HerdError
@@ -124,16 +129,6 @@ def _pictures_of(row: dict, base: Path | None) -> list[Picture]:
     return []
 
 
-def _caption(tok, row: dict, pictures: list[Picture], image_id: int) -> tuple[list, list]:
-    text = row["text"]
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("text: expected a non-empty string")
-    ids = tok.encode(text, bos=True, eos=True)
-    lead = [image_id] * len(pictures)
-    # no loss on the image ids or BOS: the caption (and its EOS) are the targets
-    return lead + ids, [0] * (len(lead) + 1) + [1] * (len(ids) - 1)
-
-
 def _chat(tok, row: dict, pictures: list[Picture], base, image_id: int):
     """Ids, loss mask and pictures of a conversation whose user turns may hold pictures; bare
     image parts take the row's "images" in order, all of which must be used."""
@@ -164,15 +159,14 @@ def encode_row(tok, row: object, where: str, image_id: int) -> ImageTextExample:
         raise ValueError(str(row))
     if not isinstance(row, dict):
         raise ValueError("expected an object with 'text' or 'messages'")
-    file = where.rpartition(":")[0]
-    base = Path(file).parent if file and Path(file).is_file() else None
+    base = row_folder(where)
     pictures = _pictures_of(row, base)
     if row.get("messages") is not None:
         ids, mask, shown = _chat(tok, row, pictures, base, image_id)
         return ImageTextExample(ids, mask, shown, where)
     if row.get("text") is None:
         raise ValueError("neither 'text' nor 'messages' (expected one of them)")
-    ids, mask = _caption(tok, row, pictures, image_id)
+    ids, mask = encode_caption(tok, [image_id] * len(pictures), row["text"])
     return ImageTextExample(ids, mask, pictures, where)
 
 

@@ -11,9 +11,26 @@ validated (herd/data/chat_data.py) and encodes it with each medium where its par
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from herd.data.chat_data import check_sft_row
 from herd.tokenizer.chat import encode_pictured_dialog
+
+
+def row_folder(where: str) -> Path | None:
+    """The folder of a row's file (FILE:LINE), which relative media paths are read from; None
+    for rows that come from no file (a Hugging Face dataset)."""
+    file = where.rpartition(":")[0]
+    return Path(file).parent if file and Path(file).is_file() else None
+
+
+def encode_caption(tok, lead: list[int], text: object) -> tuple[list[int], list[int]]:
+    """(ids, loss mask) of a media row: the ids showing its media (`lead`), then BOS, the text,
+    EOS; the targets are the text and its EOS (no loss on the media ids or BOS)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text: expected a non-empty string")
+    ids = tok.encode(text, bos=True, eos=True)
+    return lead + ids, [0] * (len(lead) + 1) + [1] * (len(ids) - 1)
 
 
 def split_media_parts(

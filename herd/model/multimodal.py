@@ -37,7 +37,7 @@ from herd.model.config import ModelConfig
 from herd.model.cross_attention import CrossAttentionBlock, cross_attention_mask, image_visibility
 from herd.model.loss import linear_cross_entropy
 from herd.model.masks import PackedAttention
-from herd.model.transformer import Transformer
+from herd.model.transformer import Transformer, embed_with_extra
 from herd.model.vision import VisionEncoder
 
 
@@ -342,10 +342,7 @@ class VisionLanguageModel(Transformer):
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Vocabulary rows from `embed`, ids past it from `extra_embed`, without a host sync."""
-        V = self.config.vocab_size
-        text = self.embed(tokens.clamp(max=V - 1))
-        extra = self.extra_embed((tokens - V).clamp(min=0, max=self.extra_embed.num_embeddings - 1))
-        return torch.where((tokens >= V).unsqueeze(-1), extra, text)
+        return embed_with_extra(self.embed, self.extra_embed, tokens, self.config.vocab_size)
 
     def _outputs(self, x, targets, reduction, last, hidden) -> torch.Tensor:
         """As `Transformer.forward` ends: the loss, final hidden states, or logits."""

@@ -27,7 +27,7 @@ from herd.model.cache import KVCache
 from herd.model.config import ModelConfig
 from herd.model.masks import PackedAttention
 from herd.model.speech import SpeechEncoder
-from herd.model.transformer import Transformer
+from herd.model.transformer import Transformer, embed_with_extra
 
 
 @dataclass
@@ -113,10 +113,7 @@ class SpeechLanguageModel(Transformer):
     def embed_tokens(self, tokens: torch.Tensor, audio: Audio | None) -> torch.Tensor:
         """Vocabulary rows from `embed`, the speech tokens' from `extra_embed`, and the
         adapter's frames in place of the <|speech|> rows."""
-        V = self.config.vocab_size
-        text = self.embed(tokens.clamp(max=V - 1))
-        extra = self.extra_embed((tokens - V).clamp(min=0, max=self.extra_embed.num_embeddings - 1))
-        x = torch.where((tokens >= V).unsqueeze(-1), extra, text)
+        x = embed_with_extra(self.embed, self.extra_embed, tokens, self.config.vocab_size)
         if audio is None:
             return x
         frames, valid = self.encode_audio(audio)

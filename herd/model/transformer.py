@@ -250,6 +250,16 @@ class Transformer(nn.Module):
             self.output.weight = self.embed.weight
 
 
+def embed_with_extra(
+    embed: nn.Embedding, extra: nn.Embedding, tokens: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """Input rows of `tokens` where ids past the vocabulary (<|image|>, the speech tokens) read
+    `extra`'s rows, without a host sync: a multimodal model's embedding."""
+    text = embed(tokens.clamp(max=vocab_size - 1))
+    past = extra((tokens - vocab_size).clamp(min=0, max=extra.num_embeddings - 1))
+    return torch.where((tokens >= vocab_size).unsqueeze(-1), past, text)
+
+
 def build_model(
     config: ModelConfig,
     device: torch.device | str = "cpu",
