@@ -29,14 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from herd.errors import HerdError
 from herd.model.rope import apply_rope, inverse_frequencies
 from herd.model.speech_config import SpeechConfig
 
 
 def rope_for(config: SpeechConfig, length: int, device) -> torch.Tensor:
     """cos and sin [length, 2, head_dim // 2] for positions 0..length-1."""
-    inv = inverse_frequencies(config.head_dim, config.rope_theta, None).to(device)
-    angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv)
+    inv = inverse_frequencies(config.head_dim, config.rope_theta, None)
+    inv = inv if device is None else inv.to(device)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64, device=inv.device), inv)
     return torch.stack([angles.cos(), angles.sin()], dim=1).to(torch.float32)
 
 
@@ -144,6 +146,9 @@ class SpeechEncoder(nn.Module):
         self.adapter = AdapterLayer(config)
         self.out_norm = nn.LayerNorm(d, eps=config.norm_eps)
         self.project = nn.Linear(d, text_dim)
+        # cos and sin for max_frames positions, once: derived, never saved (a model built on the
+        # meta device recomputes it when materialised, SpeechLanguageModel.init_buffers)
+        self.register_buffer("rope", rope_for(config, config.max_frames, None), persistent=False)
 
     def forward(
         self, features: torch.Tensor, lengths: torch.Tensor
@@ -151,20 +156,22 @@ class SpeechEncoder(nn.Module):
         c = self.config
         B, frames, _ = features.shape
         steps = frames // c.stack  # a partial stack at the end is dropped
+        if steps > c.max_frames:
+            raise HerdError(
+                f"a clip of {steps} 40 ms frames ({steps * c.stack / 100:.1f} s) is longer than "
+                f"the speech encoder's max_frames {c.max_frames}"
+            )
         x = features[:, : steps * c.stack].reshape(B, steps, c.stack * c.n_mels)
         lengths = lengths.to(features.device) // c.stack
         x = self.stack(x.to(self.stack.weight.dtype))
         keep = torch.arange(steps, device=x.device) < lengths.unsqueeze(1)
-        rope = rope_for(c, steps, x.device)
+        rope = self.rope[:steps]
         for layer in self.layers:
             x = layer(x, rope, keep)
         # the strided convolution: 40 -> 80 ms frames (padding zeroed first)
         x = x * keep.unsqueeze(-1).to(x.dtype)
         x = self.adapter_conv(x.transpose(1, 2)).transpose(1, 2)
-        pad, k, stride = c.adapter_kernel // 2, c.adapter_kernel, c.adapter_stride
-        lengths = torch.where(
-            lengths + 2 * pad >= k, (lengths + 2 * pad - k) // stride + 1, torch.zeros_like(lengths)
-        )
+        lengths = c.adapter_frames(lengths)
         keep = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)
-        x = self.adapter(x, rope_for(c, x.shape[1], x.device), keep)
+        x = self.adapter(x, self.rope[: x.shape[1]], keep)
         return self.project(self.out_norm(x)), lengths

@@ -55,11 +55,14 @@ class SpeechConfig:
         """Adapter frames (80 ms each with the defaults) of a clip of `samples` at 16 kHz: the
         mel frames (samples // 160), stacked (a partial stack dropped), then the strided
         convolution's output length (padding kernel // 2 on both sides)."""
-        stacked = samples // HOP // self.stack
-        pad = self.adapter_kernel // 2
-        if stacked + 2 * pad < self.adapter_kernel:
-            return 0
-        return (stacked + 2 * pad - self.adapter_kernel) // self.adapter_stride + 1
+        return self.adapter_frames(samples // HOP // self.stack)
+
+    def adapter_frames(self, stacked):
+        """The strided convolution's output length for `stacked` 40 ms frames (an int, or a
+        tensor of lengths): what the encoder computes and a prompt is given tokens for."""
+        k = self.adapter_kernel
+        frames = (stacked + 2 * (k // 2) - k) // self.adapter_stride + 1
+        return frames.clamp(min=0) if hasattr(frames, "clamp") else max(0, frames)
 
     def validate(self, source: str) -> None:
         where = f"{source}: speech"

@@ -26,7 +26,7 @@ from herd.errors import HerdError
 from herd.model.cache import KVCache
 from herd.model.config import ModelConfig
 from herd.model.masks import PackedAttention
-from herd.model.speech import SpeechEncoder
+from herd.model.speech import SpeechEncoder, rope_for
 from herd.model.transformer import Transformer, embed_with_extra
 
 
@@ -69,6 +69,12 @@ class SpeechLanguageModel(Transformer):
         super().__init__(config)
         self.extra_embed = nn.Embedding(config.speech.extra_tokens, config.dim)
         self.speech = SpeechEncoder(config.speech, config.dim)
+
+    def init_buffers(self) -> None:
+        """The text model's RoPE table and the speech encoder's (max_frames positions)."""
+        super().init_buffers()
+        c = self.config.speech
+        self.speech.rope = rope_for(c, c.max_frames, self.embed.weight.device)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

@@ -166,3 +166,14 @@ def test_speech_tokens_need_their_audio():
         model(ids, audio=audio)
     with pytest.raises(HerdError, match="too short for one speech frame"):
         speech_prompt(CONFIG, 100)
+
+
+def test_a_clip_longer_than_max_frames_is_one_line():
+    short = CONFIG.replace(speech=SpeechConfig(n_mels=8, dim=16, n_layers=1, n_heads=2,
+                                               ffn_dim=24, max_frames=10))  # fmt: skip
+    model = build_model(short).eval()
+    ids = torch.tensor([speech_prompt(short, 16000)])  # 1 s: 25 frames of 40 ms
+    audio = Audio(torch.randn(1, 1, 100, 8), torch.tensor([[100]]))
+    with pytest.raises(HerdError, match=r"25 40 ms frames .* longer than the speech encoder's") as e:
+        model(ids, audio=audio)
+    assert "\n" not in str(e.value)
