@@ -174,6 +174,8 @@ def test_a_clip_longer_than_max_frames_is_one_line():
     model = build_model(short).eval()
     ids = torch.tensor([speech_prompt(short, 16000)])  # 1 s: 25 frames of 40 ms
     audio = Audio(torch.randn(1, 1, 100, 8), torch.tensor([[100]]))
-    with pytest.raises(HerdError, match=r"25 40 ms frames .* longer than the speech encoder's") as e:
+    with pytest.raises(
+        HerdError, match=r"25 40 ms frames .* longer than the speech encoder's"
+    ) as e:
         model(ids, audio=audio)
     assert "\n" not in str(e.value)
