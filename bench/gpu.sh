@@ -21,6 +21,9 @@
 #   2. the system python3 if it imports torch with CUDA (reused through a --system-site-packages
 #      venv when safetensors/numpy/tqdm/tokenizers/transformers are missing);
 #   3. a fresh .venv-gpu with torch and the rest from PyPI (a few minutes of downloads).
+# With no package index (the lent H200s reach nothing), packages the image lacks (fastapi,
+# uvicorn, openai, prometheus-client for serve) come from wheels downloaded beforehand:
+#   pip install --no-index --find-links WHEELS --target /tmp/extra ...; PYTHONPATH=/tmp/extra
 # herd itself is found through PYTHONPATH (no install step). Results, when OUT is set: $OUT/gpu.json
 # and $OUT/gpu.log (decode), $OUT/gpu_train.json and $OUT/gpu_train.log (training),
 # $OUT/gpu_serve.json and $OUT/gpu_serve.log (serving). Each benchmark
