@@ -177,7 +177,8 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_image(p: argparse.ArgumentParser, where: str) -> None:
-    """`--image` (Llama 3.2 Vision models) and `--audio` (speech models) for generate and chat."""
+    """`--image` (Llama 3.2 Vision models), `--audio` (speech models) and `--video` (video
+    models) for generate and chat."""
     p.add_argument(
         "--image",
         action="append",
@@ -196,6 +197,15 @@ def _add_image(p: argparse.ArgumentParser, where: str) -> None:
         help=f"let a speech model hear the clip at PATH (WAV, FLAC, OGG; resampled to 16 kHz; "
         f"repeatable, in order): {where} gets <|speech_start|>, one <|speech|> per 80 ms and "
         "<|speech_end|> per clip before its text (Llama 3 section 8)",
+    )
+    p.add_argument(
+        "--video",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=f"show the clip at PATH (a video file PyAV decodes, or a folder of frame images) to "
+        f"a video model: its frames are sampled evenly to the model's video.max_frames and "
+        f"{where} gets one <|video|> token before its text (Llama 3 section 7); one clip",
     )
 
 

@@ -23,6 +23,7 @@ from herd.model.transformer import Transformer
 if TYPE_CHECKING:
     from herd.model.multimodal import Images
     from herd.model.speech_model import Audio
+    from herd.model.video_model import Videos
 
 
 def sample(
@@ -135,6 +136,7 @@ def stream_generate(
     num_samples: int = 1,
     images: Images | None = None,
     audio: Audio | None = None,
+    videos: Videos | None = None,
 ) -> Iterator[list[int]]:
     """Yield one list of new token ids (one per batch row) per step, until done or stopped.
 
@@ -156,6 +158,10 @@ def stream_generate(
     `audio` (a speech model's `herd.model.speech_model.Audio`): the clips the prompt's
     <|speech|> tokens stand for; read once, in the prefill (the decode steps are the text
     model's).
+
+    `videos` (a video model's `herd.model.video_model.Videos`): the clip each row's <|video|>
+    token shows; its frames are encoded and aggregated once, in the prefill, and decode steps
+    read the video layers' cached keys and values (with `images` too, if the prompt has both).
     """
     config = model.config
     device = model.embed.weight.device
@@ -181,6 +187,13 @@ def stream_generate(
         if num_samples > 1:
             raise HerdError("num_samples > 1 with images is not supported yet")
         limit += config.vision.extra_tokens  # <|image|> and the other rows past the vocabulary
+    if videos is not None:
+        if config.video is None:
+            raise HerdError("a video was given, but the model has no video adapter")
+        if num_samples > 1:
+            raise HerdError("num_samples > 1 with a video is not supported yet")
+        # <|video|> follows the image rows
+        limit = config.vocab_size + config.vision.extra_tokens + config.video.extra_tokens
     if audio is not None:
         if config.speech is None:
             raise HerdError("audio was given, but the model has no speech encoder")
@@ -197,7 +210,7 @@ def stream_generate(
     if max_new_tokens == 0:
         return
     if compile is None:
-        compile = device.type == "cuda" and images is None and audio is None
+        compile = device.type == "cuda" and images is None and audio is None and videos is None
     decode = _compiled_decode(device.type) if compile else _decode_step
     generator = torch.Generator(device=device).manual_seed(seed)
     # Compiled steps are specialised to the cache length: bucket it. Eager steps are not: size it
@@ -209,6 +222,11 @@ def stream_generate(
         from herd.model.multimodal import ImageKVCache
 
         cache_type, with_images = ImageKVCache, {"images": images.to(device)}
+    if videos is not None:
+        from herd.model.video_model import VideoKVCache
+
+        cache_type = VideoKVCache
+        with_images = {**with_images, "videos": videos.to(device)}
     if audio is not None:
         with_images = {"audio": audio.to(device)}
     cache = cache_type(config, rows, length, device, model.embed.weight.dtype)
@@ -263,13 +281,14 @@ def generate(
     num_samples: int = 1,
     images: Images | None = None,
     audio: Audio | None = None,
+    videos: Videos | None = None,
 ):
     """New token ids after `prompt_ids`.
 
     A list of ids in gives a list out; a LongTensor [T] gives [N], [B, T] gives [B, N]. Generation
     ends at `max_new_tokens` or when every row has produced one of `stop_ids` (kept in the output);
     in a batch, a row that stopped early is padded with its stop id. `bidirectional_prefix`,
-    `num_samples`, `images` and `audio`: as in `stream_generate`; with K samples, K lists (or
+    `num_samples`, `images`, `audio` and `videos`: as in `stream_generate`; with K samples, K lists (or
     [K, N]) come back.
     """
     steps = list(
@@ -287,6 +306,7 @@ def generate(
             num_samples,
             images,
             audio,
+            videos,
         )
     )
     batch = len(steps[0]) if steps else _as_batch(prompt_ids, torch.device("cpu")).shape[0]

@@ -1,12 +1,14 @@
-"""The pictures and clips `herd generate` and `herd chat` show a model (--image, --audio).
+"""The pictures, clips and videos `herd generate` and `herd chat` show a model (--image,
+--audio, --video).
 
 Both are read before the weights (from the checkpoint's config alone), so a text model, a bad file
 or a clip too short to hear fails at once. A picture is one <|image|> id in the prompt (Llama 3.2
 Vision); a clip is <|speech_start|>, a <|speech|> per 80 ms adapter frame, <|speech_end|> (a
-speech model, herd/model/speech_model.py). In a plain prompt they come first, before BOS (as
-transformers' MllamaProcessor lays out leading images); in a chat, before the first user turn's
-text (as a client that sends its media parts first: each is shown where it stands,
-herd.tokenizer.chat.encode_pictured_dialog).
+speech model, herd/model/speech_model.py); a video is one <|video|> id (a video model,
+herd/model/video_model.py: its frames sampled evenly to video.max_frames). In a plain
+prompt they come first, before BOS (as transformers' MllamaProcessor lays out leading images);
+in a chat, before the first user turn's text (as a client that sends its media parts first:
+each is shown where it stands, herd.tokenizer.chat.encode_pictured_dialog).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from herd.errors import HerdError
 
 @dataclass
 class PromptMedia:
-    flag: str  # "--image" or "--audio", for errors
-    inputs: dict  # what generation takes: {"images": Images} or {"audio": Audio}
+    flag: str  # "--image", "--audio" or "--video", for errors
+    inputs: dict  # what generation takes: {"images": Images}, {"audio": Audio}, {"videos": ...}
     shown: list[list[int]]  # the ids that show each picture or clip, in order
 
     def ids_of(self, index: int) -> list[int]:
@@ -48,17 +50,31 @@ class PromptMedia:
 
 
 def read_media(args: argparse.Namespace) -> PromptMedia | None:
-    """The --image pictures or --audio clips, read for the checkpoint's model; None without."""
+    """The --image pictures, --audio clips or --video clip, read for the checkpoint's model;
+    None without."""
     images, clips = getattr(args, "image", []), getattr(args, "audio", [])
-    if not images and not clips:
+    videos = getattr(args, "video", [])
+    given = [
+        flag for flag, v in (("--image", images), ("--audio", clips), ("--video", videos)) if v
+    ]
+    if not given:
         return None
-    if images and clips:
-        raise HerdError("--image and --audio cannot be combined (no model takes both yet)")
+    if len(given) > 1:
+        raise HerdError(f"{' and '.join(given)} cannot be combined (give one kind of media)")
     from herd.checkpoint.convert import detect_format, read_config
 
     path = Path(args.checkpoint)
     fmt = detect_format(path)
     config = read_config(path, fmt) if fmt in ("herd", "hf") else None  # only these hold them
+    if videos:
+        if config is None or config.video is None:
+            raise HerdError(f"{path}: a model without a video adapter; --video needs a video model")
+        if len(videos) > 1:
+            raise HerdError(f"--video given {len(videos)} times; a prompt shows one clip")
+        from herd.model.video_model import read_video_input
+
+        clip = read_video_input(videos[0], config)
+        return PromptMedia("--video", {"videos": clip}, [[config.video_token_id]])
     if images:
         if config is None or config.vision is None:
             raise HerdError(

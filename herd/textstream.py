@@ -196,8 +196,8 @@ def bidirectional_prefix(args: argparse.Namespace, prompt: list[int]) -> int:
 
 def run_generate(args: argparse.Namespace) -> None:
     _check_sampling(args)
-    if (args.image or args.audio) and args.infill:
-        raise HerdError("--image or --audio and --infill cannot be combined")
+    if (args.image or args.audio or args.video) and args.infill:
+        raise HerdError("--image, --audio or --video and --infill cannot be combined")
     media = read_media(args)
     needed = "to encode --prompt (or pass the prompt as --prompt-ids)" if args.prompt else None
     model, tokenizer, device = load_for_command(args.checkpoint, args.device, args.dtype, needed)

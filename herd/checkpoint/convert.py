@@ -140,6 +140,11 @@ def convert(
                 f"{src}: a speech model has no Hugging Face form (transformers has no Llama 3 "
                 "speech adapter); convert it --to herd"
             )
+        if model.config.video is not None:
+            raise HerdError(
+                f"{src}: a video model has no Hugging Face form (transformers' Mllama has no "
+                "video adapter); convert it --to herd"
+            )
         writer = hf.write_hf_folder if model.config.vision is None else mllama.write_hf_folder
     return writer(model.config, state_dict, dst, tokenizer_files(src), overwrite=overwrite)
 

@@ -23,7 +23,9 @@ an image encoder and gated cross-attention layers between the decoder's blocks
 (herd/model/multimodal.py). Its parameters are counted exactly, from the shapes as well;
 `flops_per_token` applies the text formula to all of them, a stand-in until training on images.
 A speech model (`ModelConfig.speech`, herd/model/speech_config.py) adds a speech encoder and
-adapter whose frames enter the decoder as tokens, counted the same way.
+adapter whose frames enter the decoder as tokens, counted the same way. A video model
+(`ModelConfig.video`, herd/model/video_config.py) adds a temporal aggregator and video
+cross-attention layers to a vision model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from herd.errors import HerdError
 from herd.model.speech_config import SpeechConfig, speech_from_dict
+from herd.model.video_config import VideoConfig, video_from_dict
 
 HEADS = ("lm", "score")
 
@@ -220,6 +223,14 @@ class ModelConfig:
         },
     )
 
+    video: VideoConfig | None = field(
+        default=None,
+        metadata={
+            "help": "temporal aggregator and video cross-attention layers on the vision model "
+            "(Llama 3 section 7.2), or none"
+        },
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -261,6 +272,18 @@ class ModelConfig:
             if self.vision is not None:
                 raise HerdError(f"{source}: speech and vision in one model are not supported yet")
             self.speech.validate(source)
+        if self.video is not None:
+            if self.vision is None:
+                raise HerdError(
+                    f"{source}: a video model needs 'vision' too (each frame is read by the image "
+                    "encoder)"
+                )
+            if (1, 1) not in self.vision.aspect_ratios:
+                raise HerdError(
+                    f"{source}: a video model reads frames as one tile: vision.aspect_ratios must "
+                    "hold [1, 1]"
+                )
+            self.video.validate(source, self.dim)
 
     @property
     def image_token_id(self) -> int | None:
@@ -276,6 +299,13 @@ class ModelConfig:
             return None
         v = self.vocab_size
         return v, v + 1, v + 2
+
+    @property
+    def video_token_id(self) -> int | None:
+        """Id of <|video|>: the row after the image rows, or None for a model without video."""
+        if self.video is None:
+            return None
+        return self.vocab_size + self.vision.extra_tokens
 
     @property
     def output_size(self) -> int:
@@ -300,6 +330,11 @@ class ModelConfig:
             total += v.encoder_params(d)
         if self.speech is not None:
             total += self.speech.extra_tokens * d + self.speech.encoder_params(d)
+        if self.video is not None:
+            cross = block + 2 * h + 2
+            layers = self.video.video_layers(len(self.vision.cross_attention_layers))
+            total += self.video.extra_tokens * d + layers * cross
+            total += self.video.aggregator_params(d)
         return total
 
     def dense_params(self) -> int:
@@ -321,6 +356,8 @@ class ModelConfig:
             del out["vision"]  # likewise: written only for vision models
         if self.speech is None:
             del out["speech"]
+        if self.video is None:
+            del out["video"]
         return out
 
     @classmethod
@@ -356,6 +393,8 @@ class ModelConfig:
             values["vision"] = _vision_from_dict(vision, source)
         if values.get("speech") is not None:
             values["speech"] = speech_from_dict(values["speech"], source)
+        if values.get("video") is not None:
+            values["video"] = video_from_dict(values["video"], source)
         for name, f in known.items():
             if name in values and f.type in ("int", int) and isinstance(values[name], float):
                 if not values[name].is_integer():

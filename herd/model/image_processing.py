@@ -146,13 +146,16 @@ class ImageProcessor:
             return min(int(height * scale_w) or 1, target_h), target_w
         return target_h, min(int(width * scale_h) or 1, target_w)
 
-    def tiles(self, picture: Picture, name: str = "image") -> tuple[torch.Tensor, tuple[int, int]]:
-        """One picture's normalised tiles [rows * cols, 3, S, S] and its layout (rows, cols)."""
+    def tiles(
+        self, picture: Picture, name: str = "image", layout: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One picture's normalised tiles [rows * cols, 3, S, S] and its layout (rows, cols):
+        the best of the model's layouts, or `layout` (a video frame takes (1, 1))."""
         if not isinstance(picture, Image.Image):
             name, picture = str(picture), read_image(picture)
         image = to_rgb(picture, name)
         width, height = image.size
-        rows, cols = self.layout(height, width)
+        rows, cols = layout or self.layout(height, width)
         new_h, new_w = self.resized_size(height, width, rows, cols)
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
         S = self.tile

@@ -121,6 +121,8 @@ def _check_image_tokens(
 ) -> None:
     """Every <|image|> token has an image and every image a token, row by row."""
     limit = config.vocab_size + config.vision.extra_tokens
+    if config.video is not None:
+        limit += config.video.extra_tokens  # <|video|>
     if int(tokens.max()) >= limit or int(tokens.min()) < 0:
         raise HerdError(f"token ids must lie in [0, {limit})")
     counts = (tokens == config.image_token_id).sum(dim=1).tolist()
@@ -171,11 +173,16 @@ class ImageKVCache(KVCache):
 
 def model_class(config: ModelConfig) -> type[Transformer]:
     """The module a config describes: the text model, with `config.vision` the vision model,
-    with `config.speech` the speech model (herd/model/speech_model.py)."""
+    with `config.video` too the video model (herd/model/video_model.py), with `config.speech`
+    the speech model (herd/model/speech_model.py)."""
     if config.speech is not None:
         from herd.model.speech_model import SpeechLanguageModel
 
         return SpeechLanguageModel
+    if config.video is not None:
+        from herd.model.video_model import VideoLanguageModel
+
+        return VideoLanguageModel
     return Transformer if config.vision is None else VisionLanguageModel
 
 
@@ -201,8 +208,12 @@ ADDED_PARTS = ("vision", "cross_layers", "extra_embed")
 
 
 def added_parts(config: ModelConfig) -> tuple[str, ...]:
-    """The modules a vision or speech model adds to its text model, by name; () for a text
-    model."""
+    """The modules a vision, video or speech model adds to its text model, by name (a video
+    model's: the vision model's, then its own); () for a text model."""
+    if config.video is not None:
+        from herd.model.video_model import ADDED_PARTS as VIDEO_PARTS
+
+        return ADDED_PARTS + VIDEO_PARTS
     if config.vision is not None:
         return ADDED_PARTS
     if config.speech is not None:

@@ -109,6 +109,18 @@ class ImageTextObjective:
         return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
 
 
+class VideoTextObjective(ImageTextObjective):
+    """The loss of video-text batches: the summed cross-entropy of their targets, with the
+    batch's clips' frames."""
+
+    @staticmethod
+    def loss_sum(model, micro, reduction: str = "sum") -> torch.Tensor:
+        from herd.model.video_model import Videos
+
+        videos = None if micro.frames is None else Videos(micro.frames, micro.counts)
+        return model(micro.inputs, targets=micro.targets, videos=videos, reduction=reduction)
+
+
 class AudioTextObjective(ImageTextObjective):
     """The loss of audio-text batches: the summed cross-entropy of their targets, with the
     batch's clips' log-mel frames."""
@@ -125,7 +137,7 @@ def is_adapter_run(run: RunConfig) -> bool:
     """Whether the run trains a vision or speech model: [model] vision or speech, or a start
     checkpoint that has one. Either without a checkpoint is an error: an adapter needs a
     language model."""
-    for part in ("vision", "speech"):
+    for part in ("vision", "video", "speech"):
         if run.model.get(part) is not None:
             if not run.init_checkpoint:
                 raise HerdError(
@@ -149,6 +161,8 @@ def adapter_data(run: RunConfig, rank: int = 0) -> TrainingData:
         raise HerdError(f"train.vision_train '{run.train.vision_train}': expected adapter or full")
     config, d = run.model_config(), run.data
     kind, media = ("audio-text", "clips") if config.speech else ("image-text", "pictures")
+    if config.video is not None:
+        kind, media = "video-text", "videos"
     if find_tokenizer(Path(run.init_checkpoint)) is None:
         raise HerdError(f"{run.init_checkpoint}: has no tokenizer file, which {kind} data needs")
     if not d.path:
@@ -166,6 +180,24 @@ def adapter_data(run: RunConfig, rank: int = 0) -> TrainingData:
             return AudioTextBatches(examples, d.batch_size, d.seed, pad_id=pad)
 
         objective = AudioTextObjective
+    elif config.video is not None:
+        from herd.data.video_text import VideoTextBatches, load_video_text
+        from herd.model.video_model import video_frames
+
+        data = load_video_text(tokenizer, d.path, d.seq_len, config.video_token_id,
+                               on_long=d.too_long, strict=d.strict, split=d.split)  # fmt: skip
+
+        def framer(clip: Path, name: str) -> torch.Tensor:
+            from herd.data.video import read_frames
+
+            return video_frames(
+                read_frames(clip, config.video.max_frames, name), config.vision, name
+            )
+
+        def batches(examples):
+            return VideoTextBatches(examples, d.batch_size, framer, d.seed, pad_id=pad)
+
+        objective = VideoTextObjective
     else:
         from herd.data.image_text import ImageTextBatches, load_image_text
 
@@ -222,16 +254,35 @@ def load_start_weights(model: torch.nn.Module, path: str) -> None:
     from herd.checkpoint.convert import read_config
     from herd.checkpoint.loading import load_weights
 
-    adding = bool(added_parts(model.config)) and not added_parts(read_config(path))
-    load_weights(model, path, new=_prefixes(model.config) if adding else ())
+    have = added_parts(read_config(path))
+    new = tuple(f"{part}." for part in added_parts(model.config) if part not in have)
+    load_weights(model, path, new=new)
 
 
-def freeze_for_adapter(model: torch.nn.Module, vision_train: str) -> None:
-    """Freeze the text model for an adapter run ("adapter"); "full" trains everything."""
+def trained_parts(config: ModelConfig, start: ModelConfig) -> tuple[str, ...]:
+    """The parts an adapter run trains: those the start checkpoint (`start`) lacks, or, when it
+    has them all, the model's own adapter: a video model's video parts (Llama 3 section 7.4
+    trains the aggregator and video cross-attention on a trained vision model, whose image
+    encoder and image layers stay as they are), any other model's added parts."""
+    parts = added_parts(config)
+    have = added_parts(start)
+    new = tuple(part for part in parts if part not in have)
+    if new:
+        return new
+    if config.video is not None:
+        from herd.model.video_model import ADDED_PARTS as VIDEO_PARTS
+
+        return VIDEO_PARTS
+    return parts
+
+
+def freeze_for_adapter(model: torch.nn.Module, vision_train: str, start: ModelConfig) -> None:
+    """Freeze all but `trained_parts` for an adapter run ("adapter") on a start checkpoint of
+    config `start`; "full" trains everything."""
     if vision_train not in VISION_TRAIN:
         raise HerdError(f"train.vision_train '{vision_train}': expected adapter or full")
     if vision_train == "full":
         return
-    prefixes = _prefixes(model.config)
+    prefixes = tuple(f"{part}." for part in trained_parts(model.config, start))
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(prefixes))

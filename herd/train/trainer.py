@@ -107,6 +107,8 @@ class Trainer:
                     "[lora] with train.vision_train full: LoRA keeps the text model frozen; use "
                     "vision_train adapter (the added parts train whole) or drop [lora]"
                 )
+            if run.model_config().video is not None:
+                raise HerdError("[lora] with a video model is not supported yet; drop [lora]")
             # the added parts train whole beside the text model's adapters and are saved with them
             parts = added_parts(run.model_config())
             self.lora = dataclasses.replace(self.lora, modules_to_save=parts)
@@ -133,7 +135,9 @@ class Trainer:
         if run.init_checkpoint:
             load_start_weights(self.model, run.init_checkpoint)
         if adapter_run:
-            freeze_for_adapter(self.model, t.vision_train)
+            from herd.checkpoint.convert import read_config
+
+            freeze_for_adapter(self.model, t.vision_train, read_config(run.init_checkpoint))
         if self.lora is not None:  # frozen base, trainable adapters (B = 0: the base's outputs)
             # A's random start drawn from the run's seed, not from whatever the process drew first
             cuda = [self.device] if self.device.type == "cuda" else []
