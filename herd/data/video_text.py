@@ -148,7 +148,8 @@ def collate(
     """Examples as one batch: tokens right-padded to the longest row; each clip's frames from
     `framer`, padded to the batch's most frames."""
     inputs, targets = padded_tokens(examples, pad_id)
-    clips = [framer(e.videos[0], f"{e.source}: video") if e.videos else None for e in examples]
+    clips = [framer(e.videos[0], f"{e.source}: video {e.videos[0]}") if e.videos else None
+             for e in examples]  # fmt: skip
     shown = [c for c in clips if c is not None]
     if not shown:
         return VideoTextBatch(inputs, targets)
