@@ -145,6 +145,7 @@ def test_compositing_weights_front_to_back():
     assert abs(float(opacity[0]) - (a0 + (1 - a0) * a2)) < 1e-6
 
 
+@torch.no_grad()
 def test_regularisers_on_known_planes():
     field = HexPlaneField(FieldConfig(features=1, resolution=4, time_resolution=4, scales=(1,)))
     assert float(field.static_l1()) == 0.0 and float(field.time_smoothness()) == 0.0  # all ones
