@@ -9,7 +9,8 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
 With a safety guard (`--guard`), requests and replies are checked (herd/serve/moderation.py).
-A vision model's chat requests may show pictures as `image_url` parts (herd/serve/media.py).
+A vision model's chat requests may show pictures as `image_url` parts, a speech model's clips
+as `input_audio` parts (herd/serve/media.py).
 With `--agent`, a second model name runs the agent (herd/serve/agent.py), and
 `POST /v1/agent/feedback` rates its replies.
 

@@ -25,6 +25,7 @@ from herd.serve.image_slots import Pictures
 from herd.serve.moderation import start_guarded
 from herd.serve.relay import APIError, Generation, sse
 from herd.serve.sampling import SamplingParams
+from herd.serve.speech_frames import Clips
 from herd.tokenizer.chat import encode_pictured_dialog
 
 
@@ -77,15 +78,15 @@ class _Completion:
             for i in range(b.n)
         ]
 
-    async def launch(self, prompts, params, dialogs: list[list[dict]], images=None) -> Generation:
-        """The choices started on the engine (each showing `images`, when given); with a
-        guard, the inputs (`dialogs`, one per choice) checked first and each reply released
-        after its output check."""
+    async def launch(self, prompts, params, dialogs: list[list[dict]], media=None) -> Generation:
+        """The choices started on the engine (each with `media`, Engine.submit's images or
+        audio, when given); with a guard, the inputs (`dialogs`, one per choice) checked first
+        and each reply released after its output check."""
         moderator = self.state.moderator
         if moderator is not None:
-            return await start_guarded(moderator, self.engine, prompts, params, dialogs, images)
+            return await start_guarded(moderator, self.engine, prompts, params, dialogs, media)
         gen = Generation(self.engine)
-        gen.start(prompts, params, images)
+        gen.start(prompts, params, media)
         return gen
 
     def chunk(self, choices: list[dict], **extra) -> str:
@@ -118,7 +119,8 @@ class ChatCompletion(_Completion):
 
     async def respond(self, request: Request):
         b = self.body
-        messages, dialog, pictures = [], [], []  # pictures: (the part's name, the part)
+        # shown: (the part's name, the part) of each picture or clip
+        messages, dialog, shown = [], [], []
         for i, m in enumerate(b.messages):
             found: list = []
             try:
@@ -126,13 +128,13 @@ class ChatCompletion(_Completion):
             except ValueError as e:
                 raise APIError(400, f"messages[{i}].{e}", param="messages") from None
             if found and m.role != "user":
-                raise APIError(
-                    400, f"{found[0][0]}: images go in user turns only", param=found[0][0]
-                )
+                name, part = found[0]
+                what = "images go" if part["type"] == "image_url" else "audio goes"
+                raise APIError(400, f"{name}: {what} in user turns only", param=name)
             dialog.append(plain)  # what the guard reads: the chat's text, without the tool prompt
-            # a turn with pictures keeps its parts in order: each shown where it stands
+            # a turn with media keeps its parts in order: each shown where it stands
             messages.append({**plain, "content": m.pieces(f"messages[{i}]")} if found else plain)
-            pictures += found
+            shown += found
         self.tools = None
         grammar = None
         try:
@@ -145,12 +147,11 @@ class ChatCompletion(_Completion):
                 grammar = constraints.response_format_grammar(b.response_format, self.tok)
         except ValueError as e:  # "FIELD...: what is wrong", one line
             raise APIError(400, str(e), param=str(e).split(":", 1)[0].split(".", 1)[0]) from None
-        images, image_id = None, None
-        if pictures:  # read first: a text-only model or a bad picture is the error to report
-            images = await self._images(pictures)
-            image_id = self.engine.model.config.image_token_id
+        media, ids_of = None, None
+        if shown:  # read first: a model without that medium or a bad part is the error to report
+            media, ids_of = await self._media(shown)
         try:
-            prompt = encode_pictured_dialog(self.tok, messages, image_id)[0].ids
+            prompt = encode_pictured_dialog(self.tok, messages, ids_of)[0].ids
         except HerdError as e:
             raise APIError(400, str(e), param="messages") from None
         if b.top_logprobs is not None and not b.logprobs:
@@ -160,8 +161,8 @@ class ChatCompletion(_Completion):
         constraint_for = grammar.start if grammar is not None else (lambda: None)
         max_tokens = b.max_completion_tokens or b.max_tokens
         params = self.params(prompt, max_tokens, logprobs, constraint_for)
-        gen = await self.launch([prompt] * b.n, params, [dialog] * b.n, images)
-        self.prompt_tokens = len(prompt)  # an <|image|> id per picture included
+        gen = await self.launch([prompt] * b.n, params, [dialog] * b.n, media)
+        self.prompt_tokens = len(prompt)  # an <|image|> id per picture, the speech tokens included
         if b.stream:
             return self.stream(gen, self._events(gen))
         deltas = await gen.collect(request)
@@ -178,22 +179,57 @@ class ChatCompletion(_Completion):
             }
         )
 
+    async def _media(self, parts: list[tuple[str, dict]]):
+        """(Engine.submit's media, encode_pictured_dialog's image_id) of the request's parts:
+        pictures for a vision model, clips for a speech model; a part the model cannot take is
+        a 400 naming it."""
+        config, name = self.engine.model.config, self.state.model_name
+        kind = "input_audio" if config.speech is not None else "image_url"
+        first, part = next(((n, p) for n, p in parts if p["type"] != kind), parts[0])
+        if part["type"] == "input_audio" and config.speech is None:
+            raise APIError(
+                400, f"{first}: the model '{name}' has no speech encoder: it takes no audio",
+                param=first,
+            )  # fmt: skip
+        if part["type"] == "image_url" and config.speech is not None:
+            raise APIError(
+                400, f"{first}: the model '{name}' is a speech model: it takes no images",
+                param=first,
+            )  # fmt: skip
+        if part["type"] == "image_url" and self.engine.images is None:
+            raise APIError(
+                400, f"{first}: the model '{name}' is text-only: it takes no images", param=first
+            )
+        if self.tok.chat_format != "llama3":
+            what = "images need" if kind == "image_url" else "audio needs"
+            raise APIError(
+                400, f"{first}: {what} the Llama 3 chat format, not {self.tok.chat_format}",
+                param=first,
+            )  # fmt: skip
+        if kind == "input_audio":
+            return await self._clips(parts)
+        return {"images": await self._images(parts)}, config.image_token_id
+
+    async def _clips(self, parts: list[tuple[str, dict]]):
+        """The request's clips as the engine takes them (read, featurised and hashed on a
+        worker thread), and the ids that show each part's clip."""
+        config = self.engine.model.config
+
+        def read():
+            heard = [media.read_clip(part, name, config) for name, part in parts]
+            shown = {name: ids for (name, _), (ids, _) in zip(parts, heard, strict=True)}
+            return Clips.of([features for _, features in heard]), shown
+
+        try:
+            clips, shown = await asyncio.to_thread(read)
+        except media.MediaError as e:
+            raise APIError(400, str(e), param=e.param) from None
+        return {"audio": clips}, lambda piece: shown[piece[0]]
+
     async def _images(self, pictures: list[tuple[str, dict]]):
         """The request's pictures as the model's Images, fingerprinted (read, tiled and hashed
         on a worker thread)."""
-        first = pictures[0][0]
         engine = self.engine
-        if engine.images is None:
-            raise APIError(
-                400,
-                f"{first}: the model '{self.state.model_name}' is text-only: it takes no images",
-                param=first,
-            )
-        if self.tok.chat_format != "llama3":
-            raise APIError(
-                400, f"{first}: images need the Llama 3 chat format, not "
-                f"{self.tok.chat_format}", param=first,
-            )  # fmt: skip
         if len(pictures) > engine.max_images:
             raise APIError(
                 400,

@@ -31,6 +31,13 @@ row of image keys and values (image_slots.py); a decode step whose rows include 
 cross-attention layers over the range (eagerly, also with `compile`), rows without pictures
 adding exactly zero there. The prefix cache keys such a prompt's <|image|> positions by the
 image's pixels, so KV is shared only between prompts with the same pictures up to that point.
+
+A speech model's requests may bring clips (`submit(..., audio=)`), which the prompt shows as
+<|speech|> tokens whose input embeddings are the speech adapter's frames (speech_frames.py): the
+frames are encoded once, at the first prefill chunk holding a <|speech|> token, and each chunk
+runs the text model on embeddings with its share of them in place. After the prefill such a
+request decodes as a text request (compiled with `compile`). The prefix cache keys each
+<|speech|> position by its clip's fingerprint, as pictures are keyed.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ from herd.errors import HerdError
 from herd.model.cache import SlotKVCache, SlotRows
 from herd.model.cross_attention import image_visibility
 from herd.model.multimodal import Images, prepare_images
+from herd.model.speech_model import Audio
+from herd.model.transformer import Transformer
 from herd.serve.image_slots import ImageSlots, Pictures
 from herd.serve.sampling import (
     SamplingParams,
@@ -58,6 +67,7 @@ from herd.serve.sampling import (
     token_logprobs,
 )
 from herd.serve.slots import SlotTable
+from herd.serve.speech_frames import Clips, chunk_embeds, encode_frames
 from herd.textstream import TextStreamer
 
 log = logging.getLogger("herd.serve")
@@ -96,11 +106,14 @@ class Sequence:
     def __init__(self, prompt: list[int], params: SamplingParams, seed: int, sink, streamer):
         self.prompt = prompt
         # what the prefix cache matches: the prompt, with each <|image|> id replaced by its
-        # image's fingerprint when the request brings pictures
+        # image's fingerprint when the request brings pictures, each <|speech|> id by its
+        # clip's and the frame's index when it brings clips
         self.key: list = prompt
         self.images: Images | None = None  # prepared for the model, one batch row
         self.visible: torch.Tensor | None = None  # [prompt length, images]: what each sees
         self.encoded = False  # the images' keys and values are in the slot's row
+        self.audio: Audio | None = None  # a speech model's clips, one batch row, while prefilling
+        self.frames: torch.Tensor | None = None  # their adapter frames [n, dim], once encoded
         self.params = params
         self.seed = seed
         self.sink: Callable[[Delta], None] = sink
@@ -182,13 +195,18 @@ class Engine:
         params: SamplingParams,
         sink,
         images: Images | Pictures | None = None,
+        audio: Clips | None = None,
     ) -> Sequence:
         """Queue a request; its deltas go to `sink`. `images` (a vision model's, one batch row,
-        or as `Pictures` with their fingerprints): the pictures its <|image|> ids show. Raises
+        or as `Pictures` with their fingerprints): the pictures its <|image|> ids show. `audio`
+        (a speech model's): the clips its <|speech|> ids stand for, in order. Raises
         RequestError or QueueFull."""
         if not prompt:
             raise RequestError("the prompt is empty")
-        limit = self.vocab_size + (1 if images is not None else 0)  # <|image|> is the first past
+        if images is not None and audio is not None:
+            raise RequestError("a request brings images or audio, not both")
+        limit = self.vocab_size  # <|image|> is the first id past it; the speech tokens the three
+        limit += 1 if images is not None else 3 if audio is not None else 0
         if min(prompt) < 0 or max(prompt) >= limit:
             raise RequestError(f"prompt token ids must be in [0, {limit})")
         if params.max_tokens < 1:
@@ -203,6 +221,8 @@ class Engine:
         seq = Sequence(prompt, params, seed, sink, TextStreamer(self.tokenizer, params.stop))
         if images is not None:
             self._attach_images(seq, images)
+        if audio is not None:
+            self._attach_audio(seq, audio)
         with self._cond:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests)")
@@ -230,6 +250,31 @@ class Engine:
         seq.key = [next(prints) if t == image_id else t for t in seq.prompt]
         seq.images = images.to(self.device)
         seq.visible = image_visibility(tokens, image_id, count)[0].to(self.device)
+
+    def _attach_audio(self, seq: Sequence, clips: Clips) -> None:
+        config = self.model.config
+        if config.speech is None:
+            raise RequestError("this model takes no audio (it has no speech encoder)")
+        lengths = clips.audio.lengths[0].tolist()
+        longest = max(lengths) // config.speech.stack
+        if longest > config.speech.max_frames:  # refused here: on the engine thread it would
+            raise RequestError(  # end every running request's step
+                f"a clip of {longest} 40 ms frames is longer than the speech encoder's "
+                f"max_frames {config.speech.max_frames}"
+            )
+        counts = clips.frame_counts(config)
+        frame_id = config.speech_token_ids[2]
+        given = seq.prompt.count(frame_id)
+        if given != sum(counts):
+            raise RequestError(
+                f"the prompt has {given} <|speech|> tokens but its clips have {sum(counts)} "
+                "speech frames (show each clip with speech_prompt)"
+            )
+        prints = iter(
+            [(*fp, i) for fp, n in zip(clips.fingerprints, counts, strict=True) for i in range(n)]
+        )
+        seq.key = [next(prints) if t == frame_id else t for t in seq.prompt]
+        seq.audio = clips.audio.to(self.device)
 
     def cancel(self, seq: Sequence) -> None:
         """End a request now (a client went away); its slot is freed at the next token boundary."""
@@ -316,7 +361,9 @@ class Engine:
         pos = torch.arange(start, end, device=self.device).unsqueeze(0)
         rows = self.cache.rows(seq.slot, seq.slot + 1, length=end)
         last = torch.tensor([end - start - 1], device=self.device)
-        if seq.images is None:
+        if seq.audio is not None:
+            logits = self._heard_chunk(seq, start, tokens, pos, rows, last)
+        elif seq.images is None:
             logits = self.model(tokens, pos, rows, last=last)
         else:
             if not seq.encoded:  # once, at the first chunk (prefix reuse or not)
@@ -327,7 +374,22 @@ class Engine:
         self.slots.wrote(seq.slot, seq.key[start:end])
         seq.prefilled = end
         if end == len(seq.prompt):
+            seq.audio = seq.frames = None  # heard: from here on a text request
             self._sample([seq], logits)
+
+    def _heard_chunk(self, seq: Sequence, start: int, tokens, pos, rows, last) -> torch.Tensor:
+        """The prefill chunk of `tokens` at `start` of a request with clips: the text model on
+        the chunk's embeddings, the adapter's frames in place of its <|speech|> rows."""
+        frame_id = self.model.config.speech_token_ids[2]
+        count = seq.prompt[start : start + tokens.shape[1]].count(frame_id)
+        if not count:  # text only (the clips came from the prefix cache, or are still to come)
+            return self.model(tokens, pos, rows, last=last)
+        if seq.frames is None:  # once, at the first chunk that hears them
+            seq.frames = encode_frames(self.model, seq.audio)
+        done = seq.prompt[:start].count(frame_id)
+        embeds = chunk_embeds(self.model, tokens, seq.frames[done : done + count])
+        # Transformer's forward: SpeechLanguageModel's would want the clips (it encodes them)
+        return Transformer.forward(self.model, tokens, pos, rows, last=last, embeds=embeds)
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         last = [s.generated[-1] for s in seqs]

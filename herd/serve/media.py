@@ -1,5 +1,5 @@
-"""Pictures in chat requests: OpenAI `image_url` content parts read into the `Images` a Llama 3.2
-Vision model takes.
+"""Pictures and clips in chat requests: OpenAI `image_url` content parts read into the `Images` a
+Llama 3.2 Vision model takes, and `input_audio` parts into a speech model's log-mel features.
 
 A part is `{"type": "image_url", "image_url": {"url": URL}}` (a bare string URL is taken too).
 URL is
@@ -18,6 +18,13 @@ orientation, any alpha channel dropped), so a picture sent either way gives the 
 Each picture becomes one <|image|> id where its part stands among the turn's text parts
 (herd.tokenizer.chat.encode_pictured_dialog, as transformers' Mllama chat template and vLLM
 place them), the encoding image-text training data gets too.
+
+A clip is `{"type": "input_audio", "input_audio": {"data": BASE64, "format": "wav"}}`: the bytes
+of an audio file in any format libsndfile reads (WAV, FLAC, OGG, MP3, ...; found from the bytes,
+so "format" is not needed), read as `herd generate --audio` reads a file (herd.data.audio:
+mono, resampled to 16 kHz, Whisper's log-mel features). It is shown as the speech tokens
+`speech_prompt` gives its length, where its part stands, the encoding audio-text training data
+gets (herd/data/audio_text.py).
 """
 
 from __future__ import annotations
@@ -27,15 +34,19 @@ import binascii
 import io
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from herd.errors import HerdError
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_URL = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.DOTALL)
 
 
 class MediaError(HerdError):
-    """A picture a request names that cannot be used; `param` is the content part."""
+    """A picture or clip a request names that cannot be used; `param` is the content part."""
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(f"{param}: {message}")
@@ -122,3 +133,36 @@ def _data_picture(url: str, param: str):
         raise MediaError(param, "the image has too many pixels to decode safely") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(param, f"a damaged image ({e})") from None
+
+
+def read_clip(part: dict, param: str, config) -> tuple[list[int], torch.Tensor]:
+    """(the ids that show it in a prompt, its log-mel features [frames, n_mels]) of an
+    `input_audio` part's clip, for the speech model of `config` (module doc)."""
+    from herd.data.audio import HOP_LENGTH, SAMPLE_RATE, log_mel, read_audio
+    from herd.model.speech_model import speech_prompt
+
+    audio = part.get("input_audio")
+    data = audio.get("data") if isinstance(audio, dict) else None
+    if not isinstance(data, str):
+        raise MediaError(param, 'expected "input_audio": {"data": BASE64, "format": "wav"}')
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError(param, "input_audio data is not valid base64") from None
+    speech = config.speech
+    try:
+        wave = read_audio(raw, param)  # its errors name the part: "messages[0].content[1]: ..."
+    except HerdError as e:  # unreadable, empty, silent
+        raise MediaError(param, str(e).removeprefix(f"{param}: ")) from None
+    # the encoder's rotary table has max_frames positions of `stack` mel frames
+    if len(wave) // HOP_LENGTH // speech.stack > speech.max_frames:
+        longest = speech.max_frames * speech.stack * HOP_LENGTH
+        raise MediaError(
+            param,
+            f"a clip of {len(wave) / SAMPLE_RATE:.1f} s is longer than this model takes "
+            f"({longest / SAMPLE_RATE:.1f} s: speech.max_frames {speech.max_frames})",
+        )
+    try:
+        return speech_prompt(config, len(wave)), log_mel(wave, speech.n_mels, name=param)
+    except HerdError as e:  # too short for one speech frame
+        raise MediaError(param, str(e)) from None

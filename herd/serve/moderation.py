@@ -31,10 +31,11 @@ from herd.serve.relay import APIError, Generation
 
 
 async def start_guarded(
-    moderator: Moderator, engine, prompts, params, dialogs, images=None
+    moderator: Moderator, engine, prompts, params, dialogs, media=None
 ) -> GuardedGeneration:
-    """The request's choices started on `engine` (choice i is the reply to `dialogs[i]`), or
-    refused without running when an input is unsafe (one check per distinct input)."""
+    """The request's choices started on `engine` (choice i is the reply to `dialogs[i]`, each
+    with `media`: Engine.submit's images or audio), or refused without running when an input is
+    unsafe (one check per distinct input)."""
 
     gen = GuardedGeneration(Generation(engine), moderator, dialogs)
     seen = []
@@ -48,7 +49,7 @@ async def start_guarded(
             if unsafe(result):
                 gen.refused = True
                 return gen
-    gen.inner.start(prompts, params, images)
+    gen.inner.start(prompts, params, media)
     return gen
 
 

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from herd.serve.engine import TokenInfo
 
+# the content parts that carry media: a picture (a vision model's), a clip (a speech model's)
+MEDIA_PARTS = ("image_url", "input_audio")
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -31,21 +34,22 @@ class ChatMessage(_Body):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
-    def as_dialog(self, images: list[tuple[str, dict]] | None = None, field: str = "") -> dict:
+    def as_dialog(self, media: list[tuple[str, dict]] | None = None, field: str = "") -> dict:
         """The message as herd's chat formatting takes it (herd.tokenizer.chat): its text parts
-        joined. `images`: where its `image_url` parts go, as (the part's name in errors, the
-        part), with `field` naming the message (`messages[2]`); without it they are refused.
+        joined. `media`: where its `image_url` and `input_audio` parts go, as (the part's name
+        in errors, the part), with `field` naming the message (`messages[2]`); without it they
+        are refused.
         """
         content = self.content
-        if isinstance(content, list):  # content parts: text, and image_url where asked for
+        if isinstance(content, list):  # content parts: text, and media where asked for
             parts = []
             for j, part in enumerate(content):
                 kind = part.get("type")
-                if kind == "image_url" and images is not None:
-                    images.append((f"{field}.content[{j}]", part))
+                if kind in MEDIA_PARTS and media is not None:
+                    media.append((f"{field}.content[{j}]", part))
                     continue
                 if kind != "text" or not isinstance(part.get("text"), str):
-                    what = "text and image_url" if images is not None else "only text"
+                    what = "text, image_url and input_audio" if media is not None else "only text"
                     raise ValueError(f"content[{j}]: {what} content parts are supported")
                 parts.append(part["text"])
             content = "".join(parts)
@@ -57,7 +61,7 @@ class ChatMessage(_Body):
 
     def pieces(self, field: str) -> list:
         """Its content parts in order (after `as_dialog` accepted them), as herd.tokenizer.chat's
-        pictured content: each text, and (name, part) for each picture where it stands."""
+        pictured content: each text, and (name, part) for each picture or clip where it stands."""
         return [
             p["text"] if p.get("type") == "text" else (f"{field}.content[{j}]", p)
             for j, p in enumerate(self.content)

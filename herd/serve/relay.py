@@ -41,8 +41,10 @@ class Generation:
         self.seqs: list = []
         self.open = 0
 
-    def start(self, prompts: list[list[int]], params: list[SamplingParams], images=None) -> None:
-        """Submit the choices; `images` (a vision model's Images, one row) go with every one."""
+    def start(
+        self, prompts: list[list[int]], params: list[SamplingParams], media: dict | None = None
+    ) -> None:
+        """Submit the choices; `media` (Engine.submit's `images` or `audio`) go with every one."""
         loop = asyncio.get_running_loop()
         try:
             for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):
@@ -50,7 +52,7 @@ class Generation:
                 def sink(delta, i=i):
                     loop.call_soon_threadsafe(self.queue.put_nowait, (i, delta))
 
-                self.seqs.append(self.engine.submit(prompt, sp, sink, images=images))
+                self.seqs.append(self.engine.submit(prompt, sp, sink, **(media or {})))
                 self.open += 1
         except (RequestError, QueueFull) as e:
             self.cancel()
