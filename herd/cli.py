@@ -515,6 +515,18 @@ def _run_index(args: argparse.Namespace) -> None:
     run_index(args)
 
 
+def _add_fourd(p: argparse.ArgumentParser) -> None:
+    from herd.fourd.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_fourd(args: argparse.Namespace) -> None:
+    from herd.fourd.cli import run
+
+    run(args)
+
+
 def _add_best_of_n(p: argparse.ArgumentParser) -> None:
     from herd.posttrain.best_of_n import add_arguments
 
@@ -698,6 +710,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "memory, feedback export and Director head",
         _add_agent,
         _run_agent,
+    ),
+    "4d": (
+        "text to a dynamic 3D scene (MAV3D): a HexPlane field optimised by score distillation "
+        "from a text-to-video diffusion model; renders, a viewer page, meshes",
+        _add_fourd,
+        _run_fourd,
     ),
     "index": (
         "build and query local BM25 search indexes (the agent's search backend)",

@@ -78,3 +78,26 @@ class OraclePrior:
                  for frames in views]  # fmt: skip
         batch = torch.stack(clips)
         return self.encode(batch[:, :, 0] if batch.shape[2] == 1 else batch)
+
+
+@torch.no_grad()
+def held_out_psnr(field, scene: BallScene, settings, views: int = 8, size: int = 32) -> float:
+    """Mean PSNR (dB) of the field's renders against the scene's from `views` cameras at times
+    no training clip rendered: halfway between its frames' times, with azimuths and elevations
+    from a generator of their own (training draws them from the run's seed)."""
+    import random
+
+    from herd.fourd.optimise import psnr
+    from herd.fourd.rendering import render_image
+
+    rng = random.Random(12345)
+    frames = settings.frames
+    mids = [-1.0 + 2.0 * (i + 0.5) / max(1, frames - 1) for i in range(frames - 1)] or [0.0]
+    scores = []
+    for k in range(views):
+        camera = Camera(rng.uniform(0, 360), rng.uniform(*settings.elevation), settings.radius,
+                        settings.fov)  # fmt: skip
+        t = mids[k % len(mids)]
+        render = render_image(field, camera, t, size, samples=settings.samples)
+        scores.append(psnr(render, scene.render(camera, t, size)))
+    return sum(scores) / len(scores)
