@@ -527,6 +527,18 @@ def _run_fourd(args: argparse.Namespace) -> None:
     run(args)
 
 
+def _add_fourd_eval(p: argparse.ArgumentParser) -> None:
+    from herd.fourd.clip_eval import add_arguments
+
+    add_arguments(p)
+
+
+def _run_fourd_eval(args: argparse.Namespace) -> None:
+    from herd.fourd.clip_eval import run
+
+    run(args)
+
+
 def _add_best_of_n(p: argparse.ArgumentParser) -> None:
     from herd.posttrain.best_of_n import add_arguments
 
@@ -716,6 +728,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "from a text-to-video diffusion model; renders, a viewer page, meshes",
         _add_fourd,
         _run_fourd,
+    ),
+    "4d-eval": (
+        "CLIP R-precision of herd 4d runs: does CLIP pick each run's prompt for its renders",
+        _add_fourd_eval,
+        _run_fourd_eval,
     ),
     "index": (
         "build and query local BM25 search indexes (the agent's search backend)",
