@@ -528,9 +528,9 @@ def _run_fourd(args: argparse.Namespace) -> None:
 
 
 def _add_fourd_eval(p: argparse.ArgumentParser) -> None:
-    from herd.fourd.clip_eval import add_arguments
+    from herd.fourd.cli import add_eval_arguments
 
-    add_arguments(p)
+    add_eval_arguments(p)
 
 
 def _run_fourd_eval(args: argparse.Namespace) -> None:

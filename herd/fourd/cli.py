@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="seed of the field and every step")
     p.add_argument("--device", default="cpu", help="torch device (cuda on a GPU)")
+    p.add_argument(
+        "--render-size", type=int, default=128, help="side of the orbit video and viewer frames"
+    )
     p.add_argument("--mesh", action="store_true", help="also write a mesh per time step (OBJ)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
     from herd.fourd.outputs import plot_losses, write_meshes, write_orbit, write_viewer
 
     steps = _steps(args.steps)
-    for name in ("resolution", "sr_resolution", "frames", "samples", "checkpoint_every"):
+    for name in ("resolution", "sr_resolution", "frames", "samples", "checkpoint_every",
+                 "render_size"):  # fmt: skip
         if getattr(args, name) < 1:
             raise HerdError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
     if not args.oracle and not args.prior:
@@ -97,8 +101,9 @@ def run(args: argparse.Namespace) -> None:
         run_.train({k: StagePrior(*v) for k, v in priors.items()}, progress=not args.no_progress)
     field = run_.field.cpu().eval()
     summary = {"out": str(args.out), "steps": run_.step}
-    summary["renders"] = [str(p) for p in write_orbit(field, args.out / "renders", 64)]
-    summary["viewer"] = str(write_viewer(field, args.out / "viewer", args.prompt, 64))
+    size = args.render_size
+    summary["renders"] = [str(p) for p in write_orbit(field, args.out / "renders", size)]
+    summary["viewer"] = str(write_viewer(field, args.out / "viewer", args.prompt, size))
     summary["plot"] = str(plot_losses(args.out))
     if args.mesh:
         summary["meshes"] = [str(p) for p in write_meshes(field, args.out / "meshes")]
@@ -152,3 +157,17 @@ def _diffusers_priors(args) -> dict:
     static = loaded(args.image_prior, "image") if args.image_prior else video
     sr = loaded(args.sr_prior, "video") if args.sr_prior else video
     return {"static": static, "dynamic": video, "sr": sr}
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """`herd 4d-eval`'s options (herd/fourd/clip_eval.py runs it)."""
+    p.add_argument("runs", nargs="+", type=Path, help="herd 4d run folders")
+    p.add_argument("--clip", required=True, type=Path, help="a local transformers CLIP folder")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        help="a text file of distractor prompts, one per line, ranked beside the runs' own",
+    )
+    p.add_argument("--views", type=int, default=8, help="renders per run")
+    p.add_argument("--size", type=int, default=224, help="render side in pixels (CLIP's input)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -85,25 +85,13 @@ def run_renders(run: Path, views: int = 8, size: int = 224) -> tuple[str, list]:
     return json.loads(config.read_text())["prompt"], images
 
 
-def add_arguments(p) -> None:
-    p.add_argument("runs", nargs="+", type=Path, help="herd 4d run folders")
-    p.add_argument("--clip", required=True, type=Path, help="a local transformers CLIP folder")
-    p.add_argument(
-        "--prompts",
-        type=Path,
-        help="a text file of distractor prompts, one per line, ranked beside the runs' own",
-    )
-    p.add_argument("--views", type=int, default=8, help="renders per run")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-
-
 def run(args) -> None:
-    if args.views < 1:
-        raise HerdError(f"--views {args.views}: expected >= 1")
+    if args.views < 1 or args.size < 8:
+        raise HerdError(f"--views {args.views}, --size {args.size}: expected >= 1 and >= 8")
     model, processor = load_clip(args.clip)
     prompts, images, labels = [], [], []
     for folder in args.runs:
-        prompt, renders = run_renders(folder, args.views)
+        prompt, renders = run_renders(folder, args.views, args.size)
         if prompt not in prompts:
             prompts.append(prompt)
         images += renders

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.e2e.cli_runner import herd_cli_inprocess, one_line_error
 
 TINY = ["--steps", "3,4,2", "--resolution", "8", "--sr-resolution", "12", "--frames", "3",
-        "--samples", "8", "--no-progress"]  # fmt: skip
+        "--samples", "8", "--render-size", "16", "--no-progress"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_run_folder_renders_viewer_meshes(unbroken):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 9 and summary["held_out_psnr"] > 5.0
     with Image.open(out / "renders" / "orbit.gif") as gif:
-        assert gif.n_frames == 48 and gif.size == (64, 64)
+        assert gif.n_frames == 48 and gif.size == (16, 16)
     assert (out / "renders" / "orbit.mp4").stat().st_size > 0
     page = (out / "viewer" / "index.html").read_text()
     assert 'type="range"' in page and "a red ball" in page

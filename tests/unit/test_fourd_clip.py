@@ -85,7 +85,7 @@ def test_clip_r_precision_matches_clip_forward(tiny_clip):
 
 def test_herd_4d_eval_on_runs(tiny_clip, tmp_path):
     flags = ["--steps", "1,1,1", "--resolution", "8", "--sr-resolution", "8", "--frames", "2",
-             "--samples", "4", "--no-progress"]  # fmt: skip
+             "--samples", "4", "--render-size", "8", "--no-progress"]  # fmt: skip
     runs = []
     for prompt in ("a red ball", "a bouncing ball"):
         out = tmp_path / prompt.replace(" ", "-")
@@ -96,7 +96,7 @@ def test_herd_4d_eval_on_runs(tiny_clip, tmp_path):
     distractors = tmp_path / "prompts.txt"
     distractors.write_text("a tree\na car\n")
     proc = herd_cli_inprocess("4d-eval", *runs, "--clip", str(tiny_clip), "--prompts",
-                              str(distractors), "--views", "2", "--json")  # fmt: skip
+                              str(distractors), "--views", "2", "--size", "32", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["renders"] == 4 and result["prompts"] == 4 and 0 <= result["r_precision"] <= 1
