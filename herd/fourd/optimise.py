@@ -177,7 +177,10 @@ class Run:
         start = time.perf_counter()
         views = sample_views(s, stage, rng, prior.clips)
         pixels = render_views(self.field, views, size, s.samples, generator)
-        sds = sds_step(prior.prior, pixels, prior.condition(views, size), generator)
+        condition = prior.condition(views, size)
+        if isinstance(condition, torch.Tensor):  # the oracle's targets, rendered on the CPU
+            condition = condition.to(pixels.device)
+        sds = sds_step(prior.prior, pixels, condition, generator)
         loss = sds.loss + s.tv * self.field.total_variation()
         record = {"step": self.step, "stage": stage, "sds": float(sds.loss.detach()),
                   "t": int(sds.t[0]), "sds_grad_norm": sds.grad_norm}  # fmt: skip

@@ -96,7 +96,8 @@ def render_rays(
     R = origins.shape[0]
     edges = torch.linspace(0, 1, samples + 1, device=origins.device)
     if stratified:
-        jitter = torch.rand(R, samples, device=origins.device, generator=generator)
+        # drawn on the CPU (the run's generators are CPU ones), the same on every device
+        jitter = torch.rand(R, samples, generator=generator).to(origins.device)
     else:
         jitter = torch.full((R, samples), 0.5, device=origins.device)
     u = edges[:-1] + jitter * (edges[1:] - edges[:-1])  # [R, S] in (0, 1)
