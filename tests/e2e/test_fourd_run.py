@@ -84,3 +84,35 @@ def test_bad_options_are_one_line(tmp_path):
     (tmp_path / "x" / "keep.txt").write_text("mine")
     one_line_error(run("--oracle", *TINY), "not empty (pass --resume")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_diffusers_priors_drive_all_three_stages(tmp_path):
+    """Tiny random text-to-video and text-to-image pipelines (diffusers' save_pretrained layout)
+    as --prior and --image-prior: every stage runs on them and moves the field."""
+    from herd.fourd.hexplane import FieldConfig, HexPlaneField
+    from tests.fourd_pipelines import tiny_image_pipeline, tiny_video_pipeline
+
+    video = tiny_video_pipeline(tmp_path / "video")
+    image = tiny_image_pipeline(tmp_path / "image")
+    small = ["--resolution", "16", "--sr-resolution", "24", "--frames", "2", "--samples", "6",
+             "--render-size", "16", "--no-progress"]  # fmt: skip
+    out = tmp_path / "corgi"
+    proc = herd_cli_inprocess("4d", "a corgi", "--prior", str(video), "--image-prior", str(image),
+                              "--out", str(out), "--steps", "1,2,1", *small)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["static", "dynamic", "dynamic", "sr"]
+    assert all(r["sds_grad_norm"] > 0 for r in rows)
+    trained = load_file(str(out / "checkpoints" / "step-000004" / "field.safetensors"))
+    fresh = HexPlaneField(FieldConfig()).state_dict()
+    assert any(not bool((trained[k] == fresh[k]).all()) for k in fresh)
+    # without an image prior the static stage scores still clips with the video prior
+    out = tmp_path / "still"
+    proc = herd_cli_inprocess("4d", "a corgi", "--prior", str(video), "--out", str(out),
+                              "--steps", "1,0,0", *small)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    one_line_error(
+        herd_cli_inprocess("4d", "a corgi", "--prior", str(image), "--out", str(tmp_path / "x"),
+                           "--steps", "1,0,0", *small, check=False),
+        "a text-to-image pipeline, given as the video prior",
+    )  # fmt: skip

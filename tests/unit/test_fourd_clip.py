@@ -13,6 +13,7 @@ from PIL import Image
 
 from herd.fourd.clip_eval import clip_r_precision, load_clip, r_precision_from
 from tests.e2e.cli_runner import herd_cli_inprocess, one_line_error
+from tests.fourd_pipelines import tiny_clip_tokenizer
 
 
 def test_r_precision_on_hand_made_embeddings():
@@ -23,19 +24,6 @@ def test_r_precision_on_hand_made_embeddings():
     assert r_precision_from(images, text, [0, 1, 1, 0]) == pytest.approx(0.75)
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2's byte-to-unicode table (CLIP's BPE alphabet), written out."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     from transformers import (
@@ -43,16 +31,11 @@ def tiny_clip(tmp_path_factory):
         CLIPImageProcessor,
         CLIPModel,
         CLIPProcessor,
-        CLIPTokenizer,
     )
 
     root = tmp_path_factory.mktemp("clip")
-    chars = _byte_chars()
-    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars),
-                                         "<|startoftext|>", "<|endoftext|>"])}  # fmt: skip
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    tokenizer = tiny_clip_tokenizer(root / "tokenizer")
+    vocab = tokenizer.get_vocab()
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     torch.manual_seed(0)
     config = CLIPConfig(
