@@ -163,9 +163,10 @@ def read_caption(text: str) -> dict[str, str | None]:
 # --- the two models --------------------------------------------------------------------------------
 
 
-def train_text_model(args, out: Path) -> tuple[Path, float]:
-    """A BPE and a small LM trained on every caption (full batches, AdamW): a herd checkpoint."""
-    captions = [s.caption() for s in all_scenes()]
+def train_text_model(args, out: Path, captions: list[str] | None = None) -> tuple[Path, float]:
+    """A BPE and a small LM trained on every caption (full batches, AdamW): a herd checkpoint.
+    `captions`: the sentences to learn (every scene's caption when None; the video study's own)."""
+    captions = captions or [s.caption() for s in all_scenes()]
     (out / "captions.txt").write_text("\n".join(captions * 10) + "\n")
     folder = train_bpe([out / "captions.txt"], args.vocab, out / "tokenizer", 2, True, False)
     tok = herd.load_tokenizer(folder)
