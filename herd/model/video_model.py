@@ -194,14 +194,37 @@ class VideoLanguageModel(VisionLanguageModel):
         else:
             video_kv, groups = cache.video_kv, cache.video_groups
             visible = cache.video_visible[:, input_pos]
-        video_masks = cross_attention_mask(visible, groups, self.config.video.latents)
+        video_state = (video_kv, cross_attention_mask(visible, groups, self.config.video.latents))
+        return self.run_decoder(
+            tokens, image_state, video_state, rope, input_pos, cache, mask, targets, reduction,
+            last, hidden,
+        )  # fmt: skip
 
+    def run_decoder(
+        self,
+        tokens: torch.Tensor,
+        image_state,
+        video_state,
+        rope: torch.Tensor,
+        input_pos: torch.Tensor | None,
+        cache,
+        mask: torch.Tensor | None,
+        targets: torch.Tensor | None = None,
+        reduction: str = "sum",
+        last: torch.Tensor | None = None,
+        hidden: bool = False,
+    ) -> torch.Tensor:
+        """The decoder with the image and video layers' inputs already computed: each state is
+        (per-layer keys and values, `cross_attention_mask`'s pair) or None where no token sees
+        a picture (or a clip), whose layers would add exact zeros. What `forward` runs, and
+        what a caller holding its own image and video state (the server's slots) runs too."""
         x = self._embed(tokens)
         n, every = len(self.layers), self.config.video.every
         for i in range(n + 1):
             for k in self.cross_before.get(i, ()):
-                if k % every == 0:
-                    x = self.video_cross_layers[k // every](x, video_kv[k // every], *video_masks)
+                if video_state is not None and k % every == 0:
+                    kv, masks = video_state
+                    x = self.video_cross_layers[k // every](x, kv[k // every], *masks)
                 if image_state is not None:
                     kv, masks = image_state
                     x = self.cross_layers[k](x, kv[k], *masks)

@@ -129,7 +129,9 @@ class ChatCompletion(_Completion):
                 raise APIError(400, f"messages[{i}].{e}", param="messages") from None
             if found and m.role != "user":
                 name, part = found[0]
-                what = "images go" if part["type"] == "image_url" else "audio goes"
+                what = {"image_url": "images go", "video_url": "videos go"}.get(
+                    part["type"], "audio goes"
+                )
                 raise APIError(400, f"{name}: {what} in user turns only", param=name)
             dialog.append(plain)  # what the guard reads: the chat's text, without the tool prompt
             # a turn with media keeps its parts in order: each shown where it stands
@@ -185,7 +187,14 @@ class ChatCompletion(_Completion):
         a 400 naming it."""
         config, name = self.engine.model.config, self.state.model_name
         kind = "input_audio" if config.speech is not None else "image_url"
-        first, part = next(((n, p) for n, p in parts if p["type"] != kind), parts[0])
+        first, part = next(
+            ((n, p) for n, p in parts if p["type"] not in (kind, "video_url")), parts[0]
+        )
+        if part["type"] == "video_url" and config.speech is not None:
+            raise APIError(
+                400, f"{first}: the model '{name}' is a speech model: it takes no video",
+                param=first,
+            )  # fmt: skip
         if part["type"] == "input_audio" and config.speech is None:
             raise APIError(
                 400, f"{first}: the model '{name}' has no speech encoder: it takes no audio",
@@ -208,7 +217,49 @@ class ChatCompletion(_Completion):
             )  # fmt: skip
         if kind == "input_audio":
             return await self._clips(parts)
-        return {"images": await self._images(parts)}, config.image_token_id
+        return await self._pictures_and_video(parts)
+
+    async def _pictures_and_video(self, parts: list[tuple[str, dict]]):
+        """A vision model's pictures and, for a video model, its one clip: Engine.submit's
+        media and the ids each part shows (<|image|> or <|video|>)."""
+        config, name = self.engine.model.config, self.state.model_name
+        videos = [(n, p) for n, p in parts if p["type"] == "video_url"]
+        pictures = [(n, p) for n, p in parts if p["type"] == "image_url"]
+        if videos and config.video is None:
+            first = videos[0][0]
+            raise APIError(
+                400, f"{first}: the model '{name}' has no video adapter: it takes no video",
+                param=first,
+            )  # fmt: skip
+        if len(videos) > 1:
+            second = videos[1][0]
+            raise APIError(400, f"{second}: a request shows one video at most", param=second)
+        submitted = {}
+        if pictures:
+            submitted["images"] = await self._images(pictures)
+        if videos:
+            submitted["video"] = await self._video(*videos[0])
+
+        def ids_of(piece) -> list[int]:
+            video = piece[1]["type"] == "video_url"
+            return [config.video_token_id if video else config.image_token_id]
+
+        return submitted, ids_of
+
+    async def _video(self, part_name: str, part: dict):
+        """The request's clip as the engine takes it (read, sampled and hashed off the engine
+        thread)."""
+        from herd.serve.video_slots import VideoClip
+
+        config, root = self.engine.model.config, self.state.local_media
+
+        def read():
+            return VideoClip.of(media.read_video(part, part_name, config, root))
+
+        try:
+            return await asyncio.to_thread(read)
+        except media.MediaError as e:
+            raise APIError(400, str(e), param=e.param) from None
 
     async def _clips(self, parts: list[tuple[str, dict]]):
         """The request's clips as the engine takes them (read, featurised and hashed on a

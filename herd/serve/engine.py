@@ -32,6 +32,12 @@ cross-attention layers over the range (eagerly, also with `compile`), rows witho
 adding exactly zero there. The prefix cache keys such a prompt's <|image|> positions by the
 image's pixels, so KV is shared only between prompts with the same pictures up to that point.
 
+A video model's requests may bring a clip too (`submit(..., video=)`, video_slots.py): it is
+encoded at the request's first prefill chunk into its slot's row of video keys and values, and
+prefill chunks and decode steps over rows that show a clip (or a picture) run the model's
+decoder with both kinds of cross-attention state, rows without one adding exactly zero. The
+prefix cache keys the <|video|> position by the clip's frames.
+
 A speech model's requests may bring clips (`submit(..., audio=)`), which the prompt shows as
 <|speech|> tokens whose input embeddings are the speech adapter's frames (speech_frames.py): the
 frames are encoded once, at the first prefill chunk holding a <|speech|> token, and each chunk
@@ -58,6 +64,7 @@ from herd.model.cross_attention import image_visibility
 from herd.model.multimodal import Images, prepare_images
 from herd.model.speech_model import Audio
 from herd.model.transformer import Transformer
+from herd.model.video_model import Videos, prepare_videos
 from herd.serve.image_slots import ImageSlots, Pictures
 from herd.serve.sampling import (
     SamplingParams,
@@ -68,6 +75,7 @@ from herd.serve.sampling import (
 )
 from herd.serve.slots import SlotTable
 from herd.serve.speech_frames import Clips, chunk_embeds, encode_frames
+from herd.serve.video_slots import VideoClip, VideoSlots
 from herd.textstream import TextStreamer
 
 log = logging.getLogger("herd.serve")
@@ -114,6 +122,9 @@ class Sequence:
         self.encoded = False  # the images' keys and values are in the slot's row
         self.audio: Audio | None = None  # a speech model's clips, one batch row, while prefilling
         self.frames: torch.Tensor | None = None  # their adapter frames [n, dim], once encoded
+        self.video: Videos | None = None  # a video model's clip (one batch row), on the device
+        self.video_visible: torch.Tensor | None = None  # [prompt length, 1]: who sees it
+        self.video_encoded = False  # the clip's keys and values are in the slot's row
         self.params = params
         self.seed = seed
         self.sink: Callable[[Delta], None] = sink
@@ -165,6 +176,9 @@ class Engine:
         self.images = None
         if config.vision is not None and max_images > 0:
             self.images = ImageSlots(model, max_batch, max_images, self.device, dtype)
+        self.videos = None
+        if config.video is not None:
+            self.videos = VideoSlots(model, max_batch, self.device, dtype)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.reused_tokens = 0  # prompt tokens served from the prefix cache, all requests
@@ -196,19 +210,25 @@ class Engine:
         sink,
         images: Images | Pictures | None = None,
         audio: Clips | None = None,
+        video: VideoClip | None = None,
     ) -> Sequence:
         """Queue a request; its deltas go to `sink`. `images` (a vision model's, one batch row,
         or as `Pictures` with their fingerprints): the pictures its <|image|> ids show. `audio`
-        (a speech model's): the clips its <|speech|> ids stand for, in order. Raises
+        (a speech model's): the clips its <|speech|> ids stand for, in order. `video` (a video
+        model's): the clip its <|video|> id shows. Raises
         RequestError or QueueFull."""
         if not prompt:
             raise RequestError("the prompt is empty")
-        if images is not None and audio is not None:
-            raise RequestError("a request brings images or audio, not both")
+        if audio is not None and (images is not None or video is not None):
+            raise RequestError("a request's audio comes without pictures or video")
+        if video is not None and self.videos is None:
+            raise RequestError("this model takes no video (it has no video adapter)")
         limit = self.vocab_size  # <|image|> is the first id past it; the speech tokens the three
         limit += 1 if images is not None else 3 if audio is not None else 0
-        if min(prompt) < 0 or max(prompt) >= limit:
-            raise RequestError(f"prompt token ids must be in [0, {limit})")
+        video_id = self.model.config.video_token_id if video is not None else None
+        if any(not 0 <= t < limit and t != video_id for t in prompt):
+            also = "" if video_id is None else f", or {video_id} (<|video|>)"
+            raise RequestError(f"prompt token ids must be in [0, {limit}){also}")
         if params.max_tokens < 1:
             raise RequestError(f"max_tokens is {params.max_tokens}, expected >= 1")
         if len(prompt) + params.max_tokens > self.max_model_len:
@@ -223,6 +243,8 @@ class Engine:
             self._attach_images(seq, images)
         if audio is not None:
             self._attach_audio(seq, audio)
+        if video is not None:
+            self._attach_video(seq, video)
         with self._cond:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests)")
@@ -250,6 +272,20 @@ class Engine:
         seq.key = [next(prints) if t == image_id else t for t in seq.prompt]
         seq.images = images.to(self.device)
         seq.visible = image_visibility(tokens, image_id, count)[0].to(self.device)
+
+    def _attach_video(self, seq: Sequence, clip: VideoClip) -> None:
+        tokens = torch.tensor([seq.prompt])
+        try:  # refused here: on the engine thread an error would end every running request
+            videos = prepare_videos(clip.videos, tokens, self.model.config)
+        except HerdError as e:
+            raise RequestError(str(e)) from None
+        video_id = self.model.config.video_token_id
+        seq.key = [
+            clip.fingerprint if t == video_id else k
+            for t, k in zip(seq.prompt, seq.key, strict=True)
+        ]
+        seq.video = videos.to(self.device)
+        seq.video_visible = image_visibility(tokens, video_id, 1)[0].to(self.device)
 
     def _attach_audio(self, seq: Sequence, clips: Clips) -> None:
         config = self.model.config
@@ -344,6 +380,8 @@ class Engine:
         self.slots.swap(a, b)
         if self.images is not None:
             self.images.swap(a, b)
+        if self.videos is not None:
+            self.videos.swap(a, b)
 
     def _step(self) -> None:
         prefilling = [s for s in self.running if s.prefilled < len(s.prompt)]
@@ -363,19 +401,54 @@ class Engine:
         last = torch.tensor([end - start - 1], device=self.device)
         if seq.audio is not None:
             logits = self._heard_chunk(seq, start, tokens, pos, rows, last)
-        elif seq.images is None:
+        elif seq.images is None and seq.video is None:
             logits = self.model(tokens, pos, rows, last=last)
         else:
-            if not seq.encoded:  # once, at the first chunk (prefix reuse or not)
-                self.images.write(self.model, seq.slot, seq.images)
-                seq.encoded = True
-            visible = seq.visible[start:end].unsqueeze(0)
-            logits = self.images.forward(self.model, tokens, pos, rows, visible, last)
+            self._encode_media(seq)
+            image = None if seq.images is None else seq.visible[start:end].unsqueeze(0)
+            video = None if seq.video is None else seq.video_visible[start:end].unsqueeze(0)
+            logits = self._seeing(tokens, pos, rows, image, video, last)
         self.slots.wrote(seq.slot, seq.key[start:end])
         seq.prefilled = end
         if end == len(seq.prompt):
             seq.audio = seq.frames = None  # heard: from here on a text request
             self._sample([seq], logits)
+
+    def _encode_media(self, seq: Sequence) -> None:
+        """A request's pictures and clip into its slot's rows, once, at its first chunk (prefix
+        reuse or not)."""
+        if seq.images is not None and not seq.encoded:
+            self.images.write(self.model, seq.slot, seq.images)
+            seq.encoded = True
+        if seq.video is not None and not seq.video_encoded:
+            self.videos.write(self.model, seq.slot, seq.video)
+            seq.video_encoded = True
+
+    def _seeing(self, tokens, positions, rows, image_visible, video_visible, last=None):
+        """The model over the rows [lo, hi) of `rows` (SlotRows) with their pictures
+        (`image_visible` [B, T, N], image_slots.py) and clips (`video_visible` [B, T, 1],
+        video_slots.py); None where no row has one: those layers would add exact zeros, so
+        they are skipped."""
+        if video_visible is None:
+            return self.images.forward(self.model, tokens, positions, rows, image_visible, last)
+        lo, hi = rows.start, rows.stop
+        image = None if image_visible is None else self.images.state(lo, hi, image_visible)
+        video = self.videos.state(lo, hi, video_visible)
+        rope, mask = self.model.rope[positions], rows.mask(positions)
+        return self.model.run_decoder(tokens, image, video, rope, positions, rows, mask, last=last)
+
+    def _next_visible(self, seqs: list[Sequence], lo: int, hi: int, visible_of) -> torch.Tensor | None:
+        """[hi - lo, 1, N]: what the next token of each of the rows [lo, hi) sees (what its
+        prompt's last token saw, `visible_of(seq)` [prompt length, N]; nothing for rows not in
+        `seqs`), or None when `seqs` is empty."""
+        if not seqs:
+            return None
+        n = max(visible_of(s).shape[1] for s in seqs)
+        visible = torch.zeros(hi - lo, 1, n, dtype=torch.bool, device=self.device)
+        for s in seqs:
+            seen = visible_of(s)
+            visible[s.slot - lo, 0, : seen.shape[1]] = seen[-1]
+        return visible
 
     def _heard_chunk(self, seq: Sequence, start: int, tokens, pos, rows, last) -> torch.Tensor:
         """The prefill chunk of `tokens` at `start` of a request with clips: the text model on
@@ -395,7 +468,8 @@ class Engine:
         last = [s.generated[-1] for s in seqs]
         pos = [len(s.prompt) + len(s.generated) - 1 for s in seqs]
         pictured = [s for s in seqs if s.images is not None]
-        compiled = self._decode is not None and not pictured
+        watching = [s for s in seqs if s.video is not None]
+        compiled = self._decode is not None and not pictured and not watching
         if compiled:  # every slot, at fixed shapes
             lo, hi = 0, self.max_batch
         else:  # the range of rows from the first generating one to the last
@@ -408,13 +482,11 @@ class Engine:
         positions = torch.tensor(positions, device=self.device).unsqueeze(1)
         if compiled:
             logits = self._decode(self.model, tokens, positions, self._all_rows)
-        elif pictured:  # with each row's images; rows without pictures see none
-            n = max(s.visible.shape[1] for s in pictured)
-            visible = torch.zeros(hi - lo, 1, n, dtype=torch.bool, device=self.device)
-            for s in pictured:  # generated tokens see what the prompt's last token saw
-                visible[s.slot - lo, 0, : s.visible.shape[1]] = s.visible[-1]
+        elif pictured or watching:  # with each row's pictures and clip; other rows see none
+            image = self._next_visible(pictured, lo, hi, lambda s: s.visible)
+            video = self._next_visible(watching, lo, hi, lambda s: s.video_visible)
             rows = self.cache.rows(lo, hi, length=max(pos) + 1)
-            logits = self.images.forward(self.model, tokens, positions, rows, visible)[:, -1]
+            logits = self._seeing(tokens, positions, rows, image, video)[:, -1]
         else:
             rows = self.cache.rows(lo, hi, length=max(pos) + 1)
             logits = self.model(tokens, positions, rows)[:, -1]

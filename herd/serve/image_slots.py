@@ -49,6 +49,7 @@ class ImageSlots:
     def __init__(self, model, slots: int, max_images: int, device, dtype) -> None:
         config, v = model.config, model.config.vision
         self.per_image = v.max_tiles * v.patches  # image tokens an image slot holds
+        self.patches = v.patches
         self.max_images, self.max_tiles = max_images, v.max_tiles
         shape = (slots, config.n_kv_heads, max_images * self.per_image, config.head_dim)
         n = len(model.cross_layers)
@@ -81,6 +82,18 @@ class ImageSlots:
         self.tile_mask[[a, b]] = self.tile_mask[[b, a]]
         self.count[a], self.count[b] = self.count[b], self.count[a]
 
+    def state(self, lo: int, hi: int, visible: torch.Tensor):
+        """(keys and values, cross-attention masks) of rows [lo, hi) for the image layers:
+        `visible` [B, T, N] says which of each row's first N images each token sees (N: the
+        most any of these rows holds)."""
+        n = visible.shape[-1]
+        length = n * self.per_image
+        kv = [
+            (k[lo:hi, :, :length], v[lo:hi, :, :length])
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
+        return kv, cross_attention_mask(visible, self.tile_mask[lo:hi, :n], self.patches)
+
     def forward(
         self,
         model,
@@ -91,18 +104,8 @@ class ImageSlots:
         last: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`model(tokens, positions, rows)` (text KV in `rows`, SlotRows over [lo, hi)) with the
-        images of those rows: `visible` [B, T, N] says which of each row's first N images each
-        token sees (N: the most any of these rows holds). What VisionLanguageModel.forward does
-        with an ImageKVCache, for rows at their own positions and with images of their own."""
-        lo, hi = rows.start, rows.stop
-        n = visible.shape[-1]
-        length = n * self.per_image
-        kv = [
-            (k[lo:hi, :, :length], v[lo:hi, :, :length])
-            for k, v in zip(self.keys, self.values, strict=True)
-        ]
-        xmask, seeing = cross_attention_mask(
-            visible, self.tile_mask[lo:hi, :n], model.config.vision.patches
-        )
+        images of those rows (`state`'s `visible`). What VisionLanguageModel.forward does with
+        an ImageKVCache, for rows at their own positions and with images of their own."""
+        kv, masks = self.state(rows.start, rows.stop, visible)
         rope, mask = model.rope[positions], rows.mask(positions)
-        return model.decode(tokens, kv, (xmask, seeing), rope, positions, rows, mask, last=last)
+        return model.decode(tokens, kv, masks, rope, positions, rows, mask, last=last)

@@ -1,5 +1,6 @@
 """Pictures and clips in chat requests: OpenAI `image_url` content parts read into the `Images` a
-Llama 3.2 Vision model takes, and `input_audio` parts into a speech model's log-mel features.
+Llama 3.2 Vision model takes, `input_audio` parts into a speech model's log-mel features, and
+`video_url` parts (vLLM's name; one per request) into a video model's frames.
 
 A part is `{"type": "image_url", "image_url": {"url": URL}}` (a bare string URL is taken too).
 URL is
@@ -78,10 +79,19 @@ def read_picture(url: str, param: str, local_root: Path | None):
         )
     if scheme not in ("", "file"):
         raise MediaError(param, f"unsupported image URL scheme {scheme!r}; send a data URL")
+    try:
+        return read_image(_local_file(url, scheme, param, local_root, "image"))
+    except HerdError as e:
+        raise MediaError(param, str(e)) from None
+
+
+def _local_file(url: str, scheme: str, param: str, local_root: Path | None, what: str) -> Path:
+    """The file (or folder) a `file://` URL or plain path names, allowed only inside the
+    server's --allowed-local-media-path folder (module doc)."""
     if local_root is None:
         raise MediaError(
             param,
-            "local image files are not allowed on this server (start it with "
+            f"local {what} files are not allowed on this server (start it with "
             "--allowed-local-media-path DIR to allow files under DIR); send a data URL",
         )
     path = Path(unquote(urlparse(url).path) if scheme == "file" else url)
@@ -91,10 +101,65 @@ def read_picture(url: str, param: str, local_root: Path | None):
             param,
             f"{path} is not an absolute path inside the allowed folder {local_root}",
         )
+    return resolved
+
+
+def read_video(part: dict, param: str, config, local_root: Path | None):
+    """The `Videos` (one row) of a `video_url` part for a video model: a `data:video/...;base64`
+    URL, or a local video file or frame folder under the same rule as pictures; frames sampled
+    evenly to `video.max_frames` (herd.data.video.read_frames), each one tile."""
+    import torch
+
+    from herd.data.video import read_frames
+    from herd.model.video_model import Videos, video_frames
+
+    url = part.get("video_url")
+    if isinstance(url, dict):
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise MediaError(param, 'expected "video_url": {"url": "data:video/mp4;base64,..."}')
+    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
+    count = config.video.max_frames
     try:
-        return read_image(resolved)
+        if url.startswith("data:"):
+            frames = read_frames(_data_bytes(url, param, "video"), count, name=param)
+        elif scheme in ("http", "https"):
+            raise MediaError(
+                param,
+                f"{scheme} video URLs are not fetched: this server makes no outbound requests; "
+                "send the clip's bytes as a data URL (data:video/mp4;base64,...)",
+            )
+        elif scheme not in ("", "file"):
+            raise MediaError(param, f"unsupported video URL scheme {scheme!r}; send a data URL")
+        else:
+            path = _local_file(url, scheme, param, local_root, "video")
+            frames = read_frames(path, count, name=f"{param}: {path}")
+        tiles = video_frames(frames, config.vision, param)
+    except MediaError:
+        raise
     except HerdError as e:
-        raise MediaError(param, str(e)) from None
+        message = str(e)
+        raise MediaError(param, message.removeprefix(f"{param}: ")) from None
+    return Videos(tiles.unsqueeze(0), torch.tensor([len(tiles)]))
+
+
+def _data_bytes(url: str, param: str, kind: str) -> bytes:
+    """The decoded payload of a base64 data URL whose type is `kind`/... (or unstated)."""
+    match = DATA_URL.fullmatch(url)
+    if match is None:
+        raise MediaError(param, f"a malformed data URL (expected data:{kind}/...;base64,...)")
+    mime, flags, payload = match.group(1).lower(), match.group(2).lower(), match.group(3)
+    if mime and not mime.startswith(f"{kind}/"):
+        raise MediaError(param, f"the data URL holds {mime}, not a {kind}")
+    if ";base64" not in flags:
+        raise MediaError(param, f"the data URL is not base64 (expected data:{kind}/...;base64,...)")
+    try:
+        data = base64.b64decode(payload.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError(param, "the data URL's base64 payload does not decode") from None
+    if not data:
+        raise MediaError(param, "the data URL is empty")
+    return data
 
 
 def _data_picture(url: str, param: str):

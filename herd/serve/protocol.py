@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from herd.serve.engine import TokenInfo
 
-# the content parts that carry media: a picture (a vision model's), a clip (a speech model's)
-MEDIA_PARTS = ("image_url", "input_audio")
+# the content parts that carry media: a picture (a vision model's), a clip (a speech model's),
+# a video (a video model's)
+MEDIA_PARTS = ("image_url", "input_audio", "video_url")
 
 
 class _Body(BaseModel):
@@ -49,7 +50,11 @@ class ChatMessage(_Body):
                     media.append((f"{field}.content[{j}]", part))
                     continue
                 if kind != "text" or not isinstance(part.get("text"), str):
-                    what = "text, image_url and input_audio" if media is not None else "only text"
+                    what = (
+                        "text, image_url, input_audio and video_url"
+                        if media is not None
+                        else "only text"
+                    )
                     raise ValueError(f"content[{j}]: {what} content parts are supported")
                 parts.append(part["text"])
             content = "".join(parts)
