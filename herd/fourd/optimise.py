@@ -180,7 +180,9 @@ class Run:
         condition = prior.condition(views, size)
         if isinstance(condition, torch.Tensor):  # the oracle's targets, rendered on the CPU
             condition = condition.to(pixels.device)
-        sds = sds_step(prior.prior, pixels, condition, generator)
+        # a diffusers prior carries its timestep range (priors.py); the oracle takes SDS's default
+        options = {"t_range": prior.prior.t_range} if hasattr(prior.prior, "t_range") else {}
+        sds = sds_step(prior.prior, pixels, condition, generator, **options)
         loss = sds.loss + s.tv * self.field.total_variation()
         record = {"step": self.step, "stage": stage, "sds": float(sds.loss.detach()),
                   "t": int(sds.t[0]), "sds_grad_norm": sds.grad_norm}  # fmt: skip

@@ -18,9 +18,15 @@ scheduler's config (its betas).
 - `predict_noise(noisy, t, condition)`: one U-Net call on the batch doubled (unconditional,
   conditional), then guidance in diffusers' convention (sds.guided): eps_u + s (eps_c - eps_u).
 
-Defaults: guidance scale 101 for both kinds (herd's convention; threestudio's 100, the value its
-DreamFusion and text-to-video SDS configs use: SDS needs far stronger guidance than sampling),
-float16 weights on a GPU and float32 on a CPU.
+`DiffusersVideoPrior` and `DiffusersImagePrior` are the two kinds (MAV3D's dynamic and
+super-resolution stages score clips, its static stage single frames); `load_prior` picks one
+from a folder or a repo id already in the Hugging Face cache (herd never downloads at run time).
+
+Defaults, as threestudio's DreamFusion and text-to-video (Zeroscope/ModelScope) SDS guidance use
+them: guidance scale 101 in herd's convention (threestudio's 100: SDS needs far stronger
+guidance than sampling's 7.5 to 9), timesteps t ~ U[0.02, 0.98] T (`t_range`, which
+herd/fourd/optimise.py passes to sds_step: the ends add almost no signal, t near 0, or only
+noise, t near T); float16 weights on a GPU and float32 on a CPU.
 """
 
 from __future__ import annotations
@@ -36,12 +42,17 @@ from herd.fourd.sds import guided
 KINDS = {"video": "UNet3DConditionModel", "image": "UNet2DConditionModel"}
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 GUIDANCE = 101.0
+T_RANGE = (0.02, 0.98)
 
 
 class DiffusersPrior:
-    """A frozen diffusers text-to-video (`kind` "video") or text-to-image pipeline (module doc)."""
+    """A frozen diffusers pipeline of `kind` (module doc); built as one of the two below."""
 
-    def __init__(self, folder: Path, kind: str, device="cpu", dtype=None, guidance_scale=GUIDANCE):
+    kind: str
+
+    def __init__(
+        self, folder: Path, device="cpu", dtype=None, guidance_scale=GUIDANCE, t_range=T_RANGE
+    ):
         from diffusers import (
             AutoencoderKL,
             DDPMScheduler,
@@ -57,9 +68,12 @@ class DiffusersPrior:
 
         device = torch.device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        self.kind, self.device, self.dtype = kind, device, dtype
+        self.device, self.dtype = device, dtype
         self.guidance_scale = float(guidance_scale)
-        unet_class = UNet3DConditionModel if kind == "video" else UNet2DConditionModel
+        self.t_range = (float(t_range[0]), float(t_range[1]))
+        if not 0 <= self.t_range[0] <= self.t_range[1] < 1:
+            raise HerdError(f"t_range {t_range}: expected 0 <= low <= high < 1 (fractions of T)")
+        unet_class = UNet3DConditionModel if self.kind == "video" else UNet2DConditionModel
         load = {"local_files_only": True, "torch_dtype": dtype}
         self.unet = unet_class.from_pretrained(folder, subfolder="unet", **load)
         self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **load)
@@ -81,7 +95,10 @@ class DiffusersPrior:
         return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        video = pixels.dim() == 5
+        video = self.kind == "video"
+        if pixels.dim() != (5 if video else 4):
+            shape = "[B, 3, F, H, W]" if video else "[B, 3, H, W]"
+            raise HerdError(f"{self.kind} prior: pixels {list(pixels.shape)}, expected {shape}")
         if video:
             B, C, F, H, W = pixels.shape
             pixels = pixels.permute(0, 2, 1, 3, 4).reshape(B * F, C, H, W)
@@ -104,6 +121,21 @@ class DiffusersPrior:
         return guided(eps_uncond, eps_cond, self.guidance_scale)
 
 
+class DiffusersVideoPrior(DiffusersPrior):
+    """A text-to-video pipeline (ModelScope, Zeroscope): encodes clips [B, 3, F, H, W]."""
+
+    kind = "video"
+
+
+class DiffusersImagePrior(DiffusersPrior):
+    """A text-to-image pipeline (Stable Diffusion): encodes images [B, 3, H, W]."""
+
+    kind = "image"
+
+
+PRIORS = {"video": DiffusersVideoPrior, "image": DiffusersImagePrior}
+
+
 def pipeline_folder(path_or_name: str, kind: str) -> Path:
     """The pipeline folder a path or a cached Hugging Face repo id names, checked to be a
     diffusers pipeline of `kind`; one line naming what is wrong otherwise."""
@@ -121,7 +153,9 @@ def pipeline_folder(path_or_name: str, kind: str) -> Path:
             f"{', '.join(p + '/' for p in PARTS)})"
         )
     config = folder / "unet" / "config.json"
-    found = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    if not config.is_file():
+        raise HerdError(f"{config}: missing (a diffusers U-Net's config, naming its class)")
+    found = json.loads(config.read_text()).get("_class_name")
     if found != KINDS[kind]:
         other = next((k for k, v in KINDS.items() if v == found), None)
         what = f"a text-to-{other} pipeline" if other else f"a pipeline whose U-Net is {found}"
@@ -144,6 +178,15 @@ def _cached(repo_id: str) -> Path:
         ) from None
 
 
-def load_prior(path_or_name: str, kind: str, device="cpu", dtype=None, guidance_scale=GUIDANCE):
-    """A `DiffusersPrior` of `kind` ("video" or "image") from a folder or cached repo id."""
-    return DiffusersPrior(pipeline_folder(path_or_name, kind), kind, device, dtype, guidance_scale)
+def load_prior(
+    path_or_name: str,
+    kind: str,
+    device="cpu",
+    dtype=None,
+    guidance_scale: float = GUIDANCE,
+    t_range: tuple[float, float] = T_RANGE,
+) -> DiffusersPrior:
+    """A `DiffusersVideoPrior` or `DiffusersImagePrior` (`kind` "video" or "image") from a
+    pipeline folder or a Hugging Face repo id in the local cache."""
+    folder = pipeline_folder(path_or_name, kind)
+    return PRIORS[kind](folder, device, dtype, guidance_scale, t_range)
