@@ -27,11 +27,11 @@ them frozen. This script runs that recipe at toy scale on CPU:
    and (b) the held-out pairs: accuracy of the motion, colour, shape and whole caption, per
    motion, and which motion each was taken for, temporal aggregator against single frame.
 
-    .venv/bin/python experiments/video_adapter.py            # not yet tuned (docs/multimodal.md)
+    .venv/bin/python experiments/video_adapter.py            # ~10 minutes on 2 CPU cores alone
     .venv/bin/python experiments/video_adapter.py --quick    # a smoke test, under a minute
 
 Results on stdout, in OUT/summary.json, OUT/summary.md and OUT/video_adapter.png; every held-out
-caption in OUT/captions.jsonl. Measured: docs/multimodal.md ("Video study").
+caption in OUT/captions.jsonl. Measured: docs/video.md ("Study").
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ from herd.errors import HerdError
 SIDE, FRAMES = 56, 8  # one tile of 4 x 4 patches of 14 pixels; frames per clip
 MOTIONS = ("left", "right", "up", "down", "growing", "shrinking")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-STEP, GROWTH = 2.5, 1.25  # pixels per frame a shape moves, or its side grows (shrinks)
+# pixels per frame a shape moves, or its side grows (shrinks): 28 pixels over a clip, two of the
+# encoder's 14-pixel patches (2.5 and 1.25 left motion at chance: the frozen encoder barely saw it)
+STEP, GROWTH = 4.0, 2.0
 SIZES = (10, 16)  # the side of the middle frame's shape, pixels
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")  # stills' places
 ATTRIBUTES = ("motion", "colour", "shape")
@@ -234,19 +236,14 @@ def train_images(args, out: Path, text: Path, data: Path) -> tuple[Path, dict]:
     return train(args, config, args.still_steps)
 
 
-def train_video(args, out: Path, images: Path, data: Path, frames: int, text: Path):
-    """Stage 2: the temporal aggregator over `frames` frames (1: the single-frame baseline, the
-    clip's middle frame), video cross-attention and <|video|>'s row on the stage-1 checkpoint
-    (`--encoder frozen`, the paper's recipe), or with the image encoder and cross-attention
-    layers trained beside them on the frozen text model (`--encoder trained`)."""
+def train_video(args, out: Path, images: Path, data: Path, frames: int) -> tuple[Path, dict]:
+    """Stage 2 on the stage-1 checkpoint (the paper's recipe: the image encoder and its
+    cross-attention layers frozen): the temporal aggregator over `frames` frames (1: the
+    single-frame baseline, the clip's middle frame), video cross-attention, <|video|>'s row."""
     video = VIDEO.format(
         frames=frames, latents=args.latents, layers=args.video_layers, every=args.video_every
     )
     model = f'checkpoint = "{images}"\nvideo = {video}'
-    if args.encoder == "trained":
-        cross = ", ".join(args.cross_attention_layers.split(","))
-        vision = VISION.format(dim=args.vision_dim, ffn=2 * args.vision_dim, cross=cross)
-        model = f'checkpoint = "{text}"\nvision = {vision}\nvideo = {video}'
     name = "stage2_temporal" if frames > 1 else "stage2_single_frame"
     config = run_config(args, out / f"{name}.toml", model, data, args.steps, args.video_lr)
     return train(args, config, args.steps)
@@ -405,9 +402,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a video cross-attention layer before every this many image ones")  # fmt: skip
     p.add_argument("--step", type=float, default=STEP, help="pixels a shape moves per frame")
     p.add_argument("--growth", type=float, default=GROWTH, help="pixels a side grows per frame")
-    p.add_argument("--encoder", choices=("frozen", "trained"), default="frozen",
-                   help="stage 2 on the frozen stage-1 image encoder (the paper's recipe), or "
-                   "training the encoder with the video parts")  # fmt: skip
     p.add_argument("--log-every", type=int, default=100, help="herd train's logging interval")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
@@ -446,7 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     read = va.caption_pictures(herd.load(images), tok, clips, still_tests)
     checkpoints, video_runs = {}, {}
     for arm, frames in zip(ARMS, (FRAMES, 1), strict=True):
-        checkpoints[arm], video_runs[arm] = train_video(args, out, images, data, frames, text)
+        checkpoints[arm], video_runs[arm] = train_video(args, out, images, data, frames)
     model = herd.load(checkpoints["temporal"])
     summary = {
         "question": "does a temporal aggregator over a clip's frames, trained through herd train "
