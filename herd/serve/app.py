@@ -9,8 +9,8 @@ cancelled, which frees their KV slots at the engine's next token boundary.
 named function) decode under a grammar mask (herd/serve/constraints.py, llguidance); `tools` are
 written into the prompt and replies parsed into `tool_calls` as Llama 3.1 does (herd/serve/tools.py).
 With a safety guard (`--guard`), requests and replies are checked (herd/serve/moderation.py).
-A vision model's chat requests may show pictures as `image_url` parts, a speech model's clips
-as `input_audio` parts (herd/serve/media.py).
+A vision model's chat requests may show pictures as `image_url` parts, a video model's also a
+`video_url` part, a speech model's clips as `input_audio` parts (herd/serve/media.py).
 With `--agent`, a second model name runs the agent (herd/serve/agent.py), and
 `POST /v1/agent/feedback` rates its replies.
 
@@ -48,7 +48,7 @@ class ServerState:
         self.engine: Engine | None = None
         self.moderator: Moderator | None = None
         self.agent = None  # herd.serve.agent.AgentService with --agent
-        # the folder `file://` image URLs and paths may name (--allowed-local-media-path)
+        # the folder `file://` image and video URLs and paths may name (--allowed-local-media-path)
         self.local_media: Path | None = None
         self.metrics = ServeMetrics()
         self.draining = False

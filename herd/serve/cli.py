@@ -116,7 +116,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allowed-local-media-path",
         metavar="DIR",
-        help="let image_url parts name files under DIR (file:///DIR/x.png or /DIR/x.png); "
+        help="let image_url and video_url parts name files (or, for videos, frame folders) "
+        "under DIR (file:///DIR/x.png or /DIR/x.png); "
         "without it only data: URLs are taken. http(s) URLs are always refused: the server "
         "makes no outbound requests",
     )

@@ -79,7 +79,7 @@ class _Completion:
         ]
 
     async def launch(self, prompts, params, dialogs: list[list[dict]], media=None) -> Generation:
-        """The choices started on the engine (each with `media`, Engine.submit's images or
+        """The choices started on the engine (each with `media`, Engine.submit's images, video or
         audio, when given); with a guard, the inputs (`dialogs`, one per choice) checked first
         and each reply released after its output check."""
         moderator = self.state.moderator
@@ -182,56 +182,48 @@ class ChatCompletion(_Completion):
         )
 
     async def _media(self, parts: list[tuple[str, dict]]):
-        """(Engine.submit's media, encode_pictured_dialog's image_id) of the request's parts:
-        pictures for a vision model, clips for a speech model; a part the model cannot take is
-        a 400 naming it."""
-        config, name = self.engine.model.config, self.state.model_name
-        kind = "input_audio" if config.speech is not None else "image_url"
-        first, part = next(
-            ((n, p) for n, p in parts if p["type"] not in (kind, "video_url")), parts[0]
-        )
-        if part["type"] == "video_url" and config.speech is not None:
-            raise APIError(
-                400, f"{first}: the model '{name}' is a speech model: it takes no video",
-                param=first,
-            )  # fmt: skip
-        if part["type"] == "input_audio" and config.speech is None:
-            raise APIError(
-                400, f"{first}: the model '{name}' has no speech encoder: it takes no audio",
-                param=first,
-            )  # fmt: skip
-        if part["type"] == "image_url" and config.speech is not None:
-            raise APIError(
-                400, f"{first}: the model '{name}' is a speech model: it takes no images",
-                param=first,
-            )  # fmt: skip
-        if part["type"] == "image_url" and self.engine.images is None:
-            raise APIError(
-                400, f"{first}: the model '{name}' is text-only: it takes no images", param=first
-            )
+        """(Engine.submit's media, encode_pictured_dialog's ids of each part) of the request's
+        parts: pictures (and a video model's one video) for a vision model, clips for a speech
+        model; a part the model cannot take is a 400 naming it."""
+        config = self.engine.model.config
+        for first, part in parts:
+            refusal = self._refusal(part["type"])
+            if refusal is not None:
+                raise APIError(400, f"{first}: {refusal}", param=first)
         if self.tok.chat_format != "llama3":
-            what = "images need" if kind == "image_url" else "audio needs"
+            first, part = parts[0]
+            what = {"image_url": "images need", "input_audio": "audio needs"}.get(
+                part["type"], "videos need"
+            )
             raise APIError(
                 400, f"{first}: {what} the Llama 3 chat format, not {self.tok.chat_format}",
                 param=first,
             )  # fmt: skip
-        if kind == "input_audio":
+        if config.speech is not None:
             return await self._clips(parts)
         return await self._pictures_and_video(parts)
 
-    async def _pictures_and_video(self, parts: list[tuple[str, dict]]):
-        """A vision model's pictures and, for a video model, its one clip: Engine.submit's
-        media and the ids each part shows (<|image|> or <|video|>)."""
+    def _refusal(self, kind: str) -> str | None:
+        """Why the served model takes no `kind` content parts, or None when it takes them."""
         config, name = self.engine.model.config, self.state.model_name
+        noun = {"image_url": "images", "input_audio": "audio", "video_url": "video"}[kind]
+        if config.speech is not None and kind != "input_audio":
+            return f"the model '{name}' is a speech model: it takes no {noun}"
+        if config.speech is None and kind == "input_audio":
+            return f"the model '{name}' has no speech encoder: it takes no audio"
+        if kind == "video_url" and config.video is None:
+            return f"the model '{name}' has no video adapter: it takes no video"
+        if kind == "image_url" and self.engine.images is None:
+            return f"the model '{name}' is text-only: it takes no images"
+        return None
+
+    async def _pictures_and_video(self, parts: list[tuple[str, dict]]):
+        """A vision model's pictures and, for a video model, its one video: Engine.submit's
+        media and the ids each part shows (<|image|> or <|video|>)."""
+        config = self.engine.model.config
         videos = [(n, p) for n, p in parts if p["type"] == "video_url"]
         pictures = [(n, p) for n, p in parts if p["type"] == "image_url"]
-        if videos and config.video is None:
-            first = videos[0][0]
-            raise APIError(
-                400, f"{first}: the model '{name}' has no video adapter: it takes no video",
-                param=first,
-            )  # fmt: skip
-        if len(videos) > 1:
+        if len(videos) > 1:  # the model's rule: a row shows one clip at most
             second = videos[1][0]
             raise APIError(400, f"{second}: a request shows one video at most", param=second)
         submitted = {}
@@ -247,8 +239,8 @@ class ChatCompletion(_Completion):
         return submitted, ids_of
 
     async def _video(self, part_name: str, part: dict):
-        """The request's clip as the engine takes it (read, sampled and hashed off the engine
-        thread)."""
+        """The request's video as the engine takes it (read, sampled, tiled and hashed on a
+        worker thread)."""
         from herd.serve.video_slots import VideoClip
 
         config, root = self.engine.model.config, self.state.local_media

@@ -32,11 +32,12 @@ cross-attention layers over the range (eagerly, also with `compile`), rows witho
 adding exactly zero there. The prefix cache keys such a prompt's <|image|> positions by the
 image's pixels, so KV is shared only between prompts with the same pictures up to that point.
 
-A video model's requests may bring a clip too (`submit(..., video=)`, video_slots.py): it is
-encoded at the request's first prefill chunk into its slot's row of video keys and values, and
-prefill chunks and decode steps over rows that show a clip (or a picture) run the model's
-decoder with both kinds of cross-attention state, rows without one adding exactly zero. The
-prefix cache keys the <|video|> position by the clip's frames.
+A video model's requests may bring a video too (`submit(..., video=)`, one per request,
+video_slots.py): it is encoded at the request's first prefill chunk into its slot's row of video
+keys and values, and prefill chunks and decode steps whose rows include one run the video
+cross-attention layers beside the image ones (VideoLanguageModel.run_decoder), each row seeing
+only its own video from its <|video|> token on, rows without one adding exactly zero. The
+prefix cache keys the <|video|> position by the video's frames.
 
 A speech model's requests may bring clips (`submit(..., audio=)`), which the prompt shows as
 <|speech|> tokens whose input embeddings are the speech adapter's frames (speech_frames.py): the
@@ -114,8 +115,8 @@ class Sequence:
     def __init__(self, prompt: list[int], params: SamplingParams, seed: int, sink, streamer):
         self.prompt = prompt
         # what the prefix cache matches: the prompt, with each <|image|> id replaced by its
-        # image's fingerprint when the request brings pictures, each <|speech|> id by its
-        # clip's and the frame's index when it brings clips
+        # image's fingerprint when the request brings pictures, its <|video|> id by the video's
+        # fingerprint, each <|speech|> id by its clip's and the frame's index when it brings clips
         self.key: list = prompt
         self.images: Images | None = None  # prepared for the model, one batch row
         self.visible: torch.Tensor | None = None  # [prompt length, images]: what each sees
@@ -437,7 +438,9 @@ class Engine:
         rope, mask = self.model.rope[positions], rows.mask(positions)
         return self.model.run_decoder(tokens, image, video, rope, positions, rows, mask, last=last)
 
-    def _next_visible(self, seqs: list[Sequence], lo: int, hi: int, visible_of) -> torch.Tensor | None:
+    def _next_visible(
+        self, seqs: list[Sequence], lo: int, hi: int, visible_of
+    ) -> torch.Tensor | None:
         """[hi - lo, 1, N]: what the next token of each of the rows [lo, hi) sees (what its
         prompt's last token saw, `visible_of(seq)` [prompt length, N]; nothing for rows not in
         `seqs`), or None when `seqs` is empty."""

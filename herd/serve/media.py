@@ -26,6 +26,13 @@ so "format" is not needed), read as `herd generate --audio` reads a file (herd.d
 mono, resampled to 16 kHz, Whisper's log-mel features). It is shown as the speech tokens
 `speech_prompt` gives its length, where its part stands, the encoding audio-text training data
 gets (herd/data/audio_text.py).
+
+A video is `{"type": "video_url", "video_url": {"url": URL}}` (vLLM's part), URL being a
+`data:video/...;base64,...` URL or, under the rule local pictures follow, a local video file or
+folder of frames; http(s) is refused as for pictures. Its frames are sampled evenly to the
+model's `video.max_frames` (herd.data.video.read_frames, as `herd generate --video` and
+video-text training data read a clip) and fitted into one tile each (`video_frames`). It is
+shown as one <|video|> id where its part stands, the encoding herd/data/video_text.py gives.
 """
 
 from __future__ import annotations
@@ -68,21 +75,29 @@ def read_picture(url: str, param: str, local_root: Path | None):
     """The picture `url` names, as an 8-bit RGB PIL image (module doc says which URLs)."""
     from herd.model.image_processing import read_image
 
-    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
     if url.startswith("data:"):
         return _data_picture(url, param)
-    if scheme in ("http", "https"):
-        raise MediaError(
-            param,
-            f"{scheme} image URLs are not fetched: this server makes no outbound requests; send "
-            "the picture's bytes as a data URL (data:image/png;base64,...)",
-        )
-    if scheme not in ("", "file"):
-        raise MediaError(param, f"unsupported image URL scheme {scheme!r}; send a data URL")
+    send = "the picture's bytes as a data URL (data:image/png;base64,...)"
+    scheme = _local_scheme(url, param, "image", send)
     try:
         return read_image(_local_file(url, scheme, param, local_root, "image"))
     except HerdError as e:
         raise MediaError(param, str(e)) from None
+
+
+def _local_scheme(url: str, param: str, kind: str, send: str) -> str:
+    """The scheme of a URL that is not a data URL: "file" or "" (a plain path); http(s) and
+    any other scheme are refused (module doc), `send` saying what to send instead."""
+    scheme = urlparse(url).scheme.lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        raise MediaError(
+            param,
+            f"{scheme} {kind} URLs are not fetched: this server makes no outbound requests; "
+            f"send {send}",
+        )
+    if scheme not in ("", "file"):
+        raise MediaError(param, f"unsupported {kind} URL scheme {scheme!r}; send a data URL")
+    return scheme
 
 
 def _local_file(url: str, scheme: str, param: str, local_root: Path | None, what: str) -> Path:
@@ -118,41 +133,32 @@ def read_video(part: dict, param: str, config, local_root: Path | None):
         url = url.get("url")
     if not isinstance(url, str) or not url:
         raise MediaError(param, 'expected "video_url": {"url": "data:video/mp4;base64,..."}')
-    scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
-    count = config.video.max_frames
+    if url.startswith("data:"):
+        source, label = _data_bytes(url, param, "video"), param
+    else:
+        send = "the video's bytes as a data URL (data:video/mp4;base64,...)"
+        scheme = _local_scheme(url, param, "video", send)
+        source = _local_file(url, scheme, param, local_root, "video")
+        label = f"{param}: {source}"
     try:
-        if url.startswith("data:"):
-            frames = read_frames(_data_bytes(url, param, "video"), count, name=param)
-        elif scheme in ("http", "https"):
-            raise MediaError(
-                param,
-                f"{scheme} video URLs are not fetched: this server makes no outbound requests; "
-                "send the clip's bytes as a data URL (data:video/mp4;base64,...)",
-            )
-        elif scheme not in ("", "file"):
-            raise MediaError(param, f"unsupported video URL scheme {scheme!r}; send a data URL")
-        else:
-            path = _local_file(url, scheme, param, local_root, "video")
-            frames = read_frames(path, count, name=f"{param}: {path}")
+        frames = read_frames(source, config.video.max_frames, name=label)
         tiles = video_frames(frames, config.vision, param)
-    except MediaError:
-        raise
-    except HerdError as e:
-        message = str(e)
-        raise MediaError(param, message.removeprefix(f"{param}: ")) from None
+    except HerdError as e:  # unreadable, no frames: the message names the part once
+        raise MediaError(param, str(e).removeprefix(f"{param}: ")) from None
     return Videos(tiles.unsqueeze(0), torch.tensor([len(tiles)]))
 
 
 def _data_bytes(url: str, param: str, kind: str) -> bytes:
     """The decoded payload of a base64 data URL whose type is `kind`/... (or unstated)."""
+    example, noun = f"data:{kind}/...;base64,...", "an image" if kind == "image" else f"a {kind}"
     match = DATA_URL.fullmatch(url)
     if match is None:
-        raise MediaError(param, f"a malformed data URL (expected data:{kind}/...;base64,...)")
+        raise MediaError(param, f"a malformed data URL (expected {example})")
     mime, flags, payload = match.group(1).lower(), match.group(2).lower(), match.group(3)
     if mime and not mime.startswith(f"{kind}/"):
-        raise MediaError(param, f"the data URL holds {mime}, not a {kind}")
+        raise MediaError(param, f"the data URL holds {mime}, not {noun}")
     if ";base64" not in flags:
-        raise MediaError(param, f"the data URL is not base64 (expected data:{kind}/...;base64,...)")
+        raise MediaError(param, f"the data URL is not base64 (expected {example})")
     try:
         data = base64.b64decode(payload.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -167,20 +173,7 @@ def _data_picture(url: str, param: str):
 
     from herd.model.image_processing import EIGHT_BIT_MODES
 
-    match = DATA_URL.fullmatch(url)
-    if match is None:
-        raise MediaError(param, "a malformed data URL (expected data:image/png;base64,...)")
-    mime, flags, payload = match.group(1).lower(), match.group(2).lower(), match.group(3)
-    if mime and not mime.startswith("image/"):
-        raise MediaError(param, f"the data URL holds {mime}, not an image")
-    if ";base64" not in flags:
-        raise MediaError(param, "the data URL is not base64 (expected data:image/...;base64,...)")
-    try:
-        data = base64.b64decode(payload.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise MediaError(param, "the data URL's base64 payload does not decode") from None
-    if not data:
-        raise MediaError(param, "the data URL is empty")
+    data = _data_bytes(url, param, "image")
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()  # decode now: a truncated picture fails here

@@ -34,8 +34,8 @@ async def start_guarded(
     moderator: Moderator, engine, prompts, params, dialogs, media=None
 ) -> GuardedGeneration:
     """The request's choices started on `engine` (choice i is the reply to `dialogs[i]`, each
-    with `media`: Engine.submit's images or audio), or refused without running when an input is
-    unsafe (one check per distinct input)."""
+    with `media`: Engine.submit's images, video or audio), or refused without running when an
+    input is unsafe (one check per distinct input)."""
 
     gen = GuardedGeneration(Generation(engine), moderator, dialogs)
     seen = []

@@ -44,7 +44,8 @@ class Generation:
     def start(
         self, prompts: list[list[int]], params: list[SamplingParams], media: dict | None = None
     ) -> None:
-        """Submit the choices; `media` (Engine.submit's `images` or `audio`) go with every one."""
+        """Submit the choices; `media` (Engine.submit's `images`, `video` or `audio`) go with
+        every one."""
         loop = asyncio.get_running_loop()
         try:
             for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):

@@ -36,9 +36,12 @@ class VideoClip:
 
 
 class VideoSlots:
+    """Every video cross-attention layer's keys and values of each slot's clip, and which of its
+    merged frame groups are real, allocated with the engine (a video model only)."""
+
     def __init__(self, model, slots: int, device, dtype) -> None:
         config, c = model.config, model.config.video
-        self.groups, self.latents = c.groups, c.latents
+        self.latents = c.latents
         shape = (slots, config.n_kv_heads, c.groups * c.latents, config.head_dim)
         n = len(model.video_cross_layers)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n)]
@@ -57,9 +60,7 @@ class VideoSlots:
 
     def swap(self, a: int, b: int) -> None:
         for buf in (*self.keys, *self.values, self.present):
-            held = buf[a].clone()
-            buf[a] = buf[b]
-            buf[b] = held
+            buf[[a, b]] = buf[[b, a]]  # the right side is a copy
 
     def state(self, lo: int, hi: int, visible: torch.Tensor):
         """(keys and values, cross-attention masks) of rows [lo, hi) for the video layers;

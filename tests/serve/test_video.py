@@ -17,7 +17,7 @@ import torch
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.checkpoint.loading import load_for_command
-from herd.data.video import write_video
+from herd.data.video import read_frames, write_video
 from herd.data.video_text import encode_row
 from herd.model.image_processing import ImageProcessor
 from herd.model.multimodal import build_model
@@ -94,6 +94,10 @@ def video_server(setup, tmp_path_factory):
     )
     allowed = tmp_path_factory.mktemp("allowed")
     (allowed / "a.mp4").write_bytes(clips[0].read_bytes())
+    (allowed / "frames").mkdir()  # clip b as a folder of frames
+    for i, frame in enumerate(read_frames(clips[1], 5)):
+        frame.save(allowed / "frames" / f"frame{i + 1}.png")
+    (allowed / "empty").mkdir()
     server.state.local_media = allowed.resolve()
     server.state.set_engine(server.engine.start())
     yield server, model, tok, clips, picture, allowed
@@ -134,6 +138,8 @@ def test_video_replies_are_generates(video_server):
         {"role": "assistant", "content": "7"}]}  # fmt: skip
     trained = encode_row(tok, row, "rows.jsonl:1", model.config.video_token_id).ids
     assert trained[: len(prompt)] == prompt and len(trained) > len(prompt)
+    row["messages"][0]["content"][0] = video_part(str(clips[0]))  # the part the server takes
+    assert encode_row(tok, row, "rows.jsonl:1", model.config.video_token_id).ids == trained
     # the clip matters: without it the reply is another, and another clip moves the logits
     assert expected(model, tok, "What is 3 plus 4?")[0] != want
     with torch.no_grad():
@@ -168,7 +174,7 @@ def test_a_batch_mixing_a_video_a_picture_and_text(video_server):
         return await asyncio.gather(*calls)
 
     engine, shared = server.engine, []
-    admit, chunk, watched = engine._admit, engine.prefill_chunk, engine._watched
+    admit, chunk, seeing = engine._admit, engine.prefill_chunk, engine._seeing
 
     def admit_together():  # as the image test: all four decode together
         if len(engine.waiting) + len(engine.running) < len(cases):
@@ -179,13 +185,13 @@ def test_a_batch_mixing_a_video_a_picture_and_text(video_server):
     def spy(tokens, positions, rows, image, video, last=None):
         if tokens.shape[1] == 1 and video is not None:
             shared.append(rows.stop - rows.start)
-        return watched(tokens, positions, rows, image, video, last)
+        return seeing(tokens, positions, rows, image, video, last)
 
-    engine._admit, engine.prefill_chunk, engine._watched = admit_together, 128, spy
+    engine._admit, engine.prefill_chunk, engine._seeing = admit_together, 128, spy
     try:
         replies = asyncio.run(run())
     finally:
-        del engine._admit, engine._watched
+        del engine._admit, engine._seeing
         engine.prefill_chunk = chunk
     for (text, clip, pic), reply in zip(cases, replies, strict=True):
         assert reply.choices[0].message.content == expected(model, tok, text, clip, pic)[0]
@@ -210,6 +216,9 @@ def test_local_clips_inside_the_allowed_folder(video_server):
     want = expected(model, tok, "Add.", clips[0])[0]
     for url in (f"file://{allowed / 'a.mp4'}", str(allowed / "a.mp4")):
         assert ask(server.client, chat("Add.", video_part(url))).choices[0].message.content == want
+    folder = allowed / "frames"  # a folder of frames, sampled as herd generate --video samples
+    reply = ask(server.client, chat("Add.", video_part(f"file://{folder}")))
+    assert reply.choices[0].message.content == expected(model, tok, "Add.", folder)[0]
 
 
 def test_bad_videos_are_400s_naming_the_part(video_server, tmp_path):
@@ -225,10 +234,20 @@ def test_bad_videos_are_400s_naming_the_part(video_server, tmp_path):
     assert error["message"] == f"{part}: the data URL holds image/png, not a video"
     error = error_for("https://example.com/cat.mp4")
     assert "makes no outbound requests" in error["message"]
+    error = error_for("data:video/mp4;base64,")
+    assert error["message"] == f"{part}: the data URL is empty"
     error = error_for(str(tmp_path / "elsewhere.mp4"))
     assert "not an absolute path inside" in error["message"]
     error = error_for(f"file://{allowed / 'missing.mp4'}")
     assert error["param"] == part and "no such video file" in error["message"]
+    error = error_for(str(allowed / "empty"))
+    assert error["message"].startswith(f"{part}: {allowed / 'empty'}: a frame folder with no")
+    server.state.local_media = None  # a server started without --allowed-local-media-path
+    try:
+        error = error_for(str(allowed / "a.mp4"))
+    finally:
+        server.state.local_media = allowed.resolve()
+    assert error["message"].startswith(f"{part}: local video files are not allowed")
     two = chat("Add.", video_part(data_url(clips[0], "video/mp4")),
                video_part(data_url(clips[1], "video/mp4")))  # fmt: skip
     error = bad_request(client, two)
