@@ -255,7 +255,8 @@ def train_video(args, out: Path, images: Path, data: Path, frames: int) -> tuple
 @torch.inference_mode()
 def caption_clips(model, tok, folder: Path, rows: list[dict], batch: int = 32) -> list[str]:
     """Greedy captions after <|video|><|begin_of_text|>, in batches of clips."""
-    from herd.model.video_model import Videos, read_video_input
+    from herd.model.video_model import Videos
+    from herd.prompt_media import read_video_input
 
     texts = []
     for i in range(0, len(rows), batch):

@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from herd.errors import HerdError
+
+if TYPE_CHECKING:
+    from herd.model.video_model import Videos
 
 
 @dataclass
@@ -71,8 +75,6 @@ def read_media(args: argparse.Namespace) -> PromptMedia | None:
             raise HerdError(f"{path}: a model without a video adapter; --video needs a video model")
         if len(videos) > 1:
             raise HerdError(f"--video given {len(videos)} times; a prompt shows one clip")
-        from herd.model.video_model import read_video_input
-
         clip = read_video_input(videos[0], config)
         return PromptMedia("--video", {"videos": clip}, [[config.video_token_id]])
     if images:
@@ -96,3 +98,16 @@ def read_media(args: argparse.Namespace) -> PromptMedia | None:
         shown.append(speech_prompt(config, len(wave)))
         features.append(log_mel(wave, config.speech.n_mels, name=str(clip)))
     return PromptMedia("--audio", {"audio": Audio(*pad_clips([features]))}, shown)
+
+
+def read_video_input(path, config) -> Videos:
+    """One clip (a video file or a folder of frames) as `Videos` of one row, its frames sampled
+    evenly to the model's `video.max_frames` (herd.data.video.read_frames)."""
+    import torch
+
+    from herd.data.video import read_frames
+    from herd.model.image_processing import video_frames
+    from herd.model.video_model import Videos
+
+    frames = video_frames(read_frames(path, config.video.max_frames), config.vision, str(path))
+    return Videos(frames.unsqueeze(0), torch.tensor([len(frames)]))

@@ -166,7 +166,7 @@ def _merged_adapter_checkpoint(folder: Path) -> tuple[ModelConfig, dict[str, tor
     """The base a LoRA checkpoint's adapter_config.json names, with the adapters merged in, so
     `herd.load`, `herd generate` and `herd chat` take a LoRA run's checkpoints as they are."""
     from herd.model import lora
-    from herd.model.multimodal import added_parts, build_model
+    from herd.model.families import added_parts, build_model
 
     base = _adapter_base(folder, None)
     config = io.read_herd_config(folder)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from herd.atomic_files import write_folder_atomically
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
-from herd.model.multimodal import model_class
+from herd.model.families import model_class
 from herd.model.transformer import Transformer
 
 FORMAT_VERSION = 1

@@ -197,3 +197,14 @@ class ImageProcessor:
         the layout ids."""
         counts = [1] + [r * c for r, c in self.layouts]
         return [[counts[i] for i in row if i > 0] for row in images.aspect_ratio_ids.tolist()]
+
+
+def video_frames(pictures: Sequence, vision: VisionConfig, name: str = "video") -> torch.Tensor:
+    """Frames (RGB PIL images or files) as tiles [F, 3, S, S]: each resized into one tile as
+    the image processor fits a picture into the 1x1 layout."""
+    processor = ImageProcessor(vision)
+    tiles = [processor.tiles(p, f"{name}: frame {i + 1}", layout=(1, 1))[0] for i, p in
+             enumerate(pictures)]  # fmt: skip
+    if not tiles:
+        raise HerdError(f"{name}: no frames")
+    return torch.cat(tiles)

@@ -20,7 +20,7 @@ keeps the text KV cache as herd's and, from the prefill that brings the images, 
 cross-attention layer's image keys and values (computed once) and what each position sees;
 decode steps then pass no images.
 
-Build one with this module's `build_model` (`herd.build_model` and `Transformer` refuse a config
+Build one with `herd.model.families.build_model` (`herd.build_model` and `Transformer` refuse a config
 with vision rather than silently drop it); `herd.load` reads vision checkpoints as any other.
 """
 
@@ -171,56 +171,8 @@ class ImageKVCache(KVCache):
         self.tile_mask = tile_mask
 
 
-def model_class(config: ModelConfig) -> type[Transformer]:
-    """The module a config describes: the text model, with `config.vision` the vision model,
-    with `config.video` too the video model (herd/model/video_model.py), with `config.speech`
-    the speech model (herd/model/speech_model.py)."""
-    if config.speech is not None:
-        from herd.model.speech_model import SpeechLanguageModel
-
-        return SpeechLanguageModel
-    if config.video is not None:
-        from herd.model.video_model import VideoLanguageModel
-
-        return VideoLanguageModel
-    return Transformer if config.vision is None else VisionLanguageModel
-
-
-def build_model(
-    config: ModelConfig,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int | None = 0,
-) -> Transformer:
-    """`herd.build_model` for any config (a vision model when `config.vision` is set): built on
-    the meta device, materialised on `device` in `dtype`, initialised (every gate 0)."""
-    with torch.device("meta"):
-        model = model_class(config)(config)
-    model.to_empty(device=device)
-    model.to(dtype)
-    model.tie_weights()
-    model.init_weights(seed)
-    return model
-
-
 # The modules a vision model adds to its text model (what an adapter run trains).
 ADDED_PARTS = ("vision", "cross_layers", "extra_embed")
-
-
-def added_parts(config: ModelConfig) -> tuple[str, ...]:
-    """The modules a vision, video or speech model adds to its text model, by name (a video
-    model's: the vision model's, then its own); () for a text model."""
-    if config.video is not None:
-        from herd.model.video_model import ADDED_PARTS as VIDEO_PARTS
-
-        return ADDED_PARTS + VIDEO_PARTS
-    if config.vision is not None:
-        return ADDED_PARTS
-    if config.speech is not None:
-        from herd.model.speech_model import ADDED_PARTS as SPEECH_PARTS
-
-        return SPEECH_PARTS
-    return ()
 
 
 class VisionLanguageModel(Transformer):

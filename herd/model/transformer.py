@@ -146,7 +146,7 @@ class Transformer(nn.Module):
             raise HerdError(
                 f"a config with {'vision' if config.vision else 'speech'} builds "
                 f"herd.model.{'multimodal.' if config.vision else ''}{kind} "
-                "(herd.model.multimodal.build_model)"
+                "(herd.model.families.build_model)"
             )
         super().__init__()
         self.config = config

@@ -8,7 +8,8 @@
     every fourth image cross-attention layer");
   - `video_embed`: the row of <|video|> (`ModelConfig.video_token_id`).
 
-A clip is `Videos`: its frames, each one tile of the image encoder's size (`video_frames`),
+A clip is `Videos`: its frames, each one tile of the image encoder's size
+(`herd.model.image_processing.video_frames`),
 encoded by the (frozen) image encoder as one-tile pictures, then aggregated. At most one clip per
 row: tokens from the row's <|video|> token on see it, as a single picture is seen from its
 <|image|> token on. Rows without a clip (count 0) and tokens before <|video|> get exactly no
@@ -21,7 +22,6 @@ and values of the clip (computed once, at the prefill) and which positions see i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 
 from herd.errors import HerdError
 from herd.model.cache import KVCache
-from herd.model.config import ModelConfig, VisionConfig
+from herd.model.config import ModelConfig
 from herd.model.cross_attention import (
     CrossAttentionBlock,
     cross_attention_mask,
@@ -53,28 +53,6 @@ class Videos:
 
     def to(self, device) -> Videos:
         return Videos(self.frames.to(device), self.counts.to(device))
-
-
-def video_frames(pictures: Sequence, vision: VisionConfig, name: str = "video") -> torch.Tensor:
-    """Frames (RGB PIL images or files) as tiles [F, 3, S, S]: each resized into one tile as
-    the image processor fits a picture into the 1x1 layout."""
-    from herd.model.image_processing import ImageProcessor
-
-    processor = ImageProcessor(vision)
-    tiles = [processor.tiles(p, f"{name}: frame {i + 1}", layout=(1, 1))[0] for i, p in
-             enumerate(pictures)]  # fmt: skip
-    if not tiles:
-        raise HerdError(f"{name}: no frames")
-    return torch.cat(tiles)
-
-
-def read_video_input(path, config: ModelConfig) -> Videos:
-    """One clip (a video file or a folder of frames) as `Videos` of one row, its frames sampled
-    evenly to the model's `video.max_frames` (herd.data.video.read_frames)."""
-    from herd.data.video import read_frames
-
-    frames = video_frames(read_frames(path, config.video.max_frames), config.vision, str(path))
-    return Videos(frames.unsqueeze(0), torch.tensor([len(frames)]))
 
 
 def prepare_videos(videos: Videos, tokens: torch.Tensor, config: ModelConfig) -> Videos:

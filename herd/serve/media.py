@@ -126,7 +126,8 @@ def read_video(part: dict, param: str, config, local_root: Path | None):
     import torch
 
     from herd.data.video import read_frames
-    from herd.model.video_model import Videos, video_frames
+    from herd.model.image_processing import video_frames
+    from herd.model.video_model import Videos
 
     url = part.get("video_url")
     if isinstance(url, dict):

@@ -39,7 +39,7 @@ import torch
 
 from herd.errors import HerdError
 from herd.model.config import ModelConfig
-from herd.model.multimodal import added_parts
+from herd.model.families import added_parts
 from herd.train.config import RunConfig
 from herd.train.training_data import TrainingData
 
@@ -182,7 +182,7 @@ def adapter_data(run: RunConfig, rank: int = 0) -> TrainingData:
         objective = AudioTextObjective
     elif config.video is not None:
         from herd.data.video_text import VideoTextBatches, load_video_text
-        from herd.model.video_model import video_frames
+        from herd.model.image_processing import video_frames
 
         data = load_video_text(tokenizer, d.path, d.seq_len, config.video_token_id,
                                on_long=d.too_long, strict=d.strict, split=d.split)  # fmt: skip

@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from herd.data.loader import StepLoader
 from herd.errors import HerdError
+from herd.model.families import build_model
 from herd.model.lora import apply_lora, peft_config_dict, peft_names
 from herd.model.loss import release_workspace
-from herd.model.multimodal import build_model
 from herd.train import distributed, throughput
 from herd.train.adapters import (
     adapter_data,

@@ -18,7 +18,7 @@ import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.data.audio import log_mel, read_audio
 from herd.data.audio_text import collate, load_audio_text
-from herd.model.multimodal import build_model
+from herd.model.families import build_model
 from herd.model.speech_model import Audio, speech_prompt
 from herd.train.adapters import load_start_weights
 from herd.vocab.bpe import train_bpe

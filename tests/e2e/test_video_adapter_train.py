@@ -18,7 +18,7 @@ import torch
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.data.video import write_video
-from herd.model.multimodal import build_model
+from herd.model.families import build_model
 from herd.vocab.bpe import train_bpe
 from tests.e2e.cli_runner import herd_cli, herd_cli_inprocess, one_line_error
 
@@ -128,7 +128,7 @@ def test_only_the_video_parts_train_on_a_vision_checkpoint(setup, tmp_path):
     assert gates and all(float(g.detach().abs().min()) > 0 for g in gates)
 
     # herd generate --video: what herd.generate gives for the clip's frames, in a real process
-    from herd.model.video_model import read_video_input
+    from herd.prompt_media import read_video_input
 
     tok = herd.load_tokenizer(step)
     prompt = [trained.config.video_token_id, *tok.encode("moving", bos=True)]
@@ -225,7 +225,7 @@ def test_bad_clips_and_options_are_one_line(setup, tmp_path):
 
 
 def test_frame_folders_read_as_clips(setup):
-    from herd.model.video_model import read_video_input
+    from herd.prompt_media import read_video_input
 
     root, vision, *_ = setup
     config = herd.load(vision).config.replace(video=herd.ModelConfig.from_dict(

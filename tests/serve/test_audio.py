@@ -23,7 +23,7 @@ import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.checkpoint.loading import load_for_command
 from herd.data.audio_text import encode_row
-from herd.model.multimodal import build_model
+from herd.model.families import build_model
 from herd.model.speech_config import SpeechConfig
 from herd.model.speech_model import speech_prompt
 from herd.prompt_media import read_media

@@ -19,8 +19,8 @@ from PIL import Image
 import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.checkpoint.loading import load_for_command
+from herd.model.families import build_model
 from herd.model.image_processing import ImageProcessor
-from herd.model.multimodal import build_model
 from herd.serve.engine import Engine
 from tests.serve.conftest import Running
 from tests.sums_tokenizer import sums_tokenizer

@@ -19,10 +19,10 @@ from herd.checkpoint.io import save_herd_folder
 from herd.checkpoint.loading import load_for_command
 from herd.data.video import read_frames, write_video
 from herd.data.video_text import encode_row
+from herd.model.families import build_model
 from herd.model.image_processing import ImageProcessor
-from herd.model.multimodal import build_model
 from herd.model.video_config import VideoConfig
-from herd.model.video_model import read_video_input
+from herd.prompt_media import read_video_input
 from herd.serve.engine import Engine
 from tests.serve.conftest import Running
 from tests.serve.test_images import TOKENS, ask, bad_request, data_url, image_part

@@ -17,8 +17,8 @@ import herd
 from herd.checkpoint.io import save_herd_folder
 from herd.cli import main
 from herd.model.config import VisionConfig
+from herd.model.families import build_model
 from herd.model.image_processing import ImageProcessor
-from herd.model.multimodal import build_model
 from tests.sums_tokenizer import sums_tokenizer
 
 VISION = VisionConfig(

@@ -199,8 +199,8 @@ def test_load_adapter_errors(tmp_path):
 def test_a_vision_model_gets_adapters_on_its_text_blocks_and_saves_its_added_parts(tmp_path):
     """The encoder and cross-attention layers have projections of the same names: LoRA leaves
     them to modules_to_save (trained whole, saved whole under herd's names) or frozen."""
+    from herd.model.families import build_model as build_any
     from herd.model.multimodal import ADDED_PARTS
-    from herd.model.multimodal import build_model as build_any
     from tests.unit.test_generate_image import VISION
 
     config = dataclasses.replace(CONFIG, vision=VISION)

@@ -12,7 +12,8 @@ from herd.checkpoint.io import save_herd_folder
 from herd.cli import main
 from herd.model.config import VisionConfig
 from herd.model.cross_attention import image_visibility
-from herd.model.multimodal import ImageKVCache, Images, VisionLanguageModel, build_model
+from herd.model.families import build_model
+from herd.model.multimodal import ImageKVCache, Images, VisionLanguageModel
 from herd.model.transformer import Transformer
 
 VISION = VisionConfig(

@@ -12,7 +12,7 @@ import torch
 
 import herd
 from herd.errors import HerdError
-from herd.model.multimodal import build_model
+from herd.model.families import build_model
 from herd.model.speech import ConformerBlock, SpeechEncoder, rope_for
 from herd.model.speech_config import SpeechConfig
 from herd.model.speech_model import Audio, speech_prompt

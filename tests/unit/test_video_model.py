@@ -12,7 +12,8 @@ import torch
 import herd
 from herd.errors import HerdError
 from herd.model.config import VisionConfig
-from herd.model.multimodal import VisionLanguageModel, build_model
+from herd.model.families import build_model
+from herd.model.multimodal import VisionLanguageModel
 from herd.model.video_config import VideoConfig
 from herd.model.video_model import VideoLanguageModel, Videos
 
