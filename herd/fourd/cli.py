@@ -171,3 +171,4 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=8, help="renders per run")
     p.add_argument("--size", type=int, default=224, help="render side in pixels (CLIP's input)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the runs")

@@ -62,40 +62,42 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def finished_run(run: Path) -> tuple[str, Path]:
+    """(the prompt, the last checkpoint) of a finished herd 4d run; one line when it is not one."""
+    config = run / "config.json"
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    if not config.is_file() or not checkpoints:
+        raise HerdError(f"{run}: not a finished herd 4d run (config.json and checkpoints/)")
+    return json.loads(config.read_text())["prompt"], checkpoints[-1]
+
+
 @torch.no_grad()
-def run_renders(run: Path, views: int = 8, size: int = 224) -> tuple[str, list]:
-    """(the run's prompt, `views` PIL renders of its last checkpoint: cameras around the scene
-    at 15 degrees of elevation, times spread over [-1, 1])."""
+def render_views(checkpoint: Path, views: int = 8, size: int = 224) -> list:
+    """`views` PIL renders of a 4d checkpoint: cameras around the scene at 15 degrees of
+    elevation, times spread over [-1, 1]."""
     from PIL import Image
 
     from herd.fourd.optimise import load_field
     from herd.fourd.rendering import Camera, render_image
 
-    config = run / "config.json"
-    checkpoints = sorted((run / "checkpoints").glob("step-*"))
-    if not config.is_file() or not checkpoints:
-        raise HerdError(f"{run}: not a finished herd 4d run (config.json and checkpoints/)")
-    field = load_field(checkpoints[-1])
+    field = load_field(checkpoint)
     images = []
     for k in range(views):
         t = -1.0 + 2.0 * k / max(1, views - 1)
         image = render_image(field, Camera(360.0 * k / views, 15.0), t, size)
         pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         images.append(Image.fromarray(pixels))
-    return json.loads(config.read_text())["prompt"], images
+    return images
 
 
 def run(args) -> None:
+    """`herd 4d-eval`: every input is checked (runs, prompts, CLIP folder) before any render."""
+    from tqdm import tqdm
+
     if args.views < 1 or args.size < 8:
         raise HerdError(f"--views {args.views}, --size {args.size}: expected >= 1 and >= 8")
-    model, processor = load_clip(args.clip)
-    prompts, images, labels = [], [], []
-    for folder in args.runs:
-        prompt, renders = run_renders(folder, args.views, args.size)
-        if prompt not in prompts:
-            prompts.append(prompt)
-        images += renders
-        labels += [prompts.index(prompt)] * len(renders)
+    finished = [finished_run(folder) for folder in args.runs]
+    prompts = list(dict.fromkeys(prompt for prompt, _ in finished))
     if args.prompts:
         if not args.prompts.is_file():
             raise HerdError(f"{args.prompts}: no such prompts file")
@@ -103,6 +105,13 @@ def run(args) -> None:
                     if x.strip() and x.strip() not in prompts]  # fmt: skip
     if len(prompts) < 2:
         raise HerdError("R-precision needs at least two prompts (more runs, or --prompts)")
+    model, processor = load_clip(args.clip)
+    images, labels = [], []
+    for prompt, checkpoint in tqdm(finished, desc="herd 4d-eval", unit="run",
+                                   disable=args.no_progress):  # fmt: skip
+        renders = render_views(checkpoint, args.views, args.size)
+        images += renders
+        labels += [prompts.index(prompt)] * len(renders)
     score = clip_r_precision(model, processor, images, labels, prompts)
     result = {"r_precision": score, "renders": len(images), "prompts": len(prompts)}
     print(json.dumps(result) if args.json else f"CLIP R-precision {100 * score:.1f} "

@@ -79,13 +79,14 @@ def test_herd_4d_eval_on_runs(tiny_clip, tmp_path):
     distractors = tmp_path / "prompts.txt"
     distractors.write_text("a tree\na car\n")
     proc = herd_cli_inprocess("4d-eval", *runs, "--clip", str(tiny_clip), "--prompts",
-                              str(distractors), "--views", "2", "--size", "32", "--json")  # fmt: skip
+                              str(distractors), "--views", "2", "--size", "32", "--json",
+                              "--no-progress")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["renders"] == 4 and result["prompts"] == 4 and 0 <= result["r_precision"] <= 1
     one_line_error(herd_cli_inprocess("4d-eval", runs[0], "--clip", str(tiny_clip), check=False),
                    "at least two prompts")  # fmt: skip
-    one_line_error(herd_cli_inprocess("4d-eval", runs[0], "--clip", str(tmp_path), check=False),
+    one_line_error(herd_cli_inprocess("4d-eval", *runs, "--clip", str(tmp_path), check=False),
                    "not a CLIP model folder")  # fmt: skip
     one_line_error(herd_cli_inprocess("4d-eval", str(tmp_path), "--clip", str(tiny_clip),
                                       check=False), "not a finished herd 4d run")  # fmt: skip
