@@ -47,7 +47,7 @@ from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
 from herd.cli import main as herd_main
 from herd.generation import generate_batch
-from herd.model.transformer import build_model
+from herd.model.families import build_model
 from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints

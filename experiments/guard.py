@@ -44,7 +44,7 @@ from herd.guard.evaluate import guard_metrics, plot_curves, threshold_for_fpr
 from herd.guard.policy import default_policy
 from herd.guard.prompt import guard_task
 from herd.guard.train import guard_conversations, load_guard_config
-from herd.model.transformer import build_model
+from herd.model.families import build_model
 from herd.posttrain.sft import sft_data
 from herd.tokenizer import load_tokenizer
 from herd.train.checkpoint import list_checkpoints

@@ -67,7 +67,7 @@ from herd.checkpoint.io import save_herd_folder
 from herd.data.shards import prepare
 from herd.errors import HerdError
 from herd.generation import generate
-from herd.model.transformer import build_model
+from herd.model.families import build_model
 from herd.posttrain.dpo_run import DPO_DEFAULTS, dpo_data
 from herd.posttrain.reference_tables import load_reference_logps, reference_files
 from herd.posttrain.sft import SFT_DEFAULTS, load_stage_config, sft_data

@@ -23,7 +23,7 @@ _PUBLIC = {
     "ModelConfig": "herd.model.config",
     "RopeScaling": "herd.model.config",
     "Transformer": "herd.model.transformer",
-    "build_model": "herd.model.transformer",
+    "build_model": "herd.model.families",
     "generate": "herd.generation",
     "stream_generate": "herd.generation",
     "load": "herd.checkpoint.convert",
@@ -48,8 +48,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from herd.checkpoint.convert import load
     from herd.generation import generate, stream_generate
     from herd.model.config import ModelConfig, RopeScaling
+    from herd.model.families import build_model
     from herd.model.presets import preset
-    from herd.model.transformer import Transformer, build_model
+    from herd.model.transformer import Transformer
     from herd.tokenizer import load_tokenizer
 
 

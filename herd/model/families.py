@@ -36,8 +36,8 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     seed: int | None = 0,
 ) -> Transformer:
-    """`herd.build_model` for any config (a vision model when `config.vision` is set): built on
-    the meta device, materialised on `device` in `dtype`, initialised (every gate 0)."""
+    """`herd.build_model`: the model `config` describes (`model_class`), built on the meta
+    device, materialised on `device` in `dtype` and initialised (every adapter gate 0)."""
     with torch.device("meta"):
         model = model_class(config)(config)
     model.to_empty(device=device)

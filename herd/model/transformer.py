@@ -146,7 +146,7 @@ class Transformer(nn.Module):
             raise HerdError(
                 f"a config with {'vision' if config.vision else 'speech'} builds "
                 f"herd.model.{'multimodal.' if config.vision else ''}{kind} "
-                "(herd.model.families.build_model)"
+                "(herd.build_model builds it)"
             )
         super().__init__()
         self.config = config
@@ -258,19 +258,3 @@ def embed_with_extra(
     text = embed(tokens.clamp(max=vocab_size - 1))
     past = extra((tokens - vocab_size).clamp(min=0, max=extra.num_embeddings - 1))
     return torch.where((tokens >= vocab_size).unsqueeze(-1), past, text)
-
-
-def build_model(
-    config: ModelConfig,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int | None = 0,
-) -> Transformer:
-    """Construct on the meta device, materialise on `device` in `dtype`, and initialise."""
-    with torch.device("meta"):
-        model = Transformer(config)
-    model.to_empty(device=device)
-    model.to(dtype)
-    model.tie_weights()
-    model.init_weights(seed)
-    return model

@@ -72,8 +72,8 @@ class PPORunner:
     def __init__(self, run: RunConfig, run_dir: Path, resume: bool = False) -> None:
         from herd.checkpoint.loading import load_weights
         from herd.data.chat_data import require_chat_format
+        from herd.model.families import build_model
         from herd.model.lora import apply_lora
-        from herd.model.transformer import build_model
         from herd.posttrain.best_of_n import read_prompts
         from herd.posttrain.reward import load_reward_model
         from herd.posttrain.sft import start_tokenizer

@@ -17,6 +17,7 @@ import herd  # noqa: E402
 from herd.checkpoint.convert import convert  # noqa: E402
 from herd.checkpoint.hf import herd_to_hf_name  # noqa: E402
 from herd.checkpoint.io import save_herd_folder  # noqa: E402
+from herd.model.families import build_model  # noqa: E402
 from herd.model.lora import (  # noqa: E402
     LoraConfig,
     apply_lora,
@@ -24,7 +25,6 @@ from herd.model.lora import (  # noqa: E402
     merge_lora,
     save_adapter,
 )
-from herd.model.transformer import build_model  # noqa: E402
 
 GQA = herd.ModelConfig(
     dim=64,

@@ -10,6 +10,7 @@ import torch
 
 import herd
 from herd.errors import HerdError
+from herd.model.families import build_model
 from herd.model.linear import Linear
 from herd.model.lora import (
     LoraConfig,
@@ -23,7 +24,7 @@ from herd.model.lora import (
     read_adapter_config,
     save_adapter,
 )
-from herd.model.transformer import Transformer, build_model
+from herd.model.transformer import Transformer
 
 CONFIG = herd.ModelConfig(
     dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, ffn_dim=48, max_seq_len=32

@@ -188,7 +188,8 @@ def test_config_round_trip_and_text_configs_unchanged():
     with pytest.raises(herd.HerdError, match="cross_attention_layers"):
         CONFIG.replace(vision=VisionConfig(cross_attention_layers=(1, 9)))
     with pytest.raises(herd.HerdError, match="VisionLanguageModel"):
-        herd.build_model(CONFIG)  # the text model's builder does not drop the vision part
+        Transformer(CONFIG)  # the text model does not silently drop the vision part
+    assert type(herd.build_model(CONFIG)) is VisionLanguageModel
 
 
 def test_counted_parameters_are_the_built_models():

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from herd.model.config import ModelConfig
+from herd.model.families import build_model
 from herd.model.masks import PackedAttention
-from herd.model.transformer import build_model
 from herd.posttrain.ppo_value import ValueModel
 
 CONFIG = ModelConfig(
