@@ -89,8 +89,8 @@ def render_rays(
     stratified: bool = False,
     generator: torch.Generator | None = None,
 ):
-    """(colour [R, 3], opacity [R]) of rays through `field` at `time` in [-1, 1]; rays that miss
-    the box see the background."""
+    """(colour [R, 3], opacity [R]) of rays through `field` at `time` in [-1, 1] (one time, or
+    one per ray [R]: a whole clip in one call); rays that miss the box see the background."""
     near, far, hit = box_bounds(origins, dirs)
     far = torch.where(hit, far, near + 1e-3)
     R = origins.shape[0]
@@ -104,7 +104,8 @@ def render_rays(
     t = near.unsqueeze(1) + u * (far - near).unsqueeze(1)
     deltas = torch.full_like(t, 1.0 / samples) * (far - near).unsqueeze(1)
     points = origins.unsqueeze(1) + t.unsqueeze(-1) * dirs.unsqueeze(1)  # [R, S, 3]
-    times = torch.as_tensor(time, dtype=points.dtype, device=points.device).expand(R, samples)
+    times = torch.as_tensor(time, dtype=points.dtype, device=points.device)
+    times = (times.reshape(-1, 1) if times.dim() else times).expand(R, samples)
     density, colour = field(points.reshape(-1, 3).clamp(-1, 1), times.reshape(-1))
     density = density.view(R, samples) * hit.unsqueeze(1)
     rgb, opacity, _ = composite(density, colour.view(R, samples, 3), deltas, background)

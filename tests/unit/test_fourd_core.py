@@ -188,3 +188,26 @@ def test_cameras_and_the_scene():
     image = scene.render(Camera(0.0, 0.0), 0.0, 16)
     assert image.shape == (3, 16, 16) and float(image.min()) < 0.5 < float(image.max())
     assert not torch.equal(image, scene.render(Camera(0.0, 0.0), 0.8, 16))  # it moves
+
+
+def test_a_clip_in_one_call_equals_its_frames_one_by_one():
+    """optimise.render_views sends every frame's rays at once, each with its frame's time: the
+    same renders as one render_rays call per frame, and the same stratified draws."""
+    from herd.fourd.optimise import render_views
+
+    torch.manual_seed(0)
+    field = HexPlaneField(FieldConfig())
+    with torch.no_grad():
+        for p in field.parameters():
+            p.normal_(0, 0.5)
+    views = [[(Camera(30.0 + 20 * i, 15.0), -1 + 2 * i / 3) for i in range(4)] for _ in range(2)]
+    batch = render_views(field, views, 8, 16, torch.Generator().manual_seed(3))
+    assert batch.shape == (2, 3, 4, 8, 8)
+    generator = torch.Generator().manual_seed(3)
+    for b, frames in enumerate(views):
+        for f, (camera, t) in enumerate(frames):
+            origins, dirs = camera.rays(8, 8)
+            rgb, _ = render_rays(field, origins, dirs, t, samples=16, stratified=True,
+                                 generator=generator)  # fmt: skip
+            assert torch.allclose(batch[b, :, f], rgb.T.reshape(3, 8, 8), atol=1e-6)
+    assert render_views(field, [views[0][:1]], 8, 16, torch.Generator()).shape == (1, 3, 8, 8)
