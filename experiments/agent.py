@@ -64,6 +64,7 @@ import agent_data  # the sibling generators: rows, turns, world
 import agent_turns
 import agent_world
 import torch
+from study_cli import parse_study, study_parser
 from tqdm import tqdm
 
 from herd.agent import modules as m
@@ -436,10 +437,7 @@ def plot(s: dict, path: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--out", default="runs/agent", help="folder for everything written")
+    p = study_parser(__doc__, "runs/agent")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, rows, model and order")
     p.add_argument("--rows-scale", type=float, default=1.0, help="times the rows per module")
     p.add_argument("--world-scale", type=float, default=1.0, help="times the world's sizes")
@@ -456,12 +454,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arithmetic", type=int, default=30, help="held-out arithmetic questions")
     p.add_argument("--response-tokens", type=int, default=96, help="reply length limit")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_study(p, argv, QUICK)
     return args
 
 

@@ -58,6 +58,7 @@ import torch
 # The experiment's other parts, beside this script (its folder is on sys.path when it runs).
 from bidirectionality_infill import evaluate_infilling, greedy_fill, infill_pieces, sentinel_example
 from bidirectionality_report import plot, sample, table, verdict, verdict_lines
+from study_cli import parse_study, study_parser
 
 from herd.data.objectives import OBJECTIVES
 from herd.data.shards import TokenShards, prepare
@@ -90,11 +91,7 @@ QUICK = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", default="runs/bidirectionality", help="folder for everything written")
+    p = study_parser(__doc__, "runs/bidirectionality")
     p.add_argument(
         "--objectives",
         nargs="+",
@@ -146,15 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny model, corpus subset and few steps: a smoke test (overrides the sizes above)",
+    args = parse_study(
+        p,
+        argv,
+        QUICK,
+        "tiny model, corpus subset and few steps: a smoke test (overrides the sizes above)",
     )
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
     if args.infill_len + 2 > args.seq_len:
         p.error(f"--infill-len {args.infill_len} + 2 must fit --seq-len {args.seq_len}")
     return args

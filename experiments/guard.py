@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import guard_data  # the sibling generator
 import numpy as np
+from study_cli import parse_study, study_parser
 
 from herd.checkpoint.io import save_herd_folder
 from herd.guard.classify import Guard, GuardResult
@@ -175,8 +176,7 @@ def report(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/guard", help="folder for everything written")
+    p = study_parser(__doc__, "runs/guard")
     p.add_argument("--per-template", type=int, default=6, help="rows per template")
     p.add_argument("--steps", type=int, default=900, help="guard training steps (batch 16)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
@@ -188,12 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=2000, help="BPE vocabulary size")
     p.add_argument("--seq-len", type=int, default=384, help="training row length (tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rows, model and order")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_study(p, argv, QUICK)
     return args
 
 

@@ -61,6 +61,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from study_cli import parse_study, study_parser
 
 from herd.checkpoint.convert import load
 from herd.checkpoint.io import save_herd_folder
@@ -625,11 +626,7 @@ def lora_lines(results: dict) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", default="runs/post_training", help="folder for everything written")
+    p = study_parser(__doc__, "runs/post_training")
     p.add_argument(
         "--starts",
         nargs="+",
@@ -687,11 +684,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0, help="seed of items, data order, init")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_study(p, argv, QUICK)
     return args
 
 

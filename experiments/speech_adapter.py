@@ -48,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as experiments/post_train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # herd, when run from elsewhere
 
 import torch
+from study_cli import parse_study, study_parser
 from vision_adapter import herd_train  # the sibling study's `herd train` runner
 
 import herd
@@ -61,6 +62,8 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 HELD_OUT_VARIANTS = ("m4", "f3")
+QUICK = dict(train_clips=24, test_clips=4, steps=4, lm_steps=5, batch_size=4, log_every=2,
+             speech_dim=16, speech_layers=1)  # fmt: skip
 
 
 CUE = "repeat:"  # what follows a clip, as the paper's "Repeat after me" prompts
@@ -219,10 +222,7 @@ def report(s: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--out", default="runs/speech_adapter", help="folder for everything written")
+    p = study_parser(__doc__, "runs/speech_adapter")
     p.add_argument("--seed", type=int, default=0, help="seed of clips, models and order")
     p.add_argument("--train-clips", type=int, default=4000, help="training clips")
     p.add_argument("--test-clips", type=int, default=150, help="fresh clips per split")
@@ -238,12 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=100, help="herd train's logging interval")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.train_clips, args.test_clips, args.steps, args.lm_steps = 24, 4, 4, 5
-        args.batch_size, args.log_every, args.speech_dim, args.speech_layers = 4, 2, 16, 1
-    return args
+    return parse_study(p, argv, QUICK)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -51,10 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling vision s
 import torch
 import vision_adapter as va  # pictures, the caption LM and `herd train` of the vision study
 from PIL import Image, ImageDraw
+from study_cli import parse_study, study_parser
 
 import herd
 from herd.data.video import write_video
 from herd.errors import HerdError
+from herd.model.video_model import ADDED_PARTS
 
 SIDE, FRAMES = 56, 8  # one tile of 4 x 4 patches of 14 pixels; frames per clip
 MOTIONS = ("left", "right", "up", "down", "growing", "shrinking")
@@ -66,6 +68,7 @@ SIZES = (10, 16)  # the side of the middle frame's shape, pixels
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")  # stills' places
 ATTRIBUTES = ("motion", "colour", "shape")
 ARMS = ("temporal", "single_frame")
+VIDEO_PARTS = tuple(f"{p}." for p in ADDED_PARTS)  # what stage 2 trains, as name prefixes
 QUICK = dict(train_clips=36, test_clips=6, stills=48, lm_steps=20, still_steps=20, steps=20,
              log_every=10)  # fmt: skip
 
@@ -375,10 +378,7 @@ def plot(s: dict, path: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--out", default="runs/video_adapter", help="folder for everything written")
+    p = study_parser(__doc__, "runs/video_adapter")
     p.add_argument("--seed", type=int, default=0, help="seed of clips, models and order")
     p.add_argument("--train-clips", type=int, default=1200, help="training clips (stage 2)")
     p.add_argument("--test-clips", type=int, default=120, help="fresh clips per split")
@@ -405,12 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--growth", type=float, default=GROWTH, help="pixels a side grows per frame")
     p.add_argument("--log-every", type=int, default=100, help="herd train's logging interval")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     p.add_argument("--quiet", action="store_true", help="no training output")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_study(p, argv, QUICK)
     return args
 
 
@@ -453,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_clips": len(train_rows),
         "parameters": sum(p.numel() for p in model.parameters()),
         "video_trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                          if n.startswith(video_parts(model))),
+                                          if n.startswith(VIDEO_PARTS)),
         "text_model_loss": lm_loss,
         "image_training": image_run,
         "stage1_fresh_stills": score_stills(read, still_tests),
@@ -476,13 +472,6 @@ def main(argv: list[str] | None = None) -> dict:
     plot(summary, out / "video_adapter.png")
     print(f"\nwrote {out / 'summary.json'}, {out / 'summary.md'} and {out / 'video_adapter.png'}")
     return summary
-
-
-def video_parts(model) -> tuple[str, ...]:
-    """The name prefixes of what stage 2 trains."""
-    from herd.model.video_model import ADDED_PARTS
-
-    return tuple(f"{p}." for p in ADDED_PARTS)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # herd, when run f
 
 import torch
 from PIL import Image, ImageDraw
+from study_cli import parse_study, study_parser
 
 import herd
 from herd.checkpoint.io import save_herd_folder
@@ -315,10 +316,7 @@ def plot(s: dict, path: Path) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--out", default="runs/vision_adapter", help="folder for everything written")
+    p = study_parser(__doc__, "runs/vision_adapter")
     p.add_argument("--seed", type=int, default=0, help="seed of pictures, models and order")
     p.add_argument("--train-pictures", type=int, default=3000, help="training pictures")
     p.add_argument("--test-pictures", type=int, default=150, help="fresh pictures per split")
@@ -335,12 +333,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2, help="adapter peak learning rate")
     p.add_argument("--log-every", type=int, default=100, help="herd train's logging interval")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     p.add_argument("--quiet", action="store_true", help="no training output")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
+    args = parse_study(p, argv, QUICK)
     return args
 
 
