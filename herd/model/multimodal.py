@@ -224,36 +224,17 @@ class VisionLanguageModel(Transformer):
             )
         if packed is not None:
             raise HerdError("packed sequences with images are not supported yet")
-        if cache is None:
-            rope = self.rope[:T] if input_pos is None else self.rope[input_pos]
-            mask = None
-        else:
-            rope, mask = self.rope[input_pos], cache.mask(input_pos)
+        rope, mask = self._rope_and_mask(T, input_pos, cache)
 
-        if images is not None:
-            images = prepare_images(images, tokens, self.config)
-            kv = self.image_keys_values(images)
-            tile_mask = images.aspect_ratio_mask
-            visible = self._visible(tokens, images, cross_mask)
-            if cache is not None:
-                if input_pos is None or int(input_pos[0]) != 0:
-                    raise HerdError("images come with the prefill, from position 0")
-                cache.set_images(kv, visible, tile_mask)
-        else:
-            if T > 1:
-                self._refuse_image_tokens(tokens, "images come with the prefill")
-            kv, tile_mask, visible = cache.image_kv, cache.tile_mask, cache.visible[:, input_pos]
-        xmask, seeing = cross_attention_mask(visible, tile_mask, self.config.vision.patches)
+        image_state = self._image_state(tokens, images, cross_mask, cache, input_pos)
         return self.decode(
-            tokens, kv, (xmask, seeing), rope, input_pos, cache, mask, targets, reduction, last,
-            hidden,
-        )  # fmt: skip
+            tokens, image_state, rope, input_pos, cache, mask, targets, reduction, last, hidden
+        )
 
     def decode(
         self,
         tokens: torch.Tensor,
-        image_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        cross_masks: tuple[torch.Tensor, torch.Tensor],
+        image_state,
         rope: torch.Tensor,
         input_pos: torch.Tensor | None,
         cache,
@@ -262,21 +243,64 @@ class VisionLanguageModel(Transformer):
         reduction: str = "sum",
         last: torch.Tensor | None = None,
         hidden: bool = False,
+        video_state=None,
     ) -> torch.Tensor:
-        """The decoder over `tokens` with image keys and values already computed
-        (`image_keys_values`) and the cross-attention masks `cross_attention_mask` gives: the part
-        of `forward` that a caller holding its own image state (the server's KV slots) runs
-        too. `rope`, `input_pos`, `cache` and `mask` go to the text blocks as in
+        """The decoder over `tokens` with the cross-attention layers' inputs already computed:
+        `image_state` is (each layer's keys and values, `image_keys_values`; the pair
+        `cross_attention_mask` gives), or None where no token sees a picture (the layers would
+        add exact zeros, so they are skipped); `video_state` the same for a video model's video
+        layers (herd/model/video_model.py; None for this model, which has none). The part of
+        `forward` that a caller holding its own image state (the server's KV slots) runs too.
+        `rope`, `input_pos`, `cache` and `mask` go to the text blocks as in
         `Transformer.forward`."""
-        xmask, seeing = cross_masks
         x = self._embed(tokens)
         n = len(self.layers)
         for i in range(n + 1):
             for k in self.cross_before.get(i, ()):
-                x = self.cross_layers[k](x, image_kv[k], xmask, seeing)
+                x = self._cross(k, x, image_state, video_state)
             if i < n:
                 x = self.layers[i](x, rope, input_pos, cache, mask)
         return self._outputs(x, targets, reduction, last, hidden)
+
+    def _cross(self, k: int, x: torch.Tensor, image_state, video_state) -> torch.Tensor:
+        """Image cross-attention layer k over `x` (nothing without an image state)."""
+        if image_state is None:
+            return x
+        kv, masks = image_state
+        return self.cross_layers[k](x, kv[k], *masks)
+
+    def _image_state(self, tokens, images, cross_mask, cache, input_pos):
+        """(image keys and values, cross-attention masks) for the image layers: of `images`
+        (stored in an `ImageKVCache`, which they must reach at position 0), else of the cache's
+        pictures; None when no token can see a picture (a token showing one is refused)."""
+        if images is not None:
+            images = prepare_images(images, tokens, self.config)
+            kv = self.image_keys_values(images)
+            visible = self._visible(tokens, images, cross_mask)
+            if cache is not None:
+                if input_pos is None or int(input_pos[0]) != 0:
+                    raise HerdError("images come with the prefill, from position 0")
+                cache.set_images(kv, visible, images.aspect_ratio_mask)
+            return kv, cross_attention_mask(visible, images.aspect_ratio_mask, self._patches)
+        if isinstance(cache, ImageKVCache) and cache.has_images:
+            if tokens.shape[1] > 1:
+                self._refuse_image_tokens(tokens, "images come with the prefill")
+            visible = cache.visible[:, input_pos]
+            return cache.image_kv, cross_attention_mask(visible, cache.tile_mask, self._patches)
+        if cache is None or tokens.shape[1] > 1:
+            self._refuse_image_tokens(tokens, "no images were given")
+        return None
+
+    def _rope_and_mask(self, T: int, input_pos, cache):
+        """The rotary rows of T tokens at `input_pos` (0..T-1 when None) and, with a cache, its
+        attention mask (without one the blocks attend causally: None)."""
+        if cache is None:
+            return (self.rope[:T] if input_pos is None else self.rope[input_pos]), None
+        return self.rope[input_pos], cache.mask(input_pos)
+
+    @property
+    def _patches(self) -> int:
+        return self.config.vision.patches
 
     def image_keys_values(self, images: Images) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Encode `images` (as `prepare_images` returns them) once; each cross-attention layer's

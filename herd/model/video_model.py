@@ -154,13 +154,9 @@ class VideoLanguageModel(VisionLanguageModel):
             )  # fmt: skip
         if packed is not None:
             raise HerdError("packed sequences with videos are not supported yet")
-        if cache is None:
-            rope = self.rope[:T] if input_pos is None else self.rope[input_pos]
-            mask = None
-        else:
-            rope, mask = self.rope[input_pos], cache.mask(input_pos)
-            if videos is not None and (input_pos is None or int(input_pos[0]) != 0):
-                raise HerdError("videos come with the prefill, from position 0")
+        rope, mask = self._rope_and_mask(T, input_pos, cache)
+        if cache is not None and videos is not None and (input_pos is None or int(input_pos[0])):
+            raise HerdError("videos come with the prefill, from position 0")
 
         image_state = self._image_state(tokens, images, cross_mask, cache, input_pos)
         if videos is not None:
@@ -173,64 +169,19 @@ class VideoLanguageModel(VisionLanguageModel):
             video_kv, groups = cache.video_kv, cache.video_groups
             visible = cache.video_visible[:, input_pos]
         video_state = (video_kv, cross_attention_mask(visible, groups, self.config.video.latents))
-        return self.run_decoder(
-            tokens, image_state, video_state, rope, input_pos, cache, mask, targets, reduction,
-            last, hidden,
+        return self.decode(
+            tokens, image_state, rope, input_pos, cache, mask, targets, reduction, last, hidden,
+            video_state=video_state,
         )  # fmt: skip
 
-    def run_decoder(
-        self,
-        tokens: torch.Tensor,
-        image_state,
-        video_state,
-        rope: torch.Tensor,
-        input_pos: torch.Tensor | None,
-        cache,
-        mask: torch.Tensor | None,
-        targets: torch.Tensor | None = None,
-        reduction: str = "sum",
-        last: torch.Tensor | None = None,
-        hidden: bool = False,
-    ) -> torch.Tensor:
-        """The decoder with the image and video layers' inputs already computed: each state is
-        (per-layer keys and values, `cross_attention_mask`'s pair) or None where no token sees
-        a picture (or a clip), whose layers would add exact zeros. What `forward` runs, and
-        what a caller holding its own image and video state (the server's slots) runs too."""
-        x = self._embed(tokens)
-        n, every = len(self.layers), self.config.video.every
-        for i in range(n + 1):
-            for k in self.cross_before.get(i, ()):
-                if video_state is not None and k % every == 0:
-                    kv, masks = video_state
-                    x = self.video_cross_layers[k // every](x, kv[k // every], *masks)
-                if image_state is not None:
-                    kv, masks = image_state
-                    x = self.cross_layers[k](x, kv[k], *masks)
-            if i < n:
-                x = self.layers[i](x, rope, input_pos, cache, mask)
-        return self._outputs(x, targets, reduction, last, hidden)
-
-    def _image_state(self, tokens, images, cross_mask, cache, input_pos):
-        """(image keys and values, cross-attention masks) for the image layers, or None when no
-        token can see a picture (those layers would add exact zeros)."""
-        if images is not None:
-            images = prepare_images(images, tokens, self.config)
-            kv = self.image_keys_values(images)
-            visible = self._visible(tokens, images, cross_mask)
-            if cache is not None:
-                cache.set_images(kv, visible, images.aspect_ratio_mask)
-            return kv, cross_attention_mask(visible, images.aspect_ratio_mask, self._patches)
-        if isinstance(cache, ImageKVCache) and cache.has_images:
-            visible = cache.visible[:, input_pos]
-            masks = cross_attention_mask(visible, cache.tile_mask, self._patches)
-            return cache.image_kv, masks
-        if cache is None or tokens.shape[1] > 1:
-            self._refuse_image_tokens(tokens, "no images were given")
-        return None
-
-    @property
-    def _patches(self) -> int:
-        return self.config.vision.patches
+    def _cross(self, k: int, x: torch.Tensor, image_state, video_state) -> torch.Tensor:
+        """Video cross-attention layer k // every when k is a multiple of `every` (and some
+        token sees a clip: `video_state` as `decode` takes it), then image layer k."""
+        every = self.config.video.every
+        if video_state is not None and k % every == 0:
+            kv, masks = video_state
+            x = self.video_cross_layers[k // every](x, kv[k // every], *masks)
+        return super()._cross(k, x, image_state, video_state)
 
     def video_keys_values(self, videos: Videos):
         """Every video layer's keys and values of the aggregated clip, and which merged groups

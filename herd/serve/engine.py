@@ -35,7 +35,7 @@ image's pixels, so KV is shared only between prompts with the same pictures up t
 A video model's requests may bring a video too (`submit(..., video=)`, one per request,
 video_slots.py): it is encoded at the request's first prefill chunk into its slot's row of video
 keys and values, and prefill chunks and decode steps whose rows include one run the video
-cross-attention layers beside the image ones (VideoLanguageModel.run_decoder), each row seeing
+cross-attention layers beside the image ones (VideoLanguageModel.decode), each row seeing
 only its own video from its <|video|> token on, rows without one adding exactly zero. The
 prefix cache keys the <|video|> position by the video's frames.
 
@@ -436,7 +436,9 @@ class Engine:
         image = None if image_visible is None else self.images.state(lo, hi, image_visible)
         video = self.videos.state(lo, hi, video_visible)
         rope, mask = self.model.rope[positions], rows.mask(positions)
-        return self.model.run_decoder(tokens, image, video, rope, positions, rows, mask, last=last)
+        return self.model.decode(
+            tokens, image, rope, positions, rows, mask, last=last, video_state=video
+        )
 
     def _next_visible(
         self, seqs: list[Sequence], lo: int, hi: int, visible_of

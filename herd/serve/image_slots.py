@@ -106,6 +106,6 @@ class ImageSlots:
         """`model(tokens, positions, rows)` (text KV in `rows`, SlotRows over [lo, hi)) with the
         images of those rows (`state`'s `visible`). What VisionLanguageModel.forward does with
         an ImageKVCache, for rows at their own positions and with images of their own."""
-        kv, masks = self.state(rows.start, rows.stop, visible)
+        state = self.state(rows.start, rows.stop, visible)
         rope, mask = model.rope[positions], rows.mask(positions)
-        return model.decode(tokens, kv, masks, rope, positions, rows, mask, last=last)
+        return model.decode(tokens, state, rope, positions, rows, mask, last=last)

@@ -166,3 +166,26 @@ def test_config_errors():
         CONFIG.replace(
             vision=VisionConfig(aspect_ratios=((1, 2),), max_tiles=2, cross_attention_layers=(1,))
         )
+
+
+def test_media_come_with_the_prefill():
+    """With a cache, a clip or pictures arrive at position 0 only, and a later chunk cannot
+    show a picture the cache does not hold."""
+    from herd.model.multimodal import Images
+    from herd.model.video_model import VideoKVCache
+
+    model = _model()
+    image_id = model.config.image_token_id
+    videos = Videos(_clip(), torch.tensor([6]))
+    images = Images(torch.randn(1, 1, 2, 3, 28, 28), torch.tensor([[1]]))
+    with torch.no_grad():
+        cache = VideoKVCache(CONFIG, 1, 16, "cpu", torch.float32)
+        model(torch.tensor([[1, 2]]), torch.arange(2), cache)
+        with pytest.raises(HerdError, match="videos come with the prefill, from position 0"):
+            model(torch.tensor([[VIDEO_ID, 3]]), torch.tensor([2, 3]), cache, videos=videos)
+        with pytest.raises(HerdError, match="images come with the prefill, from position 0"):
+            model(torch.tensor([[image_id, 3]]), torch.tensor([2, 3]), cache, images=images)
+        cache = VideoKVCache(CONFIG, 1, 16, "cpu", torch.float32)
+        model(torch.tensor([[image_id, 1]]), torch.arange(2), cache, images=images)
+        with pytest.raises(HerdError, match="images come with the prefill"):
+            model(torch.tensor([[image_id, 3]]), torch.tensor([2, 3]), cache)
