@@ -46,10 +46,6 @@ from herd.train.training_data import TrainingData
 VISION_TRAIN = ("adapter", "full")
 
 
-def _prefixes(config: ModelConfig) -> tuple[str, ...]:
-    return tuple(f"{part}." for part in added_parts(config))
-
-
 def vision_tiler(vision):
     """The data module's tiler: a picture (file or RGB image) -> (tiles, aspect-ratio id)."""
     from herd.model.image_processing import ImageProcessor
